@@ -1,0 +1,238 @@
+import Foundation
+import StrataActionCache
+import StrataCore
+import StrataServer
+import StrataStorage
+import Yams
+
+/// A loaded configuration: BuildGrid's tagged YAML turned into the objects a server runs.
+///
+/// Supported now: `server` (`!channel`), `storages` (`!lru-storage`, `!disk-storage`), `caches`
+/// (`!lru-action-cache`), `instances` with `!cas`, `!bytestream` and `!action-cache`. Anchors and aliases
+/// share one object. Anything else is refused with its file, line and key.
+public struct Configuration: Sendable {
+    public var addresses: [ListenAddress]
+    public var instances: [Instance]
+    /// One line per storage, for the start-up log.
+    public var storageSummary: [String]
+    public var warnings: [String]
+
+    public var registry: InstanceRegistry { InstanceRegistry(instances) }
+
+    public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Configuration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: file, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: file, line: nil, path: "", message: "cannot read the file: \(error.localizedDescription)")
+        }
+        return try parse(yaml: text, file: file, environment: environment)
+    }
+
+    public static func parse(
+        yaml: String, file: String, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> Configuration {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: yaml) else {
+                throw ConfigError(file: file, line: nil, path: "", message: "the file is empty")
+            }
+            root = node
+        } catch let error as YamlError {
+            throw ConfigError(file: file, line: Self.line(of: error), path: "", message: "not valid YAML: \(error)")
+        }
+        var builder = Builder()
+        return try builder.build(ConfigNode(node: root, file: file, path: "", environment: environment))
+    }
+
+    private static func line(of error: YamlError) -> Int? {
+        switch error {
+        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _): mark.line
+        default: nil
+        }
+    }
+}
+
+/// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
+let plannedTags: Set<String> = [
+    "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
+    "!sharded-storage", "!size-differentiated-storage", "!with-cache-storage", "!replicated-storage",
+    "!remote-storage", "!redis-action-cache", "!s3action-cache", "!s3-action-cache", "!remote-action-cache",
+    "!sharded-action-cache", "!with-cache-action-cache", "!mirrored-action-cache", "!write-once-action-cache",
+    "!execution", "!bots", "!introspection", "!sql-connection", "!redis-connection",
+]
+
+private struct Builder {
+    var storages: [String: (store: any BlobStore, summary: String)] = [:]
+    var caches: [String: any ActionCache] = [:]
+    var warnings: [String] = []
+
+    mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
+        let top = try root.mapping(
+            allowed: ["server", "storages", "caches", "instances", "thread-pool-size"],
+            unsupported: ["authorization", "monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
+                          "grpc-compression", "grpc-server-options", "connections", "schedulers", "services", "cleanup"])
+        if let threads = top["thread-pool-size"] {
+            warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
+        }
+        guard let server = top["server"] else { throw root.error("\"server\" is required: a list of !channel entries") }
+        var addresses: [ListenAddress] = []
+        for channel in try server.sequence() { addresses.append(try self.channel(channel)) }
+        guard !addresses.isEmpty else { throw server.error("at least one !channel is required") }
+
+        // Top-level lists only declare (and anchor) objects; instances use them through aliases.
+        for node in try top["storages"]?.sequence() ?? [] { _ = try storage(node) }
+        for node in try top["caches"]?.sequence() ?? [] { _ = try cache(node) }
+
+        guard let instancesNode = top["instances"] else { throw root.error("\"instances\" is required") }
+        var instances: [Instance] = []
+        var names: Set<String> = []
+        for node in try instancesNode.sequence() {
+            for instance in try self.instances(node) {
+                guard names.insert(instance.name).inserted else {
+                    throw node.error("instance name \"\(instance.name)\" is used twice")
+                }
+                instances.append(instance)
+            }
+        }
+        guard !instances.isEmpty else { throw instancesNode.error("at least one instance is required") }
+        return Configuration(
+            addresses: addresses, instances: instances,
+            storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings)
+    }
+
+    func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
+        guard node.applicationTag == expected else {
+            throw node.error("expected \(expected), found \(node.applicationTag ?? "an untagged value")")
+        }
+    }
+
+    func channel(_ node: ConfigNode) throws(ConfigError) -> ListenAddress {
+        try requireTag(node, "!channel")
+        let options = try node.mapping(allowed: ["address", "insecure-mode"], unsupported: ["credentials"])
+        guard let addressNode = options["address"] else { throw node.error("!channel needs an address, e.g. \"127.0.0.1:50051\"") }
+        if let insecure = options["insecure-mode"], try !insecure.bool() {
+            throw insecure.error("TLS is not supported by Strata yet: set insecure-mode: true and put a TLS proxy in front")
+        }
+        do {
+            return try ListenAddress(parsing: try addressNode.string())
+        } catch let error as StrataError {
+            throw addressNode.error(error.message)
+        } catch {
+            throw addressNode.error("\(error)")
+        }
+    }
+
+    mutating func storage(_ node: ConfigNode) throws(ConfigError) -> any BlobStore {
+        if let built = storages[node.identity] { return built.store }
+        let built: (store: any BlobStore, summary: String)
+        switch node.applicationTag {
+        case "!lru-storage":
+            let options = try node.mapping(allowed: ["size"])
+            guard let size = options["size"] else { throw node.error("!lru-storage needs a size, e.g. size: 2048M") }
+            let bytes = try size.size()
+            built = (LRUBlobStore(capacityBytes: bytes), "!lru-storage (\(bytes) bytes in memory)")
+        case "!disk-storage":
+            let options = try node.mapping(allowed: ["path", "sync"])
+            guard let pathNode = options["path"] else { throw node.error("!disk-storage needs a path") }
+            let path = try pathNode.string()
+            let sync = try options["sync"]?.bool() ?? true
+            do {
+                built = (try DiskBlobStore(path: path, sync: sync), "!disk-storage at \(path)")
+            } catch {
+                throw pathNode.error("\(error)")
+            }
+        default:
+            throw unknownTag(node, kind: "storage", known: ["!lru-storage", "!disk-storage"])
+        }
+        storages[node.identity] = built
+        return built.store
+    }
+
+    mutating func cache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        if let built = caches[node.identity] { return built }
+        let built: any ActionCache
+        switch node.applicationTag {
+        case "!lru-action-cache":
+            let options = try node.mapping(allowed: ["storage", "max-cached-refs", "allow-updates", "cache-failed-actions"])
+            // BuildGrid requires the CAS this cache's results refer to; build it so a bad one is reported.
+            if let storage = options["storage"] { _ = try self.storage(storage) }
+            guard let refs = options["max-cached-refs"] else { throw node.error("!lru-action-cache needs max-cached-refs") }
+            let cache = LRUActionCache(maxEntries: try refs.int(minimum: 1))
+            built = UpdatePolicyActionCache(
+                cache,
+                allowUpdates: try options["allow-updates"]?.bool() ?? true,
+                cacheFailedActions: try options["cache-failed-actions"]?.bool() ?? true)
+        default:
+            throw unknownTag(node, kind: "action cache", known: ["!lru-action-cache"])
+        }
+        caches[node.identity] = built
+        return built
+    }
+
+    func unknownTag(_ node: ConfigNode, kind: String, known: [String]) -> ConfigError {
+        guard let tag = node.applicationTag else {
+            return node.error("expected a tagged \(kind) such as \(known.joined(separator: " or "))")
+        }
+        if plannedTags.contains(tag) {
+            return node.error("\(tag) is not supported by Strata yet; supported \(kind) tags: \(known.joined(separator: ", "))")
+        }
+        return node.error("unknown tag \(tag); supported \(kind) tags: \(known.joined(separator: ", "))")
+    }
+
+    mutating func instances(_ node: ConfigNode) throws(ConfigError) -> [Instance] {
+        let options = try node.mapping(allowed: ["name", "services", "storages", "caches"], unsupported: ["schedulers"])
+        guard let nameNode = options["name"] else { throw node.error("an instance needs a name (\"\" for the default)") }
+        let names: [String]
+        if case .sequence = nameNode.node {
+            names = try nameNode.sequence().map { node throws(ConfigError) in try node.string() }
+        } else {
+            names = [try nameNode.string()]
+        }
+        for name in names {
+            if let reserved = name.split(separator: "/").first(where: { ResourceName.reservedSegments.contains($0) }) {
+                throw nameNode.error("instance name \"\(name)\" contains the reserved segment \"\(reserved)\"")
+            }
+            if name.hasPrefix("/") || name.hasSuffix("/") || name.contains("//") {
+                throw nameNode.error("instance name \"\(name)\" has an empty path segment")
+            }
+        }
+        for storage in try options["storages"]?.sequence() ?? [] { _ = try self.storage(storage) }
+        for cache in try options["caches"]?.sequence() ?? [] { _ = try self.cache(cache) }
+
+        var instance = Instance(name: "")
+        for service in try options["services"]?.sequence() ?? [] {
+            switch service.applicationTag {
+            case "!cas":
+                let serviceOptions = try service.mapping(
+                    allowed: ["storage", "read-only"],
+                    unsupported: ["tree-cache-size", "tree-cache-ttl-minutes", "enable-chunking"])
+                guard instance.cas == nil else { throw service.error("an instance has one !cas") }
+                instance.cas = try storageService(service, serviceOptions)
+            case "!bytestream":
+                let serviceOptions = try service.mapping(
+                    allowed: ["storage", "read-only"], unsupported: ["disable-overwrite-early-return"])
+                guard instance.byteStream == nil else { throw service.error("an instance has one !bytestream") }
+                instance.byteStream = try storageService(service, serviceOptions)
+            case "!action-cache":
+                let serviceOptions = try service.mapping(allowed: ["cache"])
+                guard let cacheNode = serviceOptions["cache"] else { throw service.error("!action-cache needs a cache") }
+                guard instance.actionCache == nil else { throw service.error("an instance has one !action-cache") }
+                instance.actionCache = try cache(cacheNode)
+            default:
+                throw unknownTag(service, kind: "service", known: ["!cas", "!bytestream", "!action-cache"])
+            }
+        }
+        return names.map { name in
+            var named = instance
+            named.name = name
+            return named
+        }
+    }
+
+    mutating func storageService(_ node: ConfigNode, _ options: [String: ConfigNode]) throws(ConfigError) -> Instance.StorageService {
+        guard let storageNode = options["storage"] else { throw node.error("\(node.applicationTag ?? "service") needs a storage") }
+        return Instance.StorageService(
+            store: try storage(storageNode), readOnly: try options["read-only"]?.bool() ?? false)
+    }
+}

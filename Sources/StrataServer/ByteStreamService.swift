@@ -1,0 +1,162 @@
+import Foundation
+import GRPCCore
+import StrataAPI
+import StrataCore
+import StrataStorage
+
+typealias ByteStream = Google_Bytestream_ByteStream
+
+/// ByteStream Read, Write and QueryWriteStatus over an instance's storage, streaming in bounded chunks.
+public struct ByteStreamService: ByteStream.ServiceProtocol {
+    let registry: InstanceRegistry
+    let uploads: UploadRegistry
+
+    public init(registry: InstanceRegistry, uploads: UploadRegistry) {
+        self.registry = registry
+        self.uploads = uploads
+    }
+
+    public func read(
+        request: ServerRequest<Google_Bytestream_ReadRequest>, context: ServerContext
+    ) async throws -> StreamingServerResponse<Google_Bytestream_ReadResponse> {
+        let message = request.message
+        let name = try ResourceName.parseRead(message.resourceName)
+        let storage = try registry.byteStream(name.instanceName)
+        try requireIdentity(name)
+        guard message.readOffset >= 0 else {
+            throw StrataError.outOfRange("read_offset \(message.readOffset) is negative")
+        }
+        guard message.readOffset <= name.digest.sizeBytes else {
+            throw StrataError.outOfRange(
+                "read_offset \(message.readOffset) is past the end of blob \(name.digest) (\(name.digest.sizeBytes) bytes)")
+        }
+        guard message.readLimit >= 0 else {
+            throw StrataError.invalidArgument("read_limit \(message.readLimit) is negative")
+        }
+        // Open before answering, so NOT_FOUND is the RPC's status rather than a broken stream.
+        let body = try await storage.store.read(
+            name.digest, offset: message.readOffset, limit: message.readLimit == 0 ? nil : message.readLimit)
+        return StreamingServerResponse { writer in
+            for try await chunk in body {
+                try await writer.write(.with { $0.data = chunk })
+            }
+            return [:]
+        }
+    }
+
+    public func write(
+        request: StreamingServerRequest<Google_Bytestream_WriteRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Google_Bytestream_WriteResponse> {
+        var messages = request.messages.makeAsyncIterator()
+        guard let first = try await messages.next() else {
+            throw StrataError.invalidArgument("Write stream carried no request")
+        }
+        let name = try ResourceName.parseWrite(first.resourceName)
+        let storage = try registry.byteStream(name.instanceName)
+        try requireIdentity(name)
+        guard !storage.readOnly else {
+            throw StrataError(.permissionDenied, "the storage of instance \"\(name.instanceName)\" is read-only")
+        }
+        let digest = name.digest
+        if let limit = try registry.instance(name.instanceName).maximumBlobSize, digest.sizeBytes > limit {
+            throw StrataError.invalidArgument("blob \(digest) is larger than max_cas_blob_size_bytes (\(limit))")
+        }
+
+        // Early completion: the blob is already stored, so the rest of the stream is not needed.
+        if uploads.committedSize(name) == nil, try await storage.store.findMissing([digest]).isEmpty {
+            return ServerResponse(message: .with { $0.committedSize = digest.sizeBytes })
+        }
+
+        let upload: UploadRegistry.Upload
+        switch try uploads.claim(name, writeOffset: first.writeOffset, store: storage.store) {
+        case .started(let started): upload = started
+        case .resumed(let resumed): upload = resumed
+        }
+
+        var message = first
+        do {
+            while true {
+                if !message.resourceName.isEmpty && message.resourceName != first.resourceName {
+                    throw StrataError.invalidArgument(
+                        "resource_name changed within one Write stream (\"\(message.resourceName)\" after \"\(first.resourceName)\")")
+                }
+                let committed = upload.committed
+                guard message.writeOffset == committed else {
+                    throw StrataError.invalidArgument(
+                        "write_offset \(message.writeOffset) does not follow the \(committed) bytes received")
+                }
+                guard committed + Int64(message.data.count) <= digest.sizeBytes else {
+                    throw StrataError.invalidArgument(
+                        "Write sent \(committed + Int64(message.data.count)) bytes or more for blob \(digest) of \(digest.sizeBytes) bytes")
+                }
+                if !message.data.isEmpty {
+                    await upload.chunks.send(message.data)
+                    upload.withState { $0.committed += Int64(message.data.count) }
+                }
+                if upload.storeFinished {
+                    // The store ended the write early: it found the blob stored, or it failed.
+                    uploads.remove(upload)
+                    try await upload.storeWrite.value
+                    return ServerResponse(message: .with { $0.committedSize = digest.sizeBytes })
+                }
+                if message.finishWrite {
+                    guard upload.committed == digest.sizeBytes else {
+                        throw StrataError.invalidArgument(
+                            "finish_write after \(upload.committed) bytes, but blob \(digest) has \(digest.sizeBytes)")
+                    }
+                    upload.chunks.finish()
+                    uploads.remove(upload)
+                    try await upload.storeWrite.value
+                    return ServerResponse(message: .with { $0.committedSize = digest.sizeBytes })
+                }
+                guard let next = try await messages.next() else {
+                    // The client closed its side without finish_write: answer what is committed and keep
+                    // the upload open for a Write that resumes it.
+                    uploads.park(upload)
+                    return ServerResponse(message: .with { $0.committedSize = upload.committed })
+                }
+                message = next
+            }
+        } catch let error as StrataError where error.code == .invalidArgument {
+            // A malformed stream cannot be resumed meaningfully: drop the upload and what it wrote.
+            uploads.remove(upload)
+            upload.abandon(error.message)
+            throw error
+        } catch {
+            if upload.storeFinished {
+                uploads.remove(upload)
+            } else {
+                // The stream broke (cancelled, connection lost): keep the upload for a resumption.
+                uploads.park(upload)
+            }
+            throw error
+        }
+    }
+
+    public func queryWriteStatus(
+        request: ServerRequest<Google_Bytestream_QueryWriteStatusRequest>, context: ServerContext
+    ) async throws -> ServerResponse<Google_Bytestream_QueryWriteStatusResponse> {
+        let name = try ResourceName.parseWrite(request.message.resourceName)
+        let storage = try registry.byteStream(name.instanceName)
+        if let committed = uploads.committedSize(name) {
+            return ServerResponse(message: .with {
+                $0.committedSize = committed
+                $0.complete = false
+            })
+        }
+        if try await storage.store.findMissing([name.digest]).isEmpty {
+            return ServerResponse(message: .with {
+                $0.committedSize = name.digest.sizeBytes
+                $0.complete = true
+            })
+        }
+        throw StrataError.notFound("no upload of \(request.message.resourceName) is in progress or complete")
+    }
+
+    private func requireIdentity(_ name: ResourceName) throws(StrataError) {
+        if let compressor = name.compressor, compressor != "identity" {
+            throw .invalidArgument(
+                "compressed-blobs/\(compressor) is not supported: this server stores uncompressed blobs only (Capabilities lists no compressors)")
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import GRPCCore
+import StrataAPI
+import StrataCore
+
+/// Capabilities for a cache-only endpoint: only `cache_capabilities` is filled, from the instance.
+public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.SimpleServiceProtocol {
+    let registry: InstanceRegistry
+
+    public init(registry: InstanceRegistry) { self.registry = registry }
+
+    public func getCapabilities(
+        request: Build_Bazel_Remote_Execution_V2_GetCapabilitiesRequest, context: ServerContext
+    ) async throws -> Build_Bazel_Remote_Execution_V2_ServerCapabilities {
+        let instance = try registry.instance(request.instanceName)
+        return .with {
+            $0.lowApiVersion = .with { $0.major = 2; $0.minor = 0 }
+            $0.highApiVersion = .with { $0.major = 2; $0.minor = 12 }
+            $0.cacheCapabilities = .with {
+                $0.digestFunctions = DigestFunction.supported.map(\.proto)
+                $0.actionCacheUpdateCapabilities = .with {
+                    $0.updateEnabled = instance.actionCache?.allowsUpdates ?? false
+                }
+                $0.maxBatchTotalSizeBytes = registry.maxBatchTotalSizeBytes
+                $0.maxCasBlobSizeBytes = instance.maximumBlobSize ?? 0
+                // Action results are stored as given; absolute symlinks are not rejected.
+                $0.symlinkAbsolutePathStrategy = .allowed
+                $0.supportedCompressors = []
+                $0.supportedBatchUpdateCompressors = []
+                $0.splitBlobSupport = false
+                $0.spliceBlobSupport = false
+            }
+        }
+    }
+}

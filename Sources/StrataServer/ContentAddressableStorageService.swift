@@ -1,0 +1,253 @@
+import Foundation
+import GRPCCore
+import StrataAPI
+import StrataCore
+import StrataStorage
+import SwiftProtobuf
+
+typealias CAS = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage
+typealias Directory = Build_Bazel_Remote_Execution_V2_Directory
+
+public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
+    let registry: InstanceRegistry
+
+    public init(registry: InstanceRegistry) { self.registry = registry }
+
+    public func findMissingBlobs(
+        request: Build_Bazel_Remote_Execution_V2_FindMissingBlobsRequest, context: ServerContext
+    ) async throws -> Build_Bazel_Remote_Execution_V2_FindMissingBlobsResponse {
+        let cas = try registry.cas(request.instanceName)
+        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.blobDigests.first?.hash)
+        var digests: [Digest] = []
+        digests.reserveCapacity(request.blobDigests.count)
+        for proto in request.blobDigests { digests.append(try Digest(proto, function: function)) }
+        let missing = try await cas.store.findMissing(digests)
+        return .with { $0.missingBlobDigests = missing.map(\.proto) }
+    }
+
+    public func batchUpdateBlobs(
+        request: Build_Bazel_Remote_Execution_V2_BatchUpdateBlobsRequest, context: ServerContext
+    ) async throws -> Build_Bazel_Remote_Execution_V2_BatchUpdateBlobsResponse {
+        let instance = try registry.instance(request.instanceName)
+        let cas = try registry.cas(request.instanceName)
+        guard !cas.readOnly else {
+            throw StrataError(.permissionDenied, "the CAS of instance \"\(request.instanceName)\" is read-only")
+        }
+        let total = request.requests.reduce(Int64(0)) { $0 + Int64($1.data.count) }
+        guard total <= registry.maxBatchTotalSizeBytes else {
+            throw StrataError.invalidArgument(
+                "BatchUpdateBlobs carries \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); upload large blobs with ByteStream")
+        }
+        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.requests.first?.digest.hash)
+
+        // Validate each blob on its own: one bad blob gets its own status, the rest are stored.
+        var statuses = [RPCStatus](repeating: .ok, count: request.requests.count)
+        var accepted: [(index: Int, digest: Digest, data: Data)] = []
+        for (index, blob) in request.requests.enumerated() {
+            do throws(StrataError) {
+                let digest = try Digest(blob.digest, function: function)
+                guard blob.compressor == .identity else {
+                    throw .invalidArgument("blob \(digest): compressor \(blob.compressor) is not supported (Capabilities lists none)")
+                }
+                guard Int64(blob.data.count) == digest.sizeBytes else {
+                    throw .invalidArgument("blob \(digest): \(blob.data.count) bytes of data for a digest of size \(digest.sizeBytes)")
+                }
+                if let limit = instance.maximumBlobSize, digest.sizeBytes > limit {
+                    throw .invalidArgument("blob \(digest) is larger than max_cas_blob_size_bytes (\(limit))")
+                }
+                accepted.append((index, digest, blob.data))
+            } catch {
+                statuses[index] = error.rpcStatus
+            }
+        }
+        let results = await cas.store.writeBatch(accepted.map { (digest: $0.digest, data: $0.data) })
+        for (blob, result) in zip(accepted, results) {
+            if case .failure(let error) = result { statuses[blob.index] = error.rpcStatus }
+        }
+        return .with {
+            $0.responses = zip(request.requests, statuses).map { blob, status in
+                .with {
+                    $0.digest = blob.digest
+                    $0.status = status
+                }
+            }
+        }
+    }
+
+    public func batchReadBlobs(
+        request: Build_Bazel_Remote_Execution_V2_BatchReadBlobsRequest, context: ServerContext
+    ) async throws -> Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse {
+        let cas = try registry.cas(request.instanceName)
+        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.digests.first?.hash)
+        let total = request.digests.reduce(Int64(0)) { $0 + max(0, $1.sizeBytes) }
+        guard total <= registry.maxBatchTotalSizeBytes else {
+            throw StrataError.invalidArgument(
+                "BatchReadBlobs asks for \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); read large blobs with ByteStream")
+        }
+        var statuses = [RPCStatus](repeating: .ok, count: request.digests.count)
+        var valid: [(index: Int, digest: Digest)] = []
+        for (index, proto) in request.digests.enumerated() {
+            do throws(StrataError) {
+                valid.append((index, try Digest(proto, function: function)))
+            } catch {
+                statuses[index] = error.rpcStatus
+            }
+        }
+        let results = await cas.store.readBatch(valid.map(\.digest))
+        var data = [Data](repeating: Data(), count: request.digests.count)
+        for (blob, result) in zip(valid, results) {
+            switch result {
+            case .success(let bytes): data[blob.index] = bytes
+            case .failure(let error): statuses[blob.index] = error.rpcStatus
+            }
+        }
+        return .with {
+            $0.responses = request.digests.indices.map { index in
+                .with {
+                    $0.digest = request.digests[index]
+                    $0.status = statuses[index]
+                    $0.data = data[index]
+                    $0.compressor = .identity
+                }
+            }
+        }
+    }
+
+    public func getTree(
+        request: Build_Bazel_Remote_Execution_V2_GetTreeRequest,
+        response: RPCWriter<Build_Bazel_Remote_Execution_V2_GetTreeResponse>,
+        context: ServerContext
+    ) async throws {
+        let cas = try registry.cas(request.instanceName)
+        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.rootDigest.hash)
+        let root = try Digest(request.rootDigest, function: function)
+        guard request.pageSize >= 0 else { throw StrataError.invalidArgument("page_size \(request.pageSize) is negative") }
+        let start = try TreePageToken.decode(request.pageToken)
+        let walker = TreeWalker(store: cas.store, function: function, maxLevelBytes: registry.maxBatchTotalSizeBytes)
+        let pageSize = request.pageSize > 0 ? Int(request.pageSize) : TreeWalker.defaultPageSize
+        var page: [Directory] = []
+        var pageBytes = 0
+        var position = 0
+        let found = try await walker.walk(root: root) { directory, size in
+            defer { position += 1 }
+            guard position >= start else { return }
+            // Keep each message well under gRPC's 4 MiB default limit whatever page_size asks for.
+            if !page.isEmpty && (page.count >= pageSize || pageBytes + size > TreeWalker.maxResponseBytes) {
+                let next = TreePageToken.encode(position)
+                let directories = page
+                try await response.write(.with {
+                    $0.directories = directories
+                    $0.nextPageToken = next
+                })
+                page.removeAll(keepingCapacity: true)
+                pageBytes = 0
+            }
+            page.append(directory)
+            pageBytes += size
+        }
+        guard found else { throw StrataError.notFound("root directory \(root) is not in the CAS") }
+        if start > 0 && start >= position {
+            throw StrataError.invalidArgument("page_token points past the end of the tree")
+        }
+        let last = page
+        if !last.isEmpty { try await response.write(.with { $0.directories = last }) }
+    }
+
+    public func splitBlob(
+        request: Build_Bazel_Remote_Execution_V2_SplitBlobRequest, context: ServerContext
+    ) async throws -> Build_Bazel_Remote_Execution_V2_SplitBlobResponse {
+        throw StrataError.unimplemented("SplitBlob is not supported (Capabilities: split_blob_support false)")
+    }
+
+    public func spliceBlob(
+        request: Build_Bazel_Remote_Execution_V2_SpliceBlobRequest, context: ServerContext
+    ) async throws -> Build_Bazel_Remote_Execution_V2_SpliceBlobResponse {
+        throw StrataError.unimplemented("SpliceBlob is not supported (Capabilities: splice_blob_support false)")
+    }
+}
+
+/// The page token of GetTree: the position of the next directory in the walk's order, which is the
+/// same for every walk of an unchanged tree.
+enum TreePageToken {
+    static func encode(_ position: Int) -> String {
+        Data("strata-tree-v1:\(position)".utf8).base64EncodedString()
+    }
+
+    static func decode(_ token: String) throws(StrataError) -> Int {
+        if token.isEmpty { return 0 }
+        guard let data = Data(base64Encoded: token), let text = String(data: data, encoding: .utf8),
+              text.hasPrefix("strata-tree-v1:"), let position = Int(text.dropFirst("strata-tree-v1:".count)),
+              position >= 0
+        else {
+            throw .invalidArgument("page_token \"\(token)\" was not issued by this server")
+        }
+        return position
+    }
+}
+
+/// Walks a directory tree breadth first, one batched read per level, each directory once.
+/// Missing subdirectories are left out, as the spec says; a missing root is reported.
+struct TreeWalker: Sendable {
+    static let defaultPageSize = 1000
+    static let maxResponseBytes = 2 << 20
+
+    let store: any BlobStore
+    let function: DigestFunction
+    let maxLevelBytes: Int64
+
+    /// Calls `visit` for every directory in order; returns false if the root is missing.
+    func walk(root: Digest, visit: (Directory, Int) async throws -> Void) async throws -> Bool {
+        var seen: Set<Digest> = [root]
+        var level = [root]
+        var isRoot = true
+        while !level.isEmpty {
+            var next: [Digest] = []
+            for batch in batches(level) {
+                let results = await store.readBatch(batch)
+                for (digest, result) in zip(batch, results) {
+                    let data: Data
+                    switch result {
+                    case .success(let bytes): data = bytes
+                    case .failure(let error) where error.code == .notFound:
+                        if isRoot { return false }
+                        continue
+                    case .failure(let error): throw error
+                    }
+                    let directory: Directory
+                    do {
+                        directory = try Directory(serializedBytes: data)
+                    } catch {
+                        throw StrataError.invalidArgument("blob \(digest) in the tree is not a Directory message")
+                    }
+                    try await visit(directory, data.count)
+                    for child in directory.directories {
+                        // A malformed child digest names no blob we could hold: leave it out like a missing one.
+                        guard let childDigest = try? Digest(child.digest, function: function) else { continue }
+                        if seen.insert(childDigest).inserted { next.append(childDigest) }
+                    }
+                }
+                isRoot = false
+            }
+            level = next
+        }
+        return true
+    }
+
+    /// Groups reads so one batch holds at most `maxLevelBytes`.
+    private func batches(_ digests: [Digest]) -> [[Digest]] {
+        var batches: [[Digest]] = []
+        var current: [Digest] = []
+        var bytes: Int64 = 0
+        for digest in digests {
+            if !current.isEmpty && bytes + digest.sizeBytes > maxLevelBytes {
+                batches.append(current)
+                current = []
+                bytes = 0
+            }
+            current.append(digest)
+            bytes += digest.sizeBytes
+        }
+        if !current.isEmpty { batches.append(current) }
+        return batches
+    }
+}

@@ -1,0 +1,144 @@
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ServiceLifecycle
+import StrataCore
+
+/// Where a server listens: `host:port`, `[v6]:port` or `unix:/path`.
+public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Sendable, Hashable {
+        case tcp(host: String, port: Int)
+        case unix(path: String)
+    }
+
+    public let kind: Kind
+
+    public init(_ kind: Kind) { self.kind = kind }
+
+    public init(parsing text: String) throws(StrataError) {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst("unix:".count))
+            guard !path.isEmpty else { throw .invalidArgument("address \"\(text)\": unix: needs a path") }
+            kind = .unix(path: path)
+            return
+        }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (0...65535).contains(port)
+        else {
+            throw .invalidArgument("address \"\(text)\" is not host:port, [ipv6]:port or unix:/path")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw .invalidArgument("address \"\(text)\" has no host") }
+        kind = .tcp(host: host, port: port)
+    }
+
+    public var description: String {
+        switch kind {
+        case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unix(let path): "unix:\(path)"
+        }
+    }
+
+    var socketAddress: GRPCNIOTransportCore.SocketAddress {
+        switch kind {
+        case .tcp(let host, let port):
+            host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host == "localhost" ? "127.0.0.1" : host, port: port)
+        case .unix(let path): .unixDomainSocket(path: path)
+        }
+    }
+}
+
+/// The gRPC services of every instance on one or more listening addresses.
+///
+/// Runs as a swift-service-lifecycle `Service`: on graceful shutdown (SIGTERM/SIGINT in `strata serve`)
+/// it stops accepting RPCs, lets the ones in flight finish, then abandons parked uploads.
+public final class StrataServer: Service, Sendable {
+    public let registry: InstanceRegistry
+    public let uploads: UploadRegistry
+    private let servers: [(address: ListenAddress, server: GRPCServer<HTTP2ServerTransport.Posix>, transport: HTTP2ServerTransport.Posix)]
+    private let logger: Logger
+
+    public init(
+        registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
+        logger: Logger = Logger(label: "strata")
+    ) {
+        self.registry = registry
+        self.uploads = uploads
+        self.logger = logger
+        let services: [any RegistrableRPCService] = [
+            CapabilitiesService(registry: registry),
+            ContentAddressableStorageService(registry: registry),
+            ByteStreamService(registry: registry, uploads: uploads),
+            ActionCacheService(registry: registry),
+        ]
+        var config = HTTP2ServerTransport.Posix.Config.defaults
+        // Room for a full batch plus the digests and framing around it.
+        config.rpc.maxRequestPayloadSize = Int(registry.maxBatchTotalSizeBytes) + (1 << 20)
+        // A larger window keeps large ByteStream transfers from stalling on flow control.
+        config.http2.targetWindowSize = 8 << 20
+        servers = addresses.map { address in
+            let transport = HTTP2ServerTransport.Posix(
+                address: address.socketAddress, transportSecurity: .plaintext, config: config)
+            return (address, GRPCServer(transport: transport, services: services), transport)
+        }
+    }
+
+    /// The bound addresses, once listening (port 0 resolved to the real port).
+    public func listeningAddresses() async throws -> [ListenAddress] {
+        var result: [ListenAddress] = []
+        for entry in servers {
+            let bound = try await entry.transport.listeningAddress
+            if let ipv4 = bound.ipv4 {
+                result.append(ListenAddress(.tcp(host: ipv4.host, port: ipv4.port)))
+            } else if let ipv6 = bound.ipv6 {
+                result.append(ListenAddress(.tcp(host: ipv6.host, port: ipv6.port)))
+            } else {
+                result.append(entry.address)
+            }
+        }
+        return result
+    }
+
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { housekeeping in
+                housekeeping.addTask { [uploads] in await uploads.runExpiry() }
+                try await withThrowingTaskGroup(of: Void.self) { serving in
+                    for entry in servers {
+                        serving.addTask {
+                            do {
+                                try await entry.server.serve()
+                            } catch {
+                                throw StrataError.unavailable("cannot serve on \(entry.address): \(Self.describe(error))")
+                            }
+                        }
+                    }
+                    serving.addTask { [self] in
+                        if let bound = try? await listeningAddresses() {
+                            logger.info("strata listening on \(bound.map(\.description).joined(separator: ", "))")
+                        }
+                    }
+                    // A server that fails to bind ends the group, which cancels (stops) the others.
+                    try await serving.waitForAll()
+                }
+                housekeeping.cancelAll()
+            }
+        } onGracefulShutdown: { [servers, logger] in
+            logger.info("strata shutting down: finishing requests in flight")
+            for entry in servers { entry.server.beginGracefulShutdown() }
+        }
+        uploads.abandonAll()
+    }
+
+    public func beginGracefulShutdown() {
+        for entry in servers { entry.server.beginGracefulShutdown() }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        if let error = error as? RuntimeError {
+            return error.message + (error.cause.map { ": \($0)" } ?? "")
+        }
+        return String(describing: error)
+    }
+}

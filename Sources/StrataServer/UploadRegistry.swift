@@ -1,0 +1,162 @@
+import AsyncAlgorithms
+import Foundation
+import StrataCore
+import StrataStorage
+import Synchronization
+
+/// ByteStream uploads in progress, so that a Write whose stream broke can be resumed.
+///
+/// Each upload streams straight into its store through a hand-off channel: no spool file, no extra copy,
+/// at most one chunk in flight. When a client's stream ends before `finish_write`, the upload is parked
+/// with its store write still open; a later Write of the same resource name at `write_offset` =
+/// committed size continues it, and QueryWriteStatus reports its committed size. A parked upload that
+/// nobody resumes within `idleTimeout` is abandoned: its store write fails and leaves nothing behind.
+public final class UploadRegistry: Sendable {
+    public let idleTimeout: Duration
+    private let uploads = Mutex<[String: Upload]>([:])
+
+    public init(idleTimeout: Duration = .seconds(60)) {
+        self.idleTimeout = idleTimeout
+    }
+
+    final class Upload: Sendable {
+        struct State {
+            var committed: Int64 = 0
+            var attached = true
+            var parkedAt: ContinuousClock.Instant?
+            var storeFinished = false
+        }
+
+        /// A reference to the state, so the store task can share it.
+        final class Shared: Sendable {
+            let state = Mutex(State())
+        }
+
+        let key: String
+        let digest: Digest
+        let chunks = AsyncThrowingChannel<Data, any Error>()
+        let shared = Shared()
+        let storeWrite: Task<Void, any Error>
+
+        func withState<T, E: Error>(_ body: (inout State) throws(E) -> T) throws(E) -> T {
+            try shared.state.withLock { (state: inout State) throws(E) -> T in try body(&state) }
+        }
+
+        init(key: String, digest: Digest, store: any BlobStore) {
+            self.key = key
+            self.digest = digest
+            let chunks = self.chunks
+            let shared = self.shared
+            storeWrite = Task {
+                // Finishing the channel releases a sender blocked on a store that stopped reading early
+                // (it found the blob already stored).
+                defer {
+                    shared.state.withLock { $0.storeFinished = true }
+                    chunks.finish()
+                }
+                try await store.write(digest, body: BlobBody(chunks))
+            }
+        }
+
+        var committed: Int64 { shared.state.withLock { $0.committed } }
+        var storeFinished: Bool { shared.state.withLock { $0.storeFinished } }
+
+        func abandon(_ reason: String) {
+            chunks.fail(StrataError(.aborted, reason))
+            storeWrite.cancel()
+        }
+    }
+
+    enum Claim {
+        case started(Upload)
+        case resumed(Upload)
+    }
+
+    static func key(_ name: ResourceName) -> String {
+        "\(name.instanceName)\u{0}\(name.uploadID ?? "")\u{0}\(name.digest.hash)\u{0}\(name.digest.sizeBytes)"
+    }
+
+    /// Starts an upload, or takes over a parked one. Throws when another stream is writing it or when
+    /// `writeOffset` is not where the upload stands.
+    func claim(_ name: ResourceName, writeOffset: Int64, store: any BlobStore) throws(StrataError) -> Claim {
+        let key = Self.key(name)
+        return try uploads.withLock { uploads throws(StrataError) -> Claim in
+            if let upload = uploads[key] {
+                try upload.withState { state throws(StrataError) in
+                    guard !state.attached else {
+                        throw StrataError(.aborted, "upload \(name.uploadID ?? "") of \(name.digest) is being written by another stream")
+                    }
+                    guard writeOffset == state.committed else {
+                        throw .invalidArgument(
+                            "write_offset \(writeOffset) does not continue upload \(name.uploadID ?? ""): \(state.committed) bytes are committed; resume at \(state.committed)")
+                    }
+                    state.attached = true
+                    state.parkedAt = nil
+                }
+                return .resumed(upload)
+            }
+            guard writeOffset == 0 else {
+                throw .invalidArgument(
+                    "write_offset \(writeOffset): no upload \(name.uploadID ?? "") of \(name.digest) is in progress; start at write_offset 0")
+            }
+            let upload = Upload(key: key, digest: name.digest, store: store)
+            uploads[key] = upload
+            return .started(upload)
+        }
+    }
+
+    /// The committed size of an upload in progress, if there is one.
+    func committedSize(_ name: ResourceName) -> Int64? {
+        uploads.withLock { $0[Self.key(name)] }?.committed
+    }
+
+    /// The stream of `upload` ended before finish_write: keep it for a resumption.
+    func park(_ upload: Upload) {
+        upload.withState { (state: inout Upload.State) in
+            state.attached = false
+            state.parkedAt = .now
+        }
+    }
+
+    func remove(_ upload: Upload) {
+        uploads.withLock { uploads in
+            if uploads[upload.key] === upload { uploads[upload.key] = nil }
+        }
+    }
+
+    /// Abandons parked uploads idle for longer than `idleTimeout`; returns how many.
+    @discardableResult
+    public func expireIdle(now: ContinuousClock.Instant = .now) -> Int {
+        let expired = uploads.withLock { uploads -> [Upload] in
+            let expired = uploads.values.filter { upload in
+                upload.withState { (state: inout Upload.State) -> Bool in
+                    guard !state.attached, let parkedAt = state.parkedAt else { return false }
+                    return now - parkedAt >= idleTimeout
+                }
+            }
+            for upload in expired { uploads[upload.key] = nil }
+            return expired
+        }
+        for upload in expired { upload.abandon("upload of \(upload.digest) was idle for more than \(idleTimeout)") }
+        return expired.count
+    }
+
+    /// Abandons every upload; for shutdown, after the server stopped taking requests.
+    public func abandonAll() {
+        let all = uploads.withLock { uploads in
+            defer { uploads.removeAll() }
+            return Array(uploads.values)
+        }
+        for upload in all { upload.abandon("the server is shutting down") }
+    }
+
+    public var count: Int { uploads.withLock { $0.count } }
+
+    /// Expires idle uploads periodically until cancelled.
+    public func runExpiry() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: min(idleTimeout, .seconds(10)))
+            expireIdle()
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import StrataConfig
+import StrataServer
+
+@main
+struct Strata: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "strata",
+        abstract: "A REAPI v2 remote cache server.",
+        subcommands: [Serve.self, ConfigCommand.self])
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the server: with CONFIG, as it says; without, on the embedded default (config/default.yml).")
+
+    @Argument(help: "A BuildGrid-style YAML configuration file.")
+    var config: String?
+
+    @Option(name: .customLong("address"), help: "Listen here instead of the config's !channel addresses (host:port); repeatable.")
+    var addresses: [String] = []
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = logLevel
+            return handler
+        }
+        let logger = Logger(label: "strata")
+        var configuration: Configuration
+        do {
+            if let config {
+                configuration = try Configuration.load(file: config)
+            } else {
+                configuration = try Configuration.parse(yaml: embeddedDefaultConfiguration, file: "<embedded default>")
+            }
+            if !addresses.isEmpty {
+                configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
+            }
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        for warning in configuration.warnings { logger.warning("\(warning)") }
+        logger.info("configuration: \(config ?? "embedded default"); storage: \(configuration.storageSummary.joined(separator: "; "))")
+        let server = StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+struct ConfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "config", abstract: "Work with configuration files.", subcommands: [Check.self])
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Load CONFIG as `strata serve` would, report the first problem with its file and line, and exit.")
+
+        @Argument(help: "The configuration file.")
+        var config: String
+
+        func run() async throws {
+            do {
+                let configuration = try Configuration.load(file: config)
+                for warning in configuration.warnings { print("warning: \(warning)") }
+                let names = configuration.instances.map { "\"\($0.name)\"" }.joined(separator: ", ")
+                print("\(config): OK: listening on \(configuration.addresses.map(\.description).joined(separator: ", ")); instances \(names)")
+            } catch {
+                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+    }
+}
