@@ -277,18 +277,9 @@ public struct Blob: Sendable {
 
     public static func random(size: Int) -> Blob {
         var generator = SystemRandomNumberGenerator()
-        var data = Data(count: size)
-        data.withUnsafeMutableBytes { buffer in
-            var index = 0
-            while index < size {
-                var word = generator.next()
-                let n = min(8, size - index)
-                withUnsafeBytes(of: &word) { source in
-                    for i in 0..<n { buffer[index + i] = source[i] }
-                }
-                index += n
-            }
-        }
+        var words = [UInt64](repeating: 0, count: (size + 7) / 8)
+        for index in words.indices { words[index] = generator.next() }
+        let data = words.withUnsafeBytes { Data($0.prefix(size)) }
         return Blob(data)
     }
 }

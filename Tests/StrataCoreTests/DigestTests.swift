@@ -1,0 +1,75 @@
+import Foundation
+import StrataCore
+import Testing
+
+@Suite struct DigestTests {
+    let hello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+    @Test func computesSHA256() throws {
+        #expect(Digest.of(Data("hello".utf8)).hash == hello)
+        #expect(Digest.emptySHA256.hash == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(Digest.emptySHA256.isEmpty)
+        #expect(!(try Digest(hash: hello, sizeBytes: 0)).isEmpty)
+    }
+
+    @Test(arguments: [
+        ("abc", Int64(1), "64 hex characters"),
+        (String(repeating: "g", count: 64), Int64(1), "not hex"),
+        (String(repeating: "A", count: 64), Int64(1), "lower-case"),
+        (String(repeating: "a", count: 64), Int64(-1), "negative"),
+        ("", Int64(0), "64 hex characters"),
+    ])
+    func rejectsMalformed(hash: String, size: Int64, message: String) {
+        #expect {
+            _ = try Digest(hash: hash, sizeBytes: size)
+        } throws: { error in
+            guard let error = error as? StrataError else { return false }
+            return error.code == .invalidArgument && error.message.contains(message)
+        }
+    }
+
+    @Test func resolvesDigestFunctions() throws {
+        #expect(try DigestFunction.resolve(protoValue: 0, hash: hello) == .sha256)
+        #expect(try DigestFunction.resolve(protoValue: 1, hash: nil) == .sha256)
+        for value in [2, 3, 8, 9, 99] {
+            #expect(throws: StrataError.self) { try DigestFunction.resolve(protoValue: value, hash: nil) }
+        }
+        // A SHA-1 length hash is inferred as SHA-1, which is refused with a message naming it.
+        #expect {
+            try DigestFunction.resolve(protoValue: 0, hash: String(repeating: "a", count: 40))
+        } throws: { ($0 as? StrataError)?.message.contains("SHA1") == true }
+    }
+
+    @Test func verifyingBodyRefusesWrongBytes() async throws {
+        let data = Data("hello".utf8)
+        let digest = Digest.of(data)
+        let good = try await BlobBody(data: data, chunkSize: 2).verifying(digest).collect(limit: 100)
+        #expect(good == data)
+        await #expect(throws: StrataError.self) {
+            _ = try await BlobBody(data: Data("hellp".utf8)).verifying(digest).collect(limit: 100)
+        }
+        await #expect(throws: StrataError.self) {
+            _ = try await BlobBody(data: Data("hello!".utf8)).verifying(digest).collect(limit: 100)
+        }
+        await #expect(throws: StrataError.self) {
+            _ = try await BlobBody(data: Data("hell".utf8)).verifying(digest).collect(limit: 100)
+        }
+    }
+
+    @Test func lruDictionaryEvictsLeastRecentlyUsed() {
+        var lru = LRUDictionary<String, Int>(capacity: 3)
+        lru.insert("a", 1, cost: 1)
+        lru.insert("b", 2, cost: 1)
+        lru.insert("c", 3, cost: 1)
+        #expect(lru.get("a") == 1)
+        lru.insert("d", 4, cost: 1)
+        #expect(!lru.contains("b"))
+        #expect(lru.contains("a") && lru.contains("c") && lru.contains("d"))
+        #expect(lru.insert("big", 9, cost: 4) == false)
+        lru.insert("e", 5, cost: 2)
+        #expect(lru.totalCost <= 3)
+        #expect(lru.contains("e") && lru.contains("d"))
+        #expect(lru.remove("e") == 5)
+        #expect(lru.totalCost == 1)
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import StrataCore
+import StrataStorage
+import StrataTestSupport
+import Testing
+
+@Suite struct LRUBlobStoreTests {
+    @Test(arguments: BlobStoreConformance.cases)
+    func conformance(_ check: BlobStoreConformance) async throws {
+        try await check.run(on: LRUBlobStore(capacityBytes: 256 << 20))
+    }
+
+    @Test func refusesBlobLargerThanItsSize() async throws {
+        let store = LRUBlobStore(capacityBytes: 1000)
+        let blob = Blob.random(size: 1001)
+        try await expectError(.resourceExhausted, "writing a blob larger than the store") {
+            try await store.write(blob.digest, data: blob.data)
+        }
+        try expectFailure(await store.writeBatch([(blob.digest, blob.data)])[0], .resourceExhausted, "batch-writing a blob larger than the store")
+        #expect(try await store.findMissing([blob.digest]) == [blob.digest])
+    }
+
+    @Test func evictsLeastRecentlyUsedWithinBudget() async throws {
+        let store = LRUBlobStore(capacityBytes: 3000)
+        let blobs = (0..<3).map { _ in Blob.random(size: 1000) }
+        for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+        // Touch the oldest through FindMissingBlobs: it must now outlive the second.
+        #expect(try await store.findMissing([blobs[0].digest]).isEmpty)
+        let newcomer = Blob.random(size: 1000)
+        try await store.write(newcomer.digest, data: newcomer.data)
+        #expect(try await store.findMissing(blobs.map(\.digest) + [newcomer.digest]) == [blobs[1].digest])
+        #expect(store.totalBytes <= 3000)
+    }
+}
+
+@Suite struct DiskBlobStoreTests {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-disk-\(UUID().uuidString)").path
+
+    @Test(arguments: BlobStoreConformance.cases)
+    func conformance(_ check: BlobStoreConformance) async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try await check.run(on: DiskBlobStore(path: root))
+    }
+
+    @Test func survivesRestart() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let blob = Blob.random(size: 5000)
+        do {
+            let store = try DiskBlobStore(path: root)
+            try await store.write(blob.digest, data: blob.data)
+        }
+        let reopened = try DiskBlobStore(path: root)
+        #expect(try await reopened.readAll(blob.digest) == blob.data)
+    }
+
+    @Test func noPartialFileUnderAFinalName() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try DiskBlobStore(path: root, sync: false)
+        let blob = Blob.random(size: 3 << 20)
+        let finalPath = "\(root)/cas/\(blob.digest.hash.prefix(2))/\(blob.digest.hash)_\(blob.digest.sizeBytes)"
+        let halfway = AsyncStream<Void>.makeStream()
+        let release = AsyncStream<Void>.makeStream()
+        let body = BlobBody {
+            var step = 0
+            var releaseIterator = release.stream.makeAsyncIterator()
+            return BlobBody.AsyncIterator {
+                step += 1
+                switch step {
+                case 1, 2: return blob.data[((step - 1) << 20)..<(step << 20)]
+                case 3:
+                    halfway.continuation.yield()
+                    _ = await releaseIterator.next()
+                    return blob.data[(2 << 20)...]
+                default: return nil
+                }
+            }
+        }
+        async let write: Void = store.write(blob.digest, body: body)
+        var halfwayIterator = halfway.stream.makeAsyncIterator()
+        _ = await halfwayIterator.next()
+        // Two MiB have been written to a temporary file; nothing is visible under the final name.
+        #expect(!FileManager.default.fileExists(atPath: finalPath))
+        #expect(try await store.findMissing([blob.digest]) == [blob.digest])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").count == 1)
+        release.continuation.yield()
+        try await write
+        #expect(FileManager.default.fileExists(atPath: finalPath))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").isEmpty)
+    }
+
+    @Test func removesLeftoverTemporaryFilesAtStart() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        _ = try DiskBlobStore(path: root)
+        FileManager.default.createFile(atPath: "\(root)/tmp/leftover", contents: Data([1, 2, 3]))
+        _ = try DiskBlobStore(path: root)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").isEmpty)
+    }
+
+    @Test func failedWriteLeavesNoTemporaryFile() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = try DiskBlobStore(path: root)
+        let blob = Blob.random(size: 2 << 20)
+        var wrong = blob.data
+        wrong[wrong.count - 1] ^= 1
+        await #expect(throws: StrataError.self) { try await store.write(blob.digest, data: wrong) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").isEmpty)
+    }
+}
