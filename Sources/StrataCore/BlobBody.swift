@@ -84,10 +84,7 @@ public struct BlobBody: AsyncSequence, Sendable {
                             "blob \(digest): received \(hasher.byteCount) bytes, the digest says \(digest.sizeBytes)")
                     }
                     let actual = hasher.finalizeHex()
-                    guard actual == digest.hash else {
-                        throw StrataError.invalidArgument(
-                            "blob \(digest): the data's \(digest.function) hash is \(actual), not the digest's \(digest.hash)")
-                    }
+                    guard actual == digest.hash else { throw Digest.hashMismatch(digest, actual: actual) }
                     return nil
                 }
                 hasher.update(chunk)

@@ -55,6 +55,23 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
         return Digest(trusted: hasher.finalizeHex(), sizeBytes: Int64(bytes.count), function: function)
     }
 
+    /// Checks that `data` is this blob; INVALID_ARGUMENT says whether the size or the hash differs.
+    public func verify(_ data: some DataProtocol) throws(StrataError) {
+        guard Int64(data.count) == sizeBytes else {
+            throw .invalidArgument("blob \(self): received \(data.count) bytes, the digest says \(sizeBytes)")
+        }
+        var hasher = function.makeHasher()
+        hasher.update(data)
+        let actual = hasher.finalizeHex()
+        guard actual == hash else {
+            throw Self.hashMismatch(self, actual: actual)
+        }
+    }
+
+    static func hashMismatch(_ digest: Digest, actual: String) -> StrataError {
+        .invalidArgument("blob \(digest): the data's \(digest.function) hash is \(actual), not the digest's \(digest.hash)")
+    }
+
     public var description: String { "\(hash)/\(sizeBytes)" }
 
     public static func < (lhs: Digest, rhs: Digest) -> Bool {

@@ -47,10 +47,11 @@ public final class LRUBlobStore: BlobStore {
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
         var accepted: [(Digest, Data)] = []
         let results = blobs.map { blob -> Result<Void, StrataError> in
-            do throws(StrataError) { try checkFits(blob.digest) } catch { return .failure(error) }
-            let actual = Digest.of(blob.data, function: blob.digest.function)
-            guard actual == blob.digest else {
-                return .failure(.invalidArgument("blob \(blob.digest): the data's digest is \(actual)"))
+            do throws(StrataError) {
+                try checkFits(blob.digest)
+                try blob.digest.verify(blob.data)
+            } catch {
+                return .failure(error)
             }
             if !blob.digest.isEmpty { accepted.append((blob.digest, blob.data)) }
             return .success(())

@@ -1,0 +1,232 @@
+import Foundation
+import GRPCCore
+import StrataAPI
+import StrataActionCache
+import StrataCore
+import StrataServer
+import StrataStorage
+import StrataTestSupport
+import Testing
+
+@Suite struct ByteStreamServiceTests {
+    @Test func writesAndReadsLargeBlobInChunks() async throws {
+        try await withServer([memoryInstance("main")]) { clients in
+            let blob = Blob.random(size: 5 << 20 + 123)
+            let committed = try await clients.byteStream.upload("main/uploads/\(UUID())/blobs/\(blob.digest)/meta", blob.data, chunkSize: 16 << 10)
+            #expect(committed == blob.digest.sizeBytes)
+            let read = try await clients.byteStream.download("main/blobs/\(blob.digest)")
+            #expect(read == blob.data)
+            let slice = try await clients.byteStream.download("main/blobs/\(blob.digest)", offset: 1000, limit: 5000)
+            #expect(slice == blob.data[1000..<6000])
+            let tail = try await clients.byteStream.download("main/blobs/\(blob.digest)", offset: blob.digest.sizeBytes)
+            #expect(tail.isEmpty)
+        }
+    }
+
+    @Test func readErrorsUseTheSpecsCodes() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 100)
+            _ = try await clients.byteStream.upload("uploads/u/blobs/\(blob.digest)", blob.data)
+            let cases: [(String, Int64, Int64, RPCError.Code)] = [
+                ("blobs/\(blob.digest)", 101, 0, .outOfRange),
+                ("blobs/\(blob.digest)", -1, 0, .outOfRange),
+                ("blobs/\(blob.digest)", 0, -1, .invalidArgument),
+                ("blobs/\(Blob.random(size: 100).digest)", 0, 0, .notFound),
+                ("blobs/\(blob.digest.hash)/99", 0, 0, .notFound),
+                ("blobs/nothex/100", 0, 0, .invalidArgument),
+                ("blobs/\(blob.digest.hash)", 0, 0, .invalidArgument),
+                ("other/blobs/\(blob.digest)", 0, 0, .invalidArgument),
+                ("compressed-blobs/zstd/\(blob.digest)", 0, 0, .invalidArgument),
+            ]
+            for (resource, offset, limit, code) in cases {
+                let failure = await rpcFailure { _ = try await clients.byteStream.download(resource, offset: offset, limit: limit) }
+                #expect(failure?.code == code, "\(resource) offset \(offset) limit \(limit): \(String(describing: failure))")
+                #expect(failure?.message.isEmpty == false)
+            }
+        }
+    }
+
+    @Test func writeErrorsStoreNothing() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 200_000)
+            var corrupt = blob.data
+            corrupt[5] ^= 1
+            let cases: [(String, Data, String)] = [
+                ("too few bytes", blob.data.prefix(100_000), "finish_write after 100000 bytes"),
+                ("too many bytes", blob.data + Data([1]), "200001 bytes"),
+                ("wrong hash", corrupt, "hash"),
+            ]
+            for (what, data, message) in cases {
+                let failure = await rpcFailure { _ = try await clients.byteStream.upload("uploads/\(UUID())/blobs/\(blob.digest)", data) }
+                #expect(failure?.code == .invalidArgument, "\(what): \(String(describing: failure))")
+                #expect(failure?.message.contains(message) == true, "\(what): \(String(describing: failure))")
+            }
+            let missing = try await clients.cas.findMissingBlobs(.with { $0.blobDigests = [blob.digest.proto] })
+            #expect(missing.missingBlobDigests.count == 1)
+            let badName = await rpcFailure { _ = try await clients.byteStream.upload("blobs/\(blob.digest)", blob.data) }
+            #expect(badName?.code == .invalidArgument)
+            let badOffset = await rpcFailure { _ = try await clients.byteStream.upload("uploads/x/blobs/\(blob.digest)", blob.data, offset: 10) }
+            #expect(badOffset?.code == .invalidArgument)
+            #expect(clients.server.uploads.count == 0)
+        }
+    }
+
+    @Test func refusesBlobsOverTheMaximumSize() async throws {
+        try await withServer([memoryInstance(capacity: 1000)]) { clients in
+            let blob = Blob.random(size: 1001)
+            let failure = await rpcFailure { _ = try await clients.byteStream.upload("uploads/u/blobs/\(blob.digest)", blob.data) }
+            #expect(failure?.code == .invalidArgument)
+            #expect(failure?.message.contains("max_cas_blob_size_bytes") == true)
+        }
+    }
+
+    @Test func existingBlobCompletesEarly() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 3 << 20)
+            _ = try await clients.byteStream.upload("uploads/a/blobs/\(blob.digest)", blob.data)
+            let committed = try await clients.byteStream.write(requestProducer: { writer in
+                try await writer.write(.with {
+                    $0.resourceName = "uploads/b/blobs/\(blob.digest)"
+                    $0.data = blob.data.prefix(1000)
+                })
+            }).committedSize
+            #expect(committed == blob.digest.sizeBytes)
+        }
+    }
+
+    @Test func resumesAnInterruptedUpload() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 1 << 20)
+            let resource = "uploads/\(UUID())/blobs/\(blob.digest)"
+            let unknown = await rpcFailure { _ = try await clients.byteStream.queryWriteStatus(.with { $0.resourceName = resource }) }
+            #expect(unknown?.code == .notFound)
+
+            // The client closes its stream after half the bytes, without finish_write.
+            let half = try await clients.byteStream.upload(resource, blob.data.prefix(512 << 10), finish: false)
+            #expect(half == 512 << 10)
+            let status = try await clients.byteStream.queryWriteStatus(.with { $0.resourceName = resource })
+            #expect(status.committedSize == 512 << 10 && !status.complete)
+
+            let wrongOffset = await rpcFailure { _ = try await clients.byteStream.upload(resource, blob.data.suffix(1000), offset: 1000) }
+            #expect(wrongOffset?.code == .invalidArgument)
+            #expect(wrongOffset?.message.contains("resume at \(512 << 10)") == true)
+
+            let done = try await clients.byteStream.upload(resource, blob.data.suffix(from: 512 << 10), offset: 512 << 10)
+            #expect(done == blob.digest.sizeBytes)
+            let complete = try await clients.byteStream.queryWriteStatus(.with { $0.resourceName = resource })
+            #expect(complete.complete && complete.committedSize == blob.digest.sizeBytes)
+            #expect(try await clients.byteStream.download("blobs/\(blob.digest)") == blob.data)
+        }
+    }
+
+    @Test func idleParkedUploadsExpire() async throws {
+        let uploads = UploadRegistry(idleTimeout: .milliseconds(1))
+        try await withServer([memoryInstance()], uploads: uploads) { clients in
+            let blob = Blob.random(size: 100_000)
+            let resource = "uploads/\(UUID())/blobs/\(blob.digest)"
+            _ = try await clients.byteStream.upload(resource, blob.data.prefix(50_000), finish: false)
+            // The server's expiry loop runs at least every idle timeout; sweep once more to be sure.
+            try await Task.sleep(for: .milliseconds(50))
+            uploads.expireIdle()
+            #expect(uploads.count == 0)
+            let gone = await rpcFailure { _ = try await clients.byteStream.queryWriteStatus(.with { $0.resourceName = resource }) }
+            #expect(gone?.code == .notFound)
+        }
+    }
+
+    @Test func concurrentUploadsOfOneBlob() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 2 << 20)
+            try await withThrowingTaskGroup(of: Int64.self) { group in
+                for _ in 0..<6 {
+                    group.addTask { try await clients.byteStream.upload("uploads/\(UUID())/blobs/\(blob.digest)", blob.data) }
+                }
+                for try await committed in group { #expect(committed == blob.digest.sizeBytes) }
+            }
+            #expect(try await clients.byteStream.download("blobs/\(blob.digest)") == blob.data)
+        }
+    }
+}
+
+@Suite struct ActionCacheServiceTests {
+    typealias Result = Build_Bazel_Remote_Execution_V2_ActionResult
+
+    @Test func updateThenGet() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let action = Blob.random(size: 140).digest
+            let output = Blob.random(size: 10).digest
+            let result = Result.with {
+                $0.exitCode = 0
+                $0.outputFiles = [.with { $0.path = "out/a"; $0.digest = output.proto }]
+            }
+            let missing = await rpcFailure { _ = try await clients.actionCache.getActionResult(.with { $0.actionDigest = action.proto }) }
+            #expect(missing?.code == .notFound)
+            let stored = try await clients.actionCache.updateActionResult(.with {
+                $0.actionDigest = action.proto
+                $0.actionResult = result
+            })
+            #expect(stored == result)
+            #expect(try await clients.actionCache.getActionResult(.with { $0.actionDigest = action.proto }) == result)
+
+            let badAction = await rpcFailure {
+                _ = try await clients.actionCache.updateActionResult(.with { $0.actionDigest = protoDigest("12", 3); $0.actionResult = result })
+            }
+            #expect(badAction?.code == .invalidArgument)
+            let badOutput = await rpcFailure {
+                _ = try await clients.actionCache.updateActionResult(.with {
+                    $0.actionDigest = action.proto
+                    $0.actionResult = .with { $0.outputFiles = [.with { $0.path = "x"; $0.digest = protoDigest(output.hash, -1) }] }
+                })
+            }
+            #expect(badOutput?.code == .invalidArgument)
+            #expect(badOutput?.message.contains("output file x") == true)
+        }
+    }
+
+    @Test func readOnlyCacheRefusesUpdatesAndSaysSo() async throws {
+        let cache = UpdatePolicyActionCache(LRUActionCache(maxEntries: 10), allowUpdates: false, cacheFailedActions: true)
+        try await withServer([memoryInstance(cache: cache)]) { clients in
+            let capabilities = try await clients.capabilities.getCapabilities(.with { _ in })
+            #expect(!capabilities.cacheCapabilities.actionCacheUpdateCapabilities.updateEnabled)
+            let refused = await rpcFailure {
+                _ = try await clients.actionCache.updateActionResult(.with {
+                    $0.actionDigest = Blob.random(size: 1).digest.proto
+                    $0.actionResult = .with { $0.exitCode = 0 }
+                })
+            }
+            #expect(refused?.code == .permissionDenied)
+        }
+    }
+}
+
+@Suite struct ServerLifecycleTests {
+    @Test func secondServerOnTheSamePortFails() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let second = StrataServer(
+                registry: InstanceRegistry([memoryInstance()]), addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: clients.port))])
+            await #expect(throws: (any Error).self) { try await second.run() }
+        }
+    }
+
+    @Test func gracefulShutdownLetsAnUploadInFlightFinish() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 1 << 20)
+            let committed = try await clients.byteStream.write(requestProducer: { writer in
+                try await writer.write(.with {
+                    $0.resourceName = "uploads/g/blobs/\(blob.digest)"
+                    $0.data = blob.data.prefix(1000)
+                })
+                // Shut down once the server holds the upload: the RPC is in flight, not merely sent.
+                while clients.server.uploads.count == 0 { try await Task.sleep(for: .milliseconds(5)) }
+                clients.server.beginGracefulShutdown()
+                try await Task.sleep(for: .milliseconds(50))
+                try await writer.write(.with {
+                    $0.writeOffset = 1000
+                    $0.data = blob.data.suffix(from: 1000)
+                    $0.finishWrite = true
+                })
+            }).committedSize
+            #expect(committed == blob.digest.sizeBytes)
+        }
+    }
+}
