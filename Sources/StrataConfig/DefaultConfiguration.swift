@@ -28,4 +28,5 @@ instances:
         storage: *cas-storage
       - !action-cache
         cache: *action-cache
+
 """#
