@@ -1,4 +1,5 @@
 import Foundation
+import StrataCore
 import Yams
 
 /// A YAML node with what an error needs to point at it: the file, the line and the key path.
@@ -100,25 +101,11 @@ struct ConfigNode {
             return Int64(value)
         }
         let text = try string()
-        guard let value = Self.parseSize(text) else {
+        guard let value = parseByteSize(text) else {
             throw error("\"\(text)\" is not a size: use bytes or a number with K, M, G or T (binary), e.g. 2048M")
         }
         guard value > 0 else { throw error("a size must be positive") }
         return value
-    }
-
-    static func parseSize(_ text: String) -> Int64? {
-        var body = text.trimmingCharacters(in: .whitespaces).lowercased()
-        if body.hasSuffix("b") { body.removeLast() }
-        let units: [Character: Int64] = ["k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40]
-        var multiplier: Int64 = 1
-        if let last = body.last, let unit = units[last] {
-            multiplier = unit
-            body.removeLast()
-        }
-        guard !body.isEmpty, body.allSatisfy(\.isASCII), let number = Int64(body) else { return nil }
-        let (product, overflow) = number.multipliedReportingOverflow(by: multiplier)
-        return overflow ? nil : product
     }
 
     /// `$NAME` and `${NAME}` from the environment; unknown names stay as written (like Python's

@@ -1,0 +1,165 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import StrataAPI
+import StrataCore
+
+typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
+typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
+typealias ActionCacheClient = Build_Bazel_Remote_Execution_V2_ActionCache.Client<HTTP2ClientTransport.Posix>
+typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
+
+/// What one benchmark run does.
+public enum Scenario: String, CaseIterable, Sendable, Codable {
+    /// FindMissingBlobs with `batch` digests per request, all stored.
+    case findMissingPresent = "fmb-present"
+    /// FindMissingBlobs with `batch` digests per request, none stored.
+    case findMissingMissing = "fmb-missing"
+    /// BatchUpdateBlobs of `batch` new blobs of `blobSize` bytes.
+    case batchUpdate = "batch-update"
+    /// BatchReadBlobs of `batch` stored blobs of `blobSize` bytes.
+    case batchRead = "batch-read"
+    /// ByteStream Write of a new blob of `blobSize` bytes.
+    case byteStreamWrite = "bytestream-write"
+    /// ByteStream Read of a stored blob of `blobSize` bytes.
+    case byteStreamRead = "bytestream-read"
+    /// UpdateActionResult then GetActionResult of a new action.
+    case actionCache = "ac"
+    /// What a Bazel build does per action on a cold cache: look up, upload outputs, store the result,
+    /// then on a warm build look up, check outputs, download.
+    case bazelMix = "bazel-mix"
+}
+
+public struct BenchmarkOptions: Sendable, Codable {
+    public var host = "127.0.0.1"
+    public var port = 50051
+    public var instanceName = ""
+    public var scenario = Scenario.findMissingPresent
+    public var concurrency = 4
+    public var duration: Double = 5
+    /// Digests or blobs per request.
+    public var batch = 1000
+    public var blobSize = 4096
+    /// The server's pid, to report its CPU time and peak RSS.
+    public var serverPID: Int32?
+    /// Stop after this many operations (for very large blobs), even before `duration`.
+    public var maxOperations: Int?
+
+    public init() {}
+}
+
+public struct BenchmarkResult: Sendable, Codable {
+    public var scenario: Scenario
+    public var options: BenchmarkOptions
+    public var operations: Int
+    /// Items per operation: digests, blobs, or 1.
+    public var itemsPerOperation: Int
+    public var payloadBytes: Int64
+    public var seconds: Double
+    public var p50Milliseconds: Double
+    public var p99Milliseconds: Double
+    public var serverCPUSeconds: Double?
+    public var serverPeakRSSBytes: Int64?
+    public var serverRSSBeforeBytes: Int64?
+
+    public var operationsPerSecond: Double { Double(operations) / seconds }
+    public var itemsPerSecond: Double { Double(operations * itemsPerOperation) / seconds }
+    public var megabytesPerSecond: Double { Double(payloadBytes) / seconds / 1e6 }
+}
+
+/// Blob data that is cheap to make unique: a random base with a counter in its first bytes.
+struct BlobFactory: Sendable {
+    let base: Data
+
+    init(size: Int) {
+        var generator = SystemRandomNumberGenerator()
+        var words = [UInt64](repeating: 0, count: (size + 7) / 8)
+        for index in words.indices { words[index] = generator.next() }
+        base = words.withUnsafeBytes { Data($0.prefix(size)) }
+    }
+
+    func make(_ serial: UInt64) -> (digest: ProtoDigest, data: Data) {
+        var data = base
+        if data.count >= 8 {
+            withUnsafeBytes(of: serial ^ 0x5eed_5eed_5eed_5eed) { data.replaceSubrange(0..<8, with: $0) }
+        }
+        let digest = Digest.of(data)
+        return (.with { $0.hash = digest.hash; $0.sizeBytes = digest.sizeBytes }, data)
+    }
+}
+
+/// A counter shared by workers, so every generated blob is new.
+final class Serial: Sendable {
+    private let value = Synchronized<UInt64>(UInt64.random(in: 0..<(1 << 40)))
+    func next() -> UInt64 { value.update { $0 += 1; return $0 } }
+}
+
+final class Synchronized<Value: Sendable>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+    init(_ value: Value) { self.value = value }
+    func update<T>(_ body: (inout Value) -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
+    }
+}
+
+public enum Benchmark {
+    public static func run(_ options: BenchmarkOptions) async throws -> BenchmarkResult {
+        var config = HTTP2ClientTransport.Posix.Config.defaults
+        config.http2.targetWindowSize = 8 << 20
+        let transport = try HTTP2ClientTransport.Posix(
+            target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext, config: config)
+        return try await withGRPCClient(transport: transport) { client in
+            let clients = Clients(
+                cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
+                actionCache: ActionCacheClient(wrapping: client), options: options)
+            let operation = try await clients.prepare()
+            let before = options.serverPID.flatMap(ProcessUsage.read)
+            let start = ContinuousClock.now
+            let deadline = start + .milliseconds(Int(options.duration * 1000))
+            let remaining = Synchronized(options.maxOperations ?? Int.max)
+            let latencies = try await withThrowingTaskGroup(of: [Duration].self) { group in
+                for _ in 0..<options.concurrency {
+                    group.addTask {
+                        var latencies: [Duration] = []
+                        while ContinuousClock.now < deadline, remaining.update({ count in
+                            guard count > 0 else { return false }
+                            count -= 1
+                            return true
+                        }) {
+                            let began = ContinuousClock.now
+                            try await operation()
+                            latencies.append(ContinuousClock.now - began)
+                        }
+                        return latencies
+                    }
+                }
+                var all: [Duration] = []
+                for try await latencies in group { all += latencies }
+                return all.sorted()
+            }
+            let seconds = (ContinuousClock.now - start).seconds
+            let after = options.serverPID.flatMap(ProcessUsage.read)
+            func percentile(_ p: Double) -> Double {
+                guard !latencies.isEmpty else { return 0 }
+                return latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))].seconds * 1000
+            }
+            return BenchmarkResult(
+                scenario: options.scenario, options: options, operations: latencies.count,
+                itemsPerOperation: clients.itemsPerOperation,
+                payloadBytes: Int64(latencies.count) * clients.payloadBytesPerOperation, seconds: seconds,
+                p50Milliseconds: percentile(0.5), p99Milliseconds: percentile(0.99),
+                serverCPUSeconds: before.flatMap { before in after.map { $0.cpuSeconds - before.cpuSeconds } },
+                serverPeakRSSBytes: after?.peakRSSBytes, serverRSSBeforeBytes: before?.rssBytes)
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
