@@ -102,9 +102,10 @@ struct Clients: Sendable {
             let factory = BlobFactory(size: 64)
             return {
                 let action = factory.make(serial.next()).digest
+                // No outputs: servers that check completeness would otherwise need CAS blobs too.
                 let result = Build_Bazel_Remote_Execution_V2_ActionResult.with {
                     $0.exitCode = 0
-                    $0.outputFiles = [.with { $0.path = "out/file"; $0.digest = action }]
+                    $0.stdoutRaw = Data("ok\n".utf8)
                 }
                 _ = try await actionCache.updateActionResult(.with {
                     $0.instanceName = instance

@@ -44,7 +44,8 @@ struct Serve: AsyncParsableCommand {
                 configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
             }
         } catch {
-            throw ValidationError("\(error)")
+            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
+            throw ExitCode(1)
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
         logger.info("configuration: \(config ?? "embedded default"); storage: \(configuration.storageSummary.joined(separator: "; "))")
