@@ -148,7 +148,7 @@ import Testing
     @Test func stringTagsExpandAndRead() throws {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        FileManager.default.createFile(atPath: "\(scratch)/name", contents: Data("from-file\n".utf8))
+        _ = FileManager.default.createFile(atPath: "\(scratch)/name", contents: Data("from-file\n".utf8))
         let configuration = try parse("""
             server: [!channel {address: !expand-vars "127.0.0.1:${PORT}"}]
             instances:

@@ -91,7 +91,7 @@ import Testing
     @Test func removesLeftoverTemporaryFilesAtStart() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         _ = try DiskBlobStore(path: root)
-        FileManager.default.createFile(atPath: "\(root)/tmp/leftover", contents: Data([1, 2, 3]))
+        _ = FileManager.default.createFile(atPath: "\(root)/tmp/leftover", contents: Data([1, 2, 3]))
         _ = try DiskBlobStore(path: root)
         #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").isEmpty)
     }
