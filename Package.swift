@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-async-algorithms.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         // Generated from Protos/strata-api.pb by tools/generate-protos.sh; never edited by hand.
@@ -51,6 +52,56 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // C libraries: hiredis (Debian's libhiredis-dev) and libcurl (libcurl4-openssl-dev).
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(
+            name: "CStrataCurl",
+            linkerSettings: [.linkedLibrary("curl")]
+        ),
+        .target(
+            name: "StrataRedis",
+            dependencies: [
+                "StrataCore", "StrataStorage", "CHiredis",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "StrataS3",
+            dependencies: [
+                "StrataCore", "StrataStorage", "CStrataCurl",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "StrataSQL",
+            dependencies: [
+                "StrataCore", "StrataStorage",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .target(
+            name: "StrataRemote",
+            dependencies: [
+                "StrataCore", "StrataStorage", "StrataAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataActionCache",
             dependencies: ["StrataCore", "StrataAPI"],
@@ -74,7 +125,9 @@ let package = Package(
             name: "StrataConfig",
             dependencies: [
                 "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer",
+                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote",
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -123,6 +176,29 @@ let package = Package(
         .testTarget(
             name: "StrataConfigTests",
             dependencies: ["StrataConfig", "StrataTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataRedisTests",
+            dependencies: ["StrataRedis", "StrataTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataS3Tests",
+            dependencies: ["StrataS3", "StrataTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataSQLTests",
+            dependencies: ["StrataSQL", "StrataTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataRemoteTests",
+            dependencies: [
+                "StrataRemote", "StrataServer", "StrataTestSupport",
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

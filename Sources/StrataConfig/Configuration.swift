@@ -2,6 +2,7 @@ import Foundation
 import StrataActionCache
 import StrataCore
 import StrataServer
+import ServiceLifecycle
 import StrataStorage
 import Yams
 
@@ -16,6 +17,9 @@ public struct Configuration: Sendable {
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
     public var warnings: [String]
+    /// What the configured backends need running while the server runs (connection pools):
+    /// `strata serve` runs them in its service group, before and after the server.
+    public var backgroundServices: [any Service]
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -62,16 +66,19 @@ let plannedTags: Set<String> = [
     "!execution", "!bots", "!introspection", "!sql-connection", "!redis-connection",
 ]
 
-private struct Builder {
+struct Builder {
     var storages: [String: (store: any BlobStore, summary: String)] = [:]
     var caches: [String: any ActionCache] = [:]
+    /// Connections and other shared objects built once per YAML node (aliases share them).
+    var objects: [String: any Sendable] = [:]
+    var backgroundServices: [any Service] = []
     var warnings: [String] = []
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
-            allowed: ["server", "storages", "caches", "instances", "thread-pool-size"],
+            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size"],
             unsupported: ["authorization", "monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
-                          "grpc-compression", "grpc-server-options", "connections", "schedulers", "services", "cleanup"])
+                          "grpc-compression", "grpc-server-options", "schedulers", "services", "cleanup"])
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
         }
@@ -81,6 +88,7 @@ private struct Builder {
         guard !addresses.isEmpty else { throw server.error("at least one !channel is required") }
 
         // Top-level lists only declare (and anchor) objects; instances use them through aliases.
+        for node in try top["connections"]?.sequence() ?? [] { try connection(node) }
         for node in try top["storages"]?.sequence() ?? [] { _ = try storage(node) }
         for node in try top["caches"]?.sequence() ?? [] { _ = try cache(node) }
 
@@ -98,7 +106,8 @@ private struct Builder {
         guard !instances.isEmpty else { throw instancesNode.error("at least one instance is required") }
         return Configuration(
             addresses: addresses, instances: instances,
-            storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings)
+            storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings,
+            backgroundServices: backgroundServices)
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
@@ -120,6 +129,14 @@ private struct Builder {
             throw addressNode.error(error.message)
         } catch {
             throw addressNode.error("\(error)")
+        }
+    }
+
+    /// A connection declared under `connections:`; storages and caches name it through an alias.
+    mutating func connection(_ node: ConfigNode) throws(ConfigError) {
+        switch node.applicationTag {
+        default:
+            throw unknownTag(node, kind: "connection", known: [])
         }
     }
 

@@ -52,7 +52,8 @@ struct Serve: AsyncParsableCommand {
         let server = StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server)],
+                // Graceful shutdown runs in reverse order: the server stops before the connection pools it uses.
+                services: configuration.backgroundServices.map { .init(service: $0) } + [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

@@ -1,0 +1,17 @@
+#ifndef STRATA_CURL_H
+#define STRATA_CURL_H
+// Fixed-signature wrappers around libcurl's variadic calls, which Swift cannot call directly.
+#include <curl/curl.h>
+
+typedef size_t (*strata_curl_data_callback)(char *buffer, size_t size, size_t count, void *context);
+
+CURLcode strata_curl_setopt_long(CURL *handle, CURLoption option, long value);
+CURLcode strata_curl_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value);
+CURLcode strata_curl_setopt_string(CURL *handle, CURLoption option, const char *value);
+CURLcode strata_curl_setopt_pointer(CURL *handle, CURLoption option, void *value);
+CURLcode strata_curl_setopt_slist(CURL *handle, CURLoption option, struct curl_slist *value);
+CURLcode strata_curl_setopt_data_callback(CURL *handle, CURLoption option, strata_curl_data_callback callback);
+CURLcode strata_curl_getinfo_long(CURL *handle, CURLINFO info, long *value);
+CURLcode strata_curl_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value);
+
+#endif

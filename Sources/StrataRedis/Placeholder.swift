@@ -1,0 +1,2 @@
+import CHiredis
+enum PlaceholderRedis {}  // replaced by the Redis client

@@ -1,0 +1,2 @@
+import StrataAPI
+enum PlaceholderRemote {}  // replaced by the remote store

@@ -1,0 +1,2 @@
+import PostgresNIO
+enum PlaceholderSQL {}  // replaced by the SQL store

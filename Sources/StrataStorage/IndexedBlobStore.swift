@@ -1,0 +1,49 @@
+import Foundation
+import StrataCore
+
+/// A storage decorator that records, for every blob of a backing storage, its size and when it was
+/// last used (written, read, or reported present by `findMissing`). The cleanup job reads it to find
+/// the least-recently used blobs; `!sql-index` and `!redis-index` implement it.
+///
+/// Ordering rules every index keeps:
+/// - `write` stores in the backing storage first and records the blob in the index after, so the index
+///   never names a blob the storage lacks because of a write.
+/// - `delete` (and `removeEntries`) removes the index entry first; the backing delete follows. A failed
+///   backing delete leaves an orphan blob (harmless, found by the janitor), never an entry without a blob.
+/// - When a read finds the index naming a blob the backing storage has lost, the entry is dropped
+///   (self-healing) and the read answers NOT_FOUND.
+public protocol IndexedBlobStore: BlobStore {
+    /// The storage whose blobs this index describes.
+    var backingStore: any BlobStore { get }
+
+    /// Bytes and blobs the index currently records.
+    func totals() async throws -> IndexTotals
+
+    /// Up to `limit` entries last accessed before `cutoff`, least recently accessed first.
+    func leastRecentlyAccessed(before cutoff: Date, limit: Int) async throws -> [IndexEntry]
+
+    /// Removes the index entries of `digests` that have still not been accessed since `cutoff`,
+    /// checking and removing atomically so that a blob used meanwhile keeps its entry. Returns the
+    /// digests whose entries were removed; the caller deletes those from `backingStore`.
+    func removeEntries(_ digests: [Digest], notAccessedSince cutoff: Date) async throws -> [Digest]
+}
+
+public struct IndexTotals: Sendable, Hashable {
+    public var bytes: Int64
+    public var blobs: Int64
+
+    public init(bytes: Int64, blobs: Int64) {
+        self.bytes = bytes
+        self.blobs = blobs
+    }
+}
+
+public struct IndexEntry: Sendable, Hashable {
+    public var digest: Digest
+    public var accessed: Date
+
+    public init(digest: Digest, accessed: Date) {
+        self.digest = digest
+        self.accessed = accessed
+    }
+}
