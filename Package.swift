@@ -55,7 +55,6 @@ let package = Package(
         // C libraries: hiredis (Debian's libhiredis-dev) and libcurl (libcurl4-openssl-dev).
         .systemLibrary(
             name: "CHiredis",
-            pkgConfig: "hiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
         .target(
