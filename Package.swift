@@ -193,17 +193,9 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
-            name: "StrataRemoteTests",
-            dependencies: [
-                "StrataRemote", "StrataServer", "StrataTestSupport",
-                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
-            ],
-            swiftSettings: strictSettings
-        ),
-        .testTarget(
             name: "StrataServerTests",
             dependencies: [
-                "StrataServer", "StrataConfig", "StrataTestSupport",
+                "StrataServer", "StrataConfig", "StrataRemote", "StrataTestSupport",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings

@@ -1,2 +1,0 @@
-import StrataAPI
-enum PlaceholderRemote {}  // replaced by the remote store

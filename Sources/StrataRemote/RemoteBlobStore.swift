@@ -1,0 +1,386 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import GRPCProtobuf
+import Logging
+import StrataAPI
+import StrataCore
+import StrataStorage
+import Synchronization
+
+typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
+typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
+typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
+
+/// Another REAPI server (Strata, BuildGrid, bb-storage…) used as a storage backend, through its CAS
+/// and ByteStream services on one gRPC channel.
+///
+/// - Small blobs travel in BatchReadBlobs / BatchUpdateBlobs requests of at most `maxBatchBytes`;
+///   larger ones through ByteStream. Reads of large blobs are pulled in ranged ByteStream reads of
+///   `readChunkBytes`, so a slow consumer never makes this server buffer the blob.
+/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE,
+///   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED up to `retries` times with exponential backoff
+///   capped at `maxBackoff`; a streamed write is not (its body can be read once).
+/// - REAPI has no delete: `delete` answers UNIMPLEMENTED, so cleanup is run next to the remote server.
+///
+/// `run()` keeps the channel's connections; the server runs it as a background service.
+public final class RemoteBlobStore: BlobStore {
+    public struct Options: Sendable {
+        public var instanceName = ""
+        public var retries = 3
+        public var maxBackoff: Duration = .seconds(64)
+        public var requestTimeout: Duration? = nil
+        public var maxBatchBytes: Int64 = 2 << 20
+        public var readChunkBytes: Int = 2 << 20
+
+        public init() {}
+    }
+
+    public let endpoint: String
+    public let options: Options
+    private let client: GRPCClient<HTTP2ClientTransport.Posix>
+    private let cas: CASClient
+    private let byteStream: ByteStreamClient
+
+    /// `url` is `grpc://HOST:PORT`, `http://HOST:PORT` or `HOST:PORT` (TLS is not supported yet).
+    public init(url: String, options: Options = Options()) throws(StrataError) {
+        var address = url
+        for scheme in ["grpc://", "http://"] where address.hasPrefix(scheme) { address.removeFirst(scheme.count) }
+        if address.hasPrefix("https://") || address.hasPrefix("grpcs://") {
+            throw .invalidArgument("\(url): TLS to a remote server is not supported by Strata yet")
+        }
+        while address.hasSuffix("/") { address.removeLast() }
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
+              (1...65535).contains(port), colon > address.startIndex else {
+            throw .invalidArgument("\(url): expected grpc://HOST:PORT")
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        var config = HTTP2ClientTransport.Posix.Config.defaults
+        config.http2.targetWindowSize = 8 << 20
+        let transport: HTTP2ClientTransport.Posix
+        do {
+            transport = try HTTP2ClientTransport.Posix(
+                target: .dns(host: host, port: port), transportSecurity: .plaintext, config: config)
+        } catch {
+            throw .invalidArgument("\(url): \(error)")
+        }
+        self.endpoint = "\(host):\(port)"
+        self.options = options
+        self.client = GRPCClient(transport: transport)
+        self.cas = CASClient(wrapping: client)
+        self.byteStream = ByteStreamClient(wrapping: client)
+    }
+
+    /// Keeps the channel open until `shutdown()`; requests made before it starts wait for it.
+    public func run() async throws {
+        try await client.runConnections()
+    }
+
+    public func shutdown() { client.beginGracefulShutdown() }
+
+    public var maximumBlobSize: Int64? { nil }
+
+    // MARK: BlobStore
+
+    public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
+        let unique = digests.uniqued()
+        var missing: [Digest] = []
+        // 10k digests are ~1 MiB of request: well under any server's message limit.
+        for start in stride(from: 0, to: unique.count, by: 10_000) {
+            let part = Array(unique[start..<min(unique.count, start + 10_000)])
+            let response = try await call("FindMissingBlobs") {
+                try await self.cas.findMissingBlobs(.with {
+                    $0.instanceName = self.options.instanceName
+                    $0.blobDigests = part.map(\.proto)
+                    $0.digestFunction = .sha256
+                }, options: self.callOptions)
+            }
+            let byKey = Dictionary(part.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
+            missing += response.missingBlobDigests.compactMap { byKey[Digest.Key(hash: $0.hash, size: $0.sizeBytes)] }
+        }
+        return missing
+    }
+
+    public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
+        let range = try validatedRange(digest, offset: offset, limit: limit)
+        if digest.sizeBytes == 0 || range.isEmpty { return .empty }
+        // The first chunk is fetched now so that an absent blob is NOT_FOUND here, not mid-stream.
+        let chunk = Int64(options.readChunkBytes)
+        let first = try await readRange(digest, from: range.lowerBound, count: min(chunk, Int64(range.count)))
+        let store = self
+        return BlobBody {
+            var position = range.lowerBound
+            var pending: Data? = first
+            return BlobBody.AsyncIterator {
+                if let data = pending {
+                    pending = nil
+                    position += Int64(data.count)
+                    return data
+                }
+                guard position < range.upperBound else { return nil }
+                let data = try await store.readRange(digest, from: position, count: min(chunk, range.upperBound - position))
+                position += Int64(data.count)
+                return data
+            }
+        }
+    }
+
+    public func write(_ digest: Digest, body: BlobBody) async throws {
+        if digest.sizeBytes == 0 {
+            for try await chunk in body.verifying(digest) where !chunk.isEmpty {}
+            return
+        }
+        if digest.sizeBytes <= options.maxBatchBytes / 2 {
+            let data = try await body.verifying(digest).collect(limit: digest.sizeBytes)
+            if case .failure(let error) = await writeBatch([(digest, data)])[0] { throw error }
+            return
+        }
+        let resource = (options.instanceName.isEmpty ? "" : "\(options.instanceName)/")
+            + "uploads/\(UUID().uuidString.lowercased())/blobs/\(digest.hash)/\(digest.sizeBytes)"
+        let verified = body.verifying(digest)
+        // When the body fails (bad bytes, a client that went away), that error is the answer, not
+        // the "stream closed" the RPC then ends with.
+        let bodyError = Mutex<(any Error)?>(nil)
+        let response: Google_Bytestream_WriteResponse
+        do {
+            response = try await byteStream.write(options: callOptions, requestProducer: { writer in
+                var offset: Int64 = 0
+                var iterator = verified.makeAsyncIterator()
+                while true {
+                    let next: Data?
+                    do {
+                        next = try await iterator.next()
+                    } catch {
+                        bodyError.withLock { $0 = error }
+                        throw error
+                    }
+                    guard let chunk = next else { break }
+                    // The last chunk is known only once the body has ended, which it does after the
+                    // verifying body checked the whole blob: only then is finish_write sent.
+                    for piece in chunk.split(maxLength: 1 << 20) {
+                        try await writer.write(.with {
+                            $0.resourceName = offset == 0 ? resource : ""
+                            $0.writeOffset = offset
+                            $0.data = piece
+                        })
+                        offset += Int64(piece.count)
+                    }
+                }
+                try await writer.write(.with {
+                    $0.resourceName = offset == 0 ? resource : ""
+                    $0.writeOffset = offset
+                    $0.finishWrite = true
+                })
+            })
+        } catch {
+            if let failure = bodyError.withLock({ $0 }) { throw failure }
+            if let error = error as? RPCError { throw mapped(error, "ByteStream.Write") }
+            throw error
+        }
+        guard response.committedSize == digest.sizeBytes || response.committedSize == -1 else {
+            throw StrataError.internal(
+                "remote storage \(endpoint): wrote \(digest) but the server committed \(response.committedSize) bytes")
+        }
+    }
+
+    public func delete(_ digests: [Digest]) async throws {
+        throw StrataError.unimplemented(
+            "remote storage \(endpoint): the Remote Execution API has no delete; run cleanup on that server")
+    }
+
+    public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
+        var results = [Result<Data, StrataError>?](repeating: nil, count: digests.count)
+        var batches: [[Int]] = [[]]
+        var batchBytes: Int64 = 0
+        var large: [Int] = []
+        for (index, digest) in digests.enumerated() {
+            if digest.sizeBytes == 0 { results[index] = .success(Data()); continue }
+            if digest.sizeBytes > options.maxBatchBytes / 2 { large.append(index); continue }
+            if batchBytes + digest.sizeBytes > options.maxBatchBytes { batches.append([]); batchBytes = 0 }
+            batches[batches.count - 1].append(index)
+            batchBytes += digest.sizeBytes
+        }
+        for batch in batches where !batch.isEmpty {
+            do {
+                let response = try await call("BatchReadBlobs") {
+                    try await self.cas.batchReadBlobs(.with {
+                        $0.instanceName = self.options.instanceName
+                        $0.digests = batch.map { digests[$0].proto }
+                        $0.digestFunction = .sha256
+                    }, options: self.callOptions)
+                }
+                var byKey: [Digest.Key: Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse.Response] = [:]
+                for item in response.responses { byKey[Digest.Key(hash: item.digest.hash, size: item.digest.sizeBytes)] = item }
+                for index in batch {
+                    let digest = digests[index]
+                    guard let item = byKey[digest.key] else {
+                        results[index] = .failure(.internal("remote storage \(endpoint): no answer for \(digest) in BatchReadBlobs"))
+                        continue
+                    }
+                    if item.status.code != 0 {
+                        results[index] = .failure(StrataError(StrataError.Code(rawValue: Int(item.status.code)) ?? .unknown,
+                                                              "remote storage \(endpoint): \(item.status.message)"))
+                    } else if let error = Self.verificationError(digest, item.data) {
+                        results[index] = .failure(error)
+                    } else {
+                        results[index] = .success(item.data)
+                    }
+                }
+            } catch {
+                for index in batch { results[index] = .failure(StrataError.from(error)) }
+            }
+        }
+        let largeResults = await concurrentMap(large.map { digests[$0] }, maxConcurrency: 4) { digest in
+            try await self.readAll(digest)
+        }
+        for (index, result) in zip(large, largeResults) { results[index] = result }
+        return results.map { $0 ?? .failure(.internal("a batch item got no result")) }
+    }
+
+    public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
+        var results = [Result<Void, StrataError>?](repeating: nil, count: blobs.count)
+        var batches: [[Int]] = [[]]
+        var batchBytes: Int64 = 0
+        var large: [Int] = []
+        for (index, blob) in blobs.enumerated() {
+            // Never send bytes that do not match their digest: the remote would refuse them anyway,
+            // and this way the error is the same whichever path a blob takes.
+            if let error = Self.verificationError(blob.digest, blob.data) { results[index] = .failure(error); continue }
+            if blob.digest.sizeBytes == 0 { results[index] = .success(()); continue }
+            if blob.digest.sizeBytes > options.maxBatchBytes / 2 { large.append(index); continue }
+            if batchBytes + blob.digest.sizeBytes > options.maxBatchBytes { batches.append([]); batchBytes = 0 }
+            batches[batches.count - 1].append(index)
+            batchBytes += blob.digest.sizeBytes
+        }
+        for batch in batches where !batch.isEmpty {
+            do {
+                let response = try await call("BatchUpdateBlobs") {
+                    try await self.cas.batchUpdateBlobs(.with {
+                        $0.instanceName = self.options.instanceName
+                        $0.requests = batch.map { index in .with {
+                            $0.digest = blobs[index].digest.proto
+                            $0.data = blobs[index].data
+                        } }
+                        $0.digestFunction = .sha256
+                    }, options: self.callOptions)
+                }
+                var byKey: [Digest.Key: Google_Rpc_Status] = [:]
+                for item in response.responses { byKey[Digest.Key(hash: item.digest.hash, size: item.digest.sizeBytes)] = item.status }
+                for index in batch {
+                    let digest = blobs[index].digest
+                    guard let status = byKey[digest.key] else {
+                        results[index] = .failure(.internal("remote storage \(endpoint): no answer for \(digest) in BatchUpdateBlobs"))
+                        continue
+                    }
+                    results[index] = status.code == 0 ? .success(()) : .failure(StrataError(
+                        StrataError.Code(rawValue: Int(status.code)) ?? .unknown, "remote storage \(endpoint): \(status.message)"))
+                }
+            } catch {
+                for index in batch { results[index] = .failure(StrataError.from(error)) }
+            }
+        }
+        let largeResults = await concurrentMap(large.map { blobs[$0] }, maxConcurrency: 4) { blob in
+            try await self.write(blob.digest, body: BlobBody(data: blob.data))
+        }
+        for (index, result) in zip(large, largeResults) { results[index] = result }
+        return results.map { $0 ?? .failure(.internal("a batch item got no result")) }
+    }
+
+    // MARK: Helpers
+
+    private var callOptions: CallOptions {
+        var callOptions = CallOptions.defaults
+        callOptions.timeout = options.requestTimeout
+        return callOptions
+    }
+
+    private func readRange(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data {
+        let resource = (options.instanceName.isEmpty ? "" : "\(options.instanceName)/") + "blobs/\(digest.hash)/\(digest.sizeBytes)"
+        let data = try await call("ByteStream.Read") {
+            try await self.byteStream.read(.with {
+                $0.resourceName = resource
+                $0.readOffset = offset
+                $0.readLimit = count
+            }, options: self.callOptions) { response in
+                var data = Data()
+                for try await message in response.messages { data.append(message.data) }
+                return data
+            }
+        }
+        guard data.count == count else {
+            throw StrataError.internal("remote storage \(endpoint): read \(data.count) bytes of \(digest) at \(offset), expected \(count)")
+        }
+        return data
+    }
+
+    private static func verificationError(_ digest: Digest, _ data: Data) -> StrataError? {
+        do {
+            try digest.verify(data)
+            return nil
+        } catch {
+            return StrataError.from(error)
+        }
+    }
+
+    /// Runs an idempotent call with retries on transient errors, mapping the final error.
+    private func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
+        var attempt = 0
+        while true {
+            do {
+                return try await body()
+            } catch let error as RPCError {
+                let retryable: Set<RPCError.Code> = [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted]
+                guard retryable.contains(error.code), attempt < options.retries else { throw mapped(error, name) }
+                attempt += 1
+                let backoff = min(options.maxBackoff, .milliseconds(100) * (1 << min(attempt - 1, 16)))
+                try await Task.sleep(for: backoff)
+            }
+        }
+    }
+
+    private func mapped(_ error: RPCError, _ name: String) -> StrataError {
+        let code: StrataError.Code = switch error.code {
+        case .cancelled: .cancelled
+        case .invalidArgument: .invalidArgument
+        case .deadlineExceeded: .deadlineExceeded
+        case .notFound: .notFound
+        case .alreadyExists: .alreadyExists
+        case .permissionDenied: .permissionDenied
+        case .resourceExhausted: .resourceExhausted
+        case .failedPrecondition: .failedPrecondition
+        case .aborted: .aborted
+        case .outOfRange: .outOfRange
+        case .unimplemented: .unimplemented
+        case .internalError: .internal
+        case .unavailable: .unavailable
+        case .dataLoss: .dataLoss
+        case .unauthenticated: .unauthenticated
+        default: .unknown
+        }
+        return StrataError(code, "remote storage \(endpoint): \(name): \(error.message)")
+    }
+}
+
+extension Digest {
+    var proto: ProtoDigest {
+        .with {
+            $0.hash = hash
+            $0.sizeBytes = sizeBytes
+        }
+    }
+
+    struct Key: Hashable {
+        var hash: String
+        var size: Int64
+    }
+
+    var key: Key { Key(hash: hash, size: sizeBytes) }
+}
+
+extension Data {
+    func split(maxLength: Int) -> [Data] {
+        guard count > maxLength else { return [self] }
+        return stride(from: startIndex, to: endIndex, by: maxLength).map { self[$0..<Swift.min($0 + maxLength, endIndex)] }
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+import StrataCore
+import StrataRemote
+import StrataServer
+import StrataStorage
+import StrataTestSupport
+import Testing
+
+/// `RemoteBlobStore` against a real Strata server over loopback gRPC.
+@Suite struct RemoteBlobStoreTests {
+    /// Runs `body` with a remote store whose server keeps its blobs in `backing` under instance "main".
+    func withRemote(
+        backing: any BlobStore = LRUBlobStore(capacityBytes: 256 << 20), options: RemoteBlobStore.Options = {
+            var options = RemoteBlobStore.Options()
+            options.instanceName = "main"
+            return options
+        }(),
+        _ body: @Sendable (RemoteBlobStore, any BlobStore) async throws -> Void
+    ) async throws {
+        let instance = Instance(name: "main", cas: .init(store: backing, readOnly: false), byteStream: .init(store: backing, readOnly: false))
+        try await withServer([instance]) { clients in
+            let remote = try RemoteBlobStore(url: "grpc://127.0.0.1:\(clients.port)", options: options)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await remote.run() }
+                defer { remote.shutdown() }
+                try await body(remote, backing)
+            }
+        }
+    }
+
+    static let cases = BlobStoreConformance.cases.filter { $0.name != "delete" }
+
+    @Test(arguments: cases)
+    func conformance(_ check: BlobStoreConformance) async throws {
+        try await withRemote { remote, _ in try await check.run(on: remote) }
+    }
+
+    @Test func bytesLandInTheRemoteInstance() async throws {
+        try await withRemote { remote, backing in
+            let small = Blob.random(size: 1000), large = Blob.random(size: 5 << 20)
+            try await remote.write(small.digest, data: small.data)
+            try await remote.write(large.digest, body: BlobBody(data: large.data, chunkSize: 300_000))
+            #expect(try await backing.readAll(small.digest) == small.data)
+            #expect(try await backing.readAll(large.digest) == large.data)
+            // A ranged read across the remote's chunk boundaries.
+            let middle = try await remote.read(large.digest, offset: 2_000_000, limit: 3_000_000).collect(limit: 3_000_000)
+            #expect(middle == large.data[2_000_000..<5_000_000])
+        }
+    }
+
+    @Test func deleteIsUnimplementedAndSaysWhy() async throws {
+        try await withRemote { remote, _ in
+            try await expectError(.unimplemented, "deleting through the REAPI") { try await remote.delete([Blob.random(size: 1).digest]) }
+        }
+    }
+
+    @Test func unknownInstanceIsTheRemotesError() async throws {
+        var options = RemoteBlobStore.Options()
+        options.instanceName = "nope"
+        try await withRemote(options: options) { remote, _ in
+            try await expectError(.invalidArgument, "using an instance the remote does not have") {
+                _ = try await remote.findMissing([Blob.random(size: 1).digest])
+            }
+        }
+    }
+
+    @Test func unreachableServerIsUnavailableAfterRetries() async throws {
+        var options = RemoteBlobStore.Options()
+        options.retries = 2
+        options.maxBackoff = .milliseconds(50)
+        // Port 1 on loopback: nothing listens there.
+        let remote = try RemoteBlobStore(url: "127.0.0.1:1", options: options)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await remote.run() }
+            defer { remote.shutdown() }
+            let start = ContinuousClock.now
+            try await expectError(.unavailable, "FindMissingBlobs against a closed port") {
+                _ = try await remote.findMissing([Blob.random(size: 1).digest])
+            }
+            #expect(ContinuousClock.now - start < .seconds(30))
+        }
+    }
+
+    @Test func refusesTLSAndBadURLs() {
+        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "grpcs://example:443") }
+        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "example") }
+    }
+}
