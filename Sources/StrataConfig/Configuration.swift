@@ -60,8 +60,7 @@ public struct Configuration: Sendable {
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
     "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
-    "!sharded-storage", "!size-differentiated-storage", "!with-cache-storage", "!replicated-storage",
-    "!remote-storage", "!redis-action-cache", "!s3action-cache", "!s3-action-cache", "!remote-action-cache",
+    "!redis-action-cache", "!s3action-cache", "!s3-action-cache", "!remote-action-cache",
     "!sharded-action-cache", "!with-cache-action-cache", "!mirrored-action-cache", "!write-once-action-cache",
     "!execution", "!bots", "!introspection", "!sql-connection", "!redis-connection",
 ]
@@ -159,8 +158,16 @@ struct Builder {
             } catch {
                 throw pathNode.error("\(error)")
             }
+        case "!size-differentiated-storage": built = try sizeDifferentiatedStorage(node)
+        case "!sharded-storage": built = try shardedStorage(node)
+        case "!with-cache-storage": built = try withCacheStorage(node)
+        case "!replicated-storage": built = try replicatedStorage(node)
+        case "!remote-storage": built = try remoteStorage(node)
         default:
-            throw unknownTag(node, kind: "storage", known: ["!lru-storage", "!disk-storage"])
+            throw unknownTag(node, kind: "storage", known: [
+                "!lru-storage", "!disk-storage", "!size-differentiated-storage", "!sharded-storage",
+                "!with-cache-storage", "!replicated-storage", "!remote-storage",
+            ])
         }
         storages[node.identity] = built
         return built.store
