@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "StrataRemote",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataAPI",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataAPI",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -103,7 +103,11 @@ let package = Package(
         ),
         .target(
             name: "StrataActionCache",
-            dependencies: ["StrataCore", "StrataAPI"],
+            dependencies: [
+                "StrataCore", "StrataAPI", "StrataStorage",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strictSettings
         ),
         .target(

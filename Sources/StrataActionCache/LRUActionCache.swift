@@ -22,4 +22,8 @@ public final class LRUActionCache: ActionCache {
     public func update(_ action: Digest, _ result: ActionResult) async throws {
         entries.withLock { _ = $0.insert(action, result, cost: 1) }
     }
+
+    public func remove(_ action: Digest) async throws {
+        entries.withLock { _ = $0.remove(action) }
+    }
 }

@@ -30,4 +30,8 @@ public struct UpdatePolicyActionCache: ActionCache {
         if result.exitCode != 0 && !cacheFailedActions { return }
         try await base.update(action, result)
     }
+
+    public func remove(_ action: Digest) async throws {
+        try await base.remove(action)
+    }
 }

@@ -77,10 +77,7 @@ extension Builder {
             unsupported: ["credentials", "channel-options"])
         guard let urlNode = options["url"] else { throw node.error("!remote-storage needs a url, e.g. grpc://storage:50051") }
         var remoteOptions = RemoteBlobStore.Options()
-        remoteOptions.instanceName = try options["instance-name"]?.string() ?? ""
-        remoteOptions.retries = try options["retries"]?.int() ?? 3
-        remoteOptions.maxBackoff = .seconds(try options["max-backoff"]?.int(minimum: 1) ?? 64)
-        if let timeout = options["request-timeout"] { remoteOptions.requestTimeout = .seconds(try timeout.int(minimum: 1)) }
+        remoteOptions.channel = try remoteChannelOptions(options)
         let url = try urlNode.string()
         let store: RemoteBlobStore
         do {
@@ -88,8 +85,19 @@ extension Builder {
         } catch {
             throw urlNode.error(error.message)
         }
-        backgroundServices.append(RemoteChannel(store: store))
-        return (store, "!remote-storage at \(store.endpoint)\(remoteOptions.instanceName.isEmpty ? "" : " instance \(remoteOptions.instanceName)")")
+        backgroundServices.append(RemoteChannelService(channel: store.channel))
+        let instance = remoteOptions.channel.instanceName
+        return (store, "!remote-storage at \(store.endpoint)\(instance.isEmpty ? "" : " instance \(instance)")")
+    }
+
+    /// The options `!remote-storage` and `!remote-action-cache` share.
+    func remoteChannelOptions(_ options: [String: ConfigNode]) throws(ConfigError) -> RemoteChannel.Options {
+        var channel = RemoteChannel.Options()
+        channel.instanceName = try options["instance-name"]?.string() ?? ""
+        channel.retries = try options["retries"]?.int() ?? 3
+        channel.maxBackoff = .seconds(try options["max-backoff"]?.int(minimum: 1) ?? 64)
+        if let timeout = options["request-timeout"] { channel.requestTimeout = .seconds(try timeout.int(minimum: 1)) }
+        return channel
     }
 
     private mutating func ignoreThreadPoolSize(_ options: [String: ConfigNode]) {
@@ -99,15 +107,15 @@ extension Builder {
     }
 }
 
-/// Keeps a remote storage's gRPC channel while the server runs.
-struct RemoteChannel: Service {
-    let store: RemoteBlobStore
+/// Keeps a remote storage's or action cache's gRPC channel while the server runs.
+struct RemoteChannelService: Service {
+    let channel: RemoteChannel
 
     func run() async throws {
         try await withGracefulShutdownHandler {
-            try await store.run()
+            try await channel.run()
         } onGracefulShutdown: {
-            store.shutdown()
+            channel.shutdown()
         }
     }
 }

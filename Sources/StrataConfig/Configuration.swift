@@ -60,14 +60,16 @@ public struct Configuration: Sendable {
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
     "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
-    "!redis-action-cache", "!s3action-cache", "!s3-action-cache", "!remote-action-cache",
-    "!sharded-action-cache", "!with-cache-action-cache", "!mirrored-action-cache", "!write-once-action-cache",
+    "!redis-action-cache", "!s3action-cache", "!s3-action-cache",
     "!execution", "!bots", "!introspection", "!sql-connection", "!redis-connection",
 ]
 
 struct Builder {
     var storages: [String: (store: any BlobStore, summary: String)] = [:]
     var caches: [String: any ActionCache] = [:]
+    /// The CAS a cache's `storage:` option names, by the cache node's identity: what its results
+    /// are checked against when its instance has no CAS of its own.
+    var cacheStorages: [String: any BlobStore] = [:]
     /// Connections and other shared objects built once per YAML node (aliases share them).
     var objects: [String: any Sendable] = [:]
     var backgroundServices: [any Service] = []
@@ -179,16 +181,20 @@ struct Builder {
         switch node.applicationTag {
         case "!lru-action-cache":
             let options = try node.mapping(allowed: ["storage", "max-cached-refs", "allow-updates", "cache-failed-actions"])
-            // BuildGrid requires the CAS this cache's results refer to; build it so a bad one is reported.
-            if let storage = options["storage"] { _ = try self.storage(storage) }
+            if let storage = options["storage"] { cacheStorages[node.identity] = try self.storage(storage) }
             guard let refs = options["max-cached-refs"] else { throw node.error("!lru-action-cache needs max-cached-refs") }
             let cache = LRUActionCache(maxEntries: try refs.int(minimum: 1))
-            built = UpdatePolicyActionCache(
-                cache,
-                allowUpdates: try options["allow-updates"]?.bool() ?? true,
-                cacheFailedActions: try options["cache-failed-actions"]?.bool() ?? true)
+            built = try updatePolicy(cache, options)
+        case "!write-once-action-cache": built = try writeOnceActionCache(node)
+        case "!sharded-action-cache": built = try shardedActionCache(node)
+        case "!with-cache-action-cache": built = try withCacheActionCache(node)
+        case "!mirrored-action-cache": built = try mirroredActionCache(node)
+        case "!remote-action-cache": built = try remoteActionCache(node)
         default:
-            throw unknownTag(node, kind: "action cache", known: ["!lru-action-cache"])
+            throw unknownTag(node, kind: "action cache", known: [
+                "!lru-action-cache", "!write-once-action-cache", "!sharded-action-cache", "!with-cache-action-cache",
+                "!mirrored-action-cache", "!remote-action-cache",
+            ])
         }
         caches[node.identity] = built
         return built
@@ -225,6 +231,7 @@ struct Builder {
         for cache in try options["caches"]?.sequence() ?? [] { _ = try self.cache(cache) }
 
         var instance = Instance(name: "")
+        var actionCacheNode: ConfigNode?
         for service in try options["services"]?.sequence() ?? [] {
             switch service.applicationTag {
             case "!cas":
@@ -243,8 +250,18 @@ struct Builder {
                 guard let cacheNode = serviceOptions["cache"] else { throw service.error("!action-cache needs a cache") }
                 guard instance.actionCache == nil else { throw service.error("an instance has one !action-cache") }
                 instance.actionCache = try cache(cacheNode)
+                actionCacheNode = cacheNode
             default:
                 throw unknownTag(service, kind: "service", known: ["!cas", "!bytestream", "!action-cache"])
+            }
+        }
+        // GetActionResult hands out only entries whose outputs are all in the CAS: the instance's own
+        // CAS, or the one the cache's `storage:` names.
+        if let cache = instance.actionCache, let node = actionCacheNode {
+            if let cas = instance.cas?.store ?? cacheStorages[node.identity] {
+                instance.actionCache = CompletenessCheckingActionCache(cache, cas: cas)
+            } else {
+                warnings.append("\(node.file):\(node.line ?? 0): \(node.path): this instance has no !cas and the cache names no storage: cached results are handed out without checking that their outputs exist")
             }
         }
         return names.map { name in

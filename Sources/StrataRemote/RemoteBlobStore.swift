@@ -12,38 +12,26 @@ typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
 typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
 
-/// Another REAPI server (Strata, BuildGrid, bb-storage…) used as a storage backend, through its CAS
-/// and ByteStream services on one gRPC channel.
-///
-/// - Small blobs travel in BatchReadBlobs / BatchUpdateBlobs requests of at most `maxBatchBytes`;
-///   larger ones through ByteStream. Reads of large blobs are pulled in ranged ByteStream reads of
-///   `readChunkBytes`, so a slow consumer never makes this server buffer the blob.
-/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE,
-///   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED up to `retries` times with exponential backoff
-///   capped at `maxBackoff`; a streamed write is not (its body can be read once).
-/// - REAPI has no delete: `delete` answers UNIMPLEMENTED, so cleanup is run next to the remote server.
+/// One gRPC channel to another REAPI server, shared by the remote storage and action cache: the
+/// address, the instance name, per-call deadlines, and retries of idempotent calls with backoff.
 ///
 /// `run()` keeps the channel's connections; the server runs it as a background service.
-public final class RemoteBlobStore: BlobStore {
+public final class RemoteChannel: Sendable {
     public struct Options: Sendable {
         public var instanceName = ""
         public var retries = 3
         public var maxBackoff: Duration = .seconds(64)
         public var requestTimeout: Duration? = nil
-        public var maxBatchBytes: Int64 = 2 << 20
-        public var readChunkBytes: Int = 2 << 20
 
         public init() {}
     }
 
     public let endpoint: String
     public let options: Options
-    private let client: GRPCClient<HTTP2ClientTransport.Posix>
-    private let cas: CASClient
-    private let byteStream: ByteStreamClient
+    let client: GRPCClient<HTTP2ClientTransport.Posix>
 
     /// `url` is `grpc://HOST:PORT`, `http://HOST:PORT` or `HOST:PORT` (TLS is not supported yet).
-    public init(url: String, options: Options = Options()) throws(StrataError) {
+    public init(url: String, options: Options) throws(StrataError) {
         var address = url
         for scheme in ["grpc://", "http://"] where address.hasPrefix(scheme) { address.removeFirst(scheme.count) }
         if address.hasPrefix("https://") || address.hasPrefix("grpcs://") {
@@ -68,8 +56,6 @@ public final class RemoteBlobStore: BlobStore {
         self.endpoint = "\(host):\(port)"
         self.options = options
         self.client = GRPCClient(transport: transport)
-        self.cas = CASClient(wrapping: client)
-        self.byteStream = ByteStreamClient(wrapping: client)
     }
 
     /// Keeps the channel open until `shutdown()`; requests made before it starts wait for it.
@@ -78,6 +64,92 @@ public final class RemoteBlobStore: BlobStore {
     }
 
     public func shutdown() { client.beginGracefulShutdown() }
+
+    var callOptions: CallOptions {
+        var callOptions = CallOptions.defaults
+        callOptions.timeout = options.requestTimeout
+        return callOptions
+    }
+
+    /// Runs an idempotent call with retries on transient errors, mapping the final error.
+    func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
+        var attempt = 0
+        while true {
+            do {
+                return try await body()
+            } catch let error as RPCError {
+                let retryable: Set<RPCError.Code> = [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted]
+                guard retryable.contains(error.code), attempt < options.retries else { throw mapped(error, name) }
+                attempt += 1
+                let backoff = min(options.maxBackoff, .milliseconds(100) * (1 << min(attempt - 1, 16)))
+                try await Task.sleep(for: backoff)
+            }
+        }
+    }
+
+    func mapped(_ error: RPCError, _ name: String) -> StrataError {
+        let code: StrataError.Code = switch error.code {
+        case .cancelled: .cancelled
+        case .invalidArgument: .invalidArgument
+        case .deadlineExceeded: .deadlineExceeded
+        case .notFound: .notFound
+        case .alreadyExists: .alreadyExists
+        case .permissionDenied: .permissionDenied
+        case .resourceExhausted: .resourceExhausted
+        case .failedPrecondition: .failedPrecondition
+        case .aborted: .aborted
+        case .outOfRange: .outOfRange
+        case .unimplemented: .unimplemented
+        case .internalError: .internal
+        case .unavailable: .unavailable
+        case .dataLoss: .dataLoss
+        case .unauthenticated: .unauthenticated
+        default: .unknown
+        }
+        return StrataError(code, "remote \(endpoint): \(name): \(error.message)")
+    }
+}
+
+/// Another REAPI server (Strata, BuildGrid, bb-storage…) used as a storage backend, through its CAS
+/// and ByteStream services on one gRPC channel.
+///
+/// - Small blobs travel in BatchReadBlobs / BatchUpdateBlobs requests of at most `maxBatchBytes`;
+///   larger ones through ByteStream. Reads of large blobs are pulled in ranged ByteStream reads of
+///   `readChunkBytes`, so a slow consumer never makes this server buffer the blob.
+/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE,
+///   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED up to `retries` times with exponential backoff
+///   capped at `maxBackoff`; a streamed write is not (its body can be read once).
+/// - REAPI has no delete: `delete` answers UNIMPLEMENTED, so cleanup is run next to the remote server.
+public final class RemoteBlobStore: BlobStore {
+    public struct Options: Sendable {
+        public var channel = RemoteChannel.Options()
+        public var maxBatchBytes: Int64 = 2 << 20
+        public var readChunkBytes: Int = 2 << 20
+
+        public init() {}
+    }
+
+    public let channel: RemoteChannel
+    public let options: Options
+    private let cas: CASClient
+    private let byteStream: ByteStreamClient
+
+    public init(url: String, options: Options = Options()) throws(StrataError) {
+        self.channel = try RemoteChannel(url: url, options: options.channel)
+        self.options = options
+        self.cas = CASClient(wrapping: channel.client)
+        self.byteStream = ByteStreamClient(wrapping: channel.client)
+    }
+
+    public var endpoint: String { channel.endpoint }
+    private var instanceName: String { channel.options.instanceName }
+    private var callOptions: CallOptions { channel.callOptions }
+
+    private func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
+        try await channel.call(name, body)
+    }
+
+    private func mapped(_ error: RPCError, _ name: String) -> StrataError { channel.mapped(error, name) }
 
     public var maximumBlobSize: Int64? { nil }
 
@@ -91,7 +163,7 @@ public final class RemoteBlobStore: BlobStore {
             let part = Array(unique[start..<min(unique.count, start + 10_000)])
             let response = try await call("FindMissingBlobs") {
                 try await self.cas.findMissingBlobs(.with {
-                    $0.instanceName = self.options.instanceName
+                    $0.instanceName = self.instanceName
                     $0.blobDigests = part.map(\.proto)
                     $0.digestFunction = .sha256
                 }, options: self.callOptions)
@@ -136,7 +208,7 @@ public final class RemoteBlobStore: BlobStore {
             if case .failure(let error) = await writeBatch([(digest, data)])[0] { throw error }
             return
         }
-        let resource = (options.instanceName.isEmpty ? "" : "\(options.instanceName)/")
+        let resource = (instanceName.isEmpty ? "" : "\(instanceName)/")
             + "uploads/\(UUID().uuidString.lowercased())/blobs/\(digest.hash)/\(digest.sizeBytes)"
         let verified = body.verifying(digest)
         // When the body fails (bad bytes, a client that went away), that error is the answer, not
@@ -205,7 +277,7 @@ public final class RemoteBlobStore: BlobStore {
             do {
                 let response = try await call("BatchReadBlobs") {
                     try await self.cas.batchReadBlobs(.with {
-                        $0.instanceName = self.options.instanceName
+                        $0.instanceName = self.instanceName
                         $0.digests = batch.map { digests[$0].proto }
                         $0.digestFunction = .sha256
                     }, options: self.callOptions)
@@ -257,7 +329,7 @@ public final class RemoteBlobStore: BlobStore {
             do {
                 let response = try await call("BatchUpdateBlobs") {
                     try await self.cas.batchUpdateBlobs(.with {
-                        $0.instanceName = self.options.instanceName
+                        $0.instanceName = self.instanceName
                         $0.requests = batch.map { index in .with {
                             $0.digest = blobs[index].digest.proto
                             $0.data = blobs[index].data
@@ -289,14 +361,8 @@ public final class RemoteBlobStore: BlobStore {
 
     // MARK: Helpers
 
-    private var callOptions: CallOptions {
-        var callOptions = CallOptions.defaults
-        callOptions.timeout = options.requestTimeout
-        return callOptions
-    }
-
     private func readRange(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data {
-        let resource = (options.instanceName.isEmpty ? "" : "\(options.instanceName)/") + "blobs/\(digest.hash)/\(digest.sizeBytes)"
+        let resource = (instanceName.isEmpty ? "" : "\(instanceName)/") + "blobs/\(digest.hash)/\(digest.sizeBytes)"
         let data = try await call("ByteStream.Read") {
             try await self.byteStream.read(.with {
                 $0.resourceName = resource
@@ -321,44 +387,6 @@ public final class RemoteBlobStore: BlobStore {
         } catch {
             return StrataError.from(error)
         }
-    }
-
-    /// Runs an idempotent call with retries on transient errors, mapping the final error.
-    private func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
-        var attempt = 0
-        while true {
-            do {
-                return try await body()
-            } catch let error as RPCError {
-                let retryable: Set<RPCError.Code> = [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted]
-                guard retryable.contains(error.code), attempt < options.retries else { throw mapped(error, name) }
-                attempt += 1
-                let backoff = min(options.maxBackoff, .milliseconds(100) * (1 << min(attempt - 1, 16)))
-                try await Task.sleep(for: backoff)
-            }
-        }
-    }
-
-    private func mapped(_ error: RPCError, _ name: String) -> StrataError {
-        let code: StrataError.Code = switch error.code {
-        case .cancelled: .cancelled
-        case .invalidArgument: .invalidArgument
-        case .deadlineExceeded: .deadlineExceeded
-        case .notFound: .notFound
-        case .alreadyExists: .alreadyExists
-        case .permissionDenied: .permissionDenied
-        case .resourceExhausted: .resourceExhausted
-        case .failedPrecondition: .failedPrecondition
-        case .aborted: .aborted
-        case .outOfRange: .outOfRange
-        case .unimplemented: .unimplemented
-        case .internalError: .internal
-        case .unavailable: .unavailable
-        case .dataLoss: .dataLoss
-        case .unauthenticated: .unauthenticated
-        default: .unknown
-        }
-        return StrataError(code, "remote storage \(endpoint): \(name): \(error.message)")
     }
 }
 

@@ -71,9 +71,9 @@ import Testing
         """))
         let store = try #require(configuration.instances.first?.cas?.store as? RemoteBlobStore)
         #expect(store.endpoint == "127.0.0.1:50052")
-        #expect(store.options.instanceName == "main")
-        #expect(store.options.retries == 5)
-        #expect(store.options.requestTimeout == .seconds(30))
+        #expect(store.channel.options.instanceName == "main")
+        #expect(store.channel.options.retries == 5)
+        #expect(store.channel.options.requestTimeout == .seconds(30))
         #expect(configuration.backgroundServices.count == 1)
     }
 

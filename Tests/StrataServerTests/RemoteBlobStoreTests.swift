@@ -12,7 +12,7 @@ import Testing
     func withRemote(
         backing: any BlobStore = LRUBlobStore(capacityBytes: 256 << 20), options: RemoteBlobStore.Options = {
             var options = RemoteBlobStore.Options()
-            options.instanceName = "main"
+            options.channel.instanceName = "main"
             return options
         }(),
         _ body: @Sendable (RemoteBlobStore, any BlobStore) async throws -> Void
@@ -21,8 +21,8 @@ import Testing
         try await withServer([instance]) { clients in
             let remote = try RemoteBlobStore(url: "grpc://127.0.0.1:\(clients.port)", options: options)
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await remote.run() }
-                defer { remote.shutdown() }
+                group.addTask { try await remote.channel.run() }
+                defer { remote.channel.shutdown() }
                 try await body(remote, backing)
             }
         }
@@ -56,7 +56,7 @@ import Testing
 
     @Test func unknownInstanceIsTheRemotesError() async throws {
         var options = RemoteBlobStore.Options()
-        options.instanceName = "nope"
+        options.channel.instanceName = "nope"
         try await withRemote(options: options) { remote, _ in
             try await expectError(.invalidArgument, "using an instance the remote does not have") {
                 _ = try await remote.findMissing([Blob.random(size: 1).digest])
@@ -66,13 +66,13 @@ import Testing
 
     @Test func unreachableServerIsUnavailableAfterRetries() async throws {
         var options = RemoteBlobStore.Options()
-        options.retries = 2
-        options.maxBackoff = .milliseconds(50)
+        options.channel.retries = 2
+        options.channel.maxBackoff = .milliseconds(50)
         // Port 1 on loopback: nothing listens there.
         let remote = try RemoteBlobStore(url: "127.0.0.1:1", options: options)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await remote.run() }
-            defer { remote.shutdown() }
+            group.addTask { try await remote.channel.run() }
+            defer { remote.channel.shutdown() }
             let start = ContinuousClock.now
             try await expectError(.unavailable, "FindMissingBlobs against a closed port") {
                 _ = try await remote.findMissing([Blob.random(size: 1).digest])

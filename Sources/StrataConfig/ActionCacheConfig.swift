@@ -1,0 +1,72 @@
+import Foundation
+import StrataActionCache
+import StrataCore
+import StrataRemote
+import StrataStorage
+
+/// Action-cache tags that compose other caches, and `!remote-action-cache`.
+extension Builder {
+    /// `allow-updates` and `cache-failed-actions`, with one meaning for every cache that takes them.
+    func updatePolicy(_ cache: any ActionCache, _ options: [String: ConfigNode]) throws(ConfigError) -> any ActionCache {
+        let allowUpdates = try options["allow-updates"]?.bool() ?? true
+        let cacheFailedActions = try options["cache-failed-actions"]?.bool() ?? true
+        if allowUpdates && cacheFailedActions { return cache }
+        return UpdatePolicyActionCache(cache, allowUpdates: allowUpdates, cacheFailedActions: cacheFailedActions)
+    }
+
+    mutating func writeOnceActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        let options = try node.mapping(allowed: ["action-cache"])
+        guard let inner = options["action-cache"] else { throw node.error("!write-once-action-cache needs an action-cache") }
+        return WriteOnceActionCache(try cache(inner))
+    }
+
+    mutating func shardedActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        let options = try node.mapping(
+            allowed: ["shards", "allow-updates", "cache-failed-actions"], unsupported: ["cache-key-salt"])
+        guard let shardsNode = options["shards"] else { throw node.error("!sharded-action-cache needs shards: a list of {name, cache}") }
+        var shards: [ShardedActionCache.Shard] = []
+        for entry in try shardsNode.sequence() {
+            let fields = try entry.mapping(allowed: ["name", "cache", "weight"])
+            guard let nameNode = fields["name"] else { throw entry.error("each shard needs a name") }
+            let name = try nameNode.string()
+            guard !name.isEmpty else { throw nameNode.error("a shard name cannot be empty") }
+            guard !shards.contains(where: { $0.name == name }) else { throw nameNode.error("shard name \"\(name)\" is used twice") }
+            guard let cacheNode = fields["cache"] else { throw entry.error("shard \"\(name)\" needs a cache") }
+            let weight = try fields["weight"].map { node throws(ConfigError) in Double(try node.int(minimum: 1)) } ?? 1
+            shards.append(.init(name: name, weight: weight, cache: try cache(cacheNode)))
+        }
+        guard !shards.isEmpty else { throw shardsNode.error("at least one shard is required") }
+        return try updatePolicy(ShardedActionCache(shards: shards), options)
+    }
+
+    mutating func withCacheActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        let options = try node.mapping(allowed: ["cache", "fallback", "allow-updates", "cache-failed-actions"])
+        guard let local = options["cache"] else { throw node.error("!with-cache-action-cache needs a cache") }
+        guard let fallback = options["fallback"] else { throw node.error("!with-cache-action-cache needs a fallback") }
+        return try updatePolicy(WithCacheActionCache(cache: try cache(local), fallback: try cache(fallback)), options)
+    }
+
+    mutating func mirroredActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        let options = try node.mapping(allowed: ["first", "second"])
+        guard let first = options["first"] else { throw node.error("!mirrored-action-cache needs first") }
+        guard let second = options["second"] else { throw node.error("!mirrored-action-cache needs second") }
+        return MirroredActionCache(first: try cache(first), second: try cache(second))
+    }
+
+    mutating func remoteActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        let options = try node.mapping(
+            allowed: ["url", "instance-name", "retries", "max-backoff", "request-timeout"],
+            unsupported: ["credentials", "channel-options"])
+        guard let urlNode = options["url"] else { throw node.error("!remote-action-cache needs a url, e.g. grpc://cache:50051") }
+        let channelOptions = try remoteChannelOptions(options)
+        let url = try urlNode.string()
+        let cache: RemoteActionCache
+        do {
+            cache = try RemoteActionCache(url: url, options: channelOptions)
+        } catch {
+            throw urlNode.error(error.message)
+        }
+        backgroundServices.append(RemoteChannelService(channel: cache.channel))
+        return cache
+    }
+}
