@@ -16,6 +16,11 @@
 #      hit (from Bazel's "INFO: N processes: ..." line and from the
 #      --execution_log_json_file), and that all outputs are byte-identical to
 #      build 1.
+#   5. with BAZEL_E2E_EVICT_DIR set (the server's !disk-storage path): deletes
+#      the blob of one action's output (medium.txt) behind the server's back,
+#      cleans, and builds a third time: that action must run again (the cache
+#      must not hand out an entry whose output is gone) and every other action
+#      must still be a cache hit, with outputs identical.
 # On success the last line is:
 #   bazel e2e: N actions, N remote cache hits, outputs identical
 #
@@ -26,6 +31,7 @@
 #   BAZEL_E2E_INSTANCE_NAME     passed as --remote_instance_name
 #   BAZEL_E2E_KEEP_TMP=1        keep the temp dir (logs, execution logs) for debugging
 #   BAZEL_E2E_VERBOSE=1         also stream Bazel's output to stderr
+#   BAZEL_E2E_EVICT_DIR=DIR     the server's !disk-storage path: run step 5
 #   BAZEL_E2E_DISK_CACHE=DIR    self-test mode only: use --disk_cache=DIR instead
 #                               of a remote cache (HOST:PORT is then not needed)
 set -euo pipefail
@@ -263,6 +269,29 @@ NFILES="$(wc -l <"$LOGS/sha256-2.txt")"
 HELLO="$(output_file hello)"
 [[ -n "$HELLO" && -x "$HELLO" ]] || die "hello binary missing or not executable after build 2"
 [[ "$("$HELLO")" == "hello from strata e2e" ]] || die "hello binary from the cache printed the wrong thing"
+
+# ------------------------------------------------- build 3: after eviction --
+if [[ -n "${BAZEL_E2E_EVICT_DIR:-}" ]]; then
+    MEDIUM="$(output_file medium.txt)"
+    [[ -n "$MEDIUM" ]] || die "medium.txt missing after build 2"
+    MEDIUM_HASH="$(sha256sum "$MEDIUM" | cut -d' ' -f1)"
+    MEDIUM_SIZE="$(stat -c %s "$MEDIUM")"
+    BLOB="$BAZEL_E2E_EVICT_DIR/cas/${MEDIUM_HASH:0:2}/${MEDIUM_HASH}_${MEDIUM_SIZE}"
+    [[ -f "$BLOB" ]] || die "eviction: medium.txt's blob is not at $BLOB"
+    rm -f "$BLOB"
+    echo "bazel e2e: evicted medium.txt's blob; clean --expunge; build 3 must re-run that one action..." >&2
+    run_bazel "$LOGS/clean3.log" clean --expunge --color=no --curses=no
+    run_bazel "$LOGS/build3.log" build "${BUILD_FLAGS[@]}" "--execution_log_json_file=$LOGS/exec3.json" //...
+    check_no_cache_warnings "$LOGS/build3.log" "build 3"
+    hash_outputs "$LOGS/sha256-3.txt"
+    read -r TOTAL3 HITS3 < <(count_spawns "$LOGS/exec3.json")
+    echo "bazel e2e: build 3: $(process_line "$LOGS/build3.log" | sed 's/^INFO: //')" >&2
+    [[ "$TOTAL3" -eq "$TOTAL1" ]] || die "build 3 ran $TOTAL3 spawns, build 1 ran $TOTAL1"
+    [[ "$HITS3" -eq $((TOTAL3 - 1)) ]] || die "build 3: expected exactly one action to re-run, got $((TOTAL3 - HITS3))"
+    diff -u "$LOGS/sha256-1.txt" "$LOGS/sha256-3.txt" >&2 || die "outputs of build 3 differ from build 1"
+    [[ -f "$BLOB" ]] || die "build 3 did not upload medium.txt's blob again"
+    echo "bazel e2e: after eviction, 1 action re-ran and $HITS3 were cache hits" >&2
+fi
 
 echo "bazel e2e: $NFILES output files compared, $((SECONDS - START))s" >&2
 echo "bazel e2e: $TOTAL2 actions, $HITS2 remote cache hits, outputs identical"
