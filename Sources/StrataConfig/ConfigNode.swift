@@ -83,13 +83,21 @@ struct ConfigNode {
         }
     }
 
+    /// The node, or for `!expand-vars` the node its expanded text resolves to, so that numbers and
+    /// booleans can come from the environment (`port: !expand-vars "${REDIS_PORT}"`).
+    private func resolvedScalar() throws(ConfigError) -> Node? {
+        guard applicationTag == "!expand-vars" else { return applicationTag == nil ? node : nil }
+        guard case .scalar = node else { return nil }
+        return Node(try string())
+    }
+
     func bool() throws(ConfigError) -> Bool {
-        guard applicationTag == nil, let value = node.bool else { throw error("expected true or false") }
+        guard let value = try resolvedScalar()?.bool else { throw error("expected true or false") }
         return value
     }
 
     func int(minimum: Int = 0) throws(ConfigError) -> Int {
-        guard applicationTag == nil, let value = node.int else { throw error("expected an integer") }
+        guard let value = try resolvedScalar()?.int else { throw error("expected an integer") }
         guard value >= minimum else { throw error("must be at least \(minimum)") }
         return value
     }

@@ -103,3 +103,28 @@ import Testing
         """), line: 4, "needs a fallback")
     }
 }
+
+@Suite struct ExpandVarsScalarTests {
+    @Test func numbersAndBooleansFromTheEnvironment() throws {
+        let yaml = """
+            server:
+              - !channel { address: "127.0.0.1:50051", insecure-mode: !expand-vars "$INSECURE" }
+            caches:
+              - &ac !lru-action-cache { max-cached-refs: !expand-vars "${REFS}", allow-updates: !expand-vars "$UPDATES" }
+            instances:
+              - name: ""
+                services:
+                  - !action-cache { cache: *ac }
+            """
+        let configuration = try Configuration.parse(
+            yaml: yaml, file: "test.yml", environment: ["REFS": "123", "UPDATES": "false", "INSECURE": "true"])
+        #expect(configuration.instances.first?.actionCache?.allowsUpdates == false)
+        do {
+            _ = try Configuration.parse(yaml: yaml, file: "test.yml", environment: ["REFS": "many", "UPDATES": "false", "INSECURE": "true"])
+            Issue.record("a non-number was accepted")
+        } catch let error as ConfigError {
+            #expect(error.line == 4)
+            #expect(error.description.contains("expected an integer"))
+        }
+    }
+}
