@@ -124,6 +124,10 @@ public final class RedisClient: Sendable {
         precondition(configuration.poolSize > 0, "a Redis pool needs at least one connection")
         self.configuration = configuration
         self.logger = logger
+        // hiredis writes with write(2): a write after the server reset the connection must fail with
+        // EPIPE rather than kill the process. Linux has no per-socket switch; NIO ignores SIGPIPE
+        // process-wide for the same reason, so this changes nothing for the server.
+        signal(SIGPIPE, SIG_IGN)
         threadPool = NIOThreadPool(numberOfThreads: configuration.poolSize)
         threadPool.start()
     }

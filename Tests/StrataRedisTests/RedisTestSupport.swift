@@ -54,17 +54,17 @@ final class PrivateRedis: @unchecked Sendable {
     let extraArguments: [String]
     private var process: Process?
 
-    init(extraArguments: [String] = []) throws {
+    init(extraArguments: [String] = []) async throws {
         port = try freePort()
         self.extraArguments = extraArguments
-        try start()
+        try await start()
     }
 
     deinit { kill() }
 
     var configuration: RedisConfiguration { RedisConfiguration(host: "127.0.0.1", port: port, poolSize: 2) }
 
-    func start() throws {
+    func start() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try redisServerPath())
         process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"] + extraArguments
@@ -77,7 +77,7 @@ final class PrivateRedis: @unchecked Sendable {
         while Date() < deadline {
             if canConnect(port: port) { return }
             guard process.isRunning else { throw ConformanceFailure("redis-server on port \(port) exited at start-up") }
-            usleep(20_000)
+            try await Task.sleep(for: .milliseconds(20))
         }
         throw ConformanceFailure("redis-server on port \(port) did not start within 10 s")
     }
