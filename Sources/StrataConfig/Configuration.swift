@@ -59,9 +59,9 @@ public struct Configuration: Sendable {
 
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
-    "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
+    "!s3-storage", "!redis-storage", "!redis-fmb-cache", "!sql-storage", "!sql-index",
     "!redis-action-cache", "!s3action-cache", "!s3-action-cache",
-    "!execution", "!bots", "!introspection", "!sql-connection", "!redis-connection",
+    "!execution", "!bots", "!introspection", "!sql-connection",
 ]
 
 struct Builder {
@@ -136,8 +136,9 @@ struct Builder {
     /// A connection declared under `connections:`; storages and caches name it through an alias.
     mutating func connection(_ node: ConfigNode) throws(ConfigError) {
         switch node.applicationTag {
+        case "!redis-connection": _ = try redisConnection(node)
         default:
-            throw unknownTag(node, kind: "connection", known: [])
+            throw unknownTag(node, kind: "connection", known: ["!redis-connection"])
         }
     }
 
@@ -160,6 +161,7 @@ struct Builder {
             } catch {
                 throw pathNode.error("\(error)")
             }
+        case "!redis-index": built = try redisIndex(node)
         case "!size-differentiated-storage": built = try sizeDifferentiatedStorage(node)
         case "!sharded-storage": built = try shardedStorage(node)
         case "!with-cache-storage": built = try withCacheStorage(node)
@@ -167,7 +169,7 @@ struct Builder {
         case "!remote-storage": built = try remoteStorage(node)
         default:
             throw unknownTag(node, kind: "storage", known: [
-                "!lru-storage", "!disk-storage", "!size-differentiated-storage", "!sharded-storage",
+                "!lru-storage", "!disk-storage", "!redis-index", "!size-differentiated-storage", "!sharded-storage",
                 "!with-cache-storage", "!replicated-storage", "!remote-storage",
             ])
         }

@@ -1,2 +1,0 @@
-import CHiredis
-enum PlaceholderRedis {}  // replaced by the Redis client
