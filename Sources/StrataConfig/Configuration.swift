@@ -59,7 +59,7 @@ public struct Configuration: Sendable {
 
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
-    "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
+    "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
     "!sharded-storage", "!size-differentiated-storage", "!with-cache-storage", "!replicated-storage",
     "!remote-storage", "!redis-action-cache", "!s3action-cache", "!s3-action-cache", "!remote-action-cache",
     "!sharded-action-cache", "!with-cache-action-cache", "!mirrored-action-cache", "!write-once-action-cache",
@@ -159,8 +159,10 @@ struct Builder {
             } catch {
                 throw pathNode.error("\(error)")
             }
+        case "!s3-storage":
+            built = try s3Storage(node)
         default:
-            throw unknownTag(node, kind: "storage", known: ["!lru-storage", "!disk-storage"])
+            throw unknownTag(node, kind: "storage", known: ["!lru-storage", "!disk-storage", "!s3-storage"])
         }
         storages[node.identity] = built
         return built.store
