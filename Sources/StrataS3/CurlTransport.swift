@@ -217,6 +217,8 @@ final class TransferState: @unchecked Sendable {
             overflowed = true
             return false
         }
+        // One allocation of the expected size (a ranged GET's limit is its length), not repeated doublings.
+        if received.isEmpty { received.reserveCapacity(min(responseLimit, 16 << 20)) }
         received.append(contentsOf: bytes)
         return true
     }
