@@ -31,3 +31,11 @@ CURLcode strata_curl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
 CURLcode strata_curl_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value) {
     return curl_easy_getinfo(handle, info, value);
 }
+
+CURLcode strata_curl_setopt_progress_callback(CURL *handle, strata_curl_progress_callback callback) {
+    return curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, callback);
+}
+
+CURLcode strata_curl_global_init(void) {
+    return curl_global_init(CURL_GLOBAL_DEFAULT);
+}

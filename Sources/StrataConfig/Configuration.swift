@@ -59,7 +59,7 @@ public struct Configuration: Sendable {
 
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
-    "!s3-storage", "!redis-storage", "!redis-fmb-cache", "!sql-storage", "!sql-index",
+    "!redis-storage", "!redis-fmb-cache", "!sql-storage", "!sql-index",
     "!redis-action-cache", "!s3action-cache", "!s3-action-cache",
     "!execution", "!bots", "!introspection", "!sql-connection",
 ]
@@ -162,6 +162,7 @@ struct Builder {
                 throw pathNode.error("\(error)")
             }
         case "!redis-index": built = try redisIndex(node)
+        case "!s3-storage": built = try s3Storage(node)
         case "!size-differentiated-storage": built = try sizeDifferentiatedStorage(node)
         case "!sharded-storage": built = try shardedStorage(node)
         case "!with-cache-storage": built = try withCacheStorage(node)
@@ -169,8 +170,8 @@ struct Builder {
         case "!remote-storage": built = try remoteStorage(node)
         default:
             throw unknownTag(node, kind: "storage", known: [
-                "!lru-storage", "!disk-storage", "!redis-index", "!size-differentiated-storage", "!sharded-storage",
-                "!with-cache-storage", "!replicated-storage", "!remote-storage",
+                "!lru-storage", "!disk-storage", "!redis-index", "!s3-storage", "!size-differentiated-storage",
+                "!sharded-storage", "!with-cache-storage", "!replicated-storage", "!remote-storage",
             ])
         }
         storages[node.identity] = built

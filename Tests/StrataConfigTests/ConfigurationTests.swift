@@ -105,7 +105,7 @@ import Testing
                 services:
 
             """
-        expectError(head + "      - !cas\n        storage: !s3-storage {bucket: b}\n", line: 8, "!s3-storage is not supported by Strata yet")
+        expectError(head + "      - !cas\n        storage: !redis-storage {}\n", line: 8, "!redis-storage is not supported by Strata yet")
         expectError(head + "      - !cas\n        storage: !floppy-storage {}\n", line: 8, "unknown tag !floppy-storage")
         expectError(head + "      - !cas\n        storage: !lru-storage {sise: 1G}\n", line: 8, "unknown option \"sise\"")
         expectError(head + "      - !cas\n        storage: !lru-storage {size: lots}\n", line: 8, "\"lots\" is not a size")

@@ -112,7 +112,7 @@ struct RedisClientTests {
         }
         #expect(error?.message.contains("127.0.0.1:\(port)") == true, "\(String(describing: error))")
         #expect(error?.message.contains("3 attempts") == true, "\(String(describing: error))")
-        #expect(seconds < 10, "took \(seconds) s")
+        #expect(seconds < 20, "took \(seconds) s")
         await client.shutdown()
     }
 
@@ -143,7 +143,7 @@ struct RedisClientTests {
         for (name, operation) in operations {
             let (error, seconds) = await expectStrataError(.unavailable, "\(name) while Redis is down") { try await operation() }
             #expect(error?.message.contains("127.0.0.1:\(server.port)") == true, "\(String(describing: error))")
-            #expect(seconds < 10, "\(name) took \(seconds) s to fail")
+            #expect(seconds < 20, "\(name) took \(seconds) s to fail")
         }
         let batch = await index.writeBatch([(after.digest, after.data)])
         try expectFailure(batch[0], .unavailable, "writeBatch while Redis is down")
@@ -172,7 +172,7 @@ struct RedisClientTests {
             server.kill()
         }
         var configuration = server.configuration
-        configuration.timeout = .seconds(1)
+        configuration.timeout = .seconds(3)
         let client = RedisClient(configuration)
         #expect(try await client.send("PING") == .status("PONG"))
 
@@ -181,8 +181,8 @@ struct RedisClientTests {
             try await client.send("PING")
         }
         #expect(error?.message.contains("did not answer") == true, "\(String(describing: error))")
-        // One timeout, not one per retry (that would be 4 s).
-        #expect(seconds >= 0.9 && seconds < 3.5, "took \(seconds) s")
+        // One timeout, not one per retry (that would be 12 s); the margin is for a loaded machine.
+        #expect(seconds >= 2.9 && seconds < 9, "took \(seconds) s")
 
         server.signal(SIGCONT)
         #expect(try await client.send("PING") == .status("PONG"))

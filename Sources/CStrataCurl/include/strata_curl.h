@@ -11,6 +11,11 @@ CURLcode strata_curl_setopt_string(CURL *handle, CURLoption option, const char *
 CURLcode strata_curl_setopt_pointer(CURL *handle, CURLoption option, void *value);
 CURLcode strata_curl_setopt_slist(CURL *handle, CURLoption option, struct curl_slist *value);
 CURLcode strata_curl_setopt_data_callback(CURL *handle, CURLoption option, strata_curl_data_callback callback);
+typedef int (*strata_curl_progress_callback)(void *context, curl_off_t download_total, curl_off_t downloaded,
+                                             curl_off_t upload_total, curl_off_t uploaded);
+CURLcode strata_curl_setopt_progress_callback(CURL *handle, strata_curl_progress_callback callback);
+/// curl_global_init(CURL_GLOBAL_DEFAULT): the flag is a macro expression Swift does not import.
+CURLcode strata_curl_global_init(void);
 CURLcode strata_curl_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode strata_curl_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value);
 

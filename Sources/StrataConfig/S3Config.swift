@@ -1,0 +1,96 @@
+import StrataCore
+import StrataS3
+import StrataStorage
+
+extension Builder {
+    /// `!s3-storage`, with BuildGrid 0.9.1's options and key layout, plus `region` and
+    /// `connect-timeout-seconds` (Strata's: BuildGrid takes the region from boto's environment and
+    /// fixes the connect timeout at 120 s).
+    func s3Storage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
+        let options = try node.mapping(allowed: [
+            "bucket", "endpoint", "access-key", "secret-key", "region", "connect-timeout-seconds",
+            "read-timeout-seconds-per-kilobyte", "write-timeout-seconds-per-kilobyte",
+            "read-timeout-min-seconds", "write-timeout-min-seconds", "versioned-deletes",
+            "hash-prefix-size", "path-prefix-string",
+        ])
+        guard let bucketNode = options["bucket"] else {
+            throw node.error("!s3-storage needs a bucket (a name, or a template such as cas-{digest[0]})")
+        }
+        let bucket: S3BucketTemplate
+        do {
+            bucket = try S3BucketTemplate(try bucketNode.string())
+        } catch let error as StrataError {
+            throw bucketNode.error(error.message)
+        } catch {
+            throw bucketNode.error("\(error)")
+        }
+        if let position = bucket.largestHashPosition, position >= DigestFunction.sha256.hexLength {
+            throw bucketNode.error("{digest[\(position)]} is beyond a \(DigestFunction.sha256.hexLength)-character SHA-256 hash")
+        }
+
+        let region = try options["region"]?.string() ?? S3ClientConfiguration.defaultRegion(node.environment)
+        guard !region.isEmpty else { throw options["region"]!.error("the region must not be empty") }
+        let endpoint: String
+        if let endpointNode = options["endpoint"] {
+            endpoint = try endpointNode.string()
+            guard endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://"), endpoint.count > "https://".count else {
+                throw endpointNode.error("the endpoint must be an http:// or https:// URL, e.g. https://s3.\(region).amazonaws.com")
+            }
+        } else {
+            endpoint = S3ClientConfiguration.awsEndpoint(region: region)
+        }
+
+        let credentials: S3Credentials
+        switch (options["access-key"], options["secret-key"]) {
+        case (let access?, let secret?):
+            credentials = S3Credentials(accessKey: try access.string(), secretKey: try secret.string())
+        case (nil, nil):
+            guard let fromEnvironment = S3Credentials.fromEnvironment(node.environment) else {
+                throw node.error("!s3-storage needs access-key and secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+            }
+            credentials = fromEnvironment
+        case (let given?, nil), (nil, let given?):
+            throw given.error("access-key and secret-key go together: give both or neither")
+        }
+
+        if let versioned = options["versioned-deletes"], try versioned.bool() {
+            throw versioned.error("versioned-deletes: true is not supported by Strata yet; deletes remove the current version only")
+        }
+
+        let readTimeout = S3TransferTimeout(
+            minimumSeconds: try options["read-timeout-min-seconds"]?.s3Seconds(positive: true) ?? 120,
+            secondsPerKilobyte: try options["read-timeout-seconds-per-kilobyte"]?.s3Seconds(positive: false))
+        let writeTimeout = S3TransferTimeout(
+            minimumSeconds: try options["write-timeout-min-seconds"]?.s3Seconds(positive: true) ?? 120,
+            secondsPerKilobyte: try options["write-timeout-seconds-per-kilobyte"]?.s3Seconds(positive: false))
+        let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
+
+        let naming = S3ObjectNaming(
+            bucket: bucket, hashPrefixSize: try options["hash-prefix-size"]?.int(minimum: 0) ?? 0,
+            pathPrefix: try options["path-prefix-string"]?.string())
+        let client = S3Client(S3ClientConfiguration(
+            endpoint: endpoint, region: region, credentials: credentials, connectTimeoutSeconds: connectTimeout))
+        let store = S3BlobStore(
+            client: client, naming: naming,
+            options: S3BlobStore.Options(readTimeout: readTimeout, writeTimeout: writeTimeout))
+        var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
+        let n = naming.hashPrefixSize
+        layout += n > 0 ? "{hash[:\(n)]}/{hash[\(n):]}_{size}" : "{hash}_{size}"
+        return (store, "!s3-storage bucket \(bucket) at \(endpoint) (\(region)), \(layout)")
+    }
+}
+
+extension ConfigNode {
+    /// A number of seconds (integer or decimal), as BuildGrid's float timeout options.
+    fileprivate func s3Seconds(positive: Bool) throws(ConfigError) -> Double {
+        guard applicationTag == nil, let value = node.int.map(Double.init) ?? node.float, value.isFinite else {
+            throw error("expected a number of seconds")
+        }
+        if positive {
+            guard value > 0 else { throw error("must be more than 0 seconds") }
+        } else {
+            guard value >= 0 else { throw error("must not be negative") }
+        }
+        return value
+    }
+}

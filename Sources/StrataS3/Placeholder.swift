@@ -1,2 +1,0 @@
-import CStrataCurl
-enum PlaceholderS3 {}  // replaced by the S3 client

@@ -1,0 +1,120 @@
+import StrataCore
+
+/// Where a blob lives in S3, exactly as BuildGrid 0.9.1 names it, so a BuildGrid bucket is served as is:
+/// bucket `template.format(digest=hash)`, key `[path-prefix/][hash[:N]/]hash[N:]_size`.
+public struct S3ObjectNaming: Sendable, Equatable {
+    public let bucketTemplate: S3BucketTemplate
+    /// N above; 0 puts no hash folder in the key.
+    public let hashPrefixSize: Int
+    /// Without leading or trailing slashes; nil when there is none.
+    public let pathPrefix: String?
+
+    public init(bucket: S3BucketTemplate, hashPrefixSize: Int = 0, pathPrefix: String? = nil) {
+        self.bucketTemplate = bucket
+        self.hashPrefixSize = max(0, hashPrefixSize)
+        // Python's str.strip("/"); a prefix of only slashes means none, as in BuildGrid.
+        let stripped = pathPrefix.map { String($0.drop { $0 == "/" }.reversed().drop { $0 == "/" }.reversed()) }
+        self.pathPrefix = stripped?.isEmpty == false ? stripped : nil
+    }
+
+    public func bucket(for digest: Digest) throws(StrataError) -> String {
+        try bucketTemplate.bucket(forHash: digest.hash)
+    }
+
+    public func key(for digest: Digest) -> String {
+        var key = ""
+        if let pathPrefix { key += pathPrefix + "/" }
+        var rest = Substring(digest.hash)
+        if hashPrefixSize > 0 {
+            // Python slices clamp: a prefix size beyond the hash takes all of it and leaves "".
+            key += rest.prefix(hashPrefixSize) + "/"
+            rest = rest.dropFirst(hashPrefixSize)
+        }
+        return key + rest + "_\(digest.sizeBytes)"
+    }
+}
+
+/// A bucket name that may depend on the digest, as BuildGrid's `bucket.format(digest=hash)`:
+/// `{digest}` is the whole hash, `{digest[N]}` its character N, `{{` and `}}` literal braces.
+/// Other Python format fields (attributes, conversions, format specs) are refused when parsed.
+public struct S3BucketTemplate: Sendable, Equatable, CustomStringConvertible {
+    enum Piece: Sendable, Equatable {
+        case literal(String)
+        case hash
+        case hashCharacter(Int)
+    }
+
+    let pieces: [Piece]
+    public let description: String
+
+    public init(_ template: String) throws(StrataError) {
+        var pieces: [Piece] = []
+        var literal = ""
+        var index = template.startIndex
+        func fail(_ reason: String) -> StrataError {
+            .invalidArgument("bucket template \"\(template)\": \(reason)")
+        }
+        while index < template.endIndex {
+            let character = template[index]
+            let next = template.index(after: index)
+            if character == "}" {
+                guard next < template.endIndex, template[next] == "}" else { throw fail("a single '}' must be written '}}'") }
+                literal.append("}")
+                index = template.index(after: next)
+                continue
+            }
+            guard character == "{" else {
+                literal.append(character)
+                index = next
+                continue
+            }
+            if next < template.endIndex, template[next] == "{" {
+                literal.append("{")
+                index = template.index(after: next)
+                continue
+            }
+            guard let close = template[next...].firstIndex(of: "}") else { throw fail("a '{' is not closed") }
+            let field = template[next..<close]
+            if !literal.isEmpty { pieces.append(.literal(literal)); literal = "" }
+            if field == "digest" {
+                pieces.append(.hash)
+            } else if field.hasPrefix("digest["), field.hasSuffix("]"),
+                      case let digits = field.dropFirst("digest[".count).dropLast(),
+                      !digits.isEmpty, digits.allSatisfy({ ("0"..."9").contains($0) }), let position = Int(digits) {
+                // Python reads an all-digit index as a number; anything else (even "-1") is not one.
+                pieces.append(.hashCharacter(position))
+            } else {
+                throw fail("\"{\(field)}\" is not supported: use {digest} or {digest[N]}")
+            }
+            index = template.index(after: close)
+        }
+        if !literal.isEmpty { pieces.append(.literal(literal)) }
+        self.pieces = pieces
+        self.description = template
+    }
+
+    /// Whether every blob goes to one bucket.
+    public var isFixed: Bool { pieces.allSatisfy { if case .literal = $0 { true } else { false } } }
+
+    /// The largest character position the template reads, if any.
+    public var largestHashPosition: Int? {
+        pieces.compactMap { if case .hashCharacter(let position) = $0 { position } else { nil } }.max()
+    }
+
+    public func bucket(forHash hash: String) throws(StrataError) -> String {
+        var name = ""
+        let characters = Array(hash)
+        for piece in pieces {
+            switch piece {
+            case .literal(let text): name += text
+            case .hash: name += hash
+            case .hashCharacter(let position):
+                guard position < characters.count else {
+                    throw .internal("S3 bucket template \"\(description)\" reads character \(position) of a \(characters.count)-character hash")
+                }
+                name.append(characters[position])
+            }
+        }
+        return name
+    }
+}
