@@ -59,11 +59,11 @@ public struct Configuration: Sendable {
 
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
-    "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache", "!sql-storage", "!sql-index",
+    "!s3-storage", "!redis-storage", "!redis-index", "!redis-fmb-cache",
     "!sharded-storage", "!size-differentiated-storage", "!with-cache-storage", "!replicated-storage",
     "!remote-storage", "!redis-action-cache", "!s3action-cache", "!s3-action-cache", "!remote-action-cache",
     "!sharded-action-cache", "!with-cache-action-cache", "!mirrored-action-cache", "!write-once-action-cache",
-    "!execution", "!bots", "!introspection", "!sql-connection", "!redis-connection",
+    "!execution", "!bots", "!introspection", "!redis-connection",
 ]
 
 struct Builder {
@@ -135,8 +135,9 @@ struct Builder {
     /// A connection declared under `connections:`; storages and caches name it through an alias.
     mutating func connection(_ node: ConfigNode) throws(ConfigError) {
         switch node.applicationTag {
+        case "!sql-connection": _ = try sqlConnection(node)
         default:
-            throw unknownTag(node, kind: "connection", known: [])
+            throw unknownTag(node, kind: "connection", known: ["!sql-connection"])
         }
     }
 
@@ -159,8 +160,10 @@ struct Builder {
             } catch {
                 throw pathNode.error("\(error)")
             }
+        case "!sql-storage": built = try sqlStorage(node)
+        case "!sql-index": built = try sqlIndex(node)
         default:
-            throw unknownTag(node, kind: "storage", known: ["!lru-storage", "!disk-storage"])
+            throw unknownTag(node, kind: "storage", known: ["!lru-storage", "!disk-storage", "!sql-storage", "!sql-index"])
         }
         storages[node.identity] = built
         return built.store
