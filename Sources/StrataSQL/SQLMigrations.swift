@@ -51,18 +51,18 @@ enum SQLMigrations {
             """
             CREATE FUNCTION strata_index_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                UPDATE strata_index_totals SET bytes = bytes + s.bytes, blobs = blobs + s.blobs
-                FROM (SELECT coalesce(sum(size), 0) AS bytes, count(*) AS blobs FROM inserted) s
-                WHERE id = 1 AND s.blobs > 0;
+                UPDATE strata_index_totals SET bytes = bytes + s.changed_bytes, blobs = blobs + s.changed_blobs
+                FROM (SELECT coalesce(sum(size), 0) AS changed_bytes, count(*) AS changed_blobs FROM inserted) s
+                WHERE id = 1 AND s.changed_blobs > 0;
                 RETURN NULL;
             END $$
             """,
             """
             CREATE FUNCTION strata_index_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                UPDATE strata_index_totals SET bytes = bytes - s.bytes, blobs = blobs - s.blobs
-                FROM (SELECT coalesce(sum(size), 0) AS bytes, count(*) AS blobs FROM deleted) s
-                WHERE id = 1 AND s.blobs > 0;
+                UPDATE strata_index_totals SET bytes = bytes - s.changed_bytes, blobs = blobs - s.changed_blobs
+                FROM (SELECT coalesce(sum(size), 0) AS changed_bytes, count(*) AS changed_blobs FROM deleted) s
+                WHERE id = 1 AND s.changed_blobs > 0;
                 RETURN NULL;
             END $$
             """,

@@ -75,15 +75,16 @@ struct SQLOutageTests {
     @Test func unreachableDatabaseIsUnavailableQuickly() async throws {
         _ = try SQLTestDatabase.url()
         let port = try PrivatePostgres.freePort()  // nothing listens there
-        let connection = SQLConnection(settings: try Self.settings("postgres://postgres@127.0.0.1:\(port)/strata", poolTimeout: .seconds(2)))
+        let connection = SQLConnection(settings: try Self.settings("postgres://postgres@127.0.0.1:\(port)/strata", poolTimeout: .seconds(1)))
         let store = SQLBlobStore(connection: connection)
         try await SQLTestDatabase.running([connection]) {
             let blob = Blob.random(size: 10)
             let (code, elapsed) = await Self.timed { _ = try await store.findMissing([blob.digest]) }
             #expect(code == .unavailable)
-            #expect(elapsed < .seconds(6), "took \(elapsed)")
+            // Well under the 15 s after which postgres-nio's own circuit breaker would answer.
+            #expect(elapsed < .seconds(10), "took \(elapsed)")
             let (writeCode, writeElapsed) = await Self.timed { try await store.write(blob.digest, data: blob.data) }
-            #expect(writeCode == .unavailable && writeElapsed < .seconds(6))
+            #expect(writeCode == .unavailable && writeElapsed < .seconds(10))
         }
     }
 
@@ -113,7 +114,7 @@ struct SQLOutageTests {
             for (name, operation) in operations {
                 let (code, elapsed) = await Self.timed(operation)
                 #expect(code == .unavailable, "\(name) during the outage answered \(code)")
-                #expect(elapsed < .seconds(8), "\(name) during the outage took \(elapsed)")
+                #expect(elapsed < .seconds(10), "\(name) during the outage took \(elapsed)")
             }
 
             try server.start()

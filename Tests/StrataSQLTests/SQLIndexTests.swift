@@ -193,8 +193,9 @@ struct SQLIndexTests {
 struct SQLMigrationTests {
     @Test func migratingTwiceAppliesOnce() async throws {
         try await SQLTestDatabase.with { connection, readOnly in
-            #expect(try await connection.migrate() == [1])
-            #expect(try await connection.migrate() == [])
+            let first = try await connection.migrate()
+            let second = try await connection.migrate()
+            #expect(first == [1] && second == [])
             await #expect(throws: StrataError.self) { try await readOnly.migrate() }
         }
     }

@@ -138,18 +138,15 @@ final class PrivatePostgres: Sendable {
     }
 
     static func output(_ executable: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw ProcessFailure(description: "\(executable) \(arguments.joined(separator: " ")) failed: \(text)")
+        // system(3) rather than Foundation's Process, which did not notice pg_ctl exit once pg_ctl had
+        // started a server; output goes to a file, which the server does not hold open.
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("strata-process-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: outputPath) }
+        let quoted = ([executable] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        let status = system(quoted.joined(separator: " ") + " </dev/null >" + outputPath + " 2>&1")
+        let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        guard status == 0 else {
+            throw ProcessFailure(description: "\(executable) \(arguments.joined(separator: " ")) failed (\(status)): \(text)")
         }
         return text
     }
