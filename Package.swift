@@ -85,6 +85,7 @@ let package = Package(
             dependencies: [
                 "StrataCore", "StrataStorage",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings

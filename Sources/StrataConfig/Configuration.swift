@@ -59,9 +59,9 @@ public struct Configuration: Sendable {
 
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
-    "!redis-storage", "!redis-fmb-cache", "!sql-storage", "!sql-index",
+    "!redis-storage", "!redis-fmb-cache",
     "!redis-action-cache", "!s3action-cache", "!s3-action-cache",
-    "!execution", "!bots", "!introspection", "!sql-connection",
+    "!execution", "!bots", "!introspection",
 ]
 
 struct Builder {
@@ -137,8 +137,9 @@ struct Builder {
     mutating func connection(_ node: ConfigNode) throws(ConfigError) {
         switch node.applicationTag {
         case "!redis-connection": _ = try redisConnection(node)
+        case "!sql-connection": _ = try sqlConnection(node)
         default:
-            throw unknownTag(node, kind: "connection", known: ["!redis-connection"])
+            throw unknownTag(node, kind: "connection", known: ["!redis-connection", "!sql-connection"])
         }
     }
 
@@ -162,6 +163,8 @@ struct Builder {
                 throw pathNode.error("\(error)")
             }
         case "!redis-index": built = try redisIndex(node)
+        case "!sql-storage": built = try sqlStorage(node)
+        case "!sql-index": built = try sqlIndex(node)
         case "!s3-storage": built = try s3Storage(node)
         case "!size-differentiated-storage": built = try sizeDifferentiatedStorage(node)
         case "!sharded-storage": built = try shardedStorage(node)
@@ -170,8 +173,9 @@ struct Builder {
         case "!remote-storage": built = try remoteStorage(node)
         default:
             throw unknownTag(node, kind: "storage", known: [
-                "!lru-storage", "!disk-storage", "!redis-index", "!s3-storage", "!size-differentiated-storage",
-                "!sharded-storage", "!with-cache-storage", "!replicated-storage", "!remote-storage",
+                "!lru-storage", "!disk-storage", "!redis-index", "!sql-storage", "!sql-index", "!s3-storage",
+                "!size-differentiated-storage", "!sharded-storage", "!with-cache-storage", "!replicated-storage",
+                "!remote-storage",
             ])
         }
         storages[node.identity] = built
