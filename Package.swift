@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "StrataRedis",
             dependencies: [
-                "StrataCore", "StrataStorage", "CHiredis",
+                "StrataCore", "StrataStorage", "StrataActionCache", "CHiredis",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -73,7 +73,7 @@ let package = Package(
         .target(
             name: "StrataS3",
             dependencies: [
-                "StrataCore", "StrataStorage", "CStrataCurl",
+                "StrataCore", "StrataStorage", "StrataActionCache", "CStrataCurl",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

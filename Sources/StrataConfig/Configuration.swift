@@ -60,7 +60,6 @@ public struct Configuration: Sendable {
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
     "!redis-storage", "!redis-fmb-cache",
-    "!redis-action-cache", "!s3action-cache", "!s3-action-cache",
     "!execution", "!bots", "!introspection",
 ]
 
@@ -197,10 +196,12 @@ struct Builder {
         case "!with-cache-action-cache": built = try withCacheActionCache(node)
         case "!mirrored-action-cache": built = try mirroredActionCache(node)
         case "!remote-action-cache": built = try remoteActionCache(node)
+        case "!redis-action-cache": built = try redisActionCache(node)
+        case "!s3action-cache", "!s3-action-cache": built = try s3ActionCache(node)
         default:
             throw unknownTag(node, kind: "action cache", known: [
                 "!lru-action-cache", "!write-once-action-cache", "!sharded-action-cache", "!with-cache-action-cache",
-                "!mirrored-action-cache", "!remote-action-cache",
+                "!mirrored-action-cache", "!remote-action-cache", "!redis-action-cache", "!s3action-cache",
             ])
         }
         caches[node.identity] = built
