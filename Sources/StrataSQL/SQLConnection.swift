@@ -40,7 +40,7 @@ public final class SQLConnection: Service, Sendable {
         /// Bound on waiting for a free connection from the pool (also what an outage costs a caller).
         public var poolTimeout: Duration = .seconds(5)
         /// Bound on one statement once sent (a 64 MiB blob insert on a slow link included).
-        public var statementTimeout: Duration = .seconds(120)
+        public var statementTimeout: Duration = .seconds(30)
         /// Bound on waiting for a row lock inside PostgreSQL (`SET lock_timeout`); nil: no bound.
         public var lockTimeout: Duration? = .seconds(5)
         /// Idle connections run `SELECT 1` this often so a dead one is found before it is leased.
@@ -170,6 +170,10 @@ public final class SQLConnection: Service, Sendable {
 
     /// Leases a connection (waiting at most `poolTimeout`) and runs `body` on it (at most
     /// `statementTimeout`). Errors become `StrataError`s naming `what` and this database.
+    ///
+    /// The caller is answered when a deadline passes even if postgres-nio has not given up yet (a
+    /// query on a connection whose server vanished may never complete): the work goes on in its own
+    /// task, the lease request is cancelled, and a late connection is closed.
     func withConnection<Result: Sendable>(
         _ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
     ) async throws -> Result {
@@ -177,57 +181,41 @@ public final class SQLConnection: Service, Sendable {
         let settings = self.settings
         let client = self.client
         do {
-            return try await withThrowingTaskGroup(of: Result?.self) { group in
-                group.addTask {
-                    try await client.withConnection { connection in
-                        guard leased.markLeased() else { throw CancellationError() }
-                        return try await Self.bounded(settings.statementTimeout, connection: connection, leased: leased) {
-                            try await body(connection)
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
+                let answer = OneAnswer(continuation)
+                let leaseTimer = Task {
+                    try? await Task.sleep(for: settings.poolTimeout)
+                    guard !Task.isCancelled, leased.giveUpIfNotLeased() else { return }
+                    answer.give(.failure(StrataError.unavailable(
+                        "SQL \(settings.displayName): no database connection within \(Self.seconds(settings.poolTimeout)) "
+                            + "while \(what) (the database is unreachable or the pool of \(settings.poolSize + settings.maxOverflow) is busy)")))
+                    leased.cancelWork()
+                }
+                leased.setWork(Task {
+                    do {
+                        let result = try await client.withConnection { connection in
+                            guard leased.markLeased() else { throw CancellationError() }
+                            leaseTimer.cancel()
+                            let statementTimer = Task {
+                                try? await Task.sleep(for: settings.statementTimeout)
+                                guard !Task.isCancelled else { return }
+                                leased.markTimedOut()
+                                answer.give(.failure(StrataError.unavailable(
+                                    "SQL \(settings.displayName): \(what) took longer than \(Self.seconds(settings.statementTimeout)); the connection was closed")))
+                                try? await connection.close()
+                            }
+                            defer { statementTimer.cancel() }
+                            return try await body(connection)
                         }
+                        answer.give(.success(result))
+                    } catch {
+                        answer.give(.failure(error))
                     }
-                }
-                group.addTask {
-                    try await Task.sleep(for: settings.poolTimeout)
-                    if leased.giveUpIfNotLeased() {
-                        throw StrataError.unavailable(
-                            "SQL \(settings.displayName): no database connection within \(Self.seconds(settings.poolTimeout)) "
-                                + "while \(what) (the database is unreachable or the pool of \(settings.poolSize + settings.maxOverflow) is busy)")
-                    }
-                    return nil
-                }
-                while let result = try await group.next() {
-                    if let result {
-                        group.cancelAll()
-                        return result
-                    }
-                }
-                throw StrataError.internal("SQL \(settings.displayName): \(what) ended without a result")
+                    leaseTimer.cancel()
+                })
             }
         } catch {
             throw Self.strataError(error, what: what, settings: settings, leased: leased)
-        }
-    }
-
-    /// Runs `body`; when it outlives `timeout`, closes `connection` so the pending query fails.
-    private static func bounded<Result: Sendable>(
-        _ timeout: Duration, connection: PostgresConnection, leased: LeaseState,
-        _ body: @escaping @Sendable () async throws -> Result
-    ) async throws -> Result {
-        try await withThrowingTaskGroup(of: Result?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                leased.markTimedOut()
-                try? await connection.close()
-                return nil
-            }
-            while let result = try await group.next() {
-                if let result {
-                    group.cancelAll()
-                    return result
-                }
-            }
-            throw CancellationError()
         }
     }
 
@@ -239,9 +227,6 @@ public final class SQLConnection: Service, Sendable {
     /// Maps what postgres-nio and PostgreSQL report onto the code a REAPI client should see.
     static func strataError(_ error: any Error, what: String, settings: Settings, leased: LeaseState) -> StrataError {
         let place = "SQL \(settings.displayName)"
-        if leased.timedOut {
-            return .unavailable("\(place): \(what) took longer than \(seconds(settings.statementTimeout)); the connection was closed")
-        }
         if let error = error as? StrataError { return error }
         if let error = error as? PostgresTransactionError {
             if let inner = error.closureError ?? error.beginError ?? error.commitError {
@@ -313,6 +298,28 @@ final class LeaseState: Sendable {
         }
     }
 
+    private let work = Mutex<Task<Void, Never>?>(nil)
+
+    func setWork(_ task: Task<Void, Never>) { work.withLock { $0 = task } }
+    func cancelWork() { work.withLock { $0 }?.cancel() }
+
     func markTimedOut() { state.withLock { $0.timedOut = true } }
     var timedOut: Bool { state.withLock { $0.timedOut } }
+}
+
+/// Resumes a continuation with the first answer given; later ones are dropped.
+final class OneAnswer<Value: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Value, any Error>?>
+
+    init(_ continuation: CheckedContinuation<Value, any Error>) {
+        self.continuation = Mutex(continuation)
+    }
+
+    func give(_ result: Result<Value, any Error>) {
+        let waiting = continuation.withLock { continuation in
+            defer { continuation = nil }
+            return continuation
+        }
+        waiting?.resume(with: result)
+    }
 }

@@ -56,6 +56,7 @@ struct SQLOutageTests {
         var settings = try SQLConnectionString.parse("\(url)?sslmode=disable")
         settings.connectionTimeout = .seconds(1)
         settings.poolTimeout = poolTimeout
+        settings.statementTimeout = .seconds(5)
         settings.poolSize = 2
         settings.maxOverflow = 0
         return settings
@@ -63,12 +64,17 @@ struct SQLOutageTests {
 
     /// Runs `operation` and returns its error code and how long it took.
     static func timed(_ operation: () async throws -> Void) async -> (StrataError.Code, Duration) {
+        let (error, elapsed) = await timedError(operation)
+        return (error?.code ?? .ok, elapsed)
+    }
+
+    static func timedError(_ operation: () async throws -> Void) async -> (StrataError?, Duration) {
         let start = ContinuousClock.now
         do {
             try await operation()
-            return (.ok, ContinuousClock.now - start)
+            return (nil, ContinuousClock.now - start)
         } catch {
-            return (StrataError.from(error).code, ContinuousClock.now - start)
+            return (StrataError.from(error), ContinuousClock.now - start)
         }
     }
 
@@ -79,12 +85,14 @@ struct SQLOutageTests {
         let store = SQLBlobStore(connection: connection)
         try await SQLTestDatabase.running([connection]) {
             let blob = Blob.random(size: 10)
-            let (code, elapsed) = await Self.timed { _ = try await store.findMissing([blob.digest]) }
-            #expect(code == .unavailable)
-            // Well under the 15 s after which postgres-nio's own circuit breaker would answer.
-            #expect(elapsed < .seconds(10), "took \(elapsed)")
+            // Strata's pool timeout answers, not postgres-nio's circuit breaker (15 s); the elapsed-time
+            // bound is loose because the whole test suite shares two cores.
+            let (error, elapsed) = await Self.timedError { _ = try await store.findMissing([blob.digest]) }
+            #expect(error?.code == .unavailable)
+            #expect(error?.message.contains("no database connection within 1 s") == true, "\(String(describing: error))")
+            #expect(elapsed < .seconds(30), "took \(elapsed)")
             let (writeCode, writeElapsed) = await Self.timed { try await store.write(blob.digest, data: blob.data) }
-            #expect(writeCode == .unavailable && writeElapsed < .seconds(10))
+            #expect(writeCode == .unavailable && writeElapsed < .seconds(30))
         }
     }
 
@@ -114,7 +122,7 @@ struct SQLOutageTests {
             for (name, operation) in operations {
                 let (code, elapsed) = await Self.timed(operation)
                 #expect(code == .unavailable, "\(name) during the outage answered \(code)")
-                #expect(elapsed < .seconds(10), "\(name) during the outage took \(elapsed)")
+                #expect(elapsed < .seconds(30), "\(name) during the outage took \(elapsed)")
             }
 
             try server.start()
