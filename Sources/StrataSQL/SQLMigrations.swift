@@ -82,6 +82,9 @@ enum SQLMigrations {
     /// Applies the missing versions; returns them.
     static func apply(on connection: PostgresConnection, schema: String?, logger: Logger) async throws -> [Int] {
         try await connection.withTransaction(logger: logger) { connection in
+            // Waiting here for another server's migration is expected, not a lock problem: no
+            // lock_timeout inside the migration (the query deadline still bounds it).
+            try await connection.execute("SET LOCAL lock_timeout = 0", logger: logger)
             let lockName = "strata-schema:\(schema ?? "public")"
             try await connection.execute("SELECT pg_advisory_xact_lock(hashtext(\(lockName)))", logger: logger)
             if let schema {

@@ -104,7 +104,9 @@ struct RedisClientTests {
     }
 
     @Test func unreachableServerIsUnavailableNamingIt() async throws {
-        let port = try freePort()
+        let closed = try ClosedLoopbackPort()
+        let port = closed.port
+        defer { withExtendedLifetime(closed) {} }
         // A long timeout: answering well within it shows a refused connection is not waited out.
         let client = RedisClient(RedisConfiguration(host: "127.0.0.1", port: port, retries: 2, poolSize: 1, timeout: .seconds(30)))
         let (error, seconds) = await expectStrataError(.unavailable, "a command to a port nobody listens on") {

@@ -173,7 +173,9 @@ struct S3ActionCacheTests {
     }
 
     @Test func closedPortIsUnavailable() async throws {
-        let port = try closedLocalPort()
+        let closed = try ClosedLoopbackPort()
+        let port = closed.port
+        defer { withExtendedLifetime(closed) {} }
         let threads = NIOThreadPool(numberOfThreads: 2)
         threads.start()
         defer { threads.shutdownGracefully { _ in } }

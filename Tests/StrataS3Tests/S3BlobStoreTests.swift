@@ -199,7 +199,9 @@ struct S3BlobStoreTests {
     }
 
     @Test func closedPortIsUnavailablePromptly() async throws {
-        let port = try closedLocalPort()
+        let closed = try ClosedLoopbackPort()
+        let port = closed.port
+        defer { withExtendedLifetime(closed) {} }
         // Its own threads, so that the time measured is this client's, not a queue behind other tests' transfers.
         let threads = NIOThreadPool(numberOfThreads: 2)
         threads.start()
@@ -297,24 +299,6 @@ func residentBytes() -> Int {
     return kilobytes * 1024
 }
 
-/// A loopback port nothing listens on: bound once by us, then released.
-func closedLocalPort() throws -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw StrataError.internal("socket() failed") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            bind(fd, raw, length) == 0 && getsockname(fd, raw, &length) == 0
-        }
-    }
-    guard bound else { throw StrataError.internal("bind() failed") }
-    return UInt16(bigEndian: address.sin_port)
-}
 
 @Suite struct S3ObjectNamingTests {
     let digest = try! Digest(hash: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", sizeBytes: 42)

@@ -80,7 +80,9 @@ struct SQLOutageTests {
 
     @Test func unreachableDatabaseIsUnavailableQuickly() async throws {
         _ = try SQLTestDatabase.url()
-        let port = try PrivatePostgres.freePort()  // nothing listens there
+        let closed = try ClosedLoopbackPort()  // nothing listens there, nor can start to
+        let port = closed.port
+        defer { withExtendedLifetime(closed) {} }
         let connection = SQLConnection(settings: try Self.settings("postgres://postgres@127.0.0.1:\(port)/strata", poolTimeout: .seconds(1)))
         let store = SQLBlobStore(connection: connection)
         try await SQLTestDatabase.running([connection]) {
@@ -99,8 +101,8 @@ struct SQLOutageTests {
     @Test(.timeLimit(.minutes(3)))
     func outageAnswersUnavailableAndRecovers() async throws {
         _ = try SQLTestDatabase.url()
-        let server = try PrivatePostgres()
-        defer { server.remove() }
+        let server = try await onOwnThread { try PrivatePostgres() }
+        defer { Thread { server.remove() }.start() }
         let connection = SQLConnection(settings: try Self.settings(server.url, poolTimeout: .seconds(2)))
         let index = try SQLIndex(backingStore: SQLBlobStore(connection: connection), connection: connection, maxInlineBlobSize: 100)
         try await SQLTestDatabase.running([connection]) {
@@ -108,7 +110,7 @@ struct SQLOutageTests {
             try await index.write(before.digest, data: before.data)
             #expect(try await index.readAll(before.digest) == before.data)
 
-            try server.stop()
+            try await onOwnThread { try server.stop() }
             let blob = Blob.random(size: 500)
             let operations: [(String, @Sendable () async throws -> Void)] = [
                 ("findMissing", { _ = try await index.findMissing([before.digest]) }),
@@ -125,7 +127,7 @@ struct SQLOutageTests {
                 #expect(elapsed < .seconds(30), "\(name) during the outage took \(elapsed)")
             }
 
-            try server.start()
+            try await onOwnThread { try server.start() }
             let deadline = ContinuousClock.now + .seconds(90)
             var recovered = false
             while ContinuousClock.now < deadline {

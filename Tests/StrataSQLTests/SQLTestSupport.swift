@@ -73,7 +73,8 @@ struct SQLTestDatabase {
 }
 
 /// A PostgreSQL server of the test's own (initdb + pg_ctl in a temporary folder, 127.0.0.1 on a free
-/// port), for tests that stop the database.
+/// port), for tests that stop the database. Its calls block for seconds: make them through
+/// `onOwnThread`, never on the cooperative pool.
 final class PrivatePostgres: Sendable {
     let folder: String
     let port: Int

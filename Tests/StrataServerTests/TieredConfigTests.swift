@@ -47,13 +47,19 @@ struct TieredConfigTests {
     }
 
     /// The whole composition (sharded → Redis index → size-differentiated → PostgreSQL / S3) honours
-    /// the same contract as every single backend.
-    @Test(arguments: BlobStoreConformance.cases)
-    func conformance(_ check: BlobStoreConformance) async throws {
+    /// the same contract as every single backend. One configuration runs every case, as one server
+    /// would (a configuration per case would open a connection pool per case).
+    @Test func conformance() async throws {
         try await Self.withConfiguration { configuration in
             let store = try #require(configuration.instances.first?.cas?.store)
             #expect(store is ShardedBlobStore)
-            try await check.run(on: store)
+            for check in BlobStoreConformance.cases {
+                do {
+                    try await check.run(on: store)
+                } catch {
+                    Issue.record("\(check.name): \(error)")
+                }
+            }
         }
     }
 

@@ -275,10 +275,19 @@ public struct Blob: Sendable {
         self.digest = Digest.of(data)
     }
 
+    /// Random bytes from SplitMix64 seeded by the system: the system generator costs a syscall per
+    /// 8 bytes, and megabytes of it kept the (one thread per core) cooperative pool busy for seconds,
+    /// stalling every other test of the run.
     public static func random(size: Int) -> Blob {
-        var generator = SystemRandomNumberGenerator()
+        var state = UInt64.random(in: .min ... .max)
         var words = [UInt64](repeating: 0, count: (size + 7) / 8)
-        for index in words.indices { words[index] = generator.next() }
+        for index in words.indices {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            words[index] = z ^ (z >> 31)
+        }
         let data = words.withUnsafeBytes { Data($0.prefix(size)) }
         return Blob(data)
     }
