@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "StrataRedis",
             dependencies: [
-                "StrataCore", "StrataStorage", "CHiredis",
+                "StrataCore", "StrataStorage", "StrataActionCache", "CHiredis",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -73,7 +73,7 @@ let package = Package(
         .target(
             name: "StrataS3",
             dependencies: [
-                "StrataCore", "StrataStorage", "CStrataCurl",
+                "StrataCore", "StrataStorage", "StrataActionCache", "CStrataCurl",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -85,6 +85,7 @@ let package = Package(
             dependencies: [
                 "StrataCore", "StrataStorage",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings

@@ -61,9 +61,8 @@ public struct Configuration: Sendable {
 
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
-    "!redis-storage", "!redis-fmb-cache", "!sql-storage", "!sql-index",
-    "!redis-action-cache", "!s3action-cache", "!s3-action-cache",
-    "!execution", "!bots", "!introspection", "!sql-connection",
+    "!redis-storage", "!redis-fmb-cache",
+    "!execution", "!bots", "!introspection",
 ]
 
 struct Builder {
@@ -141,8 +140,9 @@ struct Builder {
     mutating func connection(_ node: ConfigNode) throws(ConfigError) {
         switch node.applicationTag {
         case "!redis-connection": _ = try redisConnection(node)
+        case "!sql-connection": _ = try sqlConnection(node)
         default:
-            throw unknownTag(node, kind: "connection", known: ["!redis-connection"])
+            throw unknownTag(node, kind: "connection", known: ["!redis-connection", "!sql-connection"])
         }
     }
 
@@ -157,6 +157,8 @@ struct Builder {
             built = (LRUBlobStore(capacityBytes: bytes), "!lru-storage (\(bytes) bytes in memory)")
         case "!disk-storage": built = try diskStorage(node)
         case "!redis-index": built = try redisIndex(node)
+        case "!sql-storage": built = try sqlStorage(node)
+        case "!sql-index": built = try sqlIndex(node)
         case "!s3-storage": built = try s3Storage(node)
         case "!size-differentiated-storage": built = try sizeDifferentiatedStorage(node)
         case "!sharded-storage": built = try shardedStorage(node)
@@ -165,8 +167,9 @@ struct Builder {
         case "!remote-storage": built = try remoteStorage(node)
         default:
             throw unknownTag(node, kind: "storage", known: [
-                "!lru-storage", "!disk-storage", "!redis-index", "!s3-storage", "!size-differentiated-storage",
-                "!sharded-storage", "!with-cache-storage", "!replicated-storage", "!remote-storage",
+                "!lru-storage", "!disk-storage", "!redis-index", "!sql-storage", "!sql-index", "!s3-storage",
+                "!size-differentiated-storage", "!sharded-storage", "!with-cache-storage", "!replicated-storage",
+                "!remote-storage",
             ])
         }
         storages[node.identity] = built
@@ -188,10 +191,12 @@ struct Builder {
         case "!with-cache-action-cache": built = try withCacheActionCache(node)
         case "!mirrored-action-cache": built = try mirroredActionCache(node)
         case "!remote-action-cache": built = try remoteActionCache(node)
+        case "!redis-action-cache": built = try redisActionCache(node)
+        case "!s3action-cache", "!s3-action-cache": built = try s3ActionCache(node)
         default:
             throw unknownTag(node, kind: "action cache", known: [
                 "!lru-action-cache", "!write-once-action-cache", "!sharded-action-cache", "!with-cache-action-cache",
-                "!mirrored-action-cache", "!remote-action-cache",
+                "!mirrored-action-cache", "!remote-action-cache", "!redis-action-cache", "!s3action-cache",
             ])
         }
         caches[node.identity] = built

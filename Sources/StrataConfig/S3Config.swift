@@ -13,8 +13,38 @@ extension Builder {
             "read-timeout-min-seconds", "write-timeout-min-seconds", "versioned-deletes",
             "hash-prefix-size", "path-prefix-string",
         ])
+        let bucket = try s3Bucket(node, options)
+        let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
+        let clientConfiguration = try s3ClientConfiguration(node, options, connectTimeoutSeconds: connectTimeout)
+
+        if let versioned = options["versioned-deletes"], try versioned.bool() {
+            throw versioned.error("versioned-deletes: true is not supported by Strata yet; deletes remove the current version only")
+        }
+
+        let readTimeout = S3TransferTimeout(
+            minimumSeconds: try options["read-timeout-min-seconds"]?.s3Seconds(positive: true) ?? 120,
+            secondsPerKilobyte: try options["read-timeout-seconds-per-kilobyte"]?.s3Seconds(positive: false))
+        let writeTimeout = S3TransferTimeout(
+            minimumSeconds: try options["write-timeout-min-seconds"]?.s3Seconds(positive: true) ?? 120,
+            secondsPerKilobyte: try options["write-timeout-seconds-per-kilobyte"]?.s3Seconds(positive: false))
+        let naming = S3ObjectNaming(
+            bucket: bucket, hashPrefixSize: try options["hash-prefix-size"]?.int(minimum: 0) ?? 0,
+            pathPrefix: try options["path-prefix-string"]?.string())
+        let client = S3Client(clientConfiguration)
+        let store = S3BlobStore(
+            client: client, naming: naming,
+            options: S3BlobStore.Options(readTimeout: readTimeout, writeTimeout: writeTimeout))
+        var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
+        let n = naming.hashPrefixSize
+        layout += n > 0 ? "{hash[:\(n)]}/{hash[\(n):]}_{size}" : "{hash}_{size}"
+        return (store, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint) (\(clientConfiguration.region)), \(layout)")
+    }
+
+    /// `bucket`: a name, or a template of the hash as BuildGrid's `bucket.format(digest=hash)`.
+    /// Shared by `!s3-storage` and `!s3action-cache`.
+    func s3Bucket(_ node: ConfigNode, _ options: [String: ConfigNode]) throws(ConfigError) -> S3BucketTemplate {
         guard let bucketNode = options["bucket"] else {
-            throw node.error("!s3-storage needs a bucket (a name, or a template such as cas-{digest[0]})")
+            throw node.error("\(node.applicationTag ?? "S3") needs a bucket (a name, or a template such as cas-{digest[0]})")
         }
         let bucket: S3BucketTemplate
         do {
@@ -27,7 +57,14 @@ extension Builder {
         if let position = bucket.largestHashPosition, position >= DigestFunction.sha256.hexLength {
             throw bucketNode.error("{digest[\(position)]} is beyond a \(DigestFunction.sha256.hexLength)-character SHA-256 hash")
         }
+        return bucket
+    }
 
+    /// `endpoint`, `region`, `access-key` and `secret-key` (or AWS's environment variables).
+    /// Shared by `!s3-storage` and `!s3action-cache`.
+    func s3ClientConfiguration(
+        _ node: ConfigNode, _ options: [String: ConfigNode], connectTimeoutSeconds: Double
+    ) throws(ConfigError) -> S3ClientConfiguration {
         let region = try options["region"]?.string() ?? S3ClientConfiguration.defaultRegion(node.environment)
         guard !region.isEmpty else { throw options["region"]!.error("the region must not be empty") }
         let endpoint: String
@@ -46,37 +83,14 @@ extension Builder {
             credentials = S3Credentials(accessKey: try access.string(), secretKey: try secret.string())
         case (nil, nil):
             guard let fromEnvironment = S3Credentials.fromEnvironment(node.environment) else {
-                throw node.error("!s3-storage needs access-key and secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+                throw node.error("\(node.applicationTag ?? "S3") needs access-key and secret-key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
             }
             credentials = fromEnvironment
         case (let given?, nil), (nil, let given?):
             throw given.error("access-key and secret-key go together: give both or neither")
         }
-
-        if let versioned = options["versioned-deletes"], try versioned.bool() {
-            throw versioned.error("versioned-deletes: true is not supported by Strata yet; deletes remove the current version only")
-        }
-
-        let readTimeout = S3TransferTimeout(
-            minimumSeconds: try options["read-timeout-min-seconds"]?.s3Seconds(positive: true) ?? 120,
-            secondsPerKilobyte: try options["read-timeout-seconds-per-kilobyte"]?.s3Seconds(positive: false))
-        let writeTimeout = S3TransferTimeout(
-            minimumSeconds: try options["write-timeout-min-seconds"]?.s3Seconds(positive: true) ?? 120,
-            secondsPerKilobyte: try options["write-timeout-seconds-per-kilobyte"]?.s3Seconds(positive: false))
-        let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
-
-        let naming = S3ObjectNaming(
-            bucket: bucket, hashPrefixSize: try options["hash-prefix-size"]?.int(minimum: 0) ?? 0,
-            pathPrefix: try options["path-prefix-string"]?.string())
-        let client = S3Client(S3ClientConfiguration(
-            endpoint: endpoint, region: region, credentials: credentials, connectTimeoutSeconds: connectTimeout))
-        let store = S3BlobStore(
-            client: client, naming: naming,
-            options: S3BlobStore.Options(readTimeout: readTimeout, writeTimeout: writeTimeout))
-        var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
-        let n = naming.hashPrefixSize
-        layout += n > 0 ? "{hash[:\(n)]}/{hash[\(n):]}_{size}" : "{hash}_{size}"
-        return (store, "!s3-storage bucket \(bucket) at \(endpoint) (\(region)), \(layout)")
+        return S3ClientConfiguration(
+            endpoint: endpoint, region: region, credentials: credentials, connectTimeoutSeconds: connectTimeoutSeconds)
     }
 }
 

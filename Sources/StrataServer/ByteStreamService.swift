@@ -16,6 +16,8 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         self.uploads = uploads
     }
 
+    static let readMessageBytes = 256 << 10
+
     public func read(
         request: ServerRequest<Google_Bytestream_ReadRequest>, context: ServerContext
     ) async throws -> StreamingServerResponse<Google_Bytestream_ReadResponse> {
@@ -38,7 +40,12 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
             name.digest, offset: message.readOffset, limit: message.readLimit == 0 ? nil : message.readLimit)
         return StreamingServerResponse { writer in
             for try await chunk in body {
-                try await writer.write(.with { $0.data = chunk })
+                var start = chunk.startIndex
+                while start < chunk.endIndex {
+                    let end = min(start + Self.readMessageBytes, chunk.endIndex)
+                    try await writer.write(.with { $0.data = chunk[start..<end] })
+                    start = end
+                }
             }
             return [:]
         }

@@ -1,2 +1,0 @@
-import PostgresNIO
-enum PlaceholderSQL {}  // replaced by the SQL store

@@ -1,0 +1,216 @@
+import Foundation
+import PostgresNIO
+import StrataCore
+import StrataStorage
+
+/// Blobs as rows of `strata_blobs` (`!sql-storage`): for small blobs, up to `maximumBlobSize`.
+///
+/// A write gathers the verified body (bounded by the blob size limit) and inserts it in one statement,
+/// so a row exists only for a complete, verified blob. Reads fetch ranges with `substring`, in chunks of
+/// `readChunkSize`, so serving a large blob holds one chunk at a time. Lookups go to `readConnection`
+/// (`sql-ro` when configured), writes to `connection`.
+public final class SQLBlobStore: BlobStore {
+    public let connection: SQLConnection
+    public let readConnection: SQLConnection
+    public let blobSizeLimit: Int64
+
+    public static let defaultMaximumBlobSize: Int64 = 64 << 20
+    static let readChunkSize: Int64 = 2 << 20
+
+    public init(connection: SQLConnection, readOnlyConnection: SQLConnection? = nil, maximumBlobSize: Int64 = defaultMaximumBlobSize) {
+        self.connection = connection
+        self.readConnection = readOnlyConnection ?? connection
+        self.blobSizeLimit = maximumBlobSize
+    }
+
+    public var maximumBlobSize: Int64? { blobSizeLimit }
+
+    private func reading<Result: Sendable>(
+        _ what: String, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> Result
+    ) async throws -> Result {
+        try await connection.ensureMigrated()
+        let logger = readConnection.logger
+        return try await readConnection.withConnection(what) { try await body($0, logger) }
+    }
+
+    private func writing<Result: Sendable>(
+        _ what: String, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> Result
+    ) async throws -> Result {
+        try await connection.ensureMigrated()
+        let logger = connection.logger
+        return try await connection.withConnection(what) { try await body($0, logger) }
+    }
+
+    public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
+        let candidates = digests.uniqued().filter { !$0.isEmpty }
+        if candidates.isEmpty { return [] }
+        let keys = SQLDigestKeys(candidates)
+        let found = try await reading("looking up \(candidates.count) blobs") { connection, logger in
+            let rows = try await connection.query(
+                """
+                SELECT b.hash, b.size FROM strata_blobs b
+                JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
+                  ON b.hash = w.hash AND b.size = w.size
+                """, logger: logger)
+            var found = Set<Digest>()
+            for try await (hash, size) in rows.decode((ByteBuffer, Int64).self) {
+                found.insert(try SQLDigestKeys.digest(hash: hash, size: size))
+            }
+            return found
+        }
+        return candidates.filter { !found.contains($0) }
+    }
+
+    public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
+        let range = try validatedRange(digest, offset: offset, limit: limit)
+        if digest.isEmpty { return .empty }
+        let firstCount = min(Self.readChunkSize, Int64(range.count))
+        guard let first = try await fetch(digest, from: range.lowerBound, count: firstCount) else {
+            throw StrataError.notFound("blob \(digest) is not in the CAS")
+        }
+        if firstCount == Int64(range.count) { return BlobBody(data: first) }
+        return BlobBody {
+            var position = range.lowerBound
+            var pending: Data? = first
+            return BlobBody.AsyncIterator {
+                if let chunk = pending {
+                    pending = nil
+                    position += Int64(chunk.count)
+                    return chunk
+                }
+                guard position < range.upperBound else { return nil }
+                let count = min(Self.readChunkSize, range.upperBound - position)
+                guard let chunk = try await self.fetch(digest, from: position, count: count), chunk.count == count else {
+                    throw StrataError.notFound("blob \(digest) was deleted while being read")
+                }
+                position += count
+                return chunk
+            }
+        }
+    }
+
+    /// Bytes `[offset, offset + count)` of a stored blob; nil when the blob is not stored.
+    private func fetch(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data? {
+        let hash = SQLDigestKeys.hashBytes(digest)
+        let size = digest.sizeBytes
+        // substring takes int4; blobs here are at most blobSizeLimit, far below 2 GiB.
+        let start = Int32(clamping: offset + 1)
+        let length = Int32(clamping: count)
+        return try await reading("reading blob \(digest)") { connection, logger in
+            let rows = try await connection.query(
+                "SELECT substring(data FROM \(start) FOR \(length)) FROM strata_blobs WHERE hash = \(hash) AND size = \(size)",
+                logger: logger)
+            for try await part in rows.decode(ByteBuffer.self) { return part.asData }
+            return nil
+        }
+    }
+
+    public func write(_ digest: Digest, body: BlobBody) async throws {
+        if digest.isEmpty {
+            for try await _ in body.verifying(digest) {}
+            return
+        }
+        try checkFits(digest)
+        // Skips the upload of a blob already stored.
+        if try await findMissing([digest]).isEmpty { return }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(Int(digest.sizeBytes))
+        for try await chunk in body.verifying(digest) { buffer.writeBytes(chunk) }
+        let hash = SQLDigestKeys.hashBytes(digest)
+        let size = digest.sizeBytes
+        let data = buffer
+        try await writing("storing blob \(digest)") { connection, logger in
+            try await connection.execute(
+                "INSERT INTO strata_blobs (hash, size, data) VALUES (\(hash), \(size), \(data)) ON CONFLICT DO NOTHING",
+                logger: logger)
+        }
+    }
+
+    public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
+        var results = [Result<Void, StrataError>](repeating: .success(()), count: blobs.count)
+        var accepted: [Digest: (index: [Int], data: Data)] = [:]
+        for (index, blob) in blobs.enumerated() {
+            do throws(StrataError) {
+                try checkFits(blob.digest)
+                try blob.digest.verify(blob.data)
+            } catch {
+                results[index] = .failure(error)
+                continue
+            }
+            if blob.digest.isEmpty { continue }
+            accepted[blob.digest, default: ([], blob.data)].index.append(index)
+        }
+        if accepted.isEmpty { return results }
+        // Sorted by key: concurrent batches then take the rows' locks in one order and cannot deadlock.
+        let sorted = accepted.keys.sorted()
+        let keys = SQLDigestKeys(sorted)
+        let bodies = sorted.map { ByteBuffer(bytes: accepted[$0]!.data) }
+        do {
+            try await writing("storing \(sorted.count) blobs") { connection, logger in
+                try await connection.execute(
+                    """
+                    INSERT INTO strata_blobs (hash, size, data)
+                    SELECT * FROM unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[], \(bodies)::bytea[])
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
+        } catch {
+            let failure = StrataError.from(error)
+            for entry in accepted.values { for index in entry.index { results[index] = .failure(failure) } }
+        }
+        return results
+    }
+
+    public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
+        let wanted = digests.uniqued().filter { !$0.isEmpty }
+        var found: [Digest: Data] = [:]
+        if !wanted.isEmpty {
+            let keys = SQLDigestKeys(wanted)
+            do {
+                found = try await reading("reading \(wanted.count) blobs") { connection, logger in
+                    let rows = try await connection.query(
+                        """
+                        SELECT b.hash, b.size, b.data FROM strata_blobs b
+                        JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
+                          ON b.hash = w.hash AND b.size = w.size
+                        """, logger: logger)
+                    var found: [Digest: Data] = [:]
+                    for try await (hash, size, data) in rows.decode((ByteBuffer, Int64, ByteBuffer).self) {
+                        found[try SQLDigestKeys.digest(hash: hash, size: size)] = data.asData
+                    }
+                    return found
+                }
+            } catch {
+                let failure = StrataError.from(error)
+                return digests.map { $0.isEmpty ? .success(Data()) : .failure(failure) }
+            }
+        }
+        return digests.map { digest in
+            if digest.isEmpty { return .success(Data()) }
+            guard let data = found[digest] else { return .failure(.notFound("blob \(digest) is not in the CAS")) }
+            return .success(data)
+        }
+    }
+
+    public func delete(_ digests: [Digest]) async throws {
+        let targets = digests.uniqued().filter { !$0.isEmpty }.sorted()
+        if targets.isEmpty { return }
+        let keys = SQLDigestKeys(targets)
+        try await writing("deleting \(targets.count) blobs") { connection, logger in
+            try await connection.execute(
+                """
+                DELETE FROM strata_blobs b
+                USING unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
+                WHERE b.hash = w.hash AND b.size = w.size
+                """, logger: logger)
+        }
+    }
+
+    private func checkFits(_ digest: Digest) throws(StrataError) {
+        guard digest.sizeBytes <= blobSizeLimit else {
+            throw .resourceExhausted(
+                "blob \(digest) (\(digest.sizeBytes) bytes) is larger than SQL storage accepts (\(blobSizeLimit) bytes); "
+                    + "put large blobs elsewhere with !size-differentiated-storage")
+        }
+    }
+}

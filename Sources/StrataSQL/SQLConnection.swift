@@ -1,0 +1,325 @@
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+import StrataCore
+import Synchronization
+
+/// A pool of connections to one PostgreSQL database (`!sql-connection`), shared by the SQL storages and
+/// indexes that name it.
+///
+/// It owns a `PostgresClient`, whose `run()` must be running while the server runs: the config builder
+/// registers this object as a background service. Every operation is bounded: waiting for a connection
+/// by `poolTimeout`, a statement by `statementTimeout` (after which the connection is closed, which is
+/// the only way to stop a query postgres-nio has sent). A database that cannot be reached therefore
+/// answers UNAVAILABLE in bounded time, and the pool reconnects by itself when the database is back.
+public final class SQLConnection: Service, Sendable {
+    public struct Settings: Sendable, Equatable {
+        public enum TLSMode: String, Sendable, Equatable {
+            case disable, prefer, require, verifyCA = "verify-ca", verifyFull = "verify-full"
+        }
+
+        public enum Endpoint: Sendable, Equatable {
+            case tcp(host: String, port: Int)
+            case unixSocket(path: String)
+        }
+
+        public var endpoint: Endpoint
+        public var username: String
+        public var password: String?
+        public var database: String?
+        public var tls: TLSMode = .prefer
+        /// Run-time parameters sent at connection start-up (libpq's `options=-c name=value`,
+        /// `application_name`, and `lock_timeout`).
+        public var startupParameters: [String: String] = [:]
+        /// Connections kept for reuse; with `maxOverflow`, the most open at once.
+        public var poolSize = 5
+        public var maxOverflow = 10
+        /// Bound on opening one TCP connection.
+        public var connectionTimeout: Duration = .seconds(5)
+        /// Bound on waiting for a free connection from the pool (also what an outage costs a caller).
+        public var poolTimeout: Duration = .seconds(5)
+        /// Bound on one statement once sent (a 64 MiB blob insert on a slow link included).
+        public var statementTimeout: Duration = .seconds(30)
+        /// Bound on waiting for a row lock inside PostgreSQL (`SET lock_timeout`); nil: no bound.
+        public var lockTimeout: Duration? = .seconds(5)
+        /// Idle connections run `SELECT 1` this often so a dead one is found before it is leased.
+        public var keepAlive: Duration? = .seconds(30)
+        /// Connects with `default_transaction_read_only` (`sql-ro`): writes fail in the database.
+        public var readOnly = false
+
+        public init(endpoint: Endpoint, username: String, password: String? = nil, database: String? = nil) {
+            self.endpoint = endpoint
+            self.username = username
+            self.password = password
+            self.database = database
+        }
+
+        /// The schema Strata's tables live in: the first entry of a `search_path` given as a start-up
+        /// parameter, else PostgreSQL's default (`public`).
+        public var schema: String? {
+            guard let path = startupParameters["search_path"] else { return nil }
+            let first = path.split(separator: ",").first?.trimmingCharacters(in: .whitespaces) ?? ""
+            let unquoted = first.hasPrefix("\"") && first.hasSuffix("\"") && first.count >= 2
+                ? String(first.dropFirst().dropLast()) : first
+            return unquoted.isEmpty ? nil : unquoted
+        }
+
+        /// `user@host:port/database`, never the password: for messages and logs.
+        public var displayName: String {
+            let place: String
+            switch endpoint {
+            case .tcp(let host, let port): place = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            case .unixSocket(let path): place = path
+            }
+            return "\(username)@\(place)/\(database ?? username)"
+        }
+    }
+
+    public let settings: Settings
+    let client: PostgresClient
+    let logger: Logger
+    private let migrated = Mutex(false)
+
+    public init(settings: Settings, logger: Logger = Logger(label: "strata.sql")) {
+        self.settings = settings
+        self.logger = logger
+        var configuration: PostgresClient.Configuration
+        switch settings.endpoint {
+        case .tcp(let host, let port):
+            configuration = .init(
+                host: host, port: port, username: settings.username, password: settings.password,
+                database: settings.database, tls: Self.tls(settings.tls))
+        case .unixSocket(let path):
+            configuration = .init(
+                unixSocketPath: path, username: settings.username, password: settings.password,
+                database: settings.database)
+        }
+        configuration.options.connectTimeout = settings.connectionTimeout
+        configuration.options.maximumConnections = max(1, settings.poolSize + settings.maxOverflow)
+        // Connections beyond the pool size close when idle a while, like SQLAlchemy's overflow.
+        configuration.options.minimumConnections = 0
+        configuration.options.connectionIdleTimeout = .seconds(60)
+        configuration.options.keepAliveBehavior = settings.keepAlive.map {
+            PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0)
+        }
+        var parameters = settings.startupParameters
+        if let lockTimeout = settings.lockTimeout {
+            parameters["lock_timeout"] = "\(Self.milliseconds(lockTimeout))ms"
+        }
+        if settings.readOnly { parameters["default_transaction_read_only"] = "on" }
+        configuration.options.additionalStartupParameters = parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+    }
+
+    /// Parses a SQLAlchemy-style connection string; see `SQLConnectionString`.
+    public convenience init(connectionString: String, logger: Logger = Logger(label: "strata.sql")) throws(StrataError) {
+        self.init(settings: try SQLConnectionString.parse(connectionString), logger: logger)
+    }
+
+    /// Runs the pool until cancelled or until graceful shutdown.
+    public func run() async {
+        await client.run()
+    }
+
+    private static func tls(_ mode: Settings.TLSMode) -> PostgresClient.Configuration.TLS {
+        // libpq semantics: prefer and require encrypt without checking the certificate, verify-ca checks
+        // the chain only, verify-full checks the chain and the host name.
+        var unverified = TLSConfiguration.makeClientConfiguration()
+        unverified.certificateVerification = .none
+        switch mode {
+        case .disable: return .disable
+        case .prefer: return .prefer(unverified)
+        case .require: return .require(unverified)
+        case .verifyCA:
+            var chainOnly = TLSConfiguration.makeClientConfiguration()
+            chainOnly.certificateVerification = .noHostnameVerification
+            return .require(chainOnly)
+        case .verifyFull: return .require(.makeClientConfiguration())
+        }
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    // MARK: Migrations
+
+    /// Brings Strata's tables up to date (idempotent; safe from several servers at once). Returns the
+    /// versions it applied, empty when the schema was current.
+    @discardableResult
+    public func migrate() async throws -> [Int] {
+        guard !settings.readOnly else {
+            throw StrataError.internal("SQL \(settings.displayName): a read-only connection (sql-ro) cannot run migrations")
+        }
+        let applied = try await withConnection("migrating the schema") { connection in
+            try await SQLMigrations.apply(on: connection, schema: self.settings.schema, logger: self.logger)
+        }
+        migrated.withLock { $0 = true }
+        return applied
+    }
+
+    /// Runs the migrations once per process, before the first use by a store.
+    func ensureMigrated() async throws {
+        if migrated.withLock({ $0 }) { return }
+        try await migrate()
+    }
+
+    // MARK: Bounded operations
+
+    /// Leases a connection (waiting at most `poolTimeout`) and runs `body` on it (at most
+    /// `statementTimeout`). Errors become `StrataError`s naming `what` and this database.
+    ///
+    /// The caller is answered when a deadline passes even if postgres-nio has not given up yet (a
+    /// query on a connection whose server vanished may never complete): the work goes on in its own
+    /// task, the lease request is cancelled, and a late connection is closed.
+    func withConnection<Result: Sendable>(
+        _ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
+    ) async throws -> Result {
+        let leased = LeaseState()
+        let settings = self.settings
+        let client = self.client
+        do {
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
+                let answer = OneAnswer(continuation)
+                let leaseTimer = Task {
+                    try? await Task.sleep(for: settings.poolTimeout)
+                    guard !Task.isCancelled, leased.giveUpIfNotLeased() else { return }
+                    answer.give(.failure(StrataError.unavailable(
+                        "SQL \(settings.displayName): no database connection within \(Self.seconds(settings.poolTimeout)) "
+                            + "while \(what) (the database is unreachable or the pool of \(settings.poolSize + settings.maxOverflow) is busy)")))
+                    leased.cancelWork()
+                }
+                leased.setWork(Task {
+                    do {
+                        let result = try await client.withConnection { connection in
+                            guard leased.markLeased() else { throw CancellationError() }
+                            leaseTimer.cancel()
+                            let statementTimer = Task {
+                                try? await Task.sleep(for: settings.statementTimeout)
+                                guard !Task.isCancelled else { return }
+                                leased.markTimedOut()
+                                answer.give(.failure(StrataError.unavailable(
+                                    "SQL \(settings.displayName): \(what) took longer than \(Self.seconds(settings.statementTimeout)); the connection was closed")))
+                                try? await connection.close()
+                            }
+                            defer { statementTimer.cancel() }
+                            return try await body(connection)
+                        }
+                        answer.give(.success(result))
+                    } catch {
+                        answer.give(.failure(error))
+                    }
+                    leaseTimer.cancel()
+                })
+            }
+        } catch {
+            throw Self.strataError(error, what: what, settings: settings, leased: leased)
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        let millis = milliseconds(duration)
+        return millis % 1000 == 0 ? "\(millis / 1000) s" : "\(Double(millis) / 1000) s"
+    }
+
+    /// Maps what postgres-nio and PostgreSQL report onto the code a REAPI client should see.
+    static func strataError(_ error: any Error, what: String, settings: Settings, leased: LeaseState) -> StrataError {
+        let place = "SQL \(settings.displayName)"
+        if let error = error as? StrataError { return error }
+        if let error = error as? PostgresTransactionError {
+            if let inner = error.closureError ?? error.beginError ?? error.commitError {
+                return strataError(inner, what: what, settings: settings, leased: leased)
+            }
+            return .internal("\(place): \(what): \(String(reflecting: error))")
+        }
+        if error is CancellationError { return StrataError(.cancelled, "\(place): \(what) was cancelled") }
+        // postgres-nio's pool reports "could not connect for a while" with an error type from a module
+        // it does not export (ConnectionPoolError: circuit breaker tripped).
+        if String(reflecting: type(of: error)).hasSuffix("ConnectionPoolError") {
+            return .unavailable("\(place): cannot connect to the database while \(what) (\(error))")
+        }
+        if let error = error as? PSQLError {
+            switch error.code {
+            case .server:
+                let state = error.serverInfo?[.sqlState] ?? ""
+                let message = error.serverInfo?[.message] ?? "server error"
+                let detail = "\(place): \(what): \(message) (SQLSTATE \(state))"
+                switch state {
+                case _ where state.hasPrefix("08"), "57P01", "57P02", "57P03", "53300", "55P03", "40001", "40P01", "57014":
+                    // Connection loss, shutdown, too many connections, lock timeout, serialization or deadlock:
+                    // a retry can succeed.
+                    return .unavailable(detail)
+                case _ where state.hasPrefix("53"):
+                    return .resourceExhausted(detail)
+                default:
+                    return .internal(detail)
+                }
+            case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed,
+                 .queryCancelled, .sslUnsupported, .failedToAddSSLHandler:
+                let reason = error.underlying.map { String(describing: $0) } ?? "\(error.code)"
+                return .unavailable("\(place): lost or could not open the database connection while \(what) (\(reason))")
+            default:
+                return .internal("\(place): \(what): unexpected reply from PostgreSQL (\(error.code))")
+            }
+        }
+        if error is NIOConnectionError || error is ChannelError || error is IOError {
+            return .unavailable("\(place): cannot reach the database while \(what) (\(error))")
+        }
+        return .internal("\(place): \(what): \(String(reflecting: error))")
+    }
+}
+
+/// Whether a lease arrived before the pool timeout gave up on it; the two race, so the loser backs off.
+final class LeaseState: Sendable {
+    private struct State {
+        var leased = false
+        var gaveUp = false
+        var timedOut = false
+    }
+
+    private let state = Mutex(State())
+
+    /// False when the caller already gave up: the late connection is released unused.
+    func markLeased() -> Bool {
+        state.withLock { state in
+            guard !state.gaveUp else { return false }
+            state.leased = true
+            return true
+        }
+    }
+
+    func giveUpIfNotLeased() -> Bool {
+        state.withLock { state in
+            guard !state.leased else { return false }
+            state.gaveUp = true
+            return true
+        }
+    }
+
+    private let work = Mutex<Task<Void, Never>?>(nil)
+
+    func setWork(_ task: Task<Void, Never>) { work.withLock { $0 = task } }
+    func cancelWork() { work.withLock { $0 }?.cancel() }
+
+    func markTimedOut() { state.withLock { $0.timedOut = true } }
+    var timedOut: Bool { state.withLock { $0.timedOut } }
+}
+
+/// Resumes a continuation with the first answer given; later ones are dropped.
+final class OneAnswer<Value: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Value, any Error>?>
+
+    init(_ continuation: CheckedContinuation<Value, any Error>) {
+        self.continuation = Mutex(continuation)
+    }
+
+    func give(_ result: Result<Value, any Error>) {
+        let waiting = continuation.withLock { continuation in
+            defer { continuation = nil }
+            return continuation
+        }
+        waiting?.resume(with: result)
+    }
+}

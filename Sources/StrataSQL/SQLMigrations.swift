@@ -1,0 +1,124 @@
+import Foundation
+import Logging
+import PostgresNIO
+import StrataCore
+
+/// Strata's tables, as numbered migrations recorded in `strata_schema_version`.
+///
+/// All of them run in one transaction under a transaction-scoped advisory lock, so servers starting
+/// together apply each version exactly once and a failed migration leaves nothing half done.
+///
+/// Hashes are `bytea` (32 bytes for SHA-256) rather than hex text: half the size in the table and its
+/// primary key, so more of the index stays in memory, and comparisons are plain byte compares.
+/// Sizes are `bigint`; the key is (hash, size) because a blob is its hash *and* its size.
+enum SQLMigrations {
+    static let versions: [(version: Int, statements: [String])] = [
+        (1, [
+            // Blob bodies of !sql-storage. EXTERNAL storage: no compression (blobs are mostly compressed
+            // already), and it lets `substring` fetch only the TOAST chunks of the range it reads.
+            """
+            CREATE TABLE strata_blobs (
+                hash bytea NOT NULL,
+                size bigint NOT NULL,
+                data bytea NOT NULL,
+                PRIMARY KEY (hash, size)
+            )
+            """,
+            "ALTER TABLE strata_blobs ALTER COLUMN data SET STORAGE EXTERNAL",
+            // Entries of !sql-index; inline_data holds blobs up to max-inline-blob-size.
+            """
+            CREATE TABLE strata_index (
+                hash bytea NOT NULL,
+                size bigint NOT NULL,
+                accessed_at timestamptz NOT NULL DEFAULT now(),
+                inline_data bytea,
+                PRIMARY KEY (hash, size)
+            )
+            """,
+            "CREATE INDEX strata_index_accessed_at ON strata_index (accessed_at)",
+            // Running totals of strata_index, kept by statement-level triggers so that totals() is one
+            // row read instead of a sum over the table. Statement-level with transition tables: one
+            // counter update per statement (a batch counts once), and taken last in the statement, so
+            // two batches never wait on each other's index rows while holding the counter.
+            """
+            CREATE TABLE strata_index_totals (
+                id integer PRIMARY KEY CHECK (id = 1),
+                bytes bigint NOT NULL,
+                blobs bigint NOT NULL
+            )
+            """,
+            "INSERT INTO strata_index_totals VALUES (1, 0, 0)",
+            """
+            CREATE FUNCTION strata_index_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE strata_index_totals SET bytes = bytes + s.changed_bytes, blobs = blobs + s.changed_blobs
+                FROM (SELECT coalesce(sum(size), 0) AS changed_bytes, count(*) AS changed_blobs FROM inserted) s
+                WHERE id = 1 AND s.changed_blobs > 0;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE FUNCTION strata_index_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE strata_index_totals SET bytes = bytes - s.changed_bytes, blobs = blobs - s.changed_blobs
+                FROM (SELECT coalesce(sum(size), 0) AS changed_bytes, count(*) AS changed_blobs FROM deleted) s
+                WHERE id = 1 AND s.changed_blobs > 0;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE TRIGGER strata_index_inserted AFTER INSERT ON strata_index
+            REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION strata_index_count_inserted()
+            """,
+            """
+            CREATE TRIGGER strata_index_deleted AFTER DELETE ON strata_index
+            REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION strata_index_count_deleted()
+            """,
+        ]),
+    ]
+
+    static var latestVersion: Int { versions.last?.version ?? 0 }
+
+    /// Applies the missing versions; returns them.
+    static func apply(on connection: PostgresConnection, schema: String?, logger: Logger) async throws -> [Int] {
+        try await connection.withTransaction(logger: logger) { connection in
+            let lockName = "strata-schema:\(schema ?? "public")"
+            try await connection.execute("SELECT pg_advisory_xact_lock(hashtext(\(lockName)))", logger: logger)
+            if let schema {
+                try await connection.execute("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoteIdentifier(schema))", logger: logger)
+            }
+            try await connection.execute(
+                """
+                CREATE TABLE IF NOT EXISTS strata_schema_version (
+                    version integer PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )
+                """, logger: logger)
+            var current = 0
+            for try await version in try await connection.query(
+                "SELECT coalesce(max(version), 0)::int8 FROM strata_schema_version", logger: logger
+            ).decode(Int64.self) {
+                current = Int(version)
+            }
+            guard current <= latestVersion else {
+                throw StrataError.internal(
+                    "the database schema is at version \(current), newer than this Strata knows (\(latestVersion)): upgrade Strata")
+            }
+            var applied: [Int] = []
+            for migration in versions where migration.version > current {
+                for statement in migration.statements {
+                    try await connection.execute(PostgresQuery(unsafeSQL: statement), logger: logger)
+                }
+                let version = migration.version
+                try await connection.execute("INSERT INTO strata_schema_version (version) VALUES (\(version))", logger: logger)
+                applied.append(version)
+            }
+            if !applied.isEmpty { logger.info("SQL schema migrated", metadata: ["versions": "\(applied)"]) }
+            return applied
+        }
+    }
+
+    static func quoteIdentifier(_ name: String) -> String {
+        "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}
