@@ -20,6 +20,8 @@ public struct Configuration: Sendable {
     /// What the configured backends need running while the server runs (connection pools):
     /// `strata serve` runs them in its service group, before and after the server.
     public var backgroundServices: [any Service]
+    /// The `cleanup:` entries, for `strata cleanup` and `strata janitor` (`strata serve` only validates them).
+    public var cleanups: [CleanupTarget] = []
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -76,9 +78,9 @@ struct Builder {
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
-            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size"],
+            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup"],
             unsupported: ["authorization", "monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
-                          "grpc-compression", "grpc-server-options", "schedulers", "services", "cleanup"])
+                          "grpc-compression", "grpc-server-options", "schedulers", "services"])
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
         }
@@ -104,10 +106,12 @@ struct Builder {
             }
         }
         guard !instances.isEmpty else { throw instancesNode.error("at least one instance is required") }
+        var cleanups: [CleanupTarget] = []
+        if let cleanupNode = top["cleanup"] { cleanups = try cleanupTargets(cleanupNode, instanceNames: names) }
         return Configuration(
             addresses: addresses, instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings,
-            backgroundServices: backgroundServices)
+            backgroundServices: backgroundServices, cleanups: cleanups)
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
@@ -151,16 +155,7 @@ struct Builder {
             guard let size = options["size"] else { throw node.error("!lru-storage needs a size, e.g. size: 2048M") }
             let bytes = try size.size()
             built = (LRUBlobStore(capacityBytes: bytes), "!lru-storage (\(bytes) bytes in memory)")
-        case "!disk-storage":
-            let options = try node.mapping(allowed: ["path", "sync"])
-            guard let pathNode = options["path"] else { throw node.error("!disk-storage needs a path") }
-            let path = try pathNode.string()
-            let sync = try options["sync"]?.bool() ?? true
-            do {
-                built = (try DiskBlobStore(path: path, sync: sync), "!disk-storage at \(path)")
-            } catch {
-                throw pathNode.error("\(error)")
-            }
+        case "!disk-storage": built = try diskStorage(node)
         case "!redis-index": built = try redisIndex(node)
         case "!sql-storage": built = try sqlStorage(node)
         case "!sql-index": built = try sqlIndex(node)

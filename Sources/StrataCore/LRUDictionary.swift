@@ -55,6 +55,13 @@ public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable
         return entry.value
     }
 
+    /// Removes and returns the least recently used entry, for owners that evict by hand.
+    public mutating func removeLeastRecent() -> (key: Key, value: Value, cost: Int64)? {
+        guard let key = oldest, let entry = entries[key] else { return nil }
+        unlink(key, entry)
+        return (key, entry.value, entry.cost)
+    }
+
     private mutating func unlink(_ key: Key, _ entry: Entry) {
         entries[key] = nil
         if let newer = entry.newer { entries[newer]!.older = entry.older } else { newest = entry.older }

@@ -13,7 +13,7 @@ import StrataStorage
 ///
 /// findMissing is answered from the index alone, in one round trip per call. Every mutation is a Lua
 /// script, so each is atomic and idempotent (a retried call does not count twice).
-public final class RedisIndex: IndexedBlobStore {
+public final class RedisIndex: EnumerableIndex {
     public let backingStore: any BlobStore
     public let client: RedisClient
     public let prefix: String
@@ -154,6 +154,43 @@ public final class RedisIndex: IndexedBlobStore {
             }
         }
         return candidates.filter { removed.contains(Self.member($0)) }
+    }
+
+    // MARK: EnumerableIndex
+
+    public func forEachEntryPage(pageSize: Int, _ body: ([IndexEntry]) async throws -> Void) async throws {
+        var cursor = "0"
+        repeat {
+            let reply = try await client.send("ZSCAN", accessKey, cursor, "COUNT", String(max(pageSize, 1)))
+            guard let parts = reply.array, parts.count == 2, let next = parts[0].string,
+                  let flat = parts[1].array, flat.count.isMultiple(of: 2)
+            else { throw unexpected(reply, "ZSCAN") }
+            let entries = try stride(from: 0, to: flat.count, by: 2).compactMap { index -> IndexEntry? in
+                guard let member = flat[index].string, let scoreText = flat[index + 1].string, let score = Double(scoreText)
+                else { throw unexpected(reply, "ZSCAN") }
+                // A member that names no digest was not written by Strata: not ours to report.
+                guard let digest = Self.digest(member: member) else { return nil }
+                return IndexEntry(digest: digest, accessed: Date(timeIntervalSince1970: score / 1000))
+            }
+            if !entries.isEmpty { try await body(entries) }
+            cursor = next
+        } while cursor != "0"
+    }
+
+    public func hasEntries(_ digests: [Digest]) async throws -> [Bool] {
+        let commands = chunks(digests).map { chunk in RedisCommand(["ZMSCORE", accessKey] + chunk.map(Self.member)) }
+        var flags: [Bool] = []
+        flags.reserveCapacity(digests.count)
+        for (reply, command) in zip(try await client.pipeline(commands), commands) {
+            guard let scores = try client.checked(reply, command).array else { throw unexpected(reply, "ZMSCORE") }
+            for score in scores {
+                if case .null = score { flags.append(false) } else { flags.append(true) }
+            }
+        }
+        guard flags.count == digests.count else {
+            throw StrataError.internal("Redis index at \(client.endpoint): ZMSCORE answered \(flags.count) scores for \(digests.count) blobs")
+        }
+        return flags
     }
 
     // MARK: Index operations

@@ -25,7 +25,7 @@ public struct S3TransferTimeout: Sendable, Equatable {
 /// arrives, completed only once the whole body verified and aborted on any failure, so S3 never shows a
 /// partial or wrong object. Reads are ranged GETs of at most `readChunkSize`, one per chunk the consumer
 /// pulls, so a multi-GiB blob never sits in memory.
-public final class S3BlobStore: BlobStore {
+public final class S3BlobStore: ListableBlobStore {
     public struct Options: Sendable, Equatable {
         /// BuildGrid's S3_MAX_UPLOAD_SIZE: larger blobs use a multipart upload.
         public var singlePutLimit: Int = 8 << 20
@@ -257,6 +257,34 @@ public final class S3BlobStore: BlobStore {
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
         await concurrentMap(blobs, maxConcurrency: options.concurrency) { blob in
             try await self.write(blob.digest, body: BlobBody(data: blob.data))
+        }
+    }
+
+    // MARK: Listing
+
+    /// Lists every bucket the template can name: a fixed bucket, or all values of its `{digest[N]}`
+    /// characters (at most three positions). `{digest}` buckets cannot be enumerated and are refused.
+    public func forEachBlobPage(pageSize: Int, _ body: ([StoredBlob]) async throws -> Void) async throws {
+        // A "/" in the listing prefix breaks libcurl 7.88's SigV4 signature (the server computes
+        // another canonical query): list by the prefix's first segment; digest(forKey:) checks the rest.
+        let prefix = naming.pathPrefix.map { String($0.prefix { $0 != "/" }) } ?? ""
+        for bucket in try naming.bucketTemplate.allBuckets() {
+            var token: String?
+            var page: [StoredBlob] = []
+            repeat {
+                let listed = try await client.listObjects(bucket: bucket, prefix: prefix, continuationToken: token)
+                token = listed.next
+                for object in listed.objects {
+                    guard let digest = naming.digest(forKey: object.key), digest.sizeBytes == object.size,
+                          (try? naming.bucket(for: digest)) == bucket
+                    else { continue }
+                    page.append(StoredBlob(digest: digest, modified: object.lastModified))
+                }
+                if page.count >= pageSize || token == nil {
+                    if !page.isEmpty { try await body(page) }
+                    page.removeAll(keepingCapacity: true)
+                }
+            } while token != nil
         }
     }
 }

@@ -25,6 +25,13 @@ public struct S3Credentials: Sendable, Equatable {
 }
 
 /// How often and how patiently a request is retried after a connection failure or a 5xx/throttling reply.
+/// An object as a listing describes it.
+public struct S3ObjectSummary: Sendable, Hashable {
+    public var key: String
+    public var size: Int64
+    public var lastModified: Date
+}
+
 public struct S3RetryPolicy: Sendable, Equatable {
     /// Attempts in all, the first included.
     public var maxAttempts: Int
@@ -206,6 +213,40 @@ public final class S3Client: Sendable {
             guard let key = record["Key"], let id = record["UploadId"] else { return nil }
             return (key, id)
         }
+    }
+
+    /// One page (up to 1000) of the objects under `prefix`, by ListObjectsV2; `next` continues the listing.
+    public func listObjects(bucket: String, prefix: String? = nil, continuationToken: String? = nil) async throws
+        -> (objects: [S3ObjectSummary], next: String?)
+    {
+        var query = [("list-type", "2")]
+        if let prefix, !prefix.isEmpty { query.append(("prefix", prefix)) }
+        if let continuationToken { query.append(("continuation-token", continuationToken)) }
+        let response = try await send("GET", bucket: bucket, key: nil, query: query, responseLimit: 8 << 20)
+        guard response.status == 200, let document = S3XMLDocument(response.body), document.root == "ListBucketResult" else {
+            throw failure(response, "list objects", bucket: bucket, key: nil)
+        }
+        let objects = try document.records("ListBucketResult/Contents").map { record -> S3ObjectSummary in
+            guard let key = record["Key"], let size = record["Size"].flatMap({ Int64($0) }),
+                  let modified = record["LastModified"].flatMap(Self.parseTimestamp)
+            else {
+                throw StrataError.internal("S3 bucket \"\(bucket)\": list objects answered an entry without Key, Size or LastModified")
+            }
+            return S3ObjectSummary(key: key, size: size, lastModified: modified)
+        }
+        let truncated = document.first("ListBucketResult/IsTruncated") == "true"
+        let next = truncated ? document.first("ListBucketResult/NextContinuationToken") : nil
+        if truncated && (next ?? "").isEmpty {
+            throw StrataError.internal("S3 bucket \"\(bucket)\": a truncated listing came without a NextContinuationToken")
+        }
+        return (objects, next)
+    }
+
+    /// S3's ISO 8601 times, with or without fractional seconds.
+    static func parseTimestamp(_ text: String) -> Date? {
+        let withFraction = ISO8601DateFormatter()
+        withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return withFraction.date(from: text) ?? ISO8601DateFormatter().date(from: text)
     }
 
     /// Deletes up to 1000 objects in one request; absent keys count as deleted. Returns the keys S3

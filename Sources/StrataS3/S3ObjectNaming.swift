@@ -32,6 +32,23 @@ public struct S3ObjectNaming: Sendable, Equatable {
         }
         return key + rest + "_\(digest.sizeBytes)"
     }
+
+    /// The digest stored under `key`, or nil when `key` is not a name `key(for:)` makes.
+    public func digest(forKey key: String) -> Digest? {
+        var rest = Substring(key)
+        if let pathPrefix {
+            guard rest.hasPrefix(pathPrefix + "/") else { return nil }
+            rest = rest.dropFirst(pathPrefix.count + 1)
+        }
+        var hashStart = ""
+        if hashPrefixSize > 0 {
+            guard let slash = rest.firstIndex(of: "/") else { return nil }
+            hashStart = String(rest[..<slash])
+            rest = rest[rest.index(after: slash)...]
+        }
+        guard let digest = Digest(storageName: hashStart + rest), self.key(for: digest) == key else { return nil }
+        return digest
+    }
 }
 
 /// A bucket name that may depend on the digest, as BuildGrid's `bucket.format(digest=hash)`:
@@ -91,6 +108,32 @@ public struct S3BucketTemplate: Sendable, Equatable, CustomStringConvertible {
         if !literal.isEmpty { pieces.append(.literal(literal)) }
         self.pieces = pieces
         self.description = template
+    }
+
+    /// Every bucket the template can name, for listing: one per combination of the hex characters at
+    /// its `{digest[N]}` positions. Refused (INTERNAL) for `{digest}` and for more than three positions.
+    public func allBuckets() throws(StrataError) -> [String] {
+        if pieces.contains(.hash) {
+            throw .internal("S3 bucket template \"\(description)\" names a bucket per hash: its buckets cannot be listed")
+        }
+        let positions = Array(Set(pieces.compactMap { if case .hashCharacter(let position) = $0 { position } else { nil } })).sorted()
+        guard positions.count <= 3 else {
+            throw .internal("S3 bucket template \"\(description)\" spreads blobs over too many buckets to list (16^\(positions.count))")
+        }
+        let hex = Array("0123456789abcdef")
+        var combinations: [[Int: Character]] = [[:]]
+        for position in positions {
+            combinations = combinations.flatMap { partial in hex.map { partial.merging([position: $0]) { $1 } } }
+        }
+        return combinations.map { characters in
+            pieces.map { piece in
+                switch piece {
+                case .literal(let text): text
+                case .hash: ""
+                case .hashCharacter(let position): String(characters[position]!)
+                }
+            }.joined()
+        }
     }
 
     /// Whether every blob goes to one bucket.

@@ -1,6 +1,7 @@
 import Foundation
 import NIOPosix
 import StrataCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -11,23 +12,50 @@ import Glibc
 /// A write streams into a private file under `path/tmp`, is verified while it streams, is flushed
 /// (`fsync`), and only then renamed into place: a file under its final name is always complete and
 /// correct, and it survives a restart. Leftover temporary files from a crash are removed at start-up.
-public final class DiskBlobStore: BlobStore {
+///
+/// With a `budget`, the store counts its bytes (a scan at start, then every write and delete) and a
+/// write that would pass the budget is refused with RESOURCE_EXHAUSTED, or, configured as a cache,
+/// makes room by deleting the least recently used blobs (recency kept in memory; at start, the order
+/// of the files' access or modification times).
+public final class DiskBlobStore: ListableBlobStore {
+    public struct Budget: Sendable, Equatable {
+        public var maxBytes: Int64
+        public var evictLeastRecentlyUsed: Bool
+
+        public init(maxBytes: Int64, evictLeastRecentlyUsed: Bool = false) {
+            self.maxBytes = maxBytes
+            self.evictLeastRecentlyUsed = evictLeastRecentlyUsed
+        }
+    }
+
     public let root: URL
+    public let budget: Budget?
     private let casDirectory: String
     private let tmpDirectory: String
     private let sync: Bool
     private let threadPool: NIOThreadPool
+    /// Maintained only with a budget.
+    private let usage: Mutex<DiskUsage>
+
+    /// Before refusing a write for lack of room, the store counts its files again if it last did
+    /// longer ago than this: another process (`strata cleanup`, the janitor) may have deleted some.
+    static let recountInterval: Duration = .seconds(10)
 
     /// Bytes gathered before one `write(2)`: Bazel sends 16 KiB messages; a syscall and a thread hop for
     /// each would cost more than the copy.
     static let writeBufferSize = 1 << 20
 
-    public init(path: String, sync: Bool = true, threadPool: NIOThreadPool = .singleton) throws {
-        self.root = URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL
-        self.casDirectory = root.appendingPathComponent("cas").path
-        self.tmpDirectory = root.appendingPathComponent("tmp").path
+    public init(path: String, sync: Bool = true, budget: Budget? = nil, threadPool: NIOThreadPool = .singleton) throws {
+        let root = URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL
+        let casDirectory = root.appendingPathComponent("cas").path
+        let tmpDirectory = root.appendingPathComponent("tmp").path
+        self.root = root
+        self.casDirectory = casDirectory
+        self.tmpDirectory = tmpDirectory
         self.sync = sync
+        self.budget = budget
         self.threadPool = threadPool
+        self.usage = Mutex(DiskUsage(files: LRUDictionary(capacity: .max), lastCount: .now))
         let files = FileManager.default
         do {
             try files.createDirectory(atPath: casDirectory, withIntermediateDirectories: true)
@@ -40,7 +68,16 @@ public final class DiskBlobStore: BlobStore {
         } catch {
             throw StrataError.internal("cannot prepare disk storage at \(root.path): \(error.localizedDescription)")
         }
+        if budget != nil {
+            let files = Self.count(casDirectory)
+            usage.withLock { $0.files = files }
+        }
     }
+
+    public var maximumBlobSize: Int64? { budget?.maxBytes }
+
+    /// Bytes of the blobs stored, when the store has a budget.
+    public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.files.totalCost } }
 
     func path(of digest: Digest) -> String {
         "\(casDirectory)/\(digest.hash.prefix(2))/\(digest.hash)_\(digest.sizeBytes)"
@@ -49,12 +86,21 @@ public final class DiskBlobStore: BlobStore {
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
         let candidates = digests.uniqued().filter { !$0.isEmpty }
         if candidates.isEmpty { return [] }
-        return try await threadPool.runIfActive {
+        let missing = try await threadPool.runIfActive {
             candidates.filter { digest in
                 var info = stat()
                 return stat(self.path(of: digest), &info) != 0 || Int64(info.st_size) != digest.sizeBytes
             }
         }
+        if budget != nil {
+            let absent = Set(missing)
+            usage.withLock { usage in
+                for digest in candidates {
+                    if absent.contains(digest) { usage.files.remove(digest) } else { usage.used(digest) }
+                }
+            }
+        }
+        return missing
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
@@ -64,7 +110,10 @@ public final class DiskBlobStore: BlobStore {
         let file = try await threadPool.runIfActive { () throws -> FileDescriptor in
             let fd = open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else {
-                if errno == ENOENT { throw StrataError.notFound("blob \(digest) is not in the CAS") }
+                if errno == ENOENT {
+                    self.account { _ = $0.files.remove(digest) }
+                    throw StrataError.notFound("blob \(digest) is not in the CAS")
+                }
                 throw posixError("open", path)
             }
             let file = FileDescriptor(fd)
@@ -77,6 +126,7 @@ public final class DiskBlobStore: BlobStore {
             }
             return file
         }
+        account { $0.used(digest) }
         let pool = threadPool
         return BlobBody {
             var position = range.lowerBound
@@ -101,13 +151,23 @@ public final class DiskBlobStore: BlobStore {
             var info = stat()
             return stat(finalPath, &info) == 0 && Int64(info.st_size) == digest.sizeBytes
         }
-        if exists { return }
+        if exists {
+            account { $0.used(digest) }
+            return
+        }
+        try await reserve(digest)
 
         let tmpPath = "\(tmpDirectory)/\(UUID().uuidString)"
-        let file = try await threadPool.runIfActive { () throws -> FileDescriptor in
-            let fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw posixError("create", tmpPath) }
-            return FileDescriptor(fd)
+        let file: FileDescriptor
+        do {
+            file = try await threadPool.runIfActive { () throws -> FileDescriptor in
+                let fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+                guard fd >= 0 else { throw posixError("create", tmpPath) }
+                return FileDescriptor(fd)
+            }
+        } catch {
+            account { $0.reserved -= digest.sizeBytes }
+            throw error
         }
         do {
             var pending = Data()
@@ -130,13 +190,114 @@ public final class DiskBlobStore: BlobStore {
                 guard rename(tmpPath, finalPath) == 0 else { throw posixError("rename", finalPath) }
                 if sync { syncDirectory("\(casDirectory)/\(digest.hash.prefix(2))") }
             }
+            account { usage in
+                usage.reserved -= digest.sizeBytes
+                usage.files.insert(digest, (), cost: digest.sizeBytes)
+            }
         } catch {
+            account { $0.reserved -= digest.sizeBytes }
             try? await threadPool.runIfActive {
                 try? file.close(path: tmpPath)
                 unlink(tmpPath)
             }
             throw error
         }
+    }
+
+    private func account(_ change: (inout DiskUsage) -> Void) {
+        if budget != nil { usage.withLock { change(&$0) } }
+    }
+
+    /// Counts `digest`'s bytes as in flight, after making room by eviction if configured; throws
+    /// RESOURCE_EXHAUSTED when the budget cannot hold them.
+    private func reserve(_ digest: Digest) async throws {
+        guard let budget else { return }
+        guard digest.sizeBytes <= budget.maxBytes else {
+            throw StrataError.resourceExhausted(
+                "blob \(digest) (\(digest.sizeBytes) bytes) is larger than the budget of disk storage \(root.path) (max-size \(budget.maxBytes) bytes)")
+        }
+        var recounted = false
+        while true {
+            let outcome = usage.withLock { usage -> (victims: [Digest], full: Int64?) in
+                var victims: [Digest] = []
+                while usage.files.totalCost + usage.reserved + digest.sizeBytes > budget.maxBytes {
+                    guard budget.evictLeastRecentlyUsed, let victim = usage.files.removeLeastRecent() else {
+                        return (victims, usage.files.totalCost + usage.reserved)
+                    }
+                    victims.append(victim.key)
+                }
+                usage.reserved += digest.sizeBytes
+                return (victims, nil)
+            }
+            if !outcome.victims.isEmpty {
+                let paths = outcome.victims.map(path(of:))
+                try await threadPool.runIfActive {
+                    for path in paths where unlink(path) != 0 && errno != ENOENT { throw posixError("evict", path) }
+                }
+            }
+            guard let used = outcome.full else { return }
+            let due = usage.withLock { ContinuousClock.now - $0.lastCount >= Self.recountInterval }
+            if recounted || !due {
+                throw StrataError.resourceExhausted(
+                    "disk storage \(root.path) is at its budget (max-size \(budget.maxBytes) bytes, \(used) in use or being written): cannot store blob \(digest) (\(digest.sizeBytes) bytes)")
+            }
+            let casDirectory = self.casDirectory
+            let files = try await threadPool.runIfActive { Self.count(casDirectory) }
+            usage.withLock { usage in
+                usage.files = files
+                usage.lastCount = .now
+            }
+            recounted = true
+        }
+    }
+
+    /// The blobs under `casDirectory`, least recently used (by access or modification time) first.
+    static func count(_ casDirectory: String) -> LRUDictionary<Digest, Void> {
+        var found: [(digest: Digest, time: Double)] = []
+        for byte in 0..<256 {
+            for (digest, info) in listDirectory("\(casDirectory)/\([UInt8(byte)].hexString)") {
+                let accessed = Double(info.st_atim.tv_sec) + Double(info.st_atim.tv_nsec) / 1e9
+                let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+                found.append((digest, max(accessed, modified)))
+            }
+        }
+        var files = LRUDictionary<Digest, Void>(capacity: .max)
+        for entry in found.sorted(by: { $0.time < $1.time }) { files.insert(entry.digest, (), cost: entry.digest.sizeBytes) }
+        return files
+    }
+
+    /// The complete blob files of one fan-out directory, with their `stat`.
+    static func listDirectory(_ directory: String) -> [(Digest, stat)] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var result: [(Digest, stat)] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard let digest = Digest(storageName: name) else { continue }
+            var info = stat()
+            guard stat("\(directory)/\(name)", &info) == 0, Int64(info.st_size) == digest.sizeBytes else { continue }
+            result.append((digest, info))
+        }
+        return result
+    }
+
+    public func forEachBlobPage(pageSize: Int, _ body: ([StoredBlob]) async throws -> Void) async throws {
+        var page: [StoredBlob] = []
+        for byte in 0..<256 {
+            let directory = "\(casDirectory)/\([UInt8(byte)].hexString)"
+            let listed = try await threadPool.runIfActive { Self.listDirectory(directory) }
+            for (digest, info) in listed {
+                let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+                page.append(StoredBlob(digest: digest, modified: Date(timeIntervalSince1970: modified)))
+                if page.count >= pageSize {
+                    try await body(page)
+                    page.removeAll(keepingCapacity: true)
+                }
+            }
+        }
+        if !page.isEmpty { try await body(page) }
     }
 
     public func delete(_ digests: [Digest]) async throws {
@@ -146,7 +307,24 @@ public final class DiskBlobStore: BlobStore {
                 throw posixError("delete", path)
             }
         }
+        account { usage in
+            for digest in digests { usage.files.remove(digest) }
+        }
     }
+}
+
+/// A budgeted disk store's accounting: stored blobs by recency, and bytes of writes in flight.
+struct DiskUsage: Sendable {
+    var files: LRUDictionary<Digest, Void>
+    var reserved: Int64 = 0
+    var lastCount: ContinuousClock.Instant
+
+    init(files: LRUDictionary<Digest, Void>, lastCount: ContinuousClock.Instant) {
+        self.files = files
+        self.lastCount = lastCount
+    }
+
+    mutating func used(_ digest: Digest) { _ = files.get(digest) }
 }
 
 /// Owns a file descriptor and closes it when dropped, so an abandoned read stream leaks nothing.

@@ -47,3 +47,14 @@ public struct IndexEntry: Sendable, Hashable {
         self.accessed = accessed
     }
 }
+
+/// An index the janitor can walk and query without side effects; `!redis-index` implements it.
+public protocol EnumerableIndex: IndexedBlobStore {
+    /// Calls `body` with every entry, a page of about `pageSize` at a time, in no particular order. An
+    /// entry added or removed during the walk may be reported or not, and may be reported twice.
+    func forEachEntryPage(pageSize: Int, _ body: ([IndexEntry]) async throws -> Void) async throws
+
+    /// Whether each digest has an entry, in order, without refreshing any access time (a janitor that
+    /// looked would otherwise keep every blob alive).
+    func hasEntries(_ digests: [Digest]) async throws -> [Bool]
+}

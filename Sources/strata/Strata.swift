@@ -10,7 +10,7 @@ struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A REAPI v2 remote cache server.",
-        subcommands: [Serve.self, ConfigCommand.self, Bench.self])
+        subcommands: [Serve.self, ConfigCommand.self, Cleanup.self, JanitorCommand.self, Bench.self])
 }
 
 struct Serve: AsyncParsableCommand {
@@ -84,6 +84,9 @@ struct ConfigCommand: AsyncParsableCommand {
                 for warning in configuration.warnings { print("warning: \(warning)") }
                 let names = configuration.instances.map { "\"\($0.name)\"" }.joined(separator: ", ")
                 print("\(config): OK: listening on \(configuration.addresses.map(\.description).joined(separator: ", ")); instances \(names)")
+                for cleanup in configuration.cleanups {
+                    print("cleanup of instance \"\(cleanup.instanceName)\": \(cleanup.indexSummary)")
+                }
             } catch {
                 FileHandle.standardError.write(Data("\(error)\n".utf8))
                 throw ExitCode(1)

@@ -1,0 +1,107 @@
+import Foundation
+import StrataCore
+
+/// What one janitor pass found and did.
+public struct JanitorReport: Sendable {
+    public var dryRun = false
+    public var blobsListed: Int64 = 0
+    public var entriesListed: Int64 = 0
+    /// Blobs in the storage the index does not know, older than the grace period: deleted (or, dry, would be).
+    public var orphansDeleted: Int64 = 0
+    public var orphanBytes: Int64 = 0
+    /// Blobs still inside the grace period, not checked (one may be being written right now): left alone.
+    public var youngBlobsSkipped: Int64 = 0
+    /// Index entries whose blob the storage no longer has: removed (or, dry, would be).
+    public var danglingEntriesRemoved: Int64 = 0
+    public var stoppedByRequest = false
+    public var seconds: Double = 0
+
+    public var summary: String {
+        let verb = dryRun ? "would delete" : "deleted"
+        var text = "\(dryRun ? "dry run: " : "")\(verb) \(orphansDeleted) orphan blobs (\(orphanBytes) bytes) of \(blobsListed) listed"
+        text += ", \(dryRun ? "would remove" : "removed") \(danglingEntriesRemoved) index entries without a blob of \(entriesListed)"
+        text += "; \(youngBlobsSkipped) blobs inside the grace period left alone; \(String(format: "%.2f", seconds)) s"
+        if stoppedByRequest { text += "; stopped on request" }
+        return text
+    }
+}
+
+/// Reconciles a storage with its index (`strata janitor`): blobs the index does not know are deleted
+/// once older than the grace period (a write stores the blob before the index records it), and
+/// entries whose blob is gone are removed.
+public struct Janitor: Sendable {
+    public let index: any EnumerableIndex
+    public let storage: any ListableBlobStore
+    public let gracePeriod: Duration
+    public let retryLimit: Int
+    public let pageSize: Int
+    private let clock: @Sendable () -> Date
+
+    /// Fails with INTERNAL when the index's storage cannot list its blobs.
+    public init(
+        index: any EnumerableIndex, gracePeriod: Duration, retryLimit: Int = 10, pageSize: Int = 1000,
+        clock: @escaping @Sendable () -> Date = Date.init
+    ) throws(StrataError) {
+        guard let storage = index.backingStore as? any ListableBlobStore else {
+            throw .internal("the janitor needs a storage that can list its blobs (!disk-storage, !s3-storage); \(type(of: index.backingStore)) cannot")
+        }
+        self.index = index
+        self.storage = storage
+        self.gracePeriod = gracePeriod
+        self.retryLimit = retryLimit
+        self.pageSize = pageSize
+        self.clock = clock
+    }
+
+    public func runPass(dryRun: Bool = false, shouldStop: @Sendable () -> Bool = { false }) async throws -> JanitorReport {
+        let started = ContinuousClock.now
+        var report = JanitorReport()
+        report.dryRun = dryRun
+        let retryLimit = self.retryLimit
+        func retrying<T: Sendable>(_ what: String, _ operation: () async throws -> T) async throws -> T {
+            try await retryingUnavailable(limit: retryLimit, what, operation)
+        }
+        struct Stop: Error {}
+
+        do {
+            let youngerThan = clock() - gracePeriod.timeInterval
+            try await storage.forEachBlobPage(pageSize: pageSize) { page in
+                if shouldStop() { throw Stop() }
+                report.blobsListed += Int64(page.count)
+                let old = page.filter { $0.modified < youngerThan }.map(\.digest)
+                report.youngBlobsSkipped += Int64(page.count - old.count)
+                let indexed = try await retrying("checking the index") { try await index.hasEntries(old) }
+                let orphans = zip(old, indexed).filter { !$0.1 }.map(\.0)
+                report.orphansDeleted += Int64(orphans.count)
+                report.orphanBytes += orphans.reduce(0) { $0 + $1.sizeBytes }
+                guard !dryRun, !orphans.isEmpty else { return }
+                try await retrying("deleting orphans") { try await storage.delete(orphans) }
+                // A client may have uploaded one of them again just now, and its write found it present.
+                _ = try await index.dropEntriesOfVanishedBlobs(orphans, retryLimit: retryLimit)
+            }
+
+            try await index.forEachEntryPage(pageSize: pageSize) { page in
+                if shouldStop() { throw Stop() }
+                report.entriesListed += Int64(page.count)
+                // An entry recorded or used after this instant (a re-upload) keeps its place.
+                let checked = clock()
+                let digests = page.map(\.digest).uniqued()
+                let missing = try await retrying("checking the storage") { try await storage.findMissing(digests) }
+                guard !missing.isEmpty else { return }
+                if dryRun {
+                    report.danglingEntriesRemoved += Int64(missing.count)
+                } else {
+                    let removed = try await retrying("removing index entries") {
+                        try await index.removeEntries(missing, notAccessedSince: checked)
+                    }
+                    report.danglingEntriesRemoved += Int64(removed.count)
+                }
+            }
+        } catch is Stop {
+            report.stoppedByRequest = true
+        }
+        let elapsed = ContinuousClock.now - started
+        report.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return report
+    }
+}

@@ -1,0 +1,205 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import StrataConfig
+import StrataStorage
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Cleanup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Keep the CAS under the `cleanup:` watermarks of CONFIG: delete least recently used blobs, never one used within only-if-unused-for.",
+        discussion: "Runs a pass per cleanup entry, then sleeps, until SIGTERM or SIGINT (which let the current batch finish).")
+
+    @Argument(help: "The configuration file (the server's; `strata serve` ignores the cleanup section).")
+    var config: String
+
+    @Flag(help: "Run one pass and exit.")
+    var once = false
+
+    @Flag(help: "Delete nothing; print what a pass would delete.")
+    var dryRun = false
+
+    @Option(help: "Seconds between passes (default: the entry's sleep-interval, else 60).")
+    var sleepInterval: Double?
+
+    @Option(help: "Only the cleanup entries of this instance.")
+    var instanceName: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        let (configuration, targets) = try loadTargets(config, instanceName: instanceName, logLevel: logLevel)
+        let loop = MaintenanceLoop(name: "cleanup", once: once || dryRun) { target, shouldStop in
+            let output = ProgressOutput()
+            let cleaner = IndexCleaner(index: target.index, policy: target.policy, progress: output.progress)
+            let report = try await cleaner.runPass(dryRun: dryRun, shouldStop: shouldStop)
+            output.finish()
+            for entry in report.wouldDelete {
+                print("would delete \(entry.digest) (last used \(ISO8601DateFormatter().string(from: entry.accessed)))")
+            }
+            return report.summary
+        } sleep: { target in
+            sleepInterval.map { Duration.milliseconds(Int64($0 * 1000)) } ?? target.sleepInterval ?? .seconds(60)
+        }
+        try await runMaintenance(loop, targets: targets, configuration: configuration)
+    }
+}
+
+struct JanitorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "janitor",
+        abstract: "Reconcile the storage of each `cleanup:` index in CONFIG with the index: delete blobs the index does not know (after a grace period) and entries whose blob is gone.")
+
+    @Argument(help: "The configuration file.")
+    var config: String
+
+    @Option(help: "Seconds a blob may stay unindexed before it counts as an orphan: it may be being written.")
+    var gracePeriod: Double = 3600
+
+    @Flag(help: "Run one pass and exit.")
+    var once = false
+
+    @Flag(help: "Delete nothing; report what a pass would delete.")
+    var dryRun = false
+
+    @Option(help: "Seconds between passes.")
+    var sleepInterval: Double = 3600
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        let (configuration, all) = try loadTargets(config, instanceName: nil, logLevel: logLevel)
+        var seen = Set<String>()
+        var targets: [CleanupTarget] = []
+        for target in all where seen.insert(target.indexIdentity).inserted {
+            guard let index = target.index as? any EnumerableIndex else {
+                fail("\(target.location): the janitor cannot list the entries of \(target.indexSummary)")
+            }
+            do {
+                _ = try Janitor(index: index, gracePeriod: .zero)
+            } catch {
+                fail("\(target.location): \(error)")
+            }
+            targets.append(target)
+        }
+        let grace = Duration.milliseconds(Int64(gracePeriod * 1000))
+        let loop = MaintenanceLoop(name: "janitor", once: once || dryRun) { target, shouldStop in
+            let janitor = try Janitor(index: target.index as! any EnumerableIndex, gracePeriod: grace, retryLimit: target.policy.retryLimit)
+            return try await janitor.runPass(dryRun: dryRun, shouldStop: shouldStop).summary
+        } sleep: { _ in .milliseconds(Int64(sleepInterval * 1000)) }
+        try await runMaintenance(loop, targets: targets, configuration: configuration)
+    }
+}
+
+private func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("strata: \(message)\n".utf8))
+    Foundation.exit(1)
+}
+
+private func loadTargets(_ file: String, instanceName: String?, logLevel: Logger.Level) throws -> (Configuration, [CleanupTarget]) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = logLevel
+        return handler
+    }
+    let configuration: Configuration
+    do {
+        configuration = try Configuration.load(file: file)
+    } catch {
+        fail("\(error)")
+    }
+    let targets = configuration.cleanups.filter { instanceName == nil || $0.instanceName == instanceName }
+    if targets.isEmpty {
+        fail("\(file): no cleanup entries\(instanceName.map { " for instance \"\($0)\"" } ?? ""): add a cleanup: section")
+    }
+    return (configuration, targets)
+}
+
+/// Runs the loop next to the connection pools the indexes need, stopping on SIGTERM or SIGINT after
+/// the current batch.
+private func runMaintenance(_ loop: MaintenanceLoop, targets: [CleanupTarget], configuration: Configuration) async throws {
+    let logger = Logger(label: "strata.\(loop.name)")
+    let group = ServiceGroup(configuration: .init(
+        services: configuration.backgroundServices.map { .init(service: $0) }
+            + [.init(service: LoopService(loop: loop, targets: targets), successTerminationBehavior: .gracefullyShutdownGroup,
+                     failureTerminationBehavior: .gracefullyShutdownGroup)],
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger))
+    try await group.run()
+    if loop.failed.withLock({ $0 }) { throw ExitCode(1) }
+}
+
+struct MaintenanceLoop: Sendable {
+    let name: String
+    let once: Bool
+    let pass: @Sendable (CleanupTarget, @escaping @Sendable () -> Bool) async throws -> String
+    let sleep: @Sendable (CleanupTarget) -> Duration
+    let failed = SendableFlag()
+
+    init(name: String, once: Bool,
+         pass: @escaping @Sendable (CleanupTarget, @escaping @Sendable () -> Bool) async throws -> String,
+         sleep: @escaping @Sendable (CleanupTarget) -> Duration) {
+        self.name = name
+        self.once = once
+        self.pass = pass
+        self.sleep = sleep
+    }
+}
+
+final class SendableFlag: Sendable {
+    private let value = Mutex(false)
+    func withLock<T>(_ body: (inout Bool) -> T) -> T { value.withLock { body(&$0) } }
+}
+
+private struct LoopService: Service {
+    let loop: MaintenanceLoop
+    let targets: [CleanupTarget]
+
+    func run() async throws {
+        let shouldStop: @Sendable () -> Bool = { Task.isShuttingDownGracefully }
+        while true {
+            for target in targets {
+                if shouldStop() { return }
+                let label = "\(loop.name) of instance \"\(target.instanceName)\" (\(target.indexSummary))"
+                do {
+                    let summary = try await loop.pass(target, shouldStop)
+                    print("\(label): \(summary)")
+                    fflush(nil)
+                } catch {
+                    // A pass that failed (index down past the retry limit) is tried again after the sleep.
+                    FileHandle.standardError.write(Data("strata: \(label) failed: \(error)\n".utf8))
+                    if loop.once { loop.failed.withLock { $0 = true } }
+                }
+            }
+            if loop.once || shouldStop() { return }
+            let interval = targets.map(loop.sleep).min() ?? .seconds(60)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+    }
+}
+
+/// Progress on a terminal: one line rewritten in place. Not a terminal: nothing (the summary says it all).
+final class ProgressOutput: Sendable {
+    let isTerminal = isatty(STDOUT_FILENO) != 0
+    private let wrote = Mutex(false)
+
+    var progress: @Sendable (String) -> Void {
+        { [self] line in
+            guard isTerminal else { return }
+            wrote.withLock { $0 = true }
+            print("\r\u{1B}[K\(line)", terminator: "")
+            fflush(nil)
+        }
+    }
+
+    func finish() {
+        if wrote.withLock({ $0 }) { print("\r\u{1B}[K", terminator: "") }
+    }
+}

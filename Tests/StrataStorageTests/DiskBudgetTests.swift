@@ -1,0 +1,122 @@
+import Foundation
+import StrataCore
+import StrataStorage
+import StrataTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `!disk-storage` with `max-size`: refusing past the budget, or evicting least recently used blobs.
+@Suite struct DiskBudgetTests {
+    func withRoot<T>(_ body: (String) async throws -> T) async throws -> T {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-budget-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        return try await body(root)
+    }
+
+    @Test(arguments: BlobStoreConformance.cases)
+    func conformanceWithEviction(_ check: BlobStoreConformance) async throws {
+        try await withRoot { root in
+            try await check.run(on: DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 1 << 30, evictLeastRecentlyUsed: true)))
+        }
+    }
+
+    @Test func refusesWritesPastTheBudgetWithResourceExhausted() async throws {
+        try await withRoot { root in
+            let store = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3000))
+            let blobs = (0..<2).map { _ in Blob.random(size: 1000) }
+            for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+            let big = Blob.random(size: 1500)
+            do {
+                try await store.write(big.digest, data: big.data)
+                Issue.record("a write past the budget succeeded")
+            } catch let error as StrataError {
+                #expect(error.code == .resourceExhausted)
+                #expect(error.message.contains("max-size 3000"), "\(error)")
+            }
+            #expect(try await store.findMissing([big.digest]) == [big.digest])
+            #expect(store.storedBytes == 2000)
+            // Room again once a blob is deleted.
+            try await store.delete([blobs[0].digest])
+            try await store.write(big.digest, data: big.data)
+            #expect(store.storedBytes == 2500)
+            // Rewriting a stored blob costs nothing.
+            try await store.write(big.digest, data: big.data)
+            #expect(store.storedBytes == 2500)
+            // Larger than the whole budget: refused whatever is stored.
+            let huge = Blob.random(size: 3001)
+            try await expectError(.resourceExhausted, "a blob larger than the budget") {
+                try await store.write(huge.digest, data: huge.data)
+            }
+        }
+    }
+
+    @Test func evictsLeastRecentlyUsedWhenConfiguredAsACache() async throws {
+        try await withRoot { root in
+            let store = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3000, evictLeastRecentlyUsed: true))
+            let blobs = (0..<3).map { _ in Blob.random(size: 1000) }
+            for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+            // A read and a FindMissingBlobs hit make the first two recently used; the third is now the oldest.
+            _ = try await store.readAll(blobs[0].digest)
+            #expect(try await store.findMissing([blobs[1].digest]).isEmpty)
+            let newcomer = Blob.random(size: 1000)
+            try await store.write(newcomer.digest, data: newcomer.data)
+            #expect(try await store.findMissing(blobs.map(\.digest) + [newcomer.digest]) == [blobs[2].digest])
+            #expect(store.storedBytes == 3000)
+            let files = try FileManager.default.subpathsOfDirectory(atPath: "\(root)/cas").filter { $0.contains("_") }
+            #expect(files.count == 3)
+        }
+    }
+
+    @Test func countsExistingFilesAtStartAndOrdersThemByTime() async throws {
+        try await withRoot { root in
+            let plain = try DiskBlobStore(path: root, sync: false)
+            let blobs = (0..<3).map { _ in Blob.random(size: 1000) }
+            for blob in blobs { try await plain.write(blob.digest, data: blob.data) }
+            // blobs[1] is the oldest on disk.
+            let path = "\(root)/cas/\(blobs[1].digest.hash.prefix(2))/\(blobs[1].digest.hash)_1000"
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-3600)], ofItemAtPath: path)
+            var times = [timespec(tv_sec: Int(Date().timeIntervalSince1970) - 3600, tv_nsec: 0), timespec(tv_sec: Int(Date().timeIntervalSince1970) - 3600, tv_nsec: 0)]
+            #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
+
+            let budgeted = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3500, evictLeastRecentlyUsed: true))
+            #expect(budgeted.storedBytes == 3000)
+            let newcomer = Blob.random(size: 1000)
+            try await budgeted.write(newcomer.digest, data: newcomer.data)
+            #expect(try await budgeted.findMissing(blobs.map(\.digest)) == [blobs[1].digest])
+        }
+    }
+
+    @Test func uncountsFilesAnotherProcessDeleted() async throws {
+        try await withRoot { root in
+            let store = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 2000))
+            let blobs = (0..<2).map { _ in Blob.random(size: 1000) }
+            for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+            // `strata cleanup` in another process deletes through its own store.
+            try await DiskBlobStore(path: root, sync: false).delete([blobs[0].digest])
+            let next = Blob.random(size: 1000)
+            // A lookup that finds the file gone uncounts it at once (a refused write would recount).
+            #expect(try await store.findMissing([blobs[0].digest]) == [blobs[0].digest])
+            #expect(store.storedBytes == 1000)
+            try await store.write(next.digest, data: next.data)
+            #expect(store.storedBytes == 2000)
+        }
+    }
+
+    @Test func listsItsBlobs() async throws {
+        try await withRoot { root in
+            let store = try DiskBlobStore(path: root, sync: false)
+            let blobs = (0..<7).map { _ in Blob.random(size: 10) }
+            for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+            var listed: [StoredBlob] = []
+            try await store.forEachBlobPage(pageSize: 3) { page in
+                #expect(page.count <= 3)
+                listed += page
+            }
+            #expect(Set(listed.map(\.digest)) == Set(blobs.map(\.digest)))
+            #expect(listed.allSatisfy { abs($0.modified.timeIntervalSinceNow) < 600 })
+        }
+    }
+}
