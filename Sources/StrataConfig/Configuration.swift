@@ -3,6 +3,7 @@ import StrataActionCache
 import StrataCore
 import StrataServer
 import ServiceLifecycle
+import StrataSQL
 import StrataStorage
 import Yams
 
@@ -22,6 +23,8 @@ public struct Configuration: Sendable {
     public var backgroundServices: [any Service]
     /// The `cleanup:` entries, for `strata cleanup` and `strata janitor` (`strata serve` only validates them).
     public var cleanups: [CleanupTarget] = []
+    /// The read-write SQL connections, for `strata migrate`.
+    public var sqlConnections: [SQLConnection] = []
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -111,7 +114,8 @@ struct Builder {
         return Configuration(
             addresses: addresses, instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings,
-            backgroundServices: backgroundServices, cleanups: cleanups)
+            backgroundServices: backgroundServices, cleanups: cleanups,
+            sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly })
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
