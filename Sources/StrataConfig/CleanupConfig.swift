@@ -41,7 +41,7 @@ extension Builder {
             let store = try storage(indexNode)
             guard let index = store as? any IndexedBlobStore else {
                 // Reported at the entry: an alias would point the message at the anchored storage.
-                throw entry.error("index must be an index storage (!redis-index), not \(indexNode.applicationTag ?? "an untagged value"): only an index knows access times")
+                throw entry.error("index must be an index storage (!redis-index or !sql-index), not \(indexNode.applicationTag ?? "an untagged value"): only an index knows access times")
             }
 
             var policy = CleanupPolicy()
@@ -60,7 +60,7 @@ extension Builder {
             case (nil, nil): break
             case (let threshold?, let lifetime?):
                 guard index is any EnumerableIndex else {
-                    throw threshold.error("large-blob-threshold needs an index that can list its entries (!redis-index)")
+                    throw threshold.error("large-blob-threshold needs an index that can list its entries (!redis-index or !sql-index)")
                 }
                 policy.largeBlobThreshold = try threshold.size()
                 policy.largeBlobLifetime = try lifetime.timePeriod()

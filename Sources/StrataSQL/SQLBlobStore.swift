@@ -7,9 +7,10 @@ import StrataStorage
 ///
 /// A write gathers the verified body (bounded by the blob size limit) and inserts it in one statement,
 /// so a row exists only for a complete, verified blob. Reads fetch ranges with `substring`, in chunks of
-/// `readChunkSize`, so serving a large blob holds one chunk at a time. Lookups go to `readConnection`
-/// (`sql-ro` when configured), writes to `connection`.
-public final class SQLBlobStore: BlobStore {
+/// `readChunkSize`, so serving a large blob holds one chunk at a time. Lookups and the janitor's listing
+/// go to `readConnection` (`sql-ro` when configured), writes to `connection`. `stored_at` records when a
+/// row was inserted, which the listing reports as the blob's modification time.
+public final class SQLBlobStore: ListableBlobStore {
     public let connection: SQLConnection
     public let readConnection: SQLConnection
     public let blobSizeLimit: Int64
@@ -203,6 +204,41 @@ public final class SQLBlobStore: BlobStore {
                 USING unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
                 WHERE b.hash = w.hash AND b.size = w.size
                 """, logger: logger)
+        }
+    }
+
+    /// Lists in key order, one statement per page after the last key seen (keyset pagination), reading
+    /// only keys and times, never the bodies.
+    public func forEachBlobPage(pageSize: Int, _ body: ([StoredBlob]) async throws -> Void) async throws {
+        let limit = Int64(max(pageSize, 1))
+        var after: (hash: ByteBuffer, size: Int64)?
+        while true {
+            let last = after
+            let page: (blobs: [StoredBlob], last: (ByteBuffer, Int64)?) = try await reading("listing stored blobs") { connection, logger in
+                let rows: PostgresRowSequence
+                if let last {
+                    rows = try await connection.query(
+                        """
+                        SELECT hash, size, stored_at FROM strata_blobs WHERE (hash, size) > (\(last.hash), \(last.size))
+                        ORDER BY hash, size LIMIT \(limit)
+                        """, logger: logger)
+                } else {
+                    rows = try await connection.query(
+                        "SELECT hash, size, stored_at FROM strata_blobs ORDER BY hash, size LIMIT \(limit)", logger: logger)
+                }
+                var blobs: [StoredBlob] = []
+                var lastKey: (ByteBuffer, Int64)?
+                for try await (hash, size, stored) in rows.decode((ByteBuffer, Int64, Date).self) {
+                    lastKey = (hash, size)
+                    // A row naming no digest was not written by Strata: not a blob of this storage.
+                    guard let digest = try? SQLDigestKeys.digest(hash: hash, size: size) else { continue }
+                    blobs.append(StoredBlob(digest: digest, modified: stored))
+                }
+                return (blobs, lastKey)
+            }
+            if !page.blobs.isEmpty { try await body(page.blobs) }
+            guard let lastKey = page.last else { return }
+            after = lastKey
         }
     }
 

@@ -13,9 +13,10 @@ import StrataStorage
 /// `SKIP LOCKED` in key order: a row another statement holds is being touched or removed already, and
 /// concurrent statements never deadlock. Totals come from a counter row kept by triggers.
 ///
-/// Statements that only read (totals, leastRecentlyAccessed) go to `readConnection` (`sql-ro` when
-/// configured); findMissing and read also refresh access times, so they use `connection`.
-public final class SQLIndex: IndexedBlobStore {
+/// Statements that only read (totals, leastRecentlyAccessed, the janitor's walk) go to `readConnection`
+/// (`sql-ro` when configured); findMissing and read also refresh access times, so they use `connection`,
+/// and so does hasEntries, which must see entries written a moment ago.
+public final class SQLIndex: EnumerableIndex {
     public let backingStore: any BlobStore
     public let connection: SQLConnection
     public let readConnection: SQLConnection
@@ -286,5 +287,70 @@ public final class SQLIndex: IndexedBlobStore {
             removed.append(contentsOf: gone)
         }
         return removed
+    }
+
+    // MARK: EnumerableIndex
+
+    /// Walks in key order, one page per statement after the last key seen (keyset pagination): no
+    /// cursor or transaction stays open while `body` runs, and each page is an index range scan.
+    public func forEachEntryPage(pageSize: Int, _ body: ([IndexEntry]) async throws -> Void) async throws {
+        let limit = Int64(max(pageSize, 1))
+        var after: (hash: ByteBuffer, size: Int64)?
+        while true {
+            let last = after
+            let page: (entries: [IndexEntry], last: (ByteBuffer, Int64)?) = try await run(
+                "listing index entries", on: readConnection
+            ) { connection, logger in
+                let rows: PostgresRowSequence
+                if let last {
+                    rows = try await connection.query(
+                        """
+                        SELECT hash, size, accessed_at FROM strata_index WHERE (hash, size) > (\(last.hash), \(last.size))
+                        ORDER BY hash, size LIMIT \(limit)
+                        """, logger: logger)
+                } else {
+                    rows = try await connection.query(
+                        "SELECT hash, size, accessed_at FROM strata_index ORDER BY hash, size LIMIT \(limit)", logger: logger)
+                }
+                var entries: [IndexEntry] = []
+                var lastKey: (ByteBuffer, Int64)?
+                for try await (hash, size, accessed) in rows.decode((ByteBuffer, Int64, Date).self) {
+                    entries.append(IndexEntry(digest: try SQLDigestKeys.digest(hash: hash, size: size), accessed: accessed))
+                    lastKey = (hash, size)
+                }
+                return (entries, lastKey)
+            }
+            if !page.entries.isEmpty { try await body(page.entries) }
+            guard let lastKey = page.last, page.entries.count == Int(limit) else { return }
+            after = lastKey
+        }
+    }
+
+    public func hasEntries(_ digests: [Digest]) async throws -> [Bool] {
+        var indexed = Set<Digest>()
+        let candidates = digests.uniqued().filter { !$0.isEmpty }
+        for window in candidates.windows(of: windowSize) {
+            let keys = SQLDigestKeys(window)
+            let present = try await run("checking \(window.count) index entries") { connection, logger in
+                let rows = try await connection.query(
+                    """
+                    SELECT i.hash, i.size FROM strata_index i
+                    JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
+                      ON i.hash = w.hash AND i.size = w.size
+                    """, logger: logger)
+                var present: [Digest] = []
+                for try await (hash, size) in rows.decode((ByteBuffer, Int64).self) {
+                    present.append(try SQLDigestKeys.digest(hash: hash, size: size))
+                }
+                return present
+            }
+            indexed.formUnion(present)
+        }
+        return digests.map { indexed.contains($0) }
+    }
+
+    /// Inline blobs live in their index row; the backing storage never had them.
+    public func storedInBackingStore(_ digests: [Digest]) -> [Digest] {
+        digests.filter { !isInline($0) }
     }
 }

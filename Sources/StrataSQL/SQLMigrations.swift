@@ -75,6 +75,12 @@ enum SQLMigrations {
             REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION strata_index_count_deleted()
             """,
         ]),
+        (2, [
+            // When each blob of !sql-storage was stored, for the janitor's grace period: a write stores
+            // the blob before its index records it. Rows stored before this version get the time of the
+            // migration (a constant default, so no table rewrite), which only delays their check.
+            "ALTER TABLE strata_blobs ADD COLUMN stored_at timestamptz NOT NULL DEFAULT now()",
+        ]),
     ]
 
     static var latestVersion: Int { versions.last?.version ?? 0 }

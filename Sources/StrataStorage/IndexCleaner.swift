@@ -276,8 +276,11 @@ extension IndexedBlobStore {
         }
         let indexedAgain: [Digest]
         if let enumerable = self as? any EnumerableIndex {
-            let flags = try await retrying("checking the index") { try await enumerable.hasEntries(deleted) }
-            indexedAgain = zip(deleted, flags).filter(\.1).map(\.0)
+            // A blob the index holds itself was written again whole, not lost with the storage delete.
+            let backed = enumerable.storedInBackingStore(deleted)
+            guard !backed.isEmpty else { return 0 }
+            let flags = try await retrying("checking the index") { try await enumerable.hasEntries(backed) }
+            indexedAgain = zip(backed, flags).filter(\.1).map(\.0)
         } else {
             let missing = Set(try await retrying("checking the index") { try await self.findMissing(deleted) })
             indexedAgain = deleted.filter { !missing.contains($0) }

@@ -48,7 +48,7 @@ public struct IndexEntry: Sendable, Hashable {
     }
 }
 
-/// An index the janitor can walk and query without side effects; `!redis-index` implements it.
+/// An index the janitor can walk and query without side effects; `!redis-index` and `!sql-index` implement it.
 public protocol EnumerableIndex: IndexedBlobStore {
     /// Calls `body` with every entry, a page of about `pageSize` at a time, in no particular order. An
     /// entry added or removed during the walk may be reported or not, and may be reported twice.
@@ -57,4 +57,13 @@ public protocol EnumerableIndex: IndexedBlobStore {
     /// Whether each digest has an entry, in order, without refreshing any access time (a janitor that
     /// looked would otherwise keep every blob alive).
     func hasEntries(_ digests: [Digest]) async throws -> [Bool]
+
+    /// Of `digests`, those whose blob, when indexed, lives in `backingStore`: an index that holds small
+    /// blobs itself (`!sql-index` with `max-inline-blob-size`) leaves those out, since the storage
+    /// lacking them does not make their entries dangling.
+    func storedInBackingStore(_ digests: [Digest]) -> [Digest]
+}
+
+extension EnumerableIndex {
+    public func storedInBackingStore(_ digests: [Digest]) -> [Digest] { digests }
 }

@@ -43,7 +43,7 @@ public struct Janitor: Sendable {
         clock: @escaping @Sendable () -> Date = Date.init
     ) throws(StrataError) {
         guard let storage = index.backingStore as? any ListableBlobStore else {
-            throw .internal("the janitor needs a storage that can list its blobs (!disk-storage, !s3-storage); \(type(of: index.backingStore)) cannot")
+            throw .internal("the janitor needs a storage that can list its blobs (!disk-storage, !s3-storage, !sql-storage); \(type(of: index.backingStore)) cannot")
         }
         self.index = index
         self.storage = storage
@@ -85,7 +85,9 @@ public struct Janitor: Sendable {
                 report.entriesListed += Int64(page.count)
                 // An entry recorded or used after this instant (a re-upload) keeps its place.
                 let checked = clock()
-                let digests = page.map(\.digest).uniqued()
+                // Entries holding their blob themselves have nothing in the storage to lose.
+                let digests = index.storedInBackingStore(page.map(\.digest).uniqued())
+                guard !digests.isEmpty else { return }
                 let missing = try await retrying("checking the storage") { try await storage.findMissing(digests) }
                 guard !missing.isEmpty else { return }
                 if dryRun {
