@@ -200,7 +200,7 @@ let package = Package(
         .testTarget(
             name: "StrataServerTests",
             dependencies: [
-                "StrataServer", "StrataConfig", "StrataRemote", "StrataTestSupport",
+                "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings

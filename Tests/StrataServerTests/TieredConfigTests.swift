@@ -3,6 +3,7 @@ import GRPCCore
 import StrataAPI
 import StrataConfig
 import StrataCore
+import StrataSQL
 import StrataServer
 import StrataStorage
 import StrataTestSupport
@@ -42,6 +43,16 @@ struct TieredConfigTests {
                 group.addTask { try await service.run() }
             }
             defer { group.cancelAll() }
+            // As an operator would (`strata migrate` before serving); retried, because on a loaded
+            // 2-core machine the first connection to a busy database can miss the pool timeout.
+            for connection in configuration.sqlConnections {
+                for attempt in 1...3 {
+                    do {
+                        try await connection.migrate()
+                        break
+                    } catch let error as StrataError where error.code == .unavailable && attempt < 3 {}
+                }
+            }
             try await body(configuration)
         }
     }
