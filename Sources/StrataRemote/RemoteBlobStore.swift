@@ -88,24 +88,8 @@ public final class RemoteChannel: Sendable {
     }
 
     func mapped(_ error: RPCError, _ name: String) -> StrataError {
-        let code: StrataError.Code = switch error.code {
-        case .cancelled: .cancelled
-        case .invalidArgument: .invalidArgument
-        case .deadlineExceeded: .deadlineExceeded
-        case .notFound: .notFound
-        case .alreadyExists: .alreadyExists
-        case .permissionDenied: .permissionDenied
-        case .resourceExhausted: .resourceExhausted
-        case .failedPrecondition: .failedPrecondition
-        case .aborted: .aborted
-        case .outOfRange: .outOfRange
-        case .unimplemented: .unimplemented
-        case .internalError: .internal
-        case .unavailable: .unavailable
-        case .dataLoss: .dataLoss
-        case .unauthenticated: .unauthenticated
-        default: .unknown
-        }
+        // Both sides number their codes as google.rpc.Code does.
+        let code = StrataError.Code(rawValue: error.code.rawValue) ?? .unknown
         return StrataError(code, "remote \(endpoint): \(name): \(error.message)")
     }
 }
