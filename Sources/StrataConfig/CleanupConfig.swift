@@ -56,6 +56,12 @@ extension Builder {
             }
             if let batch = options["batch-size"] { policy.batchSize = try batch.size() }
             if let unused = options["only-if-unused-for"] { policy.onlyIfUnusedFor = try unused.timePeriod() }
+            guard policy.onlyIfUnusedFor > index.refreshAccessTimeOlderThan else {
+                throw (options["only-if-unused-for"] ?? entry).error(
+                    "only-if-unused-for (\(policy.onlyIfUnusedFor.timeInterval) s) must be longer than the index's "
+                        + "refresh-accesstime-older-than (\(index.refreshAccessTimeOlderThan.timeInterval) s): a blob reported "
+                        + "present without its access time refreshed could otherwise be deleted")
+            }
             switch (options["large-blob-threshold"], options["large-blob-lifetime"]) {
             case (nil, nil): break
             case (let threshold?, let lifetime?):

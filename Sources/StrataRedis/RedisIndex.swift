@@ -10,6 +10,10 @@ import StrataStorage
 ///   least recently used blobs are a range query (`ZRANGEBYSCORE`), never a keyspace scan.
 /// - `{prefix}totals`: a hash with the fields `bytes` and `blobs`, changed only by the scripts that add
 ///   or remove members, in the same atomic step: a blob counts once however many writers record it.
+/// - `{prefix}writing` (sorted set, member → lease end in ms of Redis's clock) and `{prefix}writers`
+///   (hash, member → writes in progress): the "being written" marks; `{prefix}deleting` (sorted set,
+///   member → lease end): the "being deleted" marks (see `IndexedBlobStore`). Leases use Redis's own
+///   clock, so servers and cleaners with skewed clocks agree on them.
 ///
 /// findMissing is answered from the index alone, in one round trip per call. Every mutation is a Lua
 /// script, so each is atomic and idempotent (a retried call does not count twice).
@@ -25,19 +29,29 @@ public final class RedisIndex: EnumerableIndex {
     /// Members per script call: keeps each script's time inside Redis short.
     static let membersPerScript = 1000
 
+    /// How long the "being written" and "being deleted" marks hold if never cleared.
+    public let writeLease: Duration
+    public let deletionLease: Duration
+
     public init(
         backingStore: any BlobStore, client: RedisClient, prefix: String = "strata:index:",
-        refreshAccessTimeOlderThan: Duration = .zero, clock: @escaping @Sendable () -> Date = Date.init
+        refreshAccessTimeOlderThan: Duration = .zero, clock: @escaping @Sendable () -> Date = Date.init,
+        writeLease: Duration = IndexLeases.writing, deletionLease: Duration = IndexLeases.deleting
     ) {
         self.backingStore = backingStore
         self.client = client
         self.prefix = prefix
         self.refreshAccessTimeOlderThan = refreshAccessTimeOlderThan
         self.clock = clock
+        self.writeLease = writeLease
+        self.deletionLease = deletionLease
     }
 
     var accessKey: String { prefix + "access" }
     var totalsKey: String { prefix + "totals" }
+    var writingKey: String { prefix + "writing" }
+    var writersKey: String { prefix + "writers" }
+    var deletingKey: String { prefix + "deleting" }
 
     public var maximumBlobSize: Int64? { backingStore.maximumBlobSize }
 
@@ -55,7 +69,7 @@ public final class RedisIndex: EnumerableIndex {
         do {
             body = try await backingStore.read(digest, offset: offset, limit: limit)
         } catch let error as StrataError where error.code == .notFound {
-            try await forget([digest])
+            try await forgetLost([digest])
             throw error
         }
         _ = try await touch([digest])
@@ -63,14 +77,28 @@ public final class RedisIndex: EnumerableIndex {
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
-        try await backingStore.write(digest, body: body)
-        if !digest.isEmpty { try await record([digest]) }
+        if digest.isEmpty { return try await backingStore.write(digest, body: body) }
+        try await beginWriting([digest])
+        do {
+            try await backingStore.write(digest, body: body)
+        } catch {
+            try? await endWriting([digest])
+            throw error
+        }
+        try await record([digest])
     }
 
+    /// Deletes what nobody is writing right now; a blob being written stays, as if written after the
+    /// delete.
     public func delete(_ digests: [Digest]) async throws {
-        let indexed = digests.filter { !$0.isEmpty }.uniqued()
-        try await forget(indexed)
-        try await backingStore.delete(digests)
+        let removed = try await removeEntries(digests, notAccessedSince: .distantFuture)
+        do {
+            try await backingStore.delete(removed)
+        } catch {
+            try? await finishDeleting(removed)
+            throw error
+        }
+        try await finishDeleting(removed)
     }
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
@@ -85,7 +113,7 @@ public final class RedisIndex: EnumerableIndex {
             }
         }
         do {
-            let commands = touchCommands(found.uniqued()) + forgetCommands(lost.uniqued())
+            let commands = touchCommands(found.uniqued()) + forgetLostCommands(lost.uniqued())
             for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
         } catch {
             let failure = StrataError.from(error)
@@ -95,13 +123,27 @@ public final class RedisIndex: EnumerableIndex {
     }
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
-        var results = await backingStore.writeBatch(blobs)
-        let stored = zip(blobs, results).compactMap { blob, result -> Digest? in
-            if case .success = result, !blob.digest.isEmpty { return blob.digest }
-            return nil
-        }
+        // One mark per digest, however often the batch names it: the marks count writes by digest.
+        let marked = blobs.map(\.digest).filter { !$0.isEmpty }.uniqued()
         do {
-            try await record(stored.uniqued())
+            try await beginWriting(marked)
+        } catch {
+            return [Result](repeating: .failure(StrataError.from(error)), count: blobs.count)
+        }
+        var results = await backingStore.writeBatch(blobs)
+        var stored = Set<Digest>()
+        var failed = Set<Digest>()
+        for (blob, result) in zip(blobs, results) where !blob.digest.isEmpty {
+            switch result {
+            case .success: stored.insert(blob.digest)
+            case .failure: failed.insert(blob.digest)
+            }
+        }
+        // A digest named twice, stored once and refused once, is stored.
+        failed.subtract(stored)
+        if !failed.isEmpty { try? await endWriting(marked.filter(failed.contains)) }
+        do {
+            try await record(marked.filter(stored.contains))
         } catch {
             // Stored but not indexed: a client told OK would later hear "missing" and upload again.
             let failure = StrataError.from(error)
@@ -142,18 +184,20 @@ public final class RedisIndex: EnumerableIndex {
         let candidates = digests.filter { !$0.isEmpty }.uniqued()
         let commands = chunks(candidates).map { chunk in
             RedisCommand.script(
-                Self.removeIfNotAccessedSince, keys: [accessKey, totalsKey],
-                arguments: [String(milliseconds(cutoff))] + chunk.map(Self.member))
+                Self.removeIfNotAccessedSince, keys: [accessKey, totalsKey, writingKey, deletingKey],
+                arguments: [String(milliseconds(cutoff)), String(Self.milliseconds(deletionLease))] + chunk.map(Self.member))
         }
-        var removed = Set<String>()
-        for (reply, command) in zip(try await client.pipeline(commands), commands) {
-            guard let members = try client.checked(reply, command).array else { throw unexpected(reply, "the removal script") }
-            for member in members {
-                guard let text = member.string else { throw unexpected(reply, "the removal script") }
-                removed.insert(text)
-            }
+        return try await chosenMembers(of: candidates, commands, "the removal script")
+    }
+
+    public func finishDeleting(_ digests: [Digest]) async throws {
+        let members = digests.filter { !$0.isEmpty }.uniqued().map(Self.member)
+        // Also sweeps marks whose lease ran out (their holder crashed), a bounded number per call.
+        var commands = stride(from: 0, to: members.count, by: Self.membersPerScript).map { start in
+            RedisCommand(["ZREM", deletingKey] + members[start..<min(start + Self.membersPerScript, members.count)])
         }
-        return candidates.filter { removed.contains(Self.member($0)) }
+        commands.append(RedisCommand.script(Self.sweepExpiredMarks, keys: [writingKey, writersKey, deletingKey], arguments: []))
+        for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
     }
 
     // MARK: EnumerableIndex
@@ -175,6 +219,29 @@ public final class RedisIndex: EnumerableIndex {
             if !entries.isEmpty { try await body(entries) }
             cursor = next
         } while cursor != "0"
+    }
+
+    public func claimOrphans(_ digests: [Digest]) async throws -> [Digest] {
+        let candidates = digests.filter { !$0.isEmpty }.uniqued()
+        let commands = chunks(candidates).map { chunk in
+            RedisCommand.script(
+                Self.claimOrphans, keys: [accessKey, writingKey, deletingKey],
+                arguments: [String(Self.milliseconds(deletionLease))] + chunk.map(Self.member))
+        }
+        return try await chosenMembers(of: candidates, commands, "the orphan claim script")
+    }
+
+    /// Runs scripts that each answer the members they acted on; returns those digests, in order.
+    private func chosenMembers(of candidates: [Digest], _ commands: [RedisCommand], _ what: String) async throws -> [Digest] {
+        var chosen = Set<String>()
+        for (reply, command) in zip(try await client.pipeline(commands), commands) {
+            guard let members = try client.checked(reply, command).array else { throw unexpected(reply, what) }
+            for member in members {
+                guard let text = member.string else { throw unexpected(reply, what) }
+                chosen.insert(text)
+            }
+        }
+        return candidates.filter { chosen.contains(Self.member($0)) }
     }
 
     public func hasEntries(_ digests: [Digest]) async throws -> [Bool] {
@@ -224,24 +291,58 @@ public final class RedisIndex: EnumerableIndex {
         }
     }
 
-    /// Adds the digests (or refreshes their access time), counting each new one in the totals.
-    func record(_ digests: [Digest]) async throws {
-        let now = String(milliseconds(clock()))
+    /// Marks the digests "being written", waiting while any is "being deleted".
+    func beginWriting(_ digests: [Digest]) async throws {
+        let lease = String(Self.milliseconds(writeLease))
+        try await waitingOutDeletions(digests) { pending in
+            let commands = chunks(pending).map { chunk in
+                RedisCommand.script(
+                    Self.beginWriting, keys: [writingKey, writersKey, deletingKey], arguments: [lease] + chunk.map(Self.member))
+            }
+            var refused: [Digest] = []
+            var offset = 0
+            for (reply, command) in zip(try await client.pipeline(commands), commands) {
+                guard let flags = try client.checked(reply, command).array else { throw unexpected(reply, "the write mark script") }
+                for flag in flags {
+                    guard let granted = flag.integer, offset < pending.count else { throw unexpected(reply, "the write mark script") }
+                    if granted == 0 { refused.append(pending[offset]) }
+                    offset += 1
+                }
+            }
+            guard offset == pending.count else { throw unexpected(.null, "the write mark script") }
+            return refused
+        }
+    }
+
+    /// Ends writes that failed: their marks go without recording the blobs.
+    func endWriting(_ digests: [Digest]) async throws {
         let commands = chunks(digests).map { chunk in
-            RedisCommand.script(Self.record, keys: [accessKey, totalsKey], arguments: [now] + chunk.map(Self.member))
+            RedisCommand.script(Self.endWriting, keys: [writingKey, writersKey], arguments: chunk.map(Self.member))
         }
         for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
     }
 
-    /// Removes the digests' entries, uncounting each one that was there.
-    func forget(_ digests: [Digest]) async throws {
-        let commands = forgetCommands(digests)
+    /// Adds the digests (or refreshes their access time), counting each new one in the totals, and ends
+    /// their writes.
+    func record(_ digests: [Digest]) async throws {
+        let now = String(milliseconds(clock()))
+        let commands = chunks(digests).map { chunk in
+            RedisCommand.script(
+                Self.record, keys: [accessKey, totalsKey, writingKey, writersKey], arguments: [now] + chunk.map(Self.member))
+        }
         for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
     }
 
-    private func forgetCommands(_ digests: [Digest]) -> [RedisCommand] {
+    /// Removes the entries of blobs the storage has lost, uncounting each one that was there; a blob
+    /// being written right now keeps its entry (its write is storing it again).
+    func forgetLost(_ digests: [Digest]) async throws {
+        let commands = forgetLostCommands(digests)
+        for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
+    }
+
+    private func forgetLostCommands(_ digests: [Digest]) -> [RedisCommand] {
         chunks(digests).map { chunk in
-            RedisCommand.script(Self.forget, keys: [accessKey, totalsKey], arguments: chunk.map(Self.member))
+            RedisCommand.script(Self.forgetLost, keys: [accessKey, totalsKey, writingKey], arguments: chunk.map(Self.member))
         }
     }
 
@@ -253,6 +354,11 @@ public final class RedisIndex: EnumerableIndex {
 
     private func milliseconds(_ date: Date) -> Int64 {
         Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 
     private func unexpected(_ reply: RedisReply, _ what: String) -> StrataError {
@@ -273,8 +379,20 @@ public final class RedisIndex: EnumerableIndex {
     // Sizes go to HINCRBY as the digits matched from the member, never through a Lua number, whose
     // string form would turn large values into "1e+15".
 
-    /// KEYS: access, totals. ARGV: now, members. Returns how many members were new.
-    static let record = RedisScript("""
+    // Leases are compared with Redis's clock: `redisNow` is its time in milliseconds.
+    private static let redisNow = """
+        local clock = redis.call('TIME')
+        local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+        local function live(key, member)
+          local leaseEnd = redis.call('ZSCORE', key, member)
+          return leaseEnd and tonumber(leaseEnd) > now
+        end
+
+        """
+
+    /// KEYS: access, totals, writing, writers. ARGV: now, members. Records the members (ending one write
+    /// of each); returns how many were new.
+    static let record = RedisScript(redisNow + """
         local added = 0
         for i = 2, #ARGV do
           if redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[i]) == 1 then
@@ -282,8 +400,57 @@ public final class RedisIndex: EnumerableIndex {
             redis.call('HINCRBY', KEYS[2], 'bytes', string.match(ARGV[i], '_(%d+)$'))
             redis.call('HINCRBY', KEYS[2], 'blobs', 1)
           end
+          if redis.call('HINCRBY', KEYS[4], ARGV[i], -1) <= 0 then
+            redis.call('HDEL', KEYS[4], ARGV[i])
+            redis.call('ZREM', KEYS[3], ARGV[i])
+          end
         end
         return added
+        """)
+
+    /// KEYS: writing, writers, deleting. ARGV: lease in ms, members. Marks each member not being deleted
+    /// as being written (one more write of it); returns 1 (marked) or 0 (being deleted) per member.
+    static let beginWriting = RedisScript(redisNow + """
+        local leaseEnd = now + tonumber(ARGV[1])
+        local granted = {}
+        for i = 2, #ARGV do
+          if live(KEYS[3], ARGV[i]) then
+            granted[#granted + 1] = 0
+          else
+            redis.call('ZREM', KEYS[3], ARGV[i])
+            if live(KEYS[1], ARGV[i]) then
+              redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+            else
+              redis.call('HSET', KEYS[2], ARGV[i], 1)
+            end
+            redis.call('ZADD', KEYS[1], 'GT', leaseEnd, ARGV[i])
+            granted[#granted + 1] = 1
+          end
+        end
+        return granted
+        """)
+
+    /// KEYS: writing, writers. ARGV: members. Ends one write of each member without recording it.
+    static let endWriting = RedisScript("""
+        for i = 1, #ARGV do
+          if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
+            redis.call('HDEL', KEYS[2], ARGV[i])
+            redis.call('ZREM', KEYS[1], ARGV[i])
+          end
+        end
+        return 0
+        """)
+
+    /// KEYS: writing, writers, deleting. Drops up to 1000 marks of each kind whose lease ended.
+    static let sweepExpiredMarks = RedisScript(redisNow + """
+        local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+        for _, member in ipairs(dead) do
+          redis.call('ZREM', KEYS[1], member)
+          redis.call('HDEL', KEYS[2], member)
+        end
+        local deleting = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
+        for _, member in ipairs(deleting) do redis.call('ZREM', KEYS[3], member) end
+        return #dead + #deleting
         """)
 
     /// KEYS: access. ARGV: now, refresh-before, members. Returns 1 (indexed) or 0 per member, and moves
@@ -305,11 +472,12 @@ public final class RedisIndex: EnumerableIndex {
         return indexed
         """)
 
-    /// KEYS: access, totals. ARGV: members. Returns how many were removed.
-    static let forget = RedisScript("""
+    /// KEYS: access, totals, writing. ARGV: members. Removes those not being written; returns how many
+    /// were removed.
+    static let forgetLost = RedisScript(redisNow + """
         local removed = 0
         for i = 1, #ARGV do
-          if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+          if not live(KEYS[3], ARGV[i]) and redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
             removed = removed + 1
             redis.call('HINCRBY', KEYS[2], 'bytes', '-' .. string.match(ARGV[i], '_(%d+)$'))
             redis.call('HINCRBY', KEYS[2], 'blobs', -1)
@@ -318,20 +486,37 @@ public final class RedisIndex: EnumerableIndex {
         return removed
         """)
 
-    /// KEYS: access, totals. ARGV: cutoff, members. Removes the members last accessed before the
-    /// cutoff, checked here so a blob used since the caller listed it keeps its entry; returns them.
-    static let removeIfNotAccessedSince = RedisScript("""
+    /// KEYS: access, totals, writing, deleting. ARGV: cutoff, deletion lease in ms, members. Removes the
+    /// members last accessed before the cutoff and not being written, checked here so a blob used
+    /// since the caller listed it keeps its entry, and marks them being deleted; returns them.
+    static let removeIfNotAccessedSince = RedisScript(redisNow + """
         local cutoff = tonumber(ARGV[1])
+        local leaseEnd = now + tonumber(ARGV[2])
         local removed = {}
-        for i = 2, #ARGV do
+        for i = 3, #ARGV do
           local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-          if score and tonumber(score) < cutoff then
+          if score and tonumber(score) < cutoff and not live(KEYS[3], ARGV[i]) then
             redis.call('ZREM', KEYS[1], ARGV[i])
             redis.call('HINCRBY', KEYS[2], 'bytes', '-' .. string.match(ARGV[i], '_(%d+)$'))
             redis.call('HINCRBY', KEYS[2], 'blobs', -1)
+            redis.call('ZADD', KEYS[4], leaseEnd, ARGV[i])
             removed[#removed + 1] = ARGV[i]
           end
         end
         return removed
+        """)
+
+    /// KEYS: access, writing, deleting. ARGV: deletion lease in ms, members. Marks being deleted the
+    /// members with no entry that nobody is writing or deleting; returns them.
+    static let claimOrphans = RedisScript(redisNow + """
+        local leaseEnd = now + tonumber(ARGV[1])
+        local claimed = {}
+        for i = 2, #ARGV do
+          if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not live(KEYS[2], ARGV[i]) and not live(KEYS[3], ARGV[i]) then
+            redis.call('ZADD', KEYS[3], leaseEnd, ARGV[i])
+            claimed[#claimed + 1] = ARGV[i]
+          end
+        end
+        return claimed
         """)
 }

@@ -41,6 +41,17 @@ struct SQLDigestKeys: Sendable {
     }
 }
 
+extension PostgresRowSequence {
+    /// The digests of rows whose columns are (hash, size).
+    func digests() async throws -> [Digest] {
+        var digests: [Digest] = []
+        for try await (hash, size) in decode((ByteBuffer, Int64).self) {
+            digests.append(try SQLDigestKeys.digest(hash: hash, size: size))
+        }
+        return digests
+    }
+}
+
 extension ByteBuffer {
     var asData: Data { Data(readableBytesView) }
 }

@@ -81,6 +81,21 @@ enum SQLMigrations {
             // migration (a constant default, so no table rewrite), which only delays their check.
             "ALTER TABLE strata_blobs ADD COLUMN stored_at timestamptz NOT NULL DEFAULT now()",
         ]),
+        (3, [
+            // The "being written" / "being deleted" marks of !sql-index (see IndexedBlobStore): a row
+            // per blob while a write or a delete of it is under way. Writes and deletes of one blob
+            // serialize on this row's lock; the leases free it when its holder crashed.
+            """
+            CREATE TABLE strata_index_marks (
+                hash bytea NOT NULL,
+                size bigint NOT NULL,
+                writers integer NOT NULL DEFAULT 0,
+                writing_until timestamptz,
+                deleting_until timestamptz,
+                PRIMARY KEY (hash, size)
+            )
+            """,
+        ]),
     ]
 
     static var latestVersion: Int { versions.last?.version ?? 0 }

@@ -67,8 +67,9 @@ public struct CleanupReport: Sendable {
     public var keptInUse: Int64 = 0
     /// Removed from the index but not from the storage (the storage failed): the janitor removes them.
     public var orphansLeft: Int64 = 0
-    /// Written again by a client between the index removal and the storage delete: their new entries
-    /// were dropped, since the blob is gone, so clients hear "missing" and upload again.
+    /// Written again by a client between the index removal and the storage delete although the blob
+    /// was marked "being deleted" (the delete outlived its lease): their new entries were dropped,
+    /// since the blob is gone, so clients hear "missing" and upload again.
     public var rewrittenDuringDelete: Int64 = 0
     /// The low watermark was not reached because every remaining blob was used within `only-if-unused-for`.
     public var stoppedByProtection = false
@@ -247,17 +248,21 @@ public struct IndexCleaner: Sendable {
         } catch {
             report.orphansLeft += Int64(removed.count)
             progress("storage delete failed, \(removed.count) blobs left for the janitor: \(error)")
+            try await retrying("clearing deletion marks") { try await index.finishDeleting(removed) }
             return []
         }
+        // Writes of these blobs that waited for the delete go ahead now, and store them anew.
+        try await retrying("clearing deletion marks") { try await index.finishDeleting(removed) }
         report.deletedBlobs += Int64(removed.count)
         report.deletedBytes += removed.reduce(0) { $0 + $1.sizeBytes }
         report.rewrittenDuringDelete += Int64(try await dropEntriesOfVanishedBlobs(removed))
         return removed
     }
 
-    /// A client may have written one of `deleted` between the index removal and the storage delete:
-    /// its entry is back but its blob is gone. Drops such entries, so the index never names a missing
-    /// blob; returns how many.
+    /// A backstop for the marks that keep writes and deletes apart: should a delete outlive its
+    /// deletion lease, a client may have written one of `deleted` between the index removal and the
+    /// storage delete, so its entry is back but its blob is gone. Drops such entries, so the index
+    /// never names a missing blob; returns how many.
     func dropEntriesOfVanishedBlobs(_ deleted: [Digest]) async throws -> Int {
         try await index.dropEntriesOfVanishedBlobs(deleted, retryLimit: policy.retryLimit)
     }
@@ -288,9 +293,11 @@ extension IndexedBlobStore {
         guard !indexedAgain.isEmpty else { return 0 }
         let vanished = try await retrying("checking the storage") { try await self.backingStore.findMissing(indexedAgain) }
         guard !vanished.isEmpty else { return 0 }
-        return try await retrying("removing index entries") {
+        let removed = try await retrying("removing index entries") {
             try await self.removeEntries(vanished, notAccessedSince: .distantFuture)
-        }.count
+        }
+        try await retrying("clearing deletion marks") { try await self.finishDeleting(removed) }
+        return removed.count
     }
 }
 

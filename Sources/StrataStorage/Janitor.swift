@@ -70,13 +70,27 @@ public struct Janitor: Sendable {
                 report.blobsListed += Int64(page.count)
                 let old = page.filter { $0.modified < youngerThan }.map(\.digest)
                 report.youngBlobsSkipped += Int64(page.count - old.count)
-                let indexed = try await retrying("checking the index") { try await index.hasEntries(old) }
-                let orphans = zip(old, indexed).filter { !$0.1 }.map(\.0)
+                guard !old.isEmpty else { return }
+                if dryRun {
+                    let indexed = try await retrying("checking the index") { try await index.hasEntries(old) }
+                    let orphans = zip(old, indexed).filter { !$0.1 }.map(\.0)
+                    report.orphansDeleted += Int64(orphans.count)
+                    report.orphanBytes += orphans.reduce(0) { $0 + $1.sizeBytes }
+                    return
+                }
+                // Claimed atomically against writes: a blob being uploaded again right now is not an
+                // orphan, and an upload starting now waits until the delete is over.
+                let orphans = try await retrying("claiming orphans") { try await index.claimOrphans(old) }
+                guard !orphans.isEmpty else { return }
+                do {
+                    try await retrying("deleting orphans") { try await storage.delete(orphans) }
+                } catch {
+                    try await retrying("clearing deletion marks") { try await index.finishDeleting(orphans) }
+                    throw error
+                }
+                try await retrying("clearing deletion marks") { try await index.finishDeleting(orphans) }
                 report.orphansDeleted += Int64(orphans.count)
                 report.orphanBytes += orphans.reduce(0) { $0 + $1.sizeBytes }
-                guard !dryRun, !orphans.isEmpty else { return }
-                try await retrying("deleting orphans") { try await storage.delete(orphans) }
-                // A client may have uploaded one of them again just now, and its write found it present.
                 _ = try await index.dropEntriesOfVanishedBlobs(orphans, retryLimit: retryLimit)
             }
 
@@ -96,6 +110,8 @@ public struct Janitor: Sendable {
                     let removed = try await retrying("removing index entries") {
                         try await index.removeEntries(missing, notAccessedSince: checked)
                     }
+                    // Nothing to delete from the storage: the blobs are gone already.
+                    try await retrying("clearing deletion marks") { try await index.finishDeleting(removed) }
                     report.danglingEntriesRemoved += Int64(removed.count)
                 }
             }

@@ -111,6 +111,11 @@ import Testing
                     "index must be an index storage")
         expectError(head + "cleanup:\n  - {instance-name: main, high-watermark: 10, low-watermark: 5}\n", line: 11,
                     "needs index")
+        // A protection window no longer than the index's refresh interval could delete a blob reported present.
+        let refreshing = head.replacingOccurrences(of: "redis: !redis-connection {host: redis.internal}",
+                                                   with: "redis: !redis-connection {host: redis.internal}\n    refresh-accesstime-older-than: 3600")
+        expectError(refreshing + "cleanup:\n  - instance-name: main\n    index: *index\n    high-watermark: 10\n    low-watermark: 5\n"
+                        + "    only-if-unused-for: {minutes: 30}\n", line: 16, "must be longer than the index's refresh-accesstime-older-than (3600.0 s)")
     }
 
     @Test func diskStorageBudget() throws {

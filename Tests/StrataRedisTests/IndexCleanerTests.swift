@@ -154,8 +154,9 @@ struct IndexCleanerTests {
         }
     }
 
-    /// Blobs uploaded while a pass runs are never lost, and a blob reported present to a client during
-    /// the pass (its access time refreshed before the removal's re-check) stays.
+    /// Blobs uploaded while a pass runs are never lost, including blobs the pass is deleting, and a blob
+    /// reported present to a client during the pass (its access time refreshed before the removal's
+    /// re-check) stays.
     @Test func concurrentUploadsAndLookupsDuringAPassAreNeverLost() async throws {
         try await withSharedRedis { client in
             try await withDisk { disk in
@@ -168,22 +169,35 @@ struct IndexCleanerTests {
                 let cleaner = IndexCleaner(index: index, policy: policy)
 
                 let reportedPresent = Mutex<[Digest]>([])
+                let shuffled = old.shuffled()
+                let toRewrite = Array(shuffled.prefix(60))
+                let toLookUp = shuffled.dropFirst(60)
                 async let pass = cleaner.runPass()
                 async let uploads: [Blob] = {
                     var written: [Blob] = []
                     for _ in 0..<20 { written += try await fill(index, count: 5, size: 200) }
                     return written
                 }()
+                async let rewrites: Void = {
+                    // Blobs the pass is deleting, written again by clients meanwhile (the storage skips
+                    // a write of a blob it still has).
+                    for blob in toRewrite { try await index.write(blob.digest, data: blob.data) }
+                }()
                 async let lookups: Void = {
-                    for blob in old.reversed() {
+                    for blob in toLookUp {
                         if try await index.findMissing([blob.digest]).isEmpty {
                             reportedPresent.withLock { $0.append(blob.digest) }
                         }
                     }
                 }()
-                let (report, uploaded, _) = try await (pass, uploads, lookups)
+                let (report, uploaded, _, _) = try await (pass, uploads, rewrites, lookups)
                 #expect(report.deletedBlobs > 0)
                 for blob in uploaded { #expect(try await index.readAll(blob.digest) == blob.data) }
+                #expect(report.rewrittenDuringDelete == 0)
+                for blob in toRewrite {
+                    #expect(try await index.findMissing([blob.digest]).isEmpty, "a blob written again during the pass was lost")
+                    #expect(try await index.readAll(blob.digest) == blob.data)
+                }
                 let present = reportedPresent.withLock { $0 }
                 #expect(!present.isEmpty)
                 #expect(try await disk.findMissing(present).isEmpty, "blobs reported present during the pass were deleted")

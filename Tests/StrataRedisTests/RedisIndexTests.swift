@@ -255,4 +255,15 @@ struct RedisIndexTests {
             #expect(try await index.totals().blobs == Int64(stored.count))
         }
     }
+
+    /// Writes and deletes of one blob never overlap: an upload during a cleanup delete is kept.
+    @Test(arguments: IndexMarksConformance.cases)
+    func writeAndDeleteMarks(_ check: IndexMarksConformance) async throws {
+        try await withSharedRedis { client in
+            let prefix = TestServices.uniqueName("marks") + ":"
+            try await check.run { backing, lease in
+                RedisIndex(backingStore: backing, client: client, prefix: prefix, deletionLease: lease)
+            }
+        }
+    }
 }
