@@ -13,16 +13,7 @@ import Testing
     }
 
     func expectError(_ yaml: String, line: Int, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        do {
-            _ = try parse(yaml)
-            Issue.record("the config was accepted", sourceLocation: sourceLocation)
-        } catch let error as ConfigError {
-            #expect(error.file == "cleanup.yml", sourceLocation: sourceLocation)
-            #expect(error.line == line, "\(error)", sourceLocation: sourceLocation)
-            #expect(error.description.contains(fragment), "\(error)", sourceLocation: sourceLocation)
-        } catch {
-            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
-        }
+        expectConfigError(file: "cleanup.yml", line: line, [fragment], sourceLocation: sourceLocation) { try parse(yaml) }
     }
 
     /// Lines 1–9; a cleanup section follows from line 10.

@@ -19,16 +19,7 @@ import Testing
 
     /// The error a config must fail with: its line and a fragment of its message.
     func expectError(_ yaml: String, line: Int, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        do {
-            _ = try parse(yaml)
-            Issue.record("the config was accepted", sourceLocation: sourceLocation)
-        } catch let error as ConfigError {
-            #expect(error.file == "test.yml", sourceLocation: sourceLocation)
-            #expect(error.line == line, "\(error)", sourceLocation: sourceLocation)
-            #expect(error.description.contains(fragment), "\(error)", sourceLocation: sourceLocation)
-        } catch {
-            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
-        }
+        expectConfigError(file: "test.yml", line: line, [fragment], sourceLocation: sourceLocation) { try parse(yaml) }
     }
 
     @Test func defaultFileIsTheEmbeddedDefault() throws {

@@ -40,16 +40,8 @@ import Testing
 
     func expectError(_ yaml: String, line: Int, _ fragments: String..., environment: [String: String] = Self.environment,
                      sourceLocation: SourceLocation = #_sourceLocation) {
-        do {
-            _ = try parse(yaml, environment: environment)
-            Issue.record("the config was accepted", sourceLocation: sourceLocation)
-        } catch let error as ConfigError {
-            #expect(error.description.hasPrefix("ac.yml:\(line):"), "\(error)", sourceLocation: sourceLocation)
-            for fragment in fragments {
-                #expect(error.description.contains(fragment), "\(error)", sourceLocation: sourceLocation)
-            }
-        } catch {
-            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+        expectConfigError(file: "ac.yml", line: line, fragments, sourceLocation: sourceLocation) {
+            try parse(yaml, environment: environment)
         }
     }
 

@@ -29,16 +29,8 @@ import Testing
     /// The error the storage must fail with: its line (the storage starts on line 6) and a fragment.
     func expectError(_ storage: String, line: Int, _ fragments: String..., environment: [String: String] = [:],
                      sourceLocation: SourceLocation = #_sourceLocation) {
-        do {
-            _ = try parse(storage, environment: environment)
-            Issue.record("the config was accepted", sourceLocation: sourceLocation)
-        } catch let error as ConfigError {
-            #expect(error.description.hasPrefix("s3.yml:\(line):"), "\(error)", sourceLocation: sourceLocation)
-            for fragment in fragments {
-                #expect(error.description.contains(fragment), "\(error)", sourceLocation: sourceLocation)
-            }
-        } catch {
-            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+        expectConfigError(file: "s3.yml", line: line, fragments, sourceLocation: sourceLocation) {
+            try parse(storage, environment: environment)
         }
     }
 
