@@ -11,7 +11,8 @@ import Synchronization
 /// interleave; two servers sharing the base cache can still race, and the base decides then.
 public final class WriteOnceActionCache: ActionCache {
     public let base: any ActionCache
-    private let inFlight = Mutex<[Digest: Int]>([:])
+    /// Actions with an update running here, each with the updates waiting for it, first come first.
+    private let inFlight = Mutex<[Digest: [CheckedContinuation<Void, Never>]]>([:])
 
     public init(_ base: any ActionCache) { self.base = base }
 
@@ -33,18 +34,32 @@ public final class WriteOnceActionCache: ActionCache {
 
     public func remove(_ action: Digest) async throws { try await base.remove(action) }
 
-    /// Runs `body` when no other update of `action` runs here.
+    /// Runs `body` when no other update of `action` runs here; waiting updates go in arrival order.
     private func serialized(_ action: Digest, _ body: () async throws -> Void) async throws {
-        while true {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let acquired = inFlight.withLock { state in
-                guard state[action] == nil else { return false }
-                state[action] = 1
-                return true
+                guard state[action] != nil else {
+                    state[action] = []
+                    return true
+                }
+                state[action]!.append(continuation)
+                return false
             }
-            if acquired { break }
-            try await Task.sleep(for: .milliseconds(1))
+            if acquired { continuation.resume() }
         }
-        defer { inFlight.withLock { _ = $0.removeValue(forKey: action) } }
+        defer {
+            // Hands the action over to the next waiter, if any, without releasing it in between.
+            let next = inFlight.withLock { state -> CheckedContinuation<Void, Never>? in
+                guard var waiters = state[action], !waiters.isEmpty else {
+                    state[action] = nil
+                    return nil
+                }
+                let first = waiters.removeFirst()
+                state[action] = waiters
+                return first
+            }
+            next?.resume()
+        }
         try await body()
     }
 }

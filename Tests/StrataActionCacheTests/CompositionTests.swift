@@ -55,6 +55,28 @@ private func lru() -> LRUActionCache { LRUActionCache(maxEntries: 10_000) }
         }
         #expect(outcomes == 1)
     }
+
+    /// A refused update hands the action on like a successful one: every update finishes, and exactly
+    /// those equal to each action's first result are accepted.
+    @Test func manyWaitersOfSeveralActionsAllFinish() async throws {
+        let cache = WriteOnceActionCache(lru())
+        let actions = (0..<4).map { _ in Blob.random(size: 10).digest }
+        let updates = (0..<200).map { index in (actions[index % actions.count], index % 3 == 0 ? "odd one \(index)" : "same") }
+        let accepted = await withTaskGroup(of: (Digest, String)?.self) { group in
+            for (action, stdout) in updates {
+                group.addTask {
+                    (try? await cache.update(action, ActionCacheConformance.result(stdout: stdout))) != nil ? (action, stdout) : nil
+                }
+            }
+            return await group.reduce(into: [(Digest, String)]()) { if let update = $1 { $0.append(update) } }
+        }
+        var expected = 0
+        for action in actions {
+            let stored = try #require(try await cache.get(action))
+            expected += updates.filter { $0.0 == action && ActionCacheConformance.result(stdout: $0.1) == stored }.count
+        }
+        #expect(accepted.count == expected)
+    }
 }
 
 @Suite struct ComposedActionCacheTests {
