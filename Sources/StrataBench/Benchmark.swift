@@ -46,6 +46,9 @@ public struct BenchmarkOptions: Sendable, Codable {
     public var maxOperations: Int?
 
     public init() {}
+
+    static let http2WindowBytes = 16 << 20
+    static let http2MaxFrameBytes = 1 << 20
 }
 
 public struct BenchmarkResult: Sendable, Codable {
@@ -65,27 +68,6 @@ public struct BenchmarkResult: Sendable, Codable {
     public var operationsPerSecond: Double { Double(operations) / seconds }
     public var itemsPerSecond: Double { Double(operations * itemsPerOperation) / seconds }
     public var megabytesPerSecond: Double { Double(payloadBytes) / seconds / 1e6 }
-}
-
-/// Blob data that is cheap to make unique: a random base with a counter in its first bytes.
-struct BlobFactory: Sendable {
-    let base: Data
-
-    init(size: Int) {
-        var generator = SystemRandomNumberGenerator()
-        var words = [UInt64](repeating: 0, count: (size + 7) / 8)
-        for index in words.indices { words[index] = generator.next() }
-        base = words.withUnsafeBytes { Data($0.prefix(size)) }
-    }
-
-    func make(_ serial: UInt64) -> (digest: ProtoDigest, data: Data) {
-        var data = base
-        if data.count >= 8 {
-            withUnsafeBytes(of: serial ^ 0x5eed_5eed_5eed_5eed) { data.replaceSubrange(0..<8, with: $0) }
-        }
-        let digest = Digest.of(data)
-        return (.with { $0.hash = digest.hash; $0.sizeBytes = digest.sizeBytes }, data)
-    }
 }
 
 /// A counter shared by workers, so every generated blob is new.
@@ -108,12 +90,15 @@ final class Synchronized<Value: Sendable>: @unchecked Sendable {
 public enum Benchmark {
     public static func run(_ options: BenchmarkOptions) async throws -> BenchmarkResult {
         var config = HTTP2ClientTransport.Posix.Config.defaults
-        config.http2.targetWindowSize = 8 << 20
+        config.http2.targetWindowSize = BenchmarkOptions.http2WindowBytes
+        // The frame size the server may send: at HTTP/2's default 16 KiB, a 64 MiB read is 4096 frames,
+        // each parsed and accounted for separately.
+        config.http2.maxFrameSize = BenchmarkOptions.http2MaxFrameBytes
         let transport = try HTTP2ClientTransport.Posix(
             target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext, config: config)
         return try await withGRPCClient(transport: transport) { client in
             let clients = Clients(
-                cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
+                grpc: client, cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
                 actionCache: ActionCacheClient(wrapping: client), options: options)
             let operation = try await clients.prepare()
             let before = options.serverPID.flatMap(ProcessUsage.read)
