@@ -4,7 +4,7 @@ import Synchronization
 
 /// Action results in memory, at most `maxEntries`, evicting the least recently used.
 public final class LRUActionCache: ActionCache {
-    private let entries: Mutex<LRUDictionary<Digest, ActionResult>>
+    private let entries: Mutex<LRUDictionary<DigestKey, ActionResult>>
     public let maxEntries: Int
 
     public init(maxEntries: Int) {
@@ -16,14 +16,14 @@ public final class LRUActionCache: ActionCache {
     public var count: Int { entries.withLock { $0.count } }
 
     public func get(_ action: Digest) async throws -> ActionResult? {
-        entries.withLock { $0.get(action) }
+        entries.withLock { $0.get(action.key) }
     }
 
     public func update(_ action: Digest, _ result: ActionResult) async throws {
-        entries.withLock { _ = $0.insert(action, result, cost: 1) }
+        entries.withLock { _ = $0.insert(action.key, result, cost: 1) }
     }
 
     public func remove(_ action: Digest) async throws {
-        entries.withLock { _ = $0.remove(action) }
+        entries.withLock { _ = $0.remove(action.key) }
     }
 }

@@ -8,6 +8,9 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
     public let hash: String
     public let sizeBytes: Int64
     public let function: DigestFunction
+    /// The hash's bytes and the size as plain words, decoded once while the hex is validated: what
+    /// `==` and hashing use, so sets and dictionaries of digests never hash 64 characters of hex.
+    public let key: DigestKey
 
     /// Validates `hash` and `sizeBytes` for `function`; INVALID_ARGUMENT says which part is wrong.
     public init(hash: String, sizeBytes: Int64, function: DigestFunction = .sha256) throws(StrataError) {
@@ -19,24 +22,24 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
             throw .invalidArgument(
                 "digest \(hash.prefix(128))/\(sizeBytes): a \(function) hash has \(function.hexLength) hex characters, this one has \(utf8.count)")
         }
-        for byte in utf8 {
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"): continue
-            case UInt8(ascii: "A")...UInt8(ascii: "F"):
-                throw .invalidArgument("digest \(hash)/\(sizeBytes): the hash must be lower-case hex")
-            default:
-                throw .invalidArgument("digest \(hash.prefix(128))/\(sizeBytes): the hash is not hex")
-            }
+        let decoded = utf8.withContiguousStorageIfAvailable { DigestKey.decode($0, sizeBytes: sizeBytes, function: function) }
+            ?? DigestKey.decode(Array(utf8), sizeBytes: sizeBytes, function: function)
+        switch decoded {
+        case .success(let key): self.key = key
+        case .failure(.upperCase): throw .invalidArgument("digest \(hash)/\(sizeBytes): the hash must be lower-case hex")
+        case .failure(.notHex): throw .invalidArgument("digest \(hash.prefix(128))/\(sizeBytes): the hash is not hex")
         }
         self.hash = hash
         self.sizeBytes = sizeBytes
         self.function = function
     }
 
+    /// For hex this module produced itself (a hasher's output).
     private init(trusted hash: String, sizeBytes: Int64, function: DigestFunction) {
         self.hash = hash
         self.sizeBytes = sizeBytes
         self.function = function
+        self.key = try! DigestKey.decode(Array(hash.utf8), sizeBytes: sizeBytes, function: function).get()
     }
 
     /// The digest of the empty blob, which is always present and never stored.
@@ -74,7 +77,65 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
 
     public var description: String { "\(hash)/\(sizeBytes)" }
 
+    public static func == (lhs: Digest, rhs: Digest) -> Bool {
+        // The key holds the first 256 bits of the hash: longer hashes also compare the rest.
+        lhs.key == rhs.key && (lhs.function.hexLength <= DigestKey.hexCapacity || lhs.hash == rhs.hash)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(key)
+    }
+
     public static func < (lhs: Digest, rhs: Digest) -> Bool {
         (lhs.hash, lhs.sizeBytes) < (rhs.hash, rhs.sizeBytes)
+    }
+}
+
+/// A digest as five plain words: the first 256 bits of its hash and its size, with its function.
+///
+/// Hashing and comparing one is a few word operations with no reference counting, where a `Digest`'s
+/// String would hash 64 characters of hex and be retained and released on every copy; the in-memory
+/// stores key their dictionaries with it. It identifies a digest exactly for hashes of at most 256 bits,
+/// which covers every function Strata computes (SHA256); `Digest`'s own `==` also compares the hex of
+/// longer ones.
+public struct DigestKey: Hashable, Sendable {
+    public let w0: UInt64
+    public let w1: UInt64
+    public let w2: UInt64
+    public let w3: UInt64
+    public let sizeBytes: Int64
+    public let function: DigestFunction
+
+    /// Hex characters the four words hold.
+    public static let hexCapacity = 64
+
+    enum DecodeFailure: Error { case upperCase, notHex }
+
+    /// Validates lower-case hex and packs its first 64 characters (big-endian per word, zero-padded).
+    static func decode(
+        _ hex: some RandomAccessCollection<UInt8>, sizeBytes: Int64, function: DigestFunction
+    ) -> Result<DigestKey, DecodeFailure> {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        var position = 0
+        for byte in hex {
+            let nibble: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = byte &- UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = byte &- UInt8(ascii: "a") &+ 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return .failure(.upperCase)
+            default: return .failure(.notHex)
+            }
+            if position < hexCapacity {
+                let value = UInt64(nibble)
+                switch position >> 4 {
+                case 0: words.0 = words.0 << 4 | value
+                case 1: words.1 = words.1 << 4 | value
+                case 2: words.2 = words.2 << 4 | value
+                default: words.3 = words.3 << 4 | value
+                }
+            }
+            position += 1
+        }
+        return .success(DigestKey(w0: words.0, w1: words.1, w2: words.2, w3: words.3, sizeBytes: sizeBytes, function: function))
     }
 }

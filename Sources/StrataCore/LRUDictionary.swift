@@ -1,19 +1,43 @@
 /// A dictionary that keeps its entries' total cost under a capacity by evicting the least recently used.
 ///
 /// Costs are bytes for a blob store and 1 for an entry-counted cache. Not thread-safe: owners guard it
-/// with a lock. All operations are O(1): the recency list is threaded through the dictionary.
+/// with a lock. All operations are O(1).
+///
+/// The entries live in an array of slots threaded by index into a recency list, and the dictionary maps
+/// a key to its slot: a hit is one dictionary lookup and a few array writes, where threading the list
+/// through the dictionary itself cost a removal and a re-insertion per hit. Everything is `@inlinable`
+/// so the stores that use it get a version specialised for their key and value types; unspecialised,
+/// every operation went through generic metadata look-ups.
 public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable {
-    private struct Entry: Sendable {
-        var value: Value
-        var cost: Int64
-        var newer: Key?
-        var older: Key?
+    @usableFromInline
+    struct Slot: Sendable {
+        @usableFromInline var key: Key
+        /// nil once the slot is free, so a removed value is released at once.
+        @usableFromInline var value: Value?
+        @usableFromInline var cost: Int64
+        @usableFromInline var newer: Int
+        @usableFromInline var older: Int
+
+        @inlinable
+        init(key: Key, value: Value, cost: Int64, newer: Int, older: Int) {
+            self.key = key
+            self.value = value
+            self.cost = cost
+            self.newer = newer
+            self.older = older
+        }
     }
 
-    private var entries: [Key: Entry] = [:]
-    private var newest: Key?
-    private var oldest: Key?
-    public private(set) var totalCost: Int64 = 0
+    /// No slot: the end of the recency list.
+    @usableFromInline static var none: Int { -1 }
+
+    @usableFromInline var slotOfKey: [Key: Int] = [:]
+    @usableFromInline var slots: [Slot] = []
+    /// Slots of removed entries, reused before the array grows.
+    @usableFromInline var freeSlots: [Int] = []
+    @usableFromInline var newest = LRUDictionary.none
+    @usableFromInline var oldest = LRUDictionary.none
+    @usableFromInline var storedCost: Int64 = 0
     public let capacity: Int64
 
     public init(capacity: Int64) {
@@ -21,59 +45,96 @@ public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable
         self.capacity = capacity
     }
 
-    public var count: Int { entries.count }
+    @inlinable public var count: Int { slotOfKey.count }
 
-    public func contains(_ key: Key) -> Bool { entries[key] != nil }
+    @inlinable public var totalCost: Int64 { storedCost }
+
+    @inlinable public func contains(_ key: Key) -> Bool { slotOfKey[key] != nil }
 
     /// Returns the value and marks it most recently used.
+    @inlinable
     public mutating func get(_ key: Key) -> Value? {
-        guard let entry = entries[key] else { return nil }
-        if newest != key {
-            unlink(key, entry)
-            link(key, entry.value, cost: entry.cost)
+        guard let slot = slotOfKey[key] else { return nil }
+        if newest != slot {
+            unlink(slot)
+            pushNewest(slot)
         }
-        return entry.value
+        return slots[slot].value
     }
 
     /// Inserts or replaces; evicts least recently used entries until the total fits. An entry costing
     /// more than the capacity is not inserted and `false` is returned.
+    @inlinable
     @discardableResult
     public mutating func insert(_ key: Key, _ value: Value, cost: Int64) -> Bool {
         guard cost <= capacity else { return false }
-        if let existing = entries[key] { unlink(key, existing) }
-        while totalCost + cost > capacity, let victim = oldest {
-            unlink(victim, entries[victim]!)
+        if let existing = slotOfKey.removeValue(forKey: key) { release(existing) }
+        while storedCost + cost > capacity, oldest != Self.none {
+            slotOfKey[slots[oldest].key] = nil
+            release(oldest)
         }
-        link(key, value, cost: cost)
+        let slot: Int
+        if let reused = freeSlots.popLast() {
+            slot = reused
+            slots[slot] = Slot(key: key, value: value, cost: cost, newer: Self.none, older: Self.none)
+        } else {
+            slot = slots.count
+            slots.append(Slot(key: key, value: value, cost: cost, newer: Self.none, older: Self.none))
+        }
+        slotOfKey[key] = slot
+        storedCost += cost
+        pushNewest(slot)
         return true
     }
 
+    @inlinable
     @discardableResult
     public mutating func remove(_ key: Key) -> Value? {
-        guard let entry = entries[key] else { return nil }
-        unlink(key, entry)
-        return entry.value
+        guard let slot = slotOfKey.removeValue(forKey: key) else { return nil }
+        return release(slot)
     }
 
     /// Removes and returns the least recently used entry, for owners that evict by hand.
+    @inlinable
     public mutating func removeLeastRecent() -> (key: Key, value: Value, cost: Int64)? {
-        guard let key = oldest, let entry = entries[key] else { return nil }
-        unlink(key, entry)
-        return (key, entry.value, entry.cost)
+        guard oldest != Self.none else { return nil }
+        let slot = oldest
+        let key = slots[slot].key
+        let cost = slots[slot].cost
+        slotOfKey[key] = nil
+        guard let value = release(slot) else { return nil }
+        return (key, value, cost)
     }
 
-    private mutating func unlink(_ key: Key, _ entry: Entry) {
-        entries[key] = nil
-        if let newer = entry.newer { entries[newer]!.older = entry.older } else { newest = entry.older }
-        if let older = entry.older { entries[older]!.newer = entry.newer } else { oldest = entry.newer }
-        totalCost -= entry.cost
+    /// Takes a slot out of the list and frees it; the caller has removed its key from `slotOfKey`.
+    @inlinable
+    @discardableResult
+    mutating func release(_ slot: Int) -> Value? {
+        unlink(slot)
+        storedCost -= slots[slot].cost
+        let value = slots[slot].value
+        slots[slot].value = nil
+        slots[slot].cost = 0
+        freeSlots.append(slot)
+        return value
     }
 
-    private mutating func link(_ key: Key, _ value: Value, cost: Int64) {
-        entries[key] = Entry(value: value, cost: cost, newer: nil, older: newest)
-        if let newest { entries[newest]!.newer = key }
-        newest = key
-        if oldest == nil { oldest = key }
-        totalCost += cost
+    @inlinable
+    mutating func unlink(_ slot: Int) {
+        let newer = slots[slot].newer
+        let older = slots[slot].older
+        if newer != Self.none { slots[newer].older = older } else { newest = older }
+        if older != Self.none { slots[older].newer = newer } else { oldest = newer }
+        slots[slot].newer = Self.none
+        slots[slot].older = Self.none
+    }
+
+    @inlinable
+    mutating func pushNewest(_ slot: Int) {
+        slots[slot].older = newest
+        slots[slot].newer = Self.none
+        if newest != Self.none { slots[newest].newer = slot }
+        newest = slot
+        if oldest == Self.none { oldest = slot }
     }
 }
