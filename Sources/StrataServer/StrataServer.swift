@@ -59,6 +59,9 @@ public final class StrataServer: Service, Sendable {
     private let servers: [(address: ListenAddress, server: GRPCServer<HTTP2ServerTransport.Posix>, transport: HTTP2ServerTransport.Posix)]
     private let logger: Logger
 
+    static let http2WindowBytes = 16 << 20
+    static let http2MaxFrameBytes = 1 << 20
+
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata")
@@ -76,7 +79,10 @@ public final class StrataServer: Service, Sendable {
         // Room for a full batch plus the digests and framing around it.
         config.rpc.maxRequestPayloadSize = Int(registry.maxBatchTotalSizeBytes) + (1 << 20)
         // A larger window keeps large ByteStream transfers from stalling on flow control.
-        config.http2.targetWindowSize = 8 << 20
+        config.http2.targetWindowSize = Self.http2WindowBytes
+        // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64
+        // frames, each parsed, flow-accounted and copied into the message separately.
+        config.http2.maxFrameSize = Self.http2MaxFrameBytes
         servers = addresses.map { address in
             let transport = HTTP2ServerTransport.Posix(
                 address: address.socketAddress, transportSecurity: .plaintext, config: config)
