@@ -23,7 +23,7 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
                 "digest \(hash.prefix(128))/\(sizeBytes): a \(function) hash has \(function.hexLength) hex characters, this one has \(utf8.count)")
         }
         let decoded = utf8.withContiguousStorageIfAvailable { DigestKey.decode($0, sizeBytes: sizeBytes, function: function) }
-            ?? DigestKey.decode(Array(utf8), sizeBytes: sizeBytes, function: function)
+            ?? Array(utf8).withUnsafeBufferPointer { DigestKey.decode($0, sizeBytes: sizeBytes, function: function) }
         switch decoded {
         case .success(let key): self.key = key
         case .failure(.upperCase): throw .invalidArgument("digest \(hash)/\(sizeBytes): the hash must be lower-case hex")
@@ -39,7 +39,9 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
         self.hash = hash
         self.sizeBytes = sizeBytes
         self.function = function
-        self.key = try! DigestKey.decode(Array(hash.utf8), sizeBytes: sizeBytes, function: function).get()
+        self.key = try! Array(hash.utf8).withUnsafeBufferPointer {
+            DigestKey.decode($0, sizeBytes: sizeBytes, function: function)
+        }.get()
     }
 
     /// The digest of the empty blob, which is always present and never stored.
@@ -113,29 +115,34 @@ public struct DigestKey: Hashable, Sendable {
 
     /// Validates lower-case hex and packs its first 64 characters (big-endian per word, zero-padded).
     static func decode(
-        _ hex: some RandomAccessCollection<UInt8>, sizeBytes: Int64, function: DigestFunction
+        _ hex: UnsafeBufferPointer<UInt8>, sizeBytes: Int64, function: DigestFunction
     ) -> Result<DigestKey, DecodeFailure> {
         var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        var position = 0
-        for byte in hex {
-            let nibble: UInt8
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = byte &- UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = byte &- UInt8(ascii: "a") &+ 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): return .failure(.upperCase)
-            default: return .failure(.notHex)
+        for (position, byte) in hex.enumerated() {
+            // Check every character, in order, so the first bad one decides the message.
+            let nibble = nibbles[Int(byte)]
+            if nibble > 15 { return .failure(nibble == upperCaseNibble ? .upperCase : .notHex) }
+            guard position < hexCapacity else { continue }
+            let value = UInt64(nibble)
+            switch position >> 4 {
+            case 0: words.0 = words.0 << 4 | value
+            case 1: words.1 = words.1 << 4 | value
+            case 2: words.2 = words.2 << 4 | value
+            default: words.3 = words.3 << 4 | value
             }
-            if position < hexCapacity {
-                let value = UInt64(nibble)
-                switch position >> 4 {
-                case 0: words.0 = words.0 << 4 | value
-                case 1: words.1 = words.1 << 4 | value
-                case 2: words.2 = words.2 << 4 | value
-                default: words.3 = words.3 << 4 | value
-                }
-            }
-            position += 1
         }
         return .success(DigestKey(w0: words.0, w1: words.1, w2: words.2, w3: words.3, sizeBytes: sizeBytes, function: function))
+    }
+
+    private static let upperCaseNibble: UInt8 = 0xfe
+
+    /// Each byte's value as a lower-case hex digit; `upperCaseNibble` for A-F, 0xff for the rest.
+    private static let nibbles: [UInt8] = (0...255).map { byte -> UInt8 in
+        switch UInt8(byte) {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt8(byte) - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt8(byte) - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): upperCaseNibble
+        default: 0xff
+        }
     }
 }

@@ -101,7 +101,8 @@ public func validatedRange(_ digest: Digest, offset: Int64, limit: Int64?) throw
 extension Array where Element == Digest {
     /// Order-preserving de-duplication, for `findMissing` answers.
     public func uniqued() -> [Digest] {
-        var seen = Set<Digest>()
+        if count < 2 { return self }
+        var seen = Set<Digest>(minimumCapacity: count)
         return filter { seen.insert($0).inserted }
     }
 }
