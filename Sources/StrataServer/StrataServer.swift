@@ -59,7 +59,9 @@ public final class StrataServer: Service, Sendable {
     private let servers: [(address: ListenAddress, server: GRPCServer<HTTP2ServerTransport.Posix>, transport: HTTP2ServerTransport.Posix)]
     private let logger: Logger
 
-    static let http2WindowBytes = 16 << 20
+    /// 4 MiB: a 64 MiB ByteStream write runs as fast as with 8 or 16 MiB (about 0.9 GB/s on LRU storage
+    /// here), and a 4 GiB write peaks at +45 MiB of server RSS instead of +63 MiB with 16 MiB.
+    static let http2WindowBytes = 4 << 20
     static let http2MaxFrameBytes = 1 << 20
 
     public init(
