@@ -275,6 +275,11 @@ public final class DiskBlobStore: ListableBlobStore {
             var pending = Data()
             pending.reserveCapacity(Self.writeBufferSize)
             for try await chunk in body.verifying(digest) {
+                if pending.isEmpty && chunk.count >= Self.writeBufferSize {
+                    // ByteStream's 1 MiB messages fill the buffer on their own: write them without a copy.
+                    try await threadPool.runIfActive { try file.writeAll(chunk, path: tmpPath) }
+                    continue
+                }
                 pending.append(chunk)
                 if pending.count >= Self.writeBufferSize {
                     let full = pending
@@ -439,20 +444,24 @@ final class FileDescriptor: @unchecked Sendable {
     deinit { if fd >= 0 { Glibc.close(fd) } }
 
     func read(count: Int, at offset: Int64, path: String) throws -> Data {
-        var data = Data(count: count)
+        if count == 0 { return Data() }
+        // Uninitialised memory handed to Data as is: Data(count:) would zero every byte pread overwrites.
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 16)
         var done = 0
-        try data.withUnsafeMutableBytes { buffer in
-            while done < count {
-                let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset) + off_t(done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw posixError("read", path)
-                }
-                if n == 0 { throw StrataError(.dataLoss, "\(path) ended early: the file changed while being read") }
-                done += n
+        while done < count {
+            let n = pread(fd, buffer + done, count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                buffer.deallocate()
+                throw posixError("read", path)
             }
+            if n == 0 {
+                buffer.deallocate()
+                throw StrataError(.dataLoss, "\(path) ended early: the file changed while being read")
+            }
+            done += n
         }
-        return data
+        return Data(bytesNoCopy: buffer, count: count, deallocator: .custom { pointer, _ in pointer.deallocate() })
     }
 
     func writeAll(_ data: Data, path: String) throws {

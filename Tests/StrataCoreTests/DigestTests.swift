@@ -72,4 +72,42 @@ import Testing
         #expect(lru.remove("e") == 5)
         #expect(lru.totalCost == 1)
     }
+
+    @Test func firstBadCharacterDecidesTheMessage() {
+        func message(_ hash: String) -> String? {
+            do { _ = try Digest(hash: hash, sizeBytes: 1); return nil } catch { return error.message }
+        }
+        #expect(message("A" + String(repeating: "g", count: 63))?.contains("lower-case") == true)
+        #expect(message("g" + String(repeating: "A", count: 63))?.contains("not hex") == true)
+    }
+
+    @Test func keyIdentifiesHashAndSize() throws {
+        let digest = try Digest(hash: hello, sizeBytes: 5)
+        #expect(digest.key == Digest.of(Data("hello".utf8)).key)
+        #expect(digest == Digest.of(Data("hello".utf8)))
+        #expect(digest.key.w0 == 0x2cf2_4dba_5fb0_a30e && digest.key.w3 == 0x7304_3362_938b_9824)
+        #expect(digest.key != (try Digest(hash: hello, sizeBytes: 6)).key)
+        // Hashes that differ in any word are different keys and different digests.
+        for position in [0, 20, 40, 63] {
+            var bytes = Array(hello.utf8)
+            bytes[position] = bytes[position] == UInt8(ascii: "0") ? UInt8(ascii: "1") : UInt8(ascii: "0")
+            let other = try Digest(hash: String(decoding: bytes, as: UTF8.self), sizeBytes: 5)
+            #expect(other.key != digest.key && other != digest)
+        }
+        #expect(Set([digest, try Digest(hash: hello, sizeBytes: 5), try Digest(hash: hello, sizeBytes: 6)]).count == 2)
+    }
+
+    @Test func lruDictionaryReusesSlotsAndKeepsOrder() {
+        var lru = LRUDictionary<Int, String>(capacity: 100)
+        for key in 0..<10 { lru.insert(key, "v\(key)", cost: 1) }
+        for key in [0, 2, 4] { #expect(lru.remove(key) == "v\(key)") }
+        #expect(lru.get(1) == "v1")
+        for key in 10..<13 { lru.insert(key, "v\(key)", cost: 1) }
+        lru.insert(3, "three", cost: 5)
+        #expect(lru.count == 10 && lru.totalCost == 14)
+        var order: [Int] = []
+        while let oldest = lru.removeLeastRecent() { order.append(oldest.key) }
+        #expect(order == [5, 6, 7, 8, 9, 1, 10, 11, 12, 3])
+        #expect(lru.count == 0 && lru.totalCost == 0)
+    }
 }
