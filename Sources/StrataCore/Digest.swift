@@ -117,21 +117,25 @@ public struct DigestKey: Hashable, Sendable {
     static func decode(
         _ hex: UnsafeBufferPointer<UInt8>, sizeBytes: Int64, function: DigestFunction
     ) -> Result<DigestKey, DecodeFailure> {
-        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        for (position, byte) in hex.enumerated() {
-            // Check every character, in order, so the first bad one decides the message.
-            let nibble = nibbles[Int(byte)]
-            if nibble > 15 { return .failure(nibble == upperCaseNibble ? .upperCase : .notHex) }
-            guard position < hexCapacity else { continue }
-            let value = UInt64(nibble)
-            switch position >> 4 {
-            case 0: words.0 = words.0 << 4 | value
-            case 1: words.1 = words.1 << 4 | value
-            case 2: words.2 = words.2 << 4 | value
-            default: words.3 = words.3 << 4 | value
+        // The table is fetched once per call: read per character, its lazy initialisation check
+        // (swift_once) cost as much as the decoding.
+        nibbles.withUnsafeBufferPointer { nibbles in
+            var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+            for (position, byte) in hex.enumerated() {
+                // Check every character, in order, so the first bad one decides the message.
+                let nibble = nibbles[Int(byte)]
+                if nibble > 15 { return .failure(nibble == upperCaseNibble ? .upperCase : .notHex) }
+                guard position < hexCapacity else { continue }
+                let value = UInt64(nibble)
+                switch position >> 4 {
+                case 0: words.0 = words.0 << 4 | value
+                case 1: words.1 = words.1 << 4 | value
+                case 2: words.2 = words.2 << 4 | value
+                default: words.3 = words.3 << 4 | value
+                }
             }
+            return .success(DigestKey(w0: words.0, w1: words.1, w2: words.2, w3: words.3, sizeBytes: sizeBytes, function: function))
         }
-        return .success(DigestKey(w0: words.0, w1: words.1, w2: words.2, w3: words.3, sizeBytes: sizeBytes, function: function))
     }
 
     private static let upperCaseNibble: UInt8 = 0xfe
