@@ -125,11 +125,11 @@ public enum Benchmark {
                 for try await latencies in group { all += latencies }
                 return all.sorted()
             }
-            let seconds = (ContinuousClock.now - start).seconds
+            let seconds = (ContinuousClock.now - start).timeInterval
             let after = options.serverPID.flatMap(ProcessUsage.read)
             func percentile(_ p: Double) -> Double {
                 guard !latencies.isEmpty else { return 0 }
-                return latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))].seconds * 1000
+                return latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))].timeInterval * 1000
             }
             return BenchmarkResult(
                 scenario: options.scenario, options: options, operations: latencies.count,
@@ -142,9 +142,3 @@ public enum Benchmark {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}

@@ -1,4 +1,5 @@
 import Foundation
+import StrataCore
 import StrataStorage
 
 /// One `cleanup:` entry: the index `strata cleanup` keeps under its watermarks and `strata janitor`

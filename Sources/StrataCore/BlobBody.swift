@@ -49,6 +49,27 @@ public struct BlobBody: AsyncSequence, Sendable {
 
     public static let empty = BlobBody(data: Data())
 
+    /// The bytes of `range`, `chunkSize` at a time from `fetch(offset, count)`, which returns exactly
+    /// `count` bytes or throws. `first` is the range's first chunk, which a store fetches before
+    /// returning the body, so that an absent blob fails the read itself rather than the stream.
+    public static func ranged(
+        _ range: Range<Int64>, chunkSize: Int64, first: Data,
+        fetch: @escaping @Sendable (_ offset: Int64, _ count: Int64) async throws -> Data
+    ) -> BlobBody {
+        precondition(chunkSize > 0)
+        return BlobBody {
+            var position = range.lowerBound
+            return AsyncIterator {
+                guard position < range.upperBound else { return nil }
+                let count = Swift.min(chunkSize, range.upperBound - position)
+                let chunk: Data
+                if position == range.lowerBound { chunk = first } else { chunk = try await fetch(position, count) }
+                position += count
+                return chunk
+            }
+        }
+    }
+
     /// 1 MiB: large enough that per-chunk costs vanish, small enough to keep memory flat.
     public static let defaultChunkSize = 1 << 20
 

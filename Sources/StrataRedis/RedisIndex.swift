@@ -185,7 +185,7 @@ public final class RedisIndex: EnumerableIndex {
         let commands = chunks(candidates).map { chunk in
             RedisCommand.script(
                 Self.removeIfNotAccessedSince, keys: [accessKey, totalsKey, writingKey, deletingKey],
-                arguments: [String(milliseconds(cutoff)), String(Self.milliseconds(deletionLease))] + chunk.map(Self.member))
+                arguments: [String(milliseconds(cutoff)), String(deletionLease.milliseconds)] + chunk.map(Self.member))
         }
         return try await chosenMembers(of: candidates, commands, "the removal script")
     }
@@ -226,7 +226,7 @@ public final class RedisIndex: EnumerableIndex {
         let commands = chunks(candidates).map { chunk in
             RedisCommand.script(
                 Self.claimOrphans, keys: [accessKey, writingKey, deletingKey],
-                arguments: [String(Self.milliseconds(deletionLease))] + chunk.map(Self.member))
+                arguments: [String(deletionLease.milliseconds)] + chunk.map(Self.member))
         }
         return try await chosenMembers(of: candidates, commands, "the orphan claim script")
     }
@@ -282,8 +282,7 @@ public final class RedisIndex: EnumerableIndex {
 
     private func touchCommands(_ digests: [Digest]) -> [RedisCommand] {
         let now = clock()
-        let (seconds, attoseconds) = refreshAccessTimeOlderThan.components
-        let refreshBefore = milliseconds(now - (Double(seconds) + Double(attoseconds) / 1e18))
+        let refreshBefore = milliseconds(now - refreshAccessTimeOlderThan.timeInterval)
         return chunks(digests).map { chunk in
             RedisCommand.script(
                 Self.touch, keys: [accessKey],
@@ -293,7 +292,7 @@ public final class RedisIndex: EnumerableIndex {
 
     /// Marks the digests "being written", waiting while any is "being deleted".
     func beginWriting(_ digests: [Digest]) async throws {
-        let lease = String(Self.milliseconds(writeLease))
+        let lease = String(writeLease.milliseconds)
         try await waitingOutDeletions(digests) { pending in
             let commands = chunks(pending).map { chunk in
                 RedisCommand.script(
@@ -356,10 +355,6 @@ public final class RedisIndex: EnumerableIndex {
         Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
     }
 
-    static func milliseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-    }
 
     private func unexpected(_ reply: RedisReply, _ what: String) -> StrataError {
         .internal("Redis index at \(client.endpoint) (prefix \"\(prefix)\"): unexpected reply to \(what): \(reply)")

@@ -164,21 +164,8 @@ public final class RemoteBlobStore: BlobStore {
         // The first chunk is fetched now so that an absent blob is NOT_FOUND here, not mid-stream.
         let chunk = Int64(options.readChunkBytes)
         let first = try await readRange(digest, from: range.lowerBound, count: min(chunk, Int64(range.count)))
-        let store = self
-        return BlobBody {
-            var position = range.lowerBound
-            var pending: Data? = first
-            return BlobBody.AsyncIterator {
-                if let data = pending {
-                    pending = nil
-                    position += Int64(data.count)
-                    return data
-                }
-                guard position < range.upperBound else { return nil }
-                let data = try await store.readRange(digest, from: position, count: min(chunk, range.upperBound - position))
-                position += Int64(data.count)
-                return data
-            }
+        return .ranged(range, chunkSize: chunk, first: first) { offset, count in
+            try await self.readRange(digest, from: offset, count: count)
         }
     }
 

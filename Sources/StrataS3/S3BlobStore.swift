@@ -117,22 +117,11 @@ public final class S3BlobStore: ListableBlobStore {
         }
         let client = self.client
         let timeout = options.readTimeout
-        return BlobBody {
-            var position = range.lowerBound
-            return BlobBody.AsyncIterator {
-                guard position < range.upperBound else { return nil }
-                let chunkRange = position..<min(range.upperBound, position + chunkSize)
-                let data: Data
-                if chunkRange == firstRange {
-                    data = first
-                } else {
-                    let answer = try await client.getObject(
-                        bucket: bucket, key: key, range: chunkRange, timeoutSeconds: timeout.seconds(forBytes: chunkRange.count))
-                    data = try self.checked(answer.data, chunkRange, bucket: bucket, key: key)
-                }
-                position = chunkRange.upperBound
-                return data
-            }
+        return .ranged(range, chunkSize: chunkSize, first: first) { offset, count in
+            let chunkRange = offset..<offset + count
+            let answer = try await client.getObject(
+                bucket: bucket, key: key, range: chunkRange, timeoutSeconds: timeout.seconds(forBytes: chunkRange.count))
+            return try self.checked(answer.data, chunkRange, bucket: bucket, key: key)
         }
     }
 

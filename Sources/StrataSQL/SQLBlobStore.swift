@@ -70,23 +70,11 @@ public final class SQLBlobStore: ListableBlobStore {
             throw StrataError.notFound("blob \(digest) is not in the CAS")
         }
         if firstCount == Int64(range.count) { return BlobBody(data: first) }
-        return BlobBody {
-            var position = range.lowerBound
-            var pending: Data? = first
-            return BlobBody.AsyncIterator {
-                if let chunk = pending {
-                    pending = nil
-                    position += Int64(chunk.count)
-                    return chunk
-                }
-                guard position < range.upperBound else { return nil }
-                let count = min(Self.readChunkSize, range.upperBound - position)
-                guard let chunk = try await self.fetch(digest, from: position, count: count), chunk.count == count else {
-                    throw StrataError.notFound("blob \(digest) was deleted while being read")
-                }
-                position += count
-                return chunk
+        return .ranged(range, chunkSize: Self.readChunkSize, first: first) { offset, count in
+            guard let chunk = try await self.fetch(digest, from: offset, count: count), chunk.count == count else {
+                throw StrataError.notFound("blob \(digest) was deleted while being read")
             }
+            return chunk
         }
     }
 
@@ -207,38 +195,9 @@ public final class SQLBlobStore: ListableBlobStore {
         }
     }
 
-    /// Lists in key order, one statement per page after the last key seen (keyset pagination), reading
-    /// only keys and times, never the bodies.
     public func forEachBlobPage(pageSize: Int, _ body: ([StoredBlob]) async throws -> Void) async throws {
-        let limit = Int64(max(pageSize, 1))
-        var after: (hash: ByteBuffer, size: Int64)?
-        while true {
-            let last = after
-            let page: (blobs: [StoredBlob], last: (ByteBuffer, Int64)?) = try await reading("listing stored blobs") { connection, logger in
-                let rows: PostgresRowSequence
-                if let last {
-                    rows = try await connection.query(
-                        """
-                        SELECT hash, size, stored_at FROM strata_blobs WHERE (hash, size) > (\(last.hash), \(last.size))
-                        ORDER BY hash, size LIMIT \(limit)
-                        """, logger: logger)
-                } else {
-                    rows = try await connection.query(
-                        "SELECT hash, size, stored_at FROM strata_blobs ORDER BY hash, size LIMIT \(limit)", logger: logger)
-                }
-                var blobs: [StoredBlob] = []
-                var lastKey: (ByteBuffer, Int64)?
-                for try await (hash, size, stored) in rows.decode((ByteBuffer, Int64, Date).self) {
-                    lastKey = (hash, size)
-                    // A row naming no digest was not written by Strata: not a blob of this storage.
-                    guard let digest = try? SQLDigestKeys.digest(hash: hash, size: size) else { continue }
-                    blobs.append(StoredBlob(digest: digest, modified: stored))
-                }
-                return (blobs, lastKey)
-            }
-            if !page.blobs.isEmpty { try await body(page.blobs) }
-            guard let lastKey = page.last else { return }
-            after = lastKey
+        try await readConnection.forEachKeyPage(table: "strata_blobs", timeColumn: "stored_at", pageSize: pageSize, migrating: connection) {
+            try await body($0.map { StoredBlob(digest: $0.digest, modified: $0.time) })
         }
     }
 

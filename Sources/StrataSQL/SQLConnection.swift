@@ -105,7 +105,7 @@ public final class SQLConnection: Service, Sendable {
         }
         var parameters = settings.startupParameters
         if let lockTimeout = settings.lockTimeout {
-            parameters["lock_timeout"] = "\(Self.milliseconds(lockTimeout))ms"
+            parameters["lock_timeout"] = "\(lockTimeout.milliseconds)ms"
         }
         if settings.readOnly { parameters["default_transaction_read_only"] = "on" }
         configuration.options.additionalStartupParameters = parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
@@ -139,10 +139,6 @@ public final class SQLConnection: Service, Sendable {
         }
     }
 
-    static func milliseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-    }
 
     // MARK: Migrations
 
@@ -220,7 +216,7 @@ public final class SQLConnection: Service, Sendable {
     }
 
     static func seconds(_ duration: Duration) -> String {
-        let millis = milliseconds(duration)
+        let millis = duration.milliseconds
         return millis % 1000 == 0 ? "\(millis / 1000) s" : "\(Double(millis) / 1000) s"
     }
 

@@ -52,6 +52,55 @@ extension PostgresRowSequence {
     }
 }
 
+extension SQLConnection {
+    /// Walks `table` (keyed by hash and size) in key order with each row's `timeColumn`, `pageSize` rows
+    /// per statement after the last key seen (keyset pagination): no cursor or transaction stays open
+    /// while `body` runs, each page is an index range scan, and bodies are never read. A row whose key
+    /// names no digest was not written by Strata and is skipped. Runs on this connection once
+    /// `migrating` has migrated.
+    func forEachKeyPage(
+        table: String, timeColumn: String, pageSize: Int, migrating: SQLConnection,
+        _ body: ([(digest: Digest, time: Date)]) async throws -> Void
+    ) async throws {
+        try await migrating.ensureMigrated()
+        let limit = Int64(max(pageSize, 1))
+        let logger = self.logger
+        var after: (hash: ByteBuffer, size: Int64)?
+        while true {
+            let last = after
+            let page: (rows: [(digest: Digest, time: Date)], last: (ByteBuffer, Int64)?, count: Int) = try await withConnection(
+                "listing \(table)"
+            ) { connection in
+                let rows: PostgresRowSequence
+                if let last {
+                    rows = try await connection.query(
+                        """
+                        SELECT hash, size, \(unescaped: timeColumn) FROM \(unescaped: table)
+                        WHERE (hash, size) > (\(last.hash), \(last.size)) ORDER BY hash, size LIMIT \(limit)
+                        """, logger: logger)
+                } else {
+                    rows = try await connection.query(
+                        "SELECT hash, size, \(unescaped: timeColumn) FROM \(unescaped: table) ORDER BY hash, size LIMIT \(limit)",
+                        logger: logger)
+                }
+                var page: [(digest: Digest, time: Date)] = []
+                var lastKey: (ByteBuffer, Int64)?
+                var count = 0
+                for try await (hash, size, time) in rows.decode((ByteBuffer, Int64, Date).self) {
+                    lastKey = (hash, size)
+                    count += 1
+                    guard let digest = try? SQLDigestKeys.digest(hash: hash, size: size) else { continue }
+                    page.append((digest, time))
+                }
+                return (page, lastKey, count)
+            }
+            if !page.rows.isEmpty { try await body(page.rows) }
+            guard let lastKey = page.last, page.count == Int(limit) else { return }
+            after = lastKey
+        }
+    }
+}
+
 extension ByteBuffer {
     var asData: Data { Data(readableBytesView) }
 }

@@ -51,7 +51,7 @@ public final class SQLIndex: EnumerableIndex {
 
     public var maximumBlobSize: Int64? { backingStore.maximumBlobSize.map { max($0, maxInlineBlobSize) } }
 
-    private var refreshSeconds: Double { Double(SQLConnection.milliseconds(refreshAccessTimeOlderThan)) / 1000 }
+    private var refreshSeconds: Double { refreshAccessTimeOlderThan.timeInterval }
 
     private func run<Result: Sendable>(
         _ what: String, on target: SQLConnection? = nil,
@@ -64,8 +64,6 @@ public final class SQLIndex: EnumerableIndex {
     }
 
     private func isInline(_ digest: Digest) -> Bool { digest.sizeBytes <= maxInlineBlobSize }
-
-    private static func seconds(_ duration: Duration) -> Double { Double(SQLConnection.milliseconds(duration)) / 1000 }
 
     private func inTransaction<Result: Sendable>(
         _ what: String, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> Result
@@ -215,7 +213,7 @@ public final class SQLIndex: EnumerableIndex {
 
     /// Marks the digests "being written" (one more write of each), waiting while any is "being deleted".
     private func beginWriting(_ digests: [Digest]) async throws {
-        let lease = Self.seconds(writeLease)
+        let lease = writeLease.timeInterval
         try await waitingOutDeletions(digests.uniqued().sorted()) { pending in
             var granted = Set<Digest>()
             for window in pending.windows(of: windowSize) {
@@ -399,7 +397,7 @@ public final class SQLIndex: EnumerableIndex {
     public func removeEntries(_ digests: [Digest], notAccessedSince cutoff: Date) async throws -> [Digest] {
         let targets = digests.uniqued().filter { !$0.isEmpty }.sorted()
         var removed: [Digest] = []
-        let lease = Self.seconds(deletionLease)
+        let lease = deletionLease.timeInterval
         for window in targets.windows(of: windowSize) {
             let keys = SQLDigestKeys(window)
             let gone = try await inTransaction("removing \(window.count) unused index entries") { connection, logger in
@@ -483,44 +481,15 @@ public final class SQLIndex: EnumerableIndex {
 
     // MARK: EnumerableIndex
 
-    /// Walks in key order, one page per statement after the last key seen (keyset pagination): no
-    /// cursor or transaction stays open while `body` runs, and each page is an index range scan.
     public func forEachEntryPage(pageSize: Int, _ body: ([IndexEntry]) async throws -> Void) async throws {
-        let limit = Int64(max(pageSize, 1))
-        var after: (hash: ByteBuffer, size: Int64)?
-        while true {
-            let last = after
-            let page: (entries: [IndexEntry], last: (ByteBuffer, Int64)?) = try await run(
-                "listing index entries", on: readConnection
-            ) { connection, logger in
-                let rows: PostgresRowSequence
-                if let last {
-                    rows = try await connection.query(
-                        """
-                        SELECT hash, size, accessed_at FROM strata_index WHERE (hash, size) > (\(last.hash), \(last.size))
-                        ORDER BY hash, size LIMIT \(limit)
-                        """, logger: logger)
-                } else {
-                    rows = try await connection.query(
-                        "SELECT hash, size, accessed_at FROM strata_index ORDER BY hash, size LIMIT \(limit)", logger: logger)
-                }
-                var entries: [IndexEntry] = []
-                var lastKey: (ByteBuffer, Int64)?
-                for try await (hash, size, accessed) in rows.decode((ByteBuffer, Int64, Date).self) {
-                    entries.append(IndexEntry(digest: try SQLDigestKeys.digest(hash: hash, size: size), accessed: accessed))
-                    lastKey = (hash, size)
-                }
-                return (entries, lastKey)
-            }
-            if !page.entries.isEmpty { try await body(page.entries) }
-            guard let lastKey = page.last, page.entries.count == Int(limit) else { return }
-            after = lastKey
+        try await readConnection.forEachKeyPage(table: "strata_index", timeColumn: "accessed_at", pageSize: pageSize, migrating: connection) {
+            try await body($0.map { IndexEntry(digest: $0.digest, accessed: $0.time) })
         }
     }
 
     public func claimOrphans(_ digests: [Digest]) async throws -> [Digest] {
         let targets = storedInBackingStore(digests.uniqued().filter { !$0.isEmpty }).sorted()
-        let lease = Self.seconds(deletionLease)
+        let lease = deletionLease.timeInterval
         var claimed: [Digest] = []
         for window in targets.windows(of: windowSize) {
             let keys = SQLDigestKeys(window)

@@ -178,8 +178,7 @@ public struct IndexCleaner: Sendable {
         }
         if shouldStop() { report.stoppedByRequest = true }
         report.after = dryRun ? totals : try await retrying("totals") { try await index.totals() }
-        let elapsed = ContinuousClock.now - started
-        report.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        report.seconds = (ContinuousClock.now - started).timeInterval
         return report
     }
 
@@ -315,9 +314,3 @@ func retryingUnavailable<T: Sendable>(limit: Int, _ what: String, _ operation: (
     }
 }
 
-extension Duration {
-    public var timeInterval: TimeInterval {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}

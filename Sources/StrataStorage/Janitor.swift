@@ -118,8 +118,7 @@ public struct Janitor: Sendable {
         } catch is Stop {
             report.stoppedByRequest = true
         }
-        let elapsed = ContinuousClock.now - started
-        report.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        report.seconds = (ContinuousClock.now - started).timeInterval
         return report
     }
 }
