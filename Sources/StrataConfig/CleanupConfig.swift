@@ -121,6 +121,9 @@ extension ConfigNode {
             else { throw node.error("expected a number of \(unit), at least 0") }
             total += value * units[unit]!
         }
-        return .milliseconds(Int64((total * 1000).rounded()))
+        guard let duration = Duration(settingSeconds: total) else {
+            throw error("a time period must be at most 100 years")
+        }
+        return duration
     }
 }

@@ -56,7 +56,10 @@ extension ConfigNode {
         guard applicationTag == nil, case .scalar(let scalar) = node, let value = Double(scalar.string), value.isFinite
         else { throw error("expected a number of seconds") }
         guard allowZero ? value >= 0 : value >= 0.001 else { throw error(allowZero ? "must not be negative" : "must be at least 0.001") }
-        return .milliseconds(Int64((value * 1000).rounded()))
+        guard let duration = Duration(settingSeconds: value) else {
+            throw error("must be at most \(Int(Duration.maximumSettingSeconds)) seconds (100 years)")
+        }
+        return duration
     }
 }
 

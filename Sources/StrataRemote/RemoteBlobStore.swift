@@ -152,15 +152,20 @@ public final class RemoteBlobStore: BlobStore {
                     $0.digestFunction = .sha256
                 }, options: self.callOptions)
             }
-            let byKey = Dictionary(part.map { ($0.key, $0) }, uniquingKeysWith: { first, _ in first })
-            missing += response.missingBlobDigests.compactMap { byKey[Digest.Key(hash: $0.hash, size: $0.sizeBytes)] }
+            let byKey = Dictionary(part.map { ($0.wireKey, $0) }, uniquingKeysWith: { first, _ in first })
+            missing += response.missingBlobDigests.compactMap { byKey[Digest.WireKey(hash: $0.hash, size: $0.sizeBytes)] }
         }
         return missing
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
         let range = try validatedRange(digest, offset: offset, limit: limit)
-        if digest.sizeBytes == 0 || range.isEmpty { return .empty }
+        if digest.isEmpty { return .empty }
+        if range.isEmpty {
+            // Nothing to fetch, but the answer still depends on the blob being there.
+            guard try await findMissing([digest]).isEmpty else { throw StrataError.notFound("blob \(digest) is not in the CAS") }
+            return .empty
+        }
         // The first chunk is fetched now so that an absent blob is NOT_FOUND here, not mid-stream.
         let chunk = Int64(options.readChunkBytes)
         let first = try await readRange(digest, from: range.lowerBound, count: min(chunk, Int64(range.count)))
@@ -253,11 +258,11 @@ public final class RemoteBlobStore: BlobStore {
                         $0.digestFunction = .sha256
                     }, options: self.callOptions)
                 }
-                var byKey: [Digest.Key: Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse.Response] = [:]
-                for item in response.responses { byKey[Digest.Key(hash: item.digest.hash, size: item.digest.sizeBytes)] = item }
+                var byKey: [Digest.WireKey: Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse.Response] = [:]
+                for item in response.responses { byKey[Digest.WireKey(hash: item.digest.hash, size: item.digest.sizeBytes)] = item }
                 for index in batch {
                     let digest = digests[index]
-                    guard let item = byKey[digest.key] else {
+                    guard let item = byKey[digest.wireKey] else {
                         results[index] = .failure(.internal("remote storage \(endpoint): no answer for \(digest) in BatchReadBlobs"))
                         continue
                     }
@@ -308,11 +313,11 @@ public final class RemoteBlobStore: BlobStore {
                         $0.digestFunction = .sha256
                     }, options: self.callOptions)
                 }
-                var byKey: [Digest.Key: Google_Rpc_Status] = [:]
-                for item in response.responses { byKey[Digest.Key(hash: item.digest.hash, size: item.digest.sizeBytes)] = item.status }
+                var byKey: [Digest.WireKey: Google_Rpc_Status] = [:]
+                for item in response.responses { byKey[Digest.WireKey(hash: item.digest.hash, size: item.digest.sizeBytes)] = item.status }
                 for index in batch {
                     let digest = blobs[index].digest
-                    guard let status = byKey[digest.key] else {
+                    guard let status = byKey[digest.wireKey] else {
                         results[index] = .failure(.internal("remote storage \(endpoint): no answer for \(digest) in BatchUpdateBlobs"))
                         continue
                     }
@@ -369,12 +374,14 @@ extension Digest {
         }
     }
 
-    struct Key: Hashable {
+    /// A digest as the remote's answers name it (hash text and size, not validated): matches an answer's
+    /// items to the digests asked for.
+    struct WireKey: Hashable {
         var hash: String
         var size: Int64
     }
 
-    var key: Key { Key(hash: hash, size: sizeBytes) }
+    var wireKey: WireKey { WireKey(hash: hash, size: sizeBytes) }
 }
 
 extension Data {

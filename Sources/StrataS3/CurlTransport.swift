@@ -32,7 +32,9 @@ struct CurlFailure: Error, Sendable {
         switch CURLcode(rawValue: code) {
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_OPERATION_TIMEDOUT,
              CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_SSL_CONNECT_ERROR,
-             CURLE_HTTP2, CURLE_HTTP2_STREAM, CURLE_WEIRD_SERVER_REPLY:
+             CURLE_HTTP2, CURLE_HTTP2_STREAM, CURLE_WEIRD_SERVER_REPLY,
+             // A kept-alive connection died mid-upload; the retry sends the body again from its start.
+             CURLE_SEND_FAIL_REWIND:
             true
         default:
             false
@@ -100,6 +102,9 @@ final class CurlTransport: Sendable {
         curl_easy_reset(curl)
         var headerList: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(headerList) }
+        // Runs before the list is freed: a handle back in the pool (or cleaned up when the pool is full)
+        // keeps no pointer to this transfer's header list, error buffer or state.
+        defer { curl_easy_reset(curl) }
         for (name, value) in request.headers {
             headerList = curl_slist_append(headerList, "\(name): \(value)")
         }

@@ -342,6 +342,9 @@ public final class S3Client: Sendable {
             return .internal("S3 bucket \"\(bucket)\" does not exist at \(baseURL) (\(operation): \(detail))")
         case (404, nil), (404, "NoSuchKey"):
             return .notFound("S3 object \(object) does not exist (\(operation): \(detail))")
+        case (416, _):
+            // A ranged GET past the object's end: the object is not the blob its key names.
+            return .notFound("S3 object \(object) is shorter than the range asked for (\(operation): \(detail))")
         case (403, _), (401, _):
             // Bad credentials or a missing permission are the server's misconfiguration: INTERNAL, so the
             // client neither retries in vain (UNAVAILABLE) nor blames its own rights (PERMISSION_DENIED).

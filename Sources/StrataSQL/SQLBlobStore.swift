@@ -8,7 +8,8 @@ import StrataStorage
 /// A write gathers the verified body (bounded by the blob size limit) and inserts it in one statement,
 /// so a row exists only for a complete, verified blob. Reads fetch ranges with `substring`, in chunks of
 /// `readChunkSize`, so serving a large blob holds one chunk at a time. Lookups and the janitor's listing
-/// go to `readConnection` (`sql-ro` when configured), writes to `connection`. `stored_at` records when a
+/// go to `readConnection` (`sql-ro` when configured), writes to `connection`; a NOT_FOUND and the
+/// check before a write are confirmed on `connection`, since a replica may lag. `stored_at` records when a
 /// row was inserted, which the listing reports as the blob's modification time.
 public final class SQLBlobStore: ListableBlobStore {
     public let connection: SQLConnection
@@ -43,22 +44,26 @@ public final class SQLBlobStore: ListableBlobStore {
     }
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
+        try await missing(digests, onPrimary: false)
+    }
+
+    /// The digests not stored, as `readConnection` (or, `onPrimary`, `connection`) sees them: a check
+    /// that decides whether to write must not trust a replica that may lag behind a delete.
+    private func missing(_ digests: [Digest], onPrimary: Bool) async throws -> [Digest] {
         let candidates = digests.uniqued().filter { !$0.isEmpty }
         if candidates.isEmpty { return [] }
         let keys = SQLDigestKeys(candidates)
-        let found = try await reading("looking up \(candidates.count) blobs") { connection, logger in
+        let what = "looking up \(candidates.count) blobs"
+        let query: @Sendable (PostgresConnection, Logger) async throws -> Set<Digest> = { connection, logger in
             let rows = try await connection.query(
                 """
                 SELECT b.hash, b.size FROM strata_blobs b
                 JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
                   ON b.hash = w.hash AND b.size = w.size
                 """, logger: logger)
-            var found = Set<Digest>()
-            for try await (hash, size) in rows.decode((ByteBuffer, Int64).self) {
-                found.insert(try SQLDigestKeys.digest(hash: hash, size: size))
-            }
-            return found
+            return Set(try await rows.digests())
         }
+        let found = onPrimary ? try await writing(what, query) : try await reading(what, query)
         return candidates.filter { !found.contains($0) }
     }
 
@@ -66,7 +71,13 @@ public final class SQLBlobStore: ListableBlobStore {
         let range = try validatedRange(digest, offset: offset, limit: limit)
         if digest.isEmpty { return .empty }
         let firstCount = min(Self.readChunkSize, Int64(range.count))
-        guard let first = try await fetch(digest, from: range.lowerBound, count: firstCount) else {
+        // A replica (`sql-ro`) may not have a blob written a moment ago: the primary has the last word
+        // on NOT_FOUND, which an index above would take as the blob being lost.
+        var fetched = try await fetch(digest, from: range.lowerBound, count: firstCount)
+        if fetched == nil, readConnection !== connection {
+            fetched = try await fetch(digest, from: range.lowerBound, count: firstCount, onPrimary: true)
+        }
+        guard let first = fetched else {
             throw StrataError.notFound("blob \(digest) is not in the CAS")
         }
         if firstCount == Int64(range.count) { return BlobBody(data: first) }
@@ -79,19 +90,21 @@ public final class SQLBlobStore: ListableBlobStore {
     }
 
     /// Bytes `[offset, offset + count)` of a stored blob; nil when the blob is not stored.
-    private func fetch(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data? {
+    private func fetch(_ digest: Digest, from offset: Int64, count: Int64, onPrimary: Bool = false) async throws -> Data? {
         let hash = SQLDigestKeys.hashBytes(digest)
         let size = digest.sizeBytes
         // substring takes int4; blobs here are at most blobSizeLimit, far below 2 GiB.
         let start = Int32(clamping: offset + 1)
         let length = Int32(clamping: count)
-        return try await reading("reading blob \(digest)") { connection, logger in
+        let query: @Sendable (PostgresConnection, Logger) async throws -> Data? = { connection, logger in
             let rows = try await connection.query(
                 "SELECT substring(data FROM \(start) FOR \(length)) FROM strata_blobs WHERE hash = \(hash) AND size = \(size)",
                 logger: logger)
             for try await part in rows.decode(ByteBuffer.self) { return part.asData }
             return nil
         }
+        let what = "reading blob \(digest)"
+        return onPrimary ? try await writing(what, query) : try await reading(what, query)
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
@@ -100,8 +113,9 @@ public final class SQLBlobStore: ListableBlobStore {
             return
         }
         try checkFits(digest)
-        // Skips the upload of a blob already stored.
-        if try await findMissing([digest]).isEmpty { return }
+        // Skips the upload of a blob already stored (on the primary: a replica may still show a blob
+        // a cleanup has just deleted).
+        if try await missing([digest], onPrimary: true).isEmpty { return }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(Int(digest.sizeBytes))
         for try await chunk in body.verifying(digest) { buffer.writeBytes(chunk) }
@@ -154,20 +168,12 @@ public final class SQLBlobStore: ListableBlobStore {
         let wanted = digests.uniqued().filter { !$0.isEmpty }
         var found: [Digest: Data] = [:]
         if !wanted.isEmpty {
-            let keys = SQLDigestKeys(wanted)
             do {
-                found = try await reading("reading \(wanted.count) blobs") { connection, logger in
-                    let rows = try await connection.query(
-                        """
-                        SELECT b.hash, b.size, b.data FROM strata_blobs b
-                        JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
-                          ON b.hash = w.hash AND b.size = w.size
-                        """, logger: logger)
-                    var found: [Digest: Data] = [:]
-                    for try await (hash, size, data) in rows.decode((ByteBuffer, Int64, ByteBuffer).self) {
-                        found[try SQLDigestKeys.digest(hash: hash, size: size)] = data.asData
-                    }
-                    return found
+                found = try await blobs(wanted, onPrimary: false)
+                // As in `read`: the primary has the last word on NOT_FOUND.
+                let absent = wanted.filter { found[$0] == nil }
+                if !absent.isEmpty, readConnection !== connection {
+                    found.merge(try await blobs(absent, onPrimary: true)) { first, _ in first }
                 }
             } catch {
                 let failure = StrataError.from(error)
@@ -179,6 +185,25 @@ public final class SQLBlobStore: ListableBlobStore {
             guard let data = found[digest] else { return .failure(.notFound("blob \(digest) is not in the CAS")) }
             return .success(data)
         }
+    }
+
+    private func blobs(_ wanted: [Digest], onPrimary: Bool) async throws -> [Digest: Data] {
+        let keys = SQLDigestKeys(wanted)
+        let what = "reading \(wanted.count) blobs"
+        let query: @Sendable (PostgresConnection, Logger) async throws -> [Digest: Data] = { connection, logger in
+            let rows = try await connection.query(
+                """
+                SELECT b.hash, b.size, b.data FROM strata_blobs b
+                JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
+                  ON b.hash = w.hash AND b.size = w.size
+                """, logger: logger)
+            var found: [Digest: Data] = [:]
+            for try await (hash, size, data) in rows.decode((ByteBuffer, Int64, ByteBuffer).self) {
+                found[try SQLDigestKeys.digest(hash: hash, size: size)] = data.asData
+            }
+            return found
+        }
+        return onPrimary ? try await writing(what, query) : try await reading(what, query)
     }
 
     public func delete(_ digests: [Digest]) async throws {

@@ -281,7 +281,7 @@ public final class SQLIndex: EnumerableIndex {
         let inlined = sorted.map { unique[$0]! != nil }
         let bodies = sorted.map { ByteBuffer(bytes: unique[$0]! ?? Data()) }
         let ending = writes.uniqued().sorted()
-        try await inTransaction(what) { connection, logger in
+        let upsert: @Sendable (PostgresConnection, Logger) async throws -> Void = { connection, logger in
             try await connection.execute(
                 """
                 INSERT INTO strata_index (hash, size, accessed_at, inline_data)
@@ -291,7 +291,14 @@ public final class SQLIndex: EnumerableIndex {
                 ON CONFLICT (hash, size) DO UPDATE
                 SET accessed_at = now(), inline_data = coalesce(strata_index.inline_data, EXCLUDED.inline_data)
                 """, logger: logger)
-            if !ending.isEmpty { try await Self.endWrites(ending, on: connection, logger: logger) }
+        }
+        // Inline blobs have no marks: one statement, no transaction.
+        if ending.isEmpty { return try await run(what, upsert) }
+        try await inTransaction(what) { connection, logger in
+            // Marks first, then entries (and the totals row their trigger takes): the order the cleaner's
+            // removal locks them in, so the two never deadlock.
+            try await Self.endWrites(ending, on: connection, logger: logger)
+            try await upsert(connection, logger)
         }
     }
 

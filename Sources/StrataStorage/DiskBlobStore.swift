@@ -338,8 +338,14 @@ public final class DiskBlobStore: ListableBlobStore {
             }
             if !outcome.victims.isEmpty {
                 let paths = outcome.victims.map(path(of:))
-                try await threadPool.runIfActive {
-                    for path in paths where unlink(path) != 0 && errno != ENOENT { throw posixError("evict", path) }
+                do {
+                    try await threadPool.runIfActive {
+                        for path in paths where unlink(path) != 0 && errno != ENOENT { throw posixError("evict", path) }
+                    }
+                } catch {
+                    // The write will not happen: its reservation must not shrink the budget for good.
+                    if outcome.full == nil { usage.withLock { $0.reserved -= digest.sizeBytes } }
+                    throw error
                 }
             }
             guard let used = outcome.full else { return }

@@ -88,24 +88,31 @@ public final class ReplicatedBlobStore: BlobStore {
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
         var results = await replicas[0].readBatch(digests)
-        var remaining = results.indices.filter { results[$0].isNotFound }
+        // Any failure is asked of the next replica, as `read` does: one replica down must not fail batches.
+        var remaining = results.indices.filter { if case .failure = results[$0] { true } else { false } }
         var lackingIn: [Int: [Int]] = [:]  // batch index → replicas that lack it
-        for index in remaining { lackingIn[index] = [0] }
+        for index in remaining where results[index].isNotFound { lackingIn[index] = [0] }
         for replicaIndex in replicas.indices.dropFirst() where !remaining.isEmpty {
             let fetched = await replicas[replicaIndex].readBatch(remaining.map { digests[$0] })
-            var stillMissing: [Int] = []
+            var stillFailing: [Int] = []
             for (index, result) in zip(remaining, fetched) {
-                if result.isNotFound {
-                    stillMissing.append(index)
-                    lackingIn[index, default: []].append(replicaIndex)
-                } else {
+                switch result {
+                case .success:
                     results[index] = result
-                    if readReplication, case .success = result, let lacking = lackingIn[index] {
+                    if readReplication, let lacking = lackingIn[index] {
                         await repair(digests[index], from: replicaIndex, to: lacking)
+                    }
+                case .failure(let error):
+                    stillFailing.append(index)
+                    if error.code == .notFound {
+                        lackingIn[index, default: []].append(replicaIndex)
+                    } else if results[index].isNotFound {
+                        // NOT_FOUND only if every replica says so; else the first real failure.
+                        results[index] = result
                     }
                 }
             }
-            remaining = stillMissing
+            remaining = stillFailing
         }
         return results
     }

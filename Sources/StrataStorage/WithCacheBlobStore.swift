@@ -59,20 +59,29 @@ public final class WithCacheBlobStore: BlobStore {
         } catch let error as StrataError where error.code == .notFound {}
         if let data = await deferred?.pendingData(digest) {
             let range = try validatedRange(digest, offset: offset, limit: limit)
-            return BlobBody(data: data.subdata(in: Int(range.lowerBound)..<Int(range.upperBound)))
+            let start = data.startIndex + Int(range.lowerBound)
+            return BlobBody(data: data[start..<(start + range.count)])
         }
-        if cache.maximumBlobSize.map({ digest.sizeBytes <= $0 }) ?? true {
-            do {
-                try await cache.write(digest, body: try await fallback.read(digest, offset: 0, limit: nil))
-                return try await cache.read(digest, offset: offset, limit: limit)
-            } catch let error as StrataError where error.code == .invalidArgument {
-                // The cache verifies what it stores: the fallback's bytes do not match their digest.
-                throw StrataError(.dataLoss, "blob \(digest) is corrupt in the fallback storage: \(error.message)")
-            } catch {
-                // The fallback's own answer below says what is wrong, if anything is.
-            }
+        guard cache.maximumBlobSize.map({ digest.sizeBytes <= $0 }) ?? true else {
+            return try await fallback.read(digest, offset: offset, limit: limit)
         }
-        return try await fallback.read(digest, offset: offset, limit: limit)
+        // A blob the fallback lacks is NOT_FOUND here, after one fetch.
+        let whole = try await fallback.read(digest, offset: 0, limit: nil)
+        do {
+            try await cache.write(digest, body: whole)
+        } catch let error as StrataError where error.code == .invalidArgument {
+            // The cache verifies what it stores: the fallback's bytes do not match their digest.
+            throw StrataError(.dataLoss, "blob \(digest) is corrupt in the fallback storage: \(error.message)")
+        } catch {
+            // The cache could not take it (full, down) or the stream broke: the fallback answers alone.
+            return try await fallback.read(digest, offset: offset, limit: limit)
+        }
+        do {
+            return try await cache.read(digest, offset: offset, limit: limit)
+        } catch let error as StrataError where error.code == .notFound {
+            // Evicted again at once (a cache smaller than the traffic).
+            return try await fallback.read(digest, offset: offset, limit: limit)
+        }
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import StrataCore
 import ServiceLifecycle
 import StrataConfig
 import StrataStorage
@@ -33,6 +34,10 @@ struct Cleanup: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    func validate() throws {
+        try validateSeconds(sleepInterval, "--sleep-interval")
+    }
+
     func run() async throws {
         let (configuration, targets) = try loadTargets(config, instanceName: instanceName, logLevel: logLevel)
         let loop = MaintenanceLoop(name: "cleanup", once: once || dryRun) { target, shouldStop in
@@ -45,7 +50,7 @@ struct Cleanup: AsyncParsableCommand {
             }
             return report.summary
         } sleep: { target in
-            sleepInterval.map { Duration.milliseconds(Int64($0 * 1000)) } ?? target.sleepInterval ?? .seconds(60)
+            sleepInterval.flatMap { Duration(settingSeconds: $0) } ?? target.sleepInterval ?? .seconds(60)
         }
         try await runMaintenance(loop, targets: targets, configuration: configuration)
     }
@@ -74,6 +79,11 @@ struct JanitorCommand: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    func validate() throws {
+        try validateSeconds(gracePeriod, "--grace-period")
+        try validateSeconds(sleepInterval, "--sleep-interval")
+    }
+
     func run() async throws {
         let (configuration, all) = try loadTargets(config, instanceName: nil, logLevel: logLevel)
         var seen = Set<String>()
@@ -89,11 +99,11 @@ struct JanitorCommand: AsyncParsableCommand {
             }
             targets.append(target)
         }
-        let grace = Duration.milliseconds(Int64(gracePeriod * 1000))
+        let grace = Duration(settingSeconds: gracePeriod) ?? .zero
         let loop = MaintenanceLoop(name: "janitor", once: once || dryRun) { target, shouldStop in
             let janitor = try Janitor(index: target.index as! any EnumerableIndex, gracePeriod: grace, retryLimit: target.policy.retryLimit)
             return try await janitor.runPass(dryRun: dryRun, shouldStop: shouldStop).summary
-        } sleep: { _ in .milliseconds(Int64(sleepInterval * 1000)) }
+        } sleep: { _ in Duration(settingSeconds: sleepInterval) ?? .seconds(3600) }
         try await runMaintenance(loop, targets: targets, configuration: configuration)
     }
 }
@@ -202,4 +212,10 @@ final class ProgressOutput: Sendable {
     func finish() {
         if wrote.withLock({ $0 }) { print("\r\u{1B}[K", terminator: "") }
     }
+}
+
+/// Refuses a number of seconds that is negative, not a number, or over 100 years, naming the option.
+private func validateSeconds(_ seconds: Double?, _ option: String) throws {
+    guard let seconds, Duration(settingSeconds: seconds) == nil else { return }
+    throw ValidationError("\(option) must be a number of seconds from 0 to \(Int(Duration.maximumSettingSeconds)), not \(seconds)")
 }

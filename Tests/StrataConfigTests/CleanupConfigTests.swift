@@ -92,6 +92,10 @@ import Testing
                     "unknown option \"fortnights\"")
         expectError(entry("    high-watermark: 10\n    low-watermark: 5\n    only-if-unused-for: {hours: soon}\n"), line: 15,
                     "expected a number of hours")
+        expectError(entry("    high-watermark: 10\n    low-watermark: 5\n    only-if-unused-for: {weeks: 1e300}\n"), line: 15,
+                    "a time period must be at most 100 years")
+        expectError(entry("    high-watermark: 10\n    low-watermark: 5\n    sleep-interval: 1e300\n"), line: 15,
+                    "must be at most 3153600000 seconds")
         expectError(entry("    high-watermark: 10\n    low-watermark: 5\n    large-blob-threshold: 1M\n"), line: 15,
                     "large-blob-threshold needs large-blob-lifetime")
         expectError(entry("    high-watermark: 10\n    low-watermark: 5\n    retry-limit: -1\n"), line: 15, "must be at least 0")
