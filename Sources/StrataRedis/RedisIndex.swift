@@ -11,12 +11,16 @@ import StrataStorage
 /// - `{prefix}totals`: a hash with the fields `bytes` and `blobs`, changed only by the scripts that add
 ///   or remove members, in the same atomic step: a blob counts once however many writers record it.
 /// - `{prefix}writing` (sorted set, member → lease end in ms of Redis's clock) and `{prefix}writers`
-///   (hash, member → writes in progress): the "being written" marks; `{prefix}deleting` (sorted set,
-///   member → lease end): the "being deleted" marks (see `IndexedBlobStore`). Leases use Redis's own
-///   clock, so servers and cleaners with skewed clocks agree on them.
+///   (sorted set of `{member}|{token}`, one per write in progress): the "being written" marks;
+///   `{prefix}deleting` (sorted set, member → lease end) and `{prefix}deleters` (hash, member → the
+///   token of the removal that set it): the "being deleted" marks (see `IndexedBlobStore`). Leases use
+///   Redis's own clock, so servers and cleaners with skewed clocks agree on them.
 ///
 /// findMissing is answered from the index alone, in one round trip per call. Every mutation is a Lua
-/// script, so each is atomic and idempotent (a retried call does not count twice).
+/// script, so each is atomic and idempotent: the client sends a pipeline again when the connection
+/// breaks before the answer, and Redis may have run it already. Writes and removals carry a token for
+/// that: a repeated start or end of a write changes nothing, and a repeated removal answers the blobs
+/// the first one took.
 public final class RedisIndex: EnumerableIndex {
     public let backingStore: any BlobStore
     public let client: RedisClient
@@ -52,6 +56,7 @@ public final class RedisIndex: EnumerableIndex {
     var writingKey: String { prefix + "writing" }
     var writersKey: String { prefix + "writers" }
     var deletingKey: String { prefix + "deleting" }
+    var deletersKey: String { prefix + "deleters" }
 
     public var maximumBlobSize: Int64? { backingStore.maximumBlobSize }
 
@@ -78,14 +83,15 @@ public final class RedisIndex: EnumerableIndex {
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
         if digest.isEmpty { return try await backingStore.write(digest, body: body) }
-        try await beginWriting([digest])
+        let write = WriteToken()
+        try await beginWriting([digest], write)
         do {
             try await backingStore.write(digest, body: body)
         } catch {
-            try? await endWriting([digest])
+            try? await endWriting([digest], write)
             throw error
         }
-        try await record([digest])
+        try await record([digest], write)
     }
 
     /// Deletes what nobody is writing right now; a blob being written stays, as if written after the
@@ -123,10 +129,11 @@ public final class RedisIndex: EnumerableIndex {
     }
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
-        // One mark per digest, however often the batch names it: the marks count writes by digest.
+        // One mark per digest, however often the batch names it.
         let marked = blobs.map(\.digest).filter { !$0.isEmpty }.uniqued()
+        let write = WriteToken()
         do {
-            try await beginWriting(marked)
+            try await beginWriting(marked, write)
         } catch {
             return [Result](repeating: .failure(StrataError.from(error)), count: blobs.count)
         }
@@ -141,9 +148,9 @@ public final class RedisIndex: EnumerableIndex {
         }
         // A digest named twice, stored once and refused once, is stored.
         failed.subtract(stored)
-        if !failed.isEmpty { try? await endWriting(marked.filter(failed.contains)) }
+        if !failed.isEmpty { try? await endWriting(marked.filter(failed.contains), write) }
         do {
-            try await record(marked.filter(stored.contains))
+            try await record(marked.filter(stored.contains), write)
         } catch {
             // Stored but not indexed: a client told OK would later hear "missing" and upload again.
             let failure = StrataError.from(error)
@@ -182,10 +189,11 @@ public final class RedisIndex: EnumerableIndex {
 
     public func removeEntries(_ digests: [Digest], notAccessedSince cutoff: Date) async throws -> [Digest] {
         let candidates = digests.filter { !$0.isEmpty }.uniqued()
+        let token = UUID().uuidString
         let commands = chunks(candidates).map { chunk in
             RedisCommand.script(
-                Self.removeIfNotAccessedSince, keys: [accessKey, totalsKey, writingKey, deletingKey],
-                arguments: [String(milliseconds(cutoff)), String(deletionLease.milliseconds)] + chunk.map(Self.member))
+                Self.removeIfNotAccessedSince, keys: [accessKey, totalsKey, writingKey, deletingKey, deletersKey],
+                arguments: [String(milliseconds(cutoff)), String(deletionLease.milliseconds), token] + chunk.map(Self.member))
         }
         return try await chosenMembers(of: candidates, commands, "the removal script")
     }
@@ -193,10 +201,14 @@ public final class RedisIndex: EnumerableIndex {
     public func finishDeleting(_ digests: [Digest]) async throws {
         let members = digests.filter { !$0.isEmpty }.uniqued().map(Self.member)
         // Also sweeps marks whose lease ran out (their holder crashed), a bounded number per call.
-        var commands = stride(from: 0, to: members.count, by: Self.membersPerScript).map { start in
-            RedisCommand(["ZREM", deletingKey] + members[start..<min(start + Self.membersPerScript, members.count)])
+        var commands: [RedisCommand] = []
+        for start in stride(from: 0, to: members.count, by: Self.membersPerScript) {
+            let chunk = members[start..<min(start + Self.membersPerScript, members.count)]
+            commands.append(RedisCommand(["ZREM", deletingKey] + chunk))
+            commands.append(RedisCommand(["HDEL", deletersKey] + chunk))
         }
-        commands.append(RedisCommand.script(Self.sweepExpiredMarks, keys: [writingKey, writersKey, deletingKey], arguments: []))
+        commands.append(RedisCommand.script(
+            Self.sweepExpiredMarks, keys: [writingKey, writersKey, deletingKey, deletersKey], arguments: []))
         for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
     }
 
@@ -223,10 +235,11 @@ public final class RedisIndex: EnumerableIndex {
 
     public func claimOrphans(_ digests: [Digest]) async throws -> [Digest] {
         let candidates = digests.filter { !$0.isEmpty }.uniqued()
+        let token = UUID().uuidString
         let commands = chunks(candidates).map { chunk in
             RedisCommand.script(
-                Self.claimOrphans, keys: [accessKey, writingKey, deletingKey],
-                arguments: [String(deletionLease.milliseconds)] + chunk.map(Self.member))
+                Self.claimOrphans, keys: [accessKey, writingKey, deletingKey, deletersKey],
+                arguments: [String(deletionLease.milliseconds), token] + chunk.map(Self.member))
         }
         return try await chosenMembers(of: candidates, commands, "the orphan claim script")
     }
@@ -290,13 +303,19 @@ public final class RedisIndex: EnumerableIndex {
         }
     }
 
-    /// Marks the digests "being written", waiting while any is "being deleted".
-    func beginWriting(_ digests: [Digest]) async throws {
+    /// Names one write (or batch write) in the "being written" marks, so that a script Redis ran but
+    /// whose answer was lost, and which the client therefore sends again, changes nothing the second time.
+    struct WriteToken {
+        let value = UUID().uuidString
+    }
+
+    /// Marks the digests "being written" by `write`, waiting while any is "being deleted".
+    func beginWriting(_ digests: [Digest], _ write: WriteToken) async throws {
         let lease = String(writeLease.milliseconds)
         try await waitingOutDeletions(digests) { pending in
             let commands = chunks(pending).map { chunk in
                 RedisCommand.script(
-                    Self.beginWriting, keys: [writingKey, writersKey, deletingKey], arguments: [lease] + chunk.map(Self.member))
+                    Self.beginWriting, keys: [writingKey, writersKey, deletingKey, deletersKey], arguments: [lease, write.value] + chunk.map(Self.member))
             }
             var refused: [Digest] = []
             var offset = 0
@@ -314,20 +333,20 @@ public final class RedisIndex: EnumerableIndex {
     }
 
     /// Ends writes that failed: their marks go without recording the blobs.
-    func endWriting(_ digests: [Digest]) async throws {
+    func endWriting(_ digests: [Digest], _ write: WriteToken) async throws {
         let commands = chunks(digests).map { chunk in
-            RedisCommand.script(Self.endWriting, keys: [writingKey, writersKey], arguments: chunk.map(Self.member))
+            RedisCommand.script(Self.endWriting, keys: [writingKey, writersKey], arguments: [write.value] + chunk.map(Self.member))
         }
         for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
     }
 
     /// Adds the digests (or refreshes their access time), counting each new one in the totals, and ends
     /// their writes.
-    func record(_ digests: [Digest]) async throws {
+    func record(_ digests: [Digest], _ write: WriteToken) async throws {
         let now = String(milliseconds(clock()))
         let commands = chunks(digests).map { chunk in
             RedisCommand.script(
-                Self.record, keys: [accessKey, totalsKey, writingKey, writersKey], arguments: [now] + chunk.map(Self.member))
+                Self.record, keys: [accessKey, totalsKey, writingKey, writersKey], arguments: [now, write.value] + chunk.map(Self.member))
         }
         for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
     }
@@ -374,7 +393,9 @@ public final class RedisIndex: EnumerableIndex {
     // Sizes go to HINCRBY as the digits matched from the member, never through a Lua number, whose
     // string form would turn large values into "1e+15".
 
-    // Leases are compared with Redis's clock: `redisNow` is its time in milliseconds.
+    // Leases are compared with Redis's clock: `redisNow` is its time in milliseconds. Writes in progress
+    // are the members `{member}|{token}` of the writers set (all scored 0, so one blob's writers are a
+    // lexicographic range): starting or ending a write twice with one token changes nothing.
     private static let redisNow = """
         local clock = redis.call('TIME')
         local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -382,42 +403,47 @@ public final class RedisIndex: EnumerableIndex {
           local leaseEnd = redis.call('ZSCORE', key, member)
           return leaseEnd and tonumber(leaseEnd) > now
         end
+        local function dropWriters(writers, member)
+          redis.call('ZREMRANGEBYLEX', writers, '[' .. member .. '|', '(' .. member .. '}')
+        end
+        local function endWrite(writing, writers, member, token)
+          redis.call('ZREM', writers, member .. '|' .. token)
+          if #redis.call('ZRANGEBYLEX', writers, '[' .. member .. '|', '(' .. member .. '}', 'LIMIT', 0, 1) == 0 then
+            redis.call('ZREM', writing, member)
+          end
+        end
 
         """
 
-    /// KEYS: access, totals, writing, writers. ARGV: now, members. Records the members (ending one write
-    /// of each); returns how many were new.
+    /// KEYS: access, totals, writing, writers. ARGV: now, token, members. Records the members (ending
+    /// the token's write of each); returns how many were new.
     static let record = RedisScript(redisNow + """
         local added = 0
-        for i = 2, #ARGV do
+        for i = 3, #ARGV do
           if redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[i]) == 1 then
             added = added + 1
             redis.call('HINCRBY', KEYS[2], 'bytes', string.match(ARGV[i], '_(%d+)$'))
             redis.call('HINCRBY', KEYS[2], 'blobs', 1)
           end
-          if redis.call('HINCRBY', KEYS[4], ARGV[i], -1) <= 0 then
-            redis.call('HDEL', KEYS[4], ARGV[i])
-            redis.call('ZREM', KEYS[3], ARGV[i])
-          end
+          endWrite(KEYS[3], KEYS[4], ARGV[i], ARGV[2])
         end
         return added
         """)
 
-    /// KEYS: writing, writers, deleting. ARGV: lease in ms, members. Marks each member not being deleted
-    /// as being written (one more write of it); returns 1 (marked) or 0 (being deleted) per member.
+    /// KEYS: writing, writers, deleting, deleters. ARGV: lease in ms, token, members. Marks each member not being
+    /// deleted as being written by the token; returns 1 (marked) or 0 (being deleted) per member.
     static let beginWriting = RedisScript(redisNow + """
         local leaseEnd = now + tonumber(ARGV[1])
         local granted = {}
-        for i = 2, #ARGV do
+        for i = 3, #ARGV do
           if live(KEYS[3], ARGV[i]) then
             granted[#granted + 1] = 0
           else
             redis.call('ZREM', KEYS[3], ARGV[i])
-            if live(KEYS[1], ARGV[i]) then
-              redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
-            else
-              redis.call('HSET', KEYS[2], ARGV[i], 1)
-            end
+            redis.call('HDEL', KEYS[4], ARGV[i])
+            -- Writers whose lease ran out crashed: they no longer hold the mark.
+            if not live(KEYS[1], ARGV[i]) then dropWriters(KEYS[2], ARGV[i]) end
+            redis.call('ZADD', KEYS[2], 0, ARGV[i] .. '|' .. ARGV[2])
             redis.call('ZADD', KEYS[1], 'GT', leaseEnd, ARGV[i])
             granted[#granted + 1] = 1
           end
@@ -425,26 +451,25 @@ public final class RedisIndex: EnumerableIndex {
         return granted
         """)
 
-    /// KEYS: writing, writers. ARGV: members. Ends one write of each member without recording it.
-    static let endWriting = RedisScript("""
-        for i = 1, #ARGV do
-          if redis.call('HINCRBY', KEYS[2], ARGV[i], -1) <= 0 then
-            redis.call('HDEL', KEYS[2], ARGV[i])
-            redis.call('ZREM', KEYS[1], ARGV[i])
-          end
-        end
+    /// KEYS: writing, writers. ARGV: token, members. Ends the token's write of each member without
+    /// recording it.
+    static let endWriting = RedisScript(redisNow + """
+        for i = 2, #ARGV do endWrite(KEYS[1], KEYS[2], ARGV[i], ARGV[1]) end
         return 0
         """)
 
-    /// KEYS: writing, writers, deleting. Drops up to 1000 marks of each kind whose lease ended.
+    /// KEYS: writing, writers, deleting, deleters. Drops up to 1000 marks of each kind whose lease ended.
     static let sweepExpiredMarks = RedisScript(redisNow + """
         local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
         for _, member in ipairs(dead) do
           redis.call('ZREM', KEYS[1], member)
-          redis.call('HDEL', KEYS[2], member)
+          dropWriters(KEYS[2], member)
         end
         local deleting = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
-        for _, member in ipairs(deleting) do redis.call('ZREM', KEYS[3], member) end
+        for _, member in ipairs(deleting) do
+          redis.call('ZREM', KEYS[3], member)
+          redis.call('HDEL', KEYS[4], member)
+        end
         return #dead + #deleting
         """)
 
@@ -481,35 +506,45 @@ public final class RedisIndex: EnumerableIndex {
         return removed
         """)
 
-    /// KEYS: access, totals, writing, deleting. ARGV: cutoff, deletion lease in ms, members. Removes the
-    /// members last accessed before the cutoff and not being written, checked here so a blob used
-    /// since the caller listed it keeps its entry, and marks them being deleted; returns them.
+    /// KEYS: access, totals, writing, deleting, deleters. ARGV: cutoff, deletion lease in ms, token,
+    /// members. Removes the members last accessed before the cutoff and not being written, checked here
+    /// so a blob used since the caller listed it keeps its entry, and marks them being deleted by the
+    /// token; returns them, and those this token marked already (the call sent again).
     static let removeIfNotAccessedSince = RedisScript(redisNow + """
         local cutoff = tonumber(ARGV[1])
         local leaseEnd = now + tonumber(ARGV[2])
         local removed = {}
-        for i = 3, #ARGV do
+        for i = 4, #ARGV do
           local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
           if score and tonumber(score) < cutoff and not live(KEYS[3], ARGV[i]) then
             redis.call('ZREM', KEYS[1], ARGV[i])
             redis.call('HINCRBY', KEYS[2], 'bytes', '-' .. string.match(ARGV[i], '_(%d+)$'))
             redis.call('HINCRBY', KEYS[2], 'blobs', -1)
             redis.call('ZADD', KEYS[4], leaseEnd, ARGV[i])
+            redis.call('HSET', KEYS[5], ARGV[i], ARGV[3])
+            removed[#removed + 1] = ARGV[i]
+          elseif not score and live(KEYS[4], ARGV[i]) and redis.call('HGET', KEYS[5], ARGV[i]) == ARGV[3] then
             removed[#removed + 1] = ARGV[i]
           end
         end
         return removed
         """)
 
-    /// KEYS: access, writing, deleting. ARGV: deletion lease in ms, members. Marks being deleted the
-    /// members with no entry that nobody is writing or deleting; returns them.
+    /// KEYS: access, writing, deleting, deleters. ARGV: deletion lease in ms, token, members. Marks being
+    /// deleted by the token the members with no entry that nobody is writing or deleting; returns them,
+    /// and those this token marked already (the call sent again).
     static let claimOrphans = RedisScript(redisNow + """
         local leaseEnd = now + tonumber(ARGV[1])
         local claimed = {}
-        for i = 2, #ARGV do
-          if not redis.call('ZSCORE', KEYS[1], ARGV[i]) and not live(KEYS[2], ARGV[i]) and not live(KEYS[3], ARGV[i]) then
-            redis.call('ZADD', KEYS[3], leaseEnd, ARGV[i])
-            claimed[#claimed + 1] = ARGV[i]
+        for i = 3, #ARGV do
+          if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+            if not live(KEYS[2], ARGV[i]) and not live(KEYS[3], ARGV[i]) then
+              redis.call('ZADD', KEYS[3], leaseEnd, ARGV[i])
+              redis.call('HSET', KEYS[4], ARGV[i], ARGV[2])
+              claimed[#claimed + 1] = ARGV[i]
+            elseif live(KEYS[3], ARGV[i]) and redis.call('HGET', KEYS[4], ARGV[i]) == ARGV[2] then
+              claimed[#claimed + 1] = ARGV[i]
+            end
           end
         end
         return claimed

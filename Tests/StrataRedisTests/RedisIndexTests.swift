@@ -1,6 +1,6 @@
 import Foundation
 import StrataCore
-import StrataRedis
+@testable import StrataRedis
 import StrataStorage
 import StrataTestSupport
 import Testing
@@ -253,6 +253,50 @@ struct RedisIndexTests {
             let missing = try await index.findMissing(blobs.map(\.digest))
             #expect(missing == blobs.enumerated().filter { $0.offset % 3 != 0 }.map(\.element.digest))
             #expect(try await index.totals().blobs == Int64(stored.count))
+        }
+    }
+
+    /// The client sends a pipeline again when the connection breaks before the answer, so a script may
+    /// run twice: the marks must come out as if it ran once.
+    @Test func markScriptsRunTwiceCountOnce() async throws {
+        try await withSharedRedis { client in
+            let disk = try DiskBlobStore(path: FileManager.default.temporaryDirectory.appendingPathComponent("strata-idem-\(UUID().uuidString)").path, sync: false)
+            let index = RedisIndex(backingStore: disk, client: client, prefix: TestServices.uniqueName("idem") + ":")
+            let blob = Blob.random(size: 500)
+            try await index.write(blob.digest, data: blob.data)
+
+            // Two writers of one blob; the first one's end arrives twice. The second still holds its mark.
+            let first = RedisIndex.WriteToken(), second = RedisIndex.WriteToken()
+            try await index.beginWriting([blob.digest], first)
+            try await index.beginWriting([blob.digest], second)
+            try await index.record([blob.digest], first)
+            try await index.record([blob.digest], first)
+            #expect(try await index.removeEntries([blob.digest], notAccessedSince: .distantFuture).isEmpty,
+                    "a repeated end of one write dropped another writer's mark")
+            try await index.endWriting([blob.digest], second)
+            // A start that arrives twice is still one write: its one end clears the mark.
+            let other = Blob.random(size: 400)
+            try await index.write(other.digest, data: other.data)
+            let third = RedisIndex.WriteToken()
+            try await index.beginWriting([other.digest], third)
+            try await index.beginWriting([other.digest], third)
+            try await index.endWriting([other.digest], third)
+            #expect(try await index.removeEntries([other.digest], notAccessedSince: .distantFuture) == [other.digest],
+                    "a repeated start of one write left a mark after its end")
+            try await index.finishDeleting([other.digest])
+
+            // A removal sent twice answers the blob both times, so the cleaner deletes it and clears its mark.
+            let command = RedisCommand.script(
+                RedisIndex.removeIfNotAccessedSince,
+                keys: [index.accessKey, index.totalsKey, index.writingKey, index.deletingKey, index.deletersKey],
+                arguments: [String(Int64(Date.distantFuture.timeIntervalSince1970 * 1000)), "60000", "removal-1", RedisIndex.member(blob.digest)])
+            let once = try await client.send(command)
+            let twice = try await client.send(command)
+            #expect(once.array?.count == 1 && twice.array?.count == 1, "\(once) / \(twice)")
+            #expect(try await index.totals() == IndexTotals(bytes: 0, blobs: 0), "a removal sent twice uncounted twice")
+            // Another removal (another token) does not take a blob this one is deleting.
+            #expect(try await index.removeEntries([blob.digest], notAccessedSince: .distantFuture).isEmpty)
+            try await index.finishDeleting([blob.digest])
         }
     }
 
