@@ -65,7 +65,9 @@ public struct CompletenessCheckingActionCache: ActionCache {
         } catch {
             return "it references a malformed digest: \(error.message)"
         }
-        if let missing = try await cas.findMissing(level + trees + roots).first {
+        // Trees and directories are read below, which finds them missing (and, through an index,
+        // refreshes their access times) without a lookup of their own.
+        if let missing = try await cas.findMissing(level).first {
             return "blob \(missing) is not in the CAS"
         }
 
@@ -117,7 +119,7 @@ public struct CompletenessCheckingActionCache: ActionCache {
                     return "directory \(digest) is not a valid Directory message"
                 }
             }
-            if let missing = try await cas.findMissing(files + next).first {
+            if let missing = try await cas.findMissing(files).first {
                 return "blob \(missing) of an output directory is not in the CAS"
             }
             directories = next

@@ -102,6 +102,25 @@ struct ConfigNode {
         return value
     }
 
+    /// A number of seconds, whole or fractional (`!expand-vars` too), at least 0.001 (or 0 when
+    /// `allowZero`) and at most `maximum`.
+    func seconds(allowZero: Bool = false, maximum: Double = Duration.maximumSettingSeconds) throws(ConfigError) -> Duration {
+        let value = try secondsNumber()
+        guard allowZero ? value >= 0 : value >= 0.001 else { throw error(allowZero ? "must not be negative" : "must be at least 0.001") }
+        guard value <= maximum, let duration = Duration(settingSeconds: value) else {
+            throw error(maximum == Duration.maximumSettingSeconds
+                ? "must be at most \(Int(maximum)) seconds (100 years)" : "must be at most \(Int(maximum)) seconds")
+        }
+        return duration
+    }
+
+    /// A finite number of seconds, whole or fractional (`!expand-vars` too), not checked further.
+    func secondsNumber() throws(ConfigError) -> Double {
+        guard case .scalar(let scalar)? = try resolvedScalar(), let value = Double(scalar.string), value.isFinite
+        else { throw error("expected a number of seconds") }
+        return value
+    }
+
     /// A byte size: an integer or a string such as `2048M`, `1G`, `512kb` (binary units, any case).
     func size() throws(ConfigError) -> Int64 {
         if let value = node.int, applicationTag == nil {

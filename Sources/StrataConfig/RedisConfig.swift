@@ -50,18 +50,6 @@ extension Builder {
     }
 }
 
-extension ConfigNode {
-    /// A number of seconds, whole or fractional.
-    func seconds(allowZero: Bool = false) throws(ConfigError) -> Duration {
-        guard applicationTag == nil, case .scalar(let scalar) = node, let value = Double(scalar.string), value.isFinite
-        else { throw error("expected a number of seconds") }
-        guard allowZero ? value >= 0 : value >= 0.001 else { throw error(allowZero ? "must not be negative" : "must be at least 0.001") }
-        guard let duration = Duration(settingSeconds: value) else {
-            throw error("must be at most \(Int(Duration.maximumSettingSeconds)) seconds (100 years)")
-        }
-        return duration
-    }
-}
 
 /// Keeps a Redis client's threads for as long as the server runs and closes its connections after.
 struct RedisClientService: Service {

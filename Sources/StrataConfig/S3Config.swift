@@ -97,9 +97,8 @@ extension Builder {
 extension ConfigNode {
     /// A number of seconds (integer or decimal), as BuildGrid's float timeout options.
     fileprivate func s3Seconds(positive: Bool) throws(ConfigError) -> Double {
-        guard applicationTag == nil, let value = node.int.map(Double.init) ?? node.float, value.isFinite else {
-            throw error("expected a number of seconds")
-        }
+        let value = try secondsNumber()
+        guard value <= Duration.maximumSettingSeconds else { throw error("must be at most \(Int(Duration.maximumSettingSeconds)) seconds (100 years)") }
         if positive {
             guard value > 0 else { throw error("must be more than 0 seconds") }
         } else {

@@ -51,22 +51,10 @@ extension Builder {
         return connection
     }
 
-    /// Seconds as an integer or a decimal; nil for 0 when `allowZero` (no limit).
+    /// Seconds up to a day; nil for 0 when `allowZero` (no limit).
     private func seconds(_ node: ConfigNode, allowZero: Bool) throws(ConfigError) -> Duration? {
-        let value: Double
-        if node.applicationTag == nil, let integer = node.node.int {
-            value = Double(integer)
-        } else if node.applicationTag == nil, let decimal = node.node.float {
-            value = decimal
-        } else {
-            throw node.error("expected a number of seconds")
-        }
-        if value == 0 && allowZero { return nil }
-        guard value > 0, value <= 86_400 else {
-            throw node.error(allowZero ? "must be 0 (no limit) or a positive number of seconds up to a day"
-                                       : "must be a positive number of seconds up to a day")
-        }
-        return .milliseconds(Int64(value * 1000))
+        let duration = try node.seconds(allowZero: allowZero, maximum: 86_400)
+        return duration == .zero ? nil : duration
     }
 
     mutating func sqlStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
@@ -100,16 +88,16 @@ extension Builder {
                 throw inlineNode.error("must be at most \(SQLIndex.inlineLimit) bytes: inline blobs are read whole into memory")
             }
         }
-        let refresh = try options["refresh-accesstime-older-than"]?.int(minimum: 0) ?? 0
+        let refresh = try options["refresh-accesstime-older-than"]?.seconds(allowZero: true) ?? .zero
         let index: SQLIndex
         do throws(StrataError) {
             index = try SQLIndex(
                 backingStore: backing, connection: connection, readOnlyConnection: readOnly, windowSize: window,
-                maxInlineBlobSize: inline, refreshAccessTimeOlderThan: .seconds(refresh))
+                maxInlineBlobSize: inline, refreshAccessTimeOlderThan: refresh)
         } catch {
             throw node.error(error.message)
         }
         return (index, "!sql-index in \(connection.settings.displayName) over \(type(of: backing)) "
-                    + "(window \(window), inline up to \(inline) bytes, refresh after \(refresh) s)")
+                    + "(window \(window), inline up to \(inline) bytes, refresh after \(refresh.timeInterval) s)")
     }
 }

@@ -7,7 +7,7 @@ import Testing
 
 @Suite struct SQLConfigTests {
     func parse(_ yaml: String) throws -> Configuration {
-        try Configuration.parse(yaml: yaml, file: "sql.yml", environment: ["PGPASS": "pw"])
+        try Configuration.parse(yaml: yaml, file: "sql.yml", environment: ["PGPASS": "pw", "POOL_TIMEOUT": "7.5"])
     }
 
     func expectError(_ yaml: String, line: Int, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
@@ -42,7 +42,7 @@ import Testing
                 lock-timeout: 0
                 pool-size: 3
                 max-overflow: 1
-                pool-timeout: 7.5
+                pool-timeout: !expand-vars "${POOL_TIMEOUT}"
                 pool-pre-ping: false
                 connect-args: {options: "-c search_path=cas", application_name: strata, connect_timeout: 4}
             """,
@@ -56,14 +56,14 @@ import Testing
                 window-size: 500
                 inclause-limit: 200
                 max-inline-blob-size: 1K
-                refresh-accesstime-older-than: 60
+                refresh-accesstime-older-than: 60.5
             """))
         let index = try #require(configuration.instances.first?.cas?.store as? SQLIndex)
         let blobs = try #require(index.backingStore as? SQLBlobStore)
         #expect(index.connection === blobs.connection)
         #expect(blobs.readConnection !== blobs.connection && blobs.readConnection.settings.readOnly)
         #expect(index.readConnection === index.connection)
-        #expect(index.windowSize == 200 && index.maxInlineBlobSize == 1024 && index.refreshAccessTimeOlderThan == .seconds(60))
+        #expect(index.windowSize == 200 && index.maxInlineBlobSize == 1024 && index.refreshAccessTimeOlderThan == .milliseconds(60_500))
         let settings = index.connection.settings
         // connect-args' connect_timeout (4) overrides connection-timeout (2); pool-timeout is its own.
         #expect(settings.connectionTimeout == .seconds(4) && settings.poolTimeout == .milliseconds(7500))
