@@ -249,34 +249,15 @@ public final class RemoteBlobStore: BlobStore {
             batches[batches.count - 1].append(index)
             batchBytes += digest.sizeBytes
         }
-        for batch in batches where !batch.isEmpty {
-            do {
-                let response = try await call("BatchReadBlobs") {
-                    try await self.cas.batchReadBlobs(.with {
-                        $0.instanceName = self.instanceName
-                        $0.digests = batch.map { digests[$0].proto }
-                        $0.digestFunction = .sha256
-                    }, options: self.callOptions)
-                }
-                var byKey: [Digest.WireKey: Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse.Response] = [:]
-                for item in response.responses { byKey[Digest.WireKey(hash: item.digest.hash, size: item.digest.sizeBytes)] = item }
-                for index in batch {
-                    let digest = digests[index]
-                    guard let item = byKey[digest.wireKey] else {
-                        results[index] = .failure(.internal("remote storage \(endpoint): no answer for \(digest) in BatchReadBlobs"))
-                        continue
-                    }
-                    if item.status.code != 0 {
-                        results[index] = .failure(StrataError(StrataError.Code(rawValue: Int(item.status.code)) ?? .unknown,
-                                                              "remote storage \(endpoint): \(item.status.message)"))
-                    } else if let error = Self.verificationError(digest, item.data) {
-                        results[index] = .failure(error)
-                    } else {
-                        results[index] = .success(item.data)
-                    }
-                }
-            } catch {
-                for index in batch { results[index] = .failure(StrataError.from(error)) }
+        // Sub-batches run side by side, like the large blobs: one remote round trip, not one per batch.
+        let filled = batches.filter { !$0.isEmpty }
+        let answers = await concurrentMap(filled, maxConcurrency: 4) { batch in
+            try await self.batchRead(batch.map { digests[$0] })
+        }
+        for (batch, answer) in zip(filled, answers) {
+            switch answer {
+            case .success(let items): for (index, item) in zip(batch, items) { results[index] = item }
+            case .failure(let error): for index in batch { results[index] = .failure(error) }
             }
         }
         let largeResults = await concurrentMap(large.map { digests[$0] }, maxConcurrency: 4) { digest in
@@ -336,6 +317,30 @@ public final class RemoteBlobStore: BlobStore {
     }
 
     // MARK: Helpers
+
+    /// One BatchReadBlobs call: each digest's bytes (verified) or the remote's status for it.
+    private func batchRead(_ wanted: [Digest]) async throws -> [Result<Data, StrataError>] {
+        let response = try await call("BatchReadBlobs") {
+            try await self.cas.batchReadBlobs(.with {
+                $0.instanceName = self.instanceName
+                $0.digests = wanted.map(\.proto)
+                $0.digestFunction = .sha256
+            }, options: self.callOptions)
+        }
+        var byKey: [Digest.WireKey: Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse.Response] = [:]
+        for item in response.responses { byKey[Digest.WireKey(hash: item.digest.hash, size: item.digest.sizeBytes)] = item }
+        return wanted.map { digest in
+            guard let item = byKey[digest.wireKey] else {
+                return .failure(.internal("remote storage \(endpoint): no answer for \(digest) in BatchReadBlobs"))
+            }
+            if item.status.code != 0 {
+                return .failure(StrataError(StrataError.Code(rawValue: Int(item.status.code)) ?? .unknown,
+                                            "remote storage \(endpoint): \(item.status.message)"))
+            }
+            if let error = Self.verificationError(digest, item.data) { return .failure(error) }
+            return .success(item.data)
+        }
+    }
 
     private func readRange(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data {
         let resource = (instanceName.isEmpty ? "" : "\(instanceName)/") + "blobs/\(digest.hash)/\(digest.sizeBytes)"

@@ -244,10 +244,11 @@ public final class S3Client: Sendable {
 
     /// S3's ISO 8601 times, with or without fractional seconds.
     static func parseTimestamp(_ text: String) -> Date? {
-        let withFraction = ISO8601DateFormatter()
-        withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return withFraction.date(from: text) ?? ISO8601DateFormatter().date(from: text)
+        (try? withFraction.parse(text)) ?? (try? withoutFraction.parse(text))
     }
+
+    private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+    private static let withoutFraction = Date.ISO8601FormatStyle()
 
     /// Deletes up to 1000 objects in one request; absent keys count as deleted. Returns the keys S3
     /// could not delete, with its error code.

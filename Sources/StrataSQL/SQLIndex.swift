@@ -365,9 +365,10 @@ public final class SQLIndex: EnumerableIndex {
     /// without a blob.
     public func delete(_ digests: [Digest]) async throws {
         let removed = try await removeEntries(digests, notAccessedSince: .distantFuture)
-        let backed = removed.filter { !isInline($0) }
         do {
-            if !backed.isEmpty { try await backingStore.delete(backed) }
+            // All of them, inline or not: a blob stored before `max-inline-blob-size` was raised is in
+            // the storage though its size now says inline.
+            if !removed.isEmpty { try await backingStore.delete(removed) }
         } catch {
             try? await finishDeleting(removed)
             throw error
@@ -495,7 +496,9 @@ public final class SQLIndex: EnumerableIndex {
     }
 
     public func claimOrphans(_ digests: [Digest]) async throws -> [Digest] {
-        let targets = storedInBackingStore(digests.uniqued().filter { !$0.isEmpty }).sorted()
+        // Whatever its size: a blob in the storage without an entry is an orphan, even one small enough
+        // to be inlined now.
+        let targets = digests.uniqued().filter { !$0.isEmpty }.sorted()
         let lease = deletionLease.timeInterval
         var claimed: [Digest] = []
         for window in targets.windows(of: windowSize) {

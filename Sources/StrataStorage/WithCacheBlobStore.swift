@@ -161,7 +161,10 @@ actor DeferredWrites {
     private let bytesLimit: Int64
     private let logger: Logger
     private var pending: [Digest: Data] = [:]
+    /// Digests to write, oldest first from `queueHead` (popping by index: a queue of many small blobs
+    /// must not shift its whole array per write).
     private var queue: [Digest] = []
+    private var queueHead = 0
     private var pendingBytes: Int64 = 0
     private var activeWriters = 0
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
@@ -216,8 +219,13 @@ actor DeferredWrites {
 
     private func work() async {
         var failures = 0
-        while let digest = queue.first {
-            queue.removeFirst()
+        while queueHead < queue.count {
+            let digest = queue[queueHead]
+            queueHead += 1
+            if queueHead >= 1024 && queueHead * 2 >= queue.count {
+                queue.removeFirst(queueHead)
+                queueHead = 0
+            }
             guard let data = pending[digest] else { continue }
             do {
                 try await fallback.write(digest, data: data)

@@ -1,6 +1,6 @@
 import Foundation
 import StrataCore
-import StrataS3
+@testable import StrataS3
 import StrataStorage
 import StrataTestSupport
 import Testing
@@ -58,5 +58,16 @@ struct S3ListingTests {
 
         let perHash = S3BlobStore(client: fixture.client, naming: S3ObjectNaming(bucket: try S3BucketTemplate("b-{digest}")))
         await #expect(throws: StrataError.self) { try await listed(perHash) }
+    }
+}
+
+@Suite struct S3TimestampTests {
+    /// S3 and its look-alikes write LastModified with or without fractional seconds.
+    @Test func lastModifiedWithAndWithoutFractions() throws {
+        let whole = try #require(S3Client.parseTimestamp("2026-11-23T20:45:01Z"))
+        let fractional = try #require(S3Client.parseTimestamp("2026-11-23T20:45:01.250Z"))
+        #expect(whole.timeIntervalSince1970 == 1_795_466_701)
+        #expect(abs(fractional.timeIntervalSince(whole) - 0.25) < 0.001)
+        #expect(S3Client.parseTimestamp("yesterday") == nil)
     }
 }
