@@ -4,17 +4,18 @@ import json
 import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-headline = {  # scenario -> (field, unit)
-    "fmb-present": ("itemsPerSecond", "digests/s"),
-    "fmb-missing": ("itemsPerSecond", "digests/s"),
-    "batch-update": ("itemsPerSecond", "blobs/s"),
-    "batch-read": ("itemsPerSecond", "blobs/s"),
-    "bytestream-write": ("megabytesPerSecond", "MB/s"),
-    "bytestream-read": ("megabytesPerSecond", "MB/s"),
-    "ac": ("operationsPerSecond", "pairs/s"),
-    "bazel-mix": ("operationsPerSecond", "steps/s"),
-}
-
+headline = [  # (row, scenario, concurrency or None for any, field, unit)
+    ("fmb-present", "fmb-present", None, "itemsPerSecond", "digests/s"),
+    ("fmb-missing", "fmb-missing", None, "itemsPerSecond", "digests/s"),
+    ("batch-update", "batch-update", None, "itemsPerSecond", "blobs/s"),
+    ("batch-read", "batch-read", None, "itemsPerSecond", "blobs/s"),
+    ("bytestream-write", "bytestream-write", None, "megabytesPerSecond", "MB/s"),
+    ("bytestream-read", "bytestream-read", None, "megabytesPerSecond", "MB/s"),
+    ("ac", "ac", 4, "operationsPerSecond", "pairs/s"),
+    ("ac, 16 at once", "ac", 16, "operationsPerSecond", "pairs/s"),
+    ("rpc-floor", "rpc-floor", None, "operationsPerSecond", "calls/s"),
+    ("bazel-mix", "bazel-mix", None, "operationsPerSecond", "steps/s"),
+]
 
 def value(result):
     if "failed" in result:
@@ -36,18 +37,19 @@ for backend in ("lru", "disk"):
     print(f"\n### {backend} storage\n")
     print("| scenario | unit | BuildGrid | Strata | Strata/BuildGrid | Strata p50 / p99 ms | BuildGrid p50 / p99 ms |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for scenario, (field, unit) in headline.items():
+    for label, scenario, concurrency, field, unit in headline:
         found = {}
         for row in rows:
-            if row.get("backend") == backend and "result" in row and not row.get("large") \
-                    and row["result"].get("scenario") == scenario:
-                found[row["server"]] = row["result"]
+            result = row.get("result", {})
+            if row.get("backend") == backend and not row.get("large") and result.get("scenario") == scenario \
+                    and (concurrency is None or result.get("options", {}).get("concurrency", concurrency) == concurrency):
+                found[row["server"]] = result
         bg, st = found.get("buildgrid"), found.get("strata")
         bgv = value(bg)[field] if bg and value(bg) else None
         stv = value(st)[field] if st and value(st) else None
         ratio = f"{stv / bgv:.1f}×" if bgv and stv else "-"
         lat = lambda r: f"{r['p50Milliseconds']:.2f} / {r['p99Milliseconds']:.2f}" if r and "failed" not in r else "-"
-        print(f"| {scenario} | {unit} | {fmt(bgv)} | {fmt(stv)} | {ratio} | {lat(st)} | {lat(bg)} |")
+        print(f"| {label} | {unit} | {fmt(bgv)} | {fmt(stv)} | {ratio} | {lat(st)} | {lat(bg)} |")
     for row in rows:
         if row.get("backend") == backend and "startup_ms" in row:
             print(f"\n{row['server']}: start-up to listening {row['startup_ms']} ms, idle RSS {row['idle_rss_bytes'] / 2**20:.0f} MiB", end="")

@@ -7,6 +7,7 @@ import StrataCore
 typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
 typealias ActionCacheClient = Build_Bazel_Remote_Execution_V2_ActionCache.Client<HTTP2ClientTransport.Posix>
+typealias CapabilitiesClient = Build_Bazel_Remote_Execution_V2_Capabilities.Client<HTTP2ClientTransport.Posix>
 typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
 
 /// What one benchmark run does.
@@ -28,6 +29,9 @@ public enum Scenario: String, CaseIterable, Sendable, Codable {
     /// What a Bazel build does per action on a cold cache: look up, upload outputs, store the result,
     /// then on a warm build look up, check outputs, download.
     case bazelMix = "bazel-mix"
+    /// GetCapabilities: the cost of an RPC that does nothing, client and server together. No unary call
+    /// (an action-cache look-up, say) can go faster than this through the same gRPC stack.
+    case rpcFloor = "rpc-floor"
 }
 
 public struct BenchmarkOptions: Sendable, Codable {
@@ -99,7 +103,8 @@ public enum Benchmark {
         return try await withGRPCClient(transport: transport) { client in
             let clients = Clients(
                 grpc: client, cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
-                actionCache: ActionCacheClient(wrapping: client), options: options)
+                actionCache: ActionCacheClient(wrapping: client), capabilities: CapabilitiesClient(wrapping: client),
+                options: options)
             let operation = try await clients.prepare()
             let before = options.serverPID.flatMap(ProcessUsage.read)
             let start = ContinuousClock.now

@@ -19,12 +19,13 @@ struct Clients: Sendable {
     let cas: CASClient
     let byteStream: ByteStreamClient
     let actionCache: ActionCacheClient
+    let capabilities: CapabilitiesClient
     let options: BenchmarkOptions
 
     var itemsPerOperation: Int {
         switch options.scenario {
         case .findMissingPresent, .findMissingMissing, .batchUpdate, .batchRead: options.batch
-        case .byteStreamWrite, .byteStreamRead, .actionCache, .bazelMix: 1
+        case .byteStreamWrite, .byteStreamRead, .actionCache, .bazelMix, .rpcFloor: 1
         }
     }
 
@@ -32,7 +33,7 @@ struct Clients: Sendable {
         switch options.scenario {
         case .batchUpdate, .batchRead: Int64(options.batch * options.blobSize)
         case .byteStreamWrite, .byteStreamRead: Int64(options.blobSize)
-        case .findMissingPresent, .findMissingMissing, .actionCache, .bazelMix: 0
+        case .findMissingPresent, .findMissingMissing, .actionCache, .bazelMix, .rpcFloor: 0
         }
     }
 
@@ -163,13 +164,26 @@ struct Clients: Sendable {
                     $0.actionDigest = action
                 })
             }
+        case .rpcFloor:
+            let request = Build_Bazel_Remote_Execution_V2_GetCapabilitiesRequest.with { $0.instanceName = instance }
+            return {
+                _ = try await capabilities.getCapabilities(request)
+            }
         case .bazelMix:
             let inputs = BlobFactory(size: 2048)
             let outputs = BlobFactory(size: 16 << 10)
             return {
                 // Cold build step: look up the action, find which inputs are missing, upload them,
                 // upload the outputs, store the result.
-                let action = inputs.make(serial.next())
+                // The action blob is an Action message: servers may parse it when its result is stored
+                // (BuildGrid does, and refuses random bytes).
+                let actionData = try Build_Bazel_Remote_Execution_V2_Action.with {
+                    $0.salt = withUnsafeBytes(of: serial.next()) { Data($0) }
+                }.serializedData()
+                let action = (digest: ProtoDigest.with {
+                    $0.hash = Digest.of(actionData).hash
+                    $0.sizeBytes = Int64(actionData.count)
+                }, data: actionData)
                 let sources = (0..<8).map { _ in inputs.make(serial.next()) }
                 let produced = (0..<3).map { _ in outputs.make(serial.next()) }
                 do {

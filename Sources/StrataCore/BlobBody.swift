@@ -104,8 +104,8 @@ public struct BlobBody: AsyncSequence, Sendable {
                         throw StrataError.invalidArgument(
                             "blob \(digest): received \(hasher.byteCount) bytes, the digest says \(digest.sizeBytes)")
                     }
-                    let actual = hasher.finalizeHex()
-                    guard actual == digest.hash else { throw Digest.hashMismatch(digest, actual: actual) }
+                    let actual = hasher.finalizeDigest()
+                    guard actual == digest else { throw Digest.hashMismatch(digest, actual: actual.hash) }
                     return nil
                 }
                 hasher.update(chunk)

@@ -5,59 +5,78 @@ import Foundation
 /// Blobs are always keyed by hash *and* size: two digests with one hash and different sizes are
 /// different keys, so a wrong size can never alias a stored blob.
 public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
-    public let hash: String
-    public let sizeBytes: Int64
-    public let function: DigestFunction
     /// The hash's bytes and the size as plain words, decoded once while the hex is validated: what
-    /// `==` and hashing use, so sets and dictionaries of digests never hash 64 characters of hex.
+    /// `==` and hashing use, so sets and dictionaries of digests never hash 64 characters of hex. It is
+    /// the whole digest for hashes of up to 256 bits (every function Strata computes): the hex is
+    /// written out again only when asked for, so a FindMissingBlobs of 1000 digests decoded straight
+    /// off the wire allocates no String at all.
     public let key: DigestKey
+    /// The hex of a hash longer than the key holds (SHA-384, SHA-512, VSO), which Strata accepts in
+    /// digests it never computes; empty for the rest.
+    private let longHash: String
+
+    /// Lower-case hex.
+    public var hash: String { longHash.isEmpty ? key.hex : longHash }
+    public var sizeBytes: Int64 { key.sizeBytes }
+    public var function: DigestFunction { key.function }
 
     /// Validates `hash` and `sizeBytes` for `function`; INVALID_ARGUMENT says which part is wrong.
     public init(hash: String, sizeBytes: Int64, function: DigestFunction = .sha256) throws(StrataError) {
-        guard sizeBytes >= 0 else {
-            throw .invalidArgument("digest \(hash.prefix(128))/\(sizeBytes): size_bytes must not be negative")
+        var hash = hash
+        let result = hash.withUTF8 { utf8 in
+            Result { () throws(StrataError) in
+                try Digest(hex: UnsafeRawBufferPointer(utf8), sizeBytes: sizeBytes, function: function)
+            }
         }
-        let utf8 = hash.utf8
-        guard utf8.count == function.hexLength else {
-            throw .invalidArgument(
-                "digest \(hash.prefix(128))/\(sizeBytes): a \(function) hash has \(function.hexLength) hex characters, this one has \(utf8.count)")
-        }
-        let decoded = utf8.withContiguousStorageIfAvailable { DigestKey.decode($0, sizeBytes: sizeBytes, function: function) }
-            ?? Array(utf8).withUnsafeBufferPointer { DigestKey.decode($0, sizeBytes: sizeBytes, function: function) }
-        switch decoded {
-        case .success(let key): self.key = key
-        case .failure(.upperCase): throw .invalidArgument("digest \(hash)/\(sizeBytes): the hash must be lower-case hex")
-        case .failure(.notHex): throw .invalidArgument("digest \(hash.prefix(128))/\(sizeBytes): the hash is not hex")
-        }
-        self.hash = hash
-        self.sizeBytes = sizeBytes
-        self.function = function
+        self = try result.get()
     }
 
-    /// For hex this module produced itself (a hasher's output).
-    private init(trusted hash: String, sizeBytes: Int64, function: DigestFunction) {
-        self.hash = hash
-        self.sizeBytes = sizeBytes
-        self.function = function
-        self.key = try! Array(hash.utf8).withUnsafeBufferPointer {
-            DigestKey.decode($0, sizeBytes: sizeBytes, function: function)
-        }.get()
+    /// Validates the hex in `hex` (UTF-8 bytes, e.g. a slice of a request's wire bytes) and `sizeBytes`
+    /// for `function`; INVALID_ARGUMENT says which part is wrong. Allocates only for hashes over 256 bits.
+    public init(hex: UnsafeRawBufferPointer, sizeBytes: Int64, function: DigestFunction) throws(StrataError) {
+        guard sizeBytes >= 0 else {
+            throw .invalidArgument("digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): size_bytes must not be negative")
+        }
+        guard hex.count == function.hexLength else {
+            throw .invalidArgument(
+                "digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): a \(function) hash has \(function.hexLength) hex characters, this one has \(hex.count)")
+        }
+        switch DigestKey.decode(hex.assumingMemoryBound(to: UInt8.self), sizeBytes: sizeBytes, function: function) {
+        case .success(let key):
+            self.key = key
+            self.longHash = function.hexLength > DigestKey.hexCapacity ? String(decoding: hex, as: UTF8.self) : ""
+        case .failure(.upperCase):
+            throw .invalidArgument("digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): the hash must be lower-case hex")
+        case .failure(.notHex):
+            throw .invalidArgument("digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): the hash is not hex")
+        }
+    }
+
+    private static func quoted(_ bytes: UnsafeRawBufferPointer, limit: Int) -> String {
+        String(decoding: bytes.prefix(limit), as: UTF8.self)
+    }
+
+    /// A digest whose hash was computed here (a hasher's output), for functions whose hash fits the key.
+    public init(key: DigestKey) {
+        precondition(key.function.hexLength <= DigestKey.hexCapacity && key.sizeBytes >= 0)
+        self.key = key
+        self.longHash = ""
     }
 
     /// The digest of the empty blob, which is always present and never stored.
     public static func empty(_ function: DigestFunction = .sha256) -> Digest {
-        Digest(trusted: function.makeHasher().finalizeHex(), sizeBytes: 0, function: function)
+        function.makeHasher().finalizeDigest()
     }
 
     public static let emptySHA256 = Digest.empty(.sha256)
 
-    public var isEmpty: Bool { sizeBytes == 0 && function == .sha256 && hash == Digest.emptySHA256.hash }
+    public var isEmpty: Bool { sizeBytes == 0 && key == Digest.emptySHA256.key }
 
     /// Computes the digest of `bytes`.
     public static func of(_ bytes: some DataProtocol, function: DigestFunction = .sha256) -> Digest {
         var hasher = function.makeHasher()
         hasher.update(bytes)
-        return Digest(trusted: hasher.finalizeHex(), sizeBytes: Int64(bytes.count), function: function)
+        return hasher.finalizeDigest()
     }
 
     /// Checks that `data` is this blob; INVALID_ARGUMENT says whether the size or the hash differs.
@@ -67,9 +86,9 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
         }
         var hasher = function.makeHasher()
         hasher.update(data)
-        let actual = hasher.finalizeHex()
-        guard actual == hash else {
-            throw Self.hashMismatch(self, actual: actual)
+        let actual = hasher.finalizeDigest()
+        guard actual == self else {
+            throw Self.hashMismatch(self, actual: actual.hash)
         }
     }
 
@@ -81,25 +100,29 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
 
     public static func == (lhs: Digest, rhs: Digest) -> Bool {
         // The key holds the first 256 bits of the hash: longer hashes also compare the rest.
-        lhs.key == rhs.key && (lhs.function.hexLength <= DigestKey.hexCapacity || lhs.hash == rhs.hash)
+        lhs.key == rhs.key && lhs.longHash == rhs.longHash
     }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(key)
     }
 
+    /// By hash, then size, as the hex sorts: the key's words are the hex's nibbles in order.
     public static func < (lhs: Digest, rhs: Digest) -> Bool {
-        (lhs.hash, lhs.sizeBytes) < (rhs.hash, rhs.sizeBytes)
+        if !lhs.longHash.isEmpty || !rhs.longHash.isEmpty || lhs.function.hexLength != rhs.function.hexLength {
+            return (lhs.hash, lhs.sizeBytes) < (rhs.hash, rhs.sizeBytes)
+        }
+        let l = lhs.key, r = rhs.key
+        return (l.w0, l.w1, l.w2, l.w3, l.sizeBytes) < (r.w0, r.w1, r.w2, r.w3, r.sizeBytes)
     }
 }
 
 /// A digest as five plain words: the first 256 bits of its hash and its size, with its function.
 ///
-/// Hashing and comparing one is a few word operations with no reference counting, where a `Digest`'s
-/// String would hash 64 characters of hex and be retained and released on every copy; the in-memory
-/// stores key their dictionaries with it. It identifies a digest exactly for hashes of at most 256 bits,
-/// which covers every function Strata computes (SHA256); `Digest`'s own `==` also compares the hex of
-/// longer ones.
+/// Hashing and comparing one is a few word operations with no reference counting, where a String of
+/// hex would hash 64 characters and be retained and released on every copy; the in-memory stores key
+/// their dictionaries with it. It identifies a digest exactly for hashes of at most 256 bits, which
+/// covers every function Strata computes (SHA256); `Digest` keeps the hex of longer ones beside it.
 public struct DigestKey: Hashable, Sendable {
     public let w0: UInt64
     public let w1: UInt64
@@ -120,22 +143,98 @@ public struct DigestKey: Hashable, Sendable {
         // The table is fetched once per call: read per character, its lazy initialisation check
         // (swift_once) cost as much as the decoding.
         nibbles.withUnsafeBufferPointer { nibbles in
-            var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+            // The common case, 64 characters of good hex, without a check or a branch per character;
+            // anything else is decoded again below to find the first bad character.
+            if hex.count == hexCapacity, let hexBase = hex.baseAddress, let table = nibbles.baseAddress {
+                var bad: UInt8 = 0
+                func word(_ start: Int) -> UInt64 {
+                    var word: UInt64 = 0
+                    for offset in start..<(start + 16) {
+                        let nibble = table[Int(hexBase[offset])]
+                        bad |= nibble
+                        word = word << 4 | UInt64(nibble & 0xf)
+                    }
+                    return word
+                }
+                let key = DigestKey(w0: word(0), w1: word(16), w2: word(32), w3: word(48), sizeBytes: sizeBytes, function: function)
+                if bad <= 15 { return .success(key) }
+            }
+            var words = PackedWords()
             for (position, byte) in hex.enumerated() {
                 // Check every character, in order, so the first bad one decides the message.
                 let nibble = nibbles[Int(byte)]
                 if nibble > 15 { return .failure(nibble == upperCaseNibble ? .upperCase : .notHex) }
                 guard position < hexCapacity else { continue }
-                let value = UInt64(nibble)
-                switch position >> 4 {
-                case 0: words.0 = words.0 << 4 | value
-                case 1: words.1 = words.1 << 4 | value
-                case 2: words.2 = words.2 << 4 | value
-                default: words.3 = words.3 << 4 | value
-                }
+                words.push(UInt64(nibble), bits: 4, at: position)
             }
-            return .success(DigestKey(w0: words.0, w1: words.1, w2: words.2, w3: words.3, sizeBytes: sizeBytes, function: function))
+            return .success(words.key(sizeBytes: sizeBytes, function: function))
         }
+    }
+
+    /// The four words filled from their most significant end, a nibble or a byte at a time.
+    private struct PackedWords {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+
+        /// Appends the `bits`-bit `value` that is unit number `position` of the hash.
+        mutating func push(_ value: UInt64, bits: Int, at position: Int) {
+            switch position * bits / 64 {
+            case 0: words.0 = words.0 << UInt64(bits) | value
+            case 1: words.1 = words.1 << UInt64(bits) | value
+            case 2: words.2 = words.2 << UInt64(bits) | value
+            default: words.3 = words.3 << UInt64(bits) | value
+            }
+        }
+
+        func key(sizeBytes: Int64, function: DigestFunction) -> DigestKey {
+            DigestKey(w0: words.0, w1: words.1, w2: words.2, w3: words.3, sizeBytes: sizeBytes, function: function)
+        }
+    }
+
+    public init(w0: UInt64, w1: UInt64, w2: UInt64, w3: UInt64, sizeBytes: Int64, function: DigestFunction) {
+        (self.w0, self.w1, self.w2, self.w3) = (w0, w1, w2, w3)
+        self.sizeBytes = sizeBytes
+        self.function = function
+    }
+
+    /// Packs a hash's bytes as `decode` packs its hex: two nibbles a byte, the first 32 bytes.
+    public init(hashBytes: UnsafeRawBufferPointer, sizeBytes: Int64, function: DigestFunction) {
+        var words = PackedWords()
+        for (position, byte) in hashBytes.prefix(Self.hexCapacity / 2).enumerated() {
+            words.push(UInt64(byte), bits: 8, at: position)
+        }
+        self = words.key(sizeBytes: sizeBytes, function: function)
+    }
+
+    /// Hex characters `writeHex` writes: the function's, up to `hexCapacity`.
+    public var hexCount: Int { min(function.hexLength, Self.hexCapacity) }
+
+    /// The hash as lower-case hex (its first `hexCapacity` characters for longer hashes).
+    public var hex: String {
+        String(unsafeUninitializedCapacity: hexCount) { buffer in
+            writeHex(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// Writes the hash as lower-case hex at the start of `out`, which must hold `hexCount` bytes;
+    /// returns `hexCount`.
+    @discardableResult
+    public func writeHex(into out: UnsafeMutableRawBufferPointer) -> Int {
+        let length = hexCount
+        precondition(out.count >= length, "no room for the hex of a digest")
+        let digits: StaticString = "0123456789abcdef"
+        var position = 0
+        for index in 0..<4 where position < length {
+            let word = switch index { case 0: w0; case 1: w1; case 2: w2; default: w3 }
+            // A word holds 16 nibbles, the last word of a shorter hash only its remaining ones.
+            let nibbles = min(16, length - index * 16)
+            var shift = 4 * (nibbles - 1)
+            while shift >= 0 {
+                out[position] = digits.utf8Start[Int(truncatingIfNeeded: (word >> UInt64(shift)) & 0xf)]
+                position += 1
+                shift -= 4
+            }
+        }
+        return length
     }
 
     private static let upperCaseNibble: UInt8 = 0xfe

@@ -62,18 +62,23 @@ public enum DigestFunction: Int, Sendable, Hashable, CaseIterable, CustomStringC
     /// Resolves the function of a request: the explicit proto value, or (when 0, unset) inferred from the
     /// length of `hash`, as the spec allows. Throws INVALID_ARGUMENT for functions we do not compute.
     public static func resolve(protoValue: Int, hash: String?) throws(StrataError) -> DigestFunction {
+        try resolve(protoValue: protoValue, hashLength: hash?.utf8.count)
+    }
+
+    /// `resolve(protoValue:hash:)` given only the hash's length in bytes, which is all it looks at.
+    public static func resolve(protoValue: Int, hashLength: Int?) throws(StrataError) -> DigestFunction {
         if protoValue != 0 {
             guard let function = DigestFunction(rawValue: protoValue) else {
                 throw .invalidArgument("unknown digest_function \(protoValue)")
             }
             return try function.requireSupported()
         }
-        guard let hash else { return .sha256 }
-        let candidates = inferable.filter { $0.hexLength == hash.utf8.count }
+        guard let hashLength else { return .sha256 }
+        let candidates = inferable.filter { $0.hexLength == hashLength }
         // MD5 and MURMUR3 share a length; neither is supported, so either name is a fair message.
         guard let function = candidates.first else {
             throw .invalidArgument(
-                "cannot infer the digest function from a \(hash.utf8.count)-character hash; "
+                "cannot infer the digest function from a \(hashLength)-character hash; "
                     + "this server supports \(supportedList) (\(DigestFunction.sha256.hexLength) hex characters)")
         }
         return try function.requireSupported()
@@ -109,6 +114,14 @@ public struct BlobHasher: Sendable {
 
     public func finalizeHex() -> String {
         sha.finalize().hexString
+    }
+
+    /// The digest of the bytes hashed so far, without writing its hash out as hex.
+    public func finalizeDigest() -> Digest {
+        let key = sha.finalize().withUnsafeBytes {
+            DigestKey(hashBytes: $0, sizeBytes: byteCount, function: .sha256)
+        }
+        return Digest(key: key)
     }
 }
 

@@ -62,6 +62,17 @@ public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable
         return slots[slot].value
     }
 
+    /// Marks the entry most recently used; whether there is one. `get` without copying the value out.
+    @inlinable
+    public mutating func touch(_ key: Key) -> Bool {
+        guard let slot = slotOfKey[key] else { return false }
+        if newest != slot {
+            unlink(slot)
+            pushNewest(slot)
+        }
+        return true
+    }
+
     /// Inserts or replaces; evicts least recently used entries until the total fits. An entry costing
     /// more than the capacity is not inserted and `false` is returned.
     @inlinable

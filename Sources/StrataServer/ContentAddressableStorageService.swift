@@ -16,38 +16,54 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
     public func findMissingBlobs(
         request: Build_Bazel_Remote_Execution_V2_FindMissingBlobsRequest, context: ServerContext
     ) async throws -> Build_Bazel_Remote_Execution_V2_FindMissingBlobsResponse {
-        let cas = try registry.cas(request.instanceName)
-        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.blobDigests.first?.hash)
-        var digests: [Digest] = []
-        digests.reserveCapacity(request.blobDigests.count)
-        for proto in request.blobDigests { digests.append(try Digest(proto, function: function)) }
-        let missing = try await cas.store.findMissing(digests)
+        let missing = try await findMissing(DigestsRequest(
+            instanceName: request.instanceName, digestFunction: request.digestFunction.rawValue,
+            entries: request.blobDigests.map { RequestDigest(hash: $0.hash, sizeBytes: $0.sizeBytes) }))
         return .with { $0.missingBlobDigests = missing.map(\.proto) }
+    }
+
+    func findMissing(_ request: DigestsRequest) async throws -> [Digest] {
+        let cas = try registry.cas(request.instanceName)
+        let function = try request.function()
+        var digests: [Digest] = []
+        digests.reserveCapacity(request.entries.count)
+        for digest in request.entries { digests.append(try digest.validated(for: function)) }
+        return try await cas.store.findMissing(digests)
     }
 
     public func batchUpdateBlobs(
         request: Build_Bazel_Remote_Execution_V2_BatchUpdateBlobsRequest, context: ServerContext
     ) async throws -> Build_Bazel_Remote_Execution_V2_BatchUpdateBlobsResponse {
+        try await update(BlobsUploadRequest(
+            instanceName: request.instanceName, digestFunction: request.digestFunction.rawValue,
+            entries: request.requests.map {
+                .init(digest: RequestDigest(hash: $0.digest.hash, sizeBytes: $0.digest.sizeBytes), data: $0.data,
+                      compressor: $0.compressor.rawValue)
+            })).proto
+    }
+
+    func update(_ request: BlobsUploadRequest) async throws -> BlobsUploadStatuses {
         let instance = try registry.instance(request.instanceName)
         let cas = try registry.cas(request.instanceName)
         guard !cas.readOnly else {
             throw StrataError(.permissionDenied, "the CAS of instance \"\(request.instanceName)\" is read-only")
         }
-        let total = request.requests.reduce(Int64(0)) { $0 + Int64($1.data.count) }
+        let total = request.entries.reduce(Int64(0)) { $0 + Int64($1.data.count) }
         guard total <= registry.maxBatchTotalSizeBytes else {
             throw StrataError.invalidArgument(
                 "BatchUpdateBlobs carries \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); upload large blobs with ByteStream")
         }
-        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.requests.first?.digest.hash)
+        let function = try request.function()
 
         // Validate each blob on its own: one bad blob gets its own status, the rest are stored.
-        var statuses = [RPCStatus](repeating: .ok, count: request.requests.count)
+        var errors = [StrataError?](repeating: nil, count: request.entries.count)
         var accepted: [(index: Int, digest: Digest, data: Data)] = []
-        for (index, blob) in request.requests.enumerated() {
+        for (index, blob) in request.entries.enumerated() {
             do throws(StrataError) {
-                let digest = try Digest(blob.digest, function: function)
-                guard blob.compressor == .identity else {
-                    throw .invalidArgument("blob \(digest): compressor \(blob.compressor) is not supported (Capabilities lists none)")
+                let digest = try blob.digest.validated(for: function)
+                guard blob.compressor == 0 else {
+                    let name = Build_Bazel_Remote_Execution_V2_Compressor.Value(rawValue: blob.compressor).map { "\($0)" } ?? "\(blob.compressor)"
+                    throw .invalidArgument("blob \(digest): compressor \(name) is not supported (Capabilities lists none)")
                 }
                 guard Int64(blob.data.count) == digest.sizeBytes else {
                     throw .invalidArgument("blob \(digest): \(blob.data.count) bytes of data for a digest of size \(digest.sizeBytes)")
@@ -57,60 +73,44 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
                 }
                 accepted.append((index, digest, blob.data))
             } catch {
-                statuses[index] = error.rpcStatus
+                errors[index] = error
             }
         }
         let results = await cas.store.writeBatch(accepted.map { (digest: $0.digest, data: $0.data) })
         for (blob, result) in zip(accepted, results) {
-            if case .failure(let error) = result { statuses[blob.index] = error.rpcStatus }
+            if case .failure(let error) = result { errors[blob.index] = error }
         }
-        return .with {
-            $0.responses = zip(request.requests, statuses).map { blob, status in
-                .with {
-                    $0.digest = blob.digest
-                    $0.status = status
-                }
-            }
-        }
+        return BlobsUploadStatuses(entries: zip(request.entries, errors).map { ($0.digest, $1) })
     }
 
     public func batchReadBlobs(
         request: Build_Bazel_Remote_Execution_V2_BatchReadBlobsRequest, context: ServerContext
     ) async throws -> Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse {
+        try await read(DigestsRequest(
+            instanceName: request.instanceName, digestFunction: request.digestFunction.rawValue,
+            entries: request.digests.map { RequestDigest(hash: $0.hash, sizeBytes: $0.sizeBytes) })).proto
+    }
+
+    func read(_ request: DigestsRequest) async throws -> ReadBlobs {
         let cas = try registry.cas(request.instanceName)
-        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.digests.first?.hash)
-        let total = request.digests.reduce(Int64(0)) { $0 + max(0, $1.sizeBytes) }
+        let function = try request.function()
+        let total = request.entries.reduce(Int64(0)) { $0 + max(0, $1.sizeBytes) }
         guard total <= registry.maxBatchTotalSizeBytes else {
             throw StrataError.invalidArgument(
                 "BatchReadBlobs asks for \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); read large blobs with ByteStream")
         }
-        var statuses = [RPCStatus](repeating: .ok, count: request.digests.count)
+        var results = [Result<Data, StrataError>](repeating: .success(Data()), count: request.entries.count)
         var valid: [(index: Int, digest: Digest)] = []
-        for (index, proto) in request.digests.enumerated() {
+        for (index, digest) in request.entries.enumerated() {
             do throws(StrataError) {
-                valid.append((index, try Digest(proto, function: function)))
+                valid.append((index, try digest.validated(for: function)))
             } catch {
-                statuses[index] = error.rpcStatus
+                results[index] = .failure(error)
             }
         }
-        let results = await cas.store.readBatch(valid.map(\.digest))
-        var data = [Data](repeating: Data(), count: request.digests.count)
-        for (blob, result) in zip(valid, results) {
-            switch result {
-            case .success(let bytes): data[blob.index] = bytes
-            case .failure(let error): statuses[blob.index] = error.rpcStatus
-            }
-        }
-        return .with {
-            $0.responses = request.digests.indices.map { index in
-                .with {
-                    $0.digest = request.digests[index]
-                    $0.status = statuses[index]
-                    $0.data = data[index]
-                    $0.compressor = .identity
-                }
-            }
-        }
+        let read = await cas.store.readBatch(valid.map(\.digest))
+        for (blob, result) in zip(valid, read) { results[blob.index] = result }
+        return ReadBlobs(entries: zip(request.entries, results).map { ($0, $1) })
     }
 
     public func getTree(

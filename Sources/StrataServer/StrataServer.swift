@@ -73,7 +73,7 @@ public final class StrataServer: Service, Sendable {
         self.logger = logger
         let services: [any RegistrableRPCService] = [
             CapabilitiesService(registry: registry),
-            ContentAddressableStorageService(registry: registry),
+            ContentAddressableStorageWireService(service: ContentAddressableStorageService(registry: registry)),
             ByteStreamService(registry: registry, uploads: uploads),
             ActionCacheService(registry: registry),
         ]

@@ -80,7 +80,8 @@ public final class DiskBlobStore: ListableBlobStore {
     public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.files.totalCost } }
 
     func path(of digest: Digest) -> String {
-        "\(casDirectory)/\(digest.hash.prefix(2))/\(digest.hash)_\(digest.sizeBytes)"
+        let hash = digest.hash
+        return "\(casDirectory)/\(hash.prefix(2))/\(hash)_\(digest.sizeBytes)"
     }
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {

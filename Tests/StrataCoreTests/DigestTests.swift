@@ -97,6 +97,31 @@ import Testing
         #expect(Set([digest, try Digest(hash: hello, sizeBytes: 5), try Digest(hash: hello, sizeBytes: 6)]).count == 2)
     }
 
+    /// A digest keeps its hash as words and writes the hex out on demand: the hex must round-trip for
+    /// every supported length (SHA-1's 40 characters fill part of a word, SHA-512's overflow the key),
+    /// and ordering must be the hex's, as SQL's ORDER BY and sorted listings see it.
+    @Test func hexRoundTripsAndOrdersAsText() throws {
+        var generator = SystemRandomNumberGenerator()
+        let hexDigits = Array("0123456789abcdef")
+        func randomHex(_ count: Int) -> String { String((0..<count).map { _ in hexDigits.randomElement(using: &generator)! }) }
+        for function in [DigestFunction.sha256, .sha1, .md5, .sha512, .vso] {
+            var digests: [Digest] = []
+            for _ in 0..<200 {
+                let hex = randomHex(function.hexLength)
+                let digest = try Digest(hash: hex, sizeBytes: Int64.random(in: 0..<3), function: function)
+                #expect(digest.hash == hex && digest.function == function)
+                digests.append(digest)
+            }
+            // Shared prefixes, so that later words decide.
+            digests.append(try Digest(hash: String(digests[0].hash.dropLast()) + "0", sizeBytes: 1, function: function))
+            digests.append(try Digest(hash: String(digests[0].hash.dropLast()) + "f", sizeBytes: 1, function: function))
+            let byText = digests.sorted { ($0.hash, $0.sizeBytes) < ($1.hash, $1.sizeBytes) }
+            #expect(digests.sorted() == byText, "\(function)")
+        }
+        let computed = Digest.of(Data("hello".utf8))
+        #expect(computed.hash == hello && computed.key.hex == hello)
+    }
+
     @Test func lruDictionaryReusesSlotsAndKeepsOrder() {
         var lru = LRUDictionary<Int, String>(capacity: 100)
         for key in 0..<10 { lru.insert(key, "v\(key)", cost: 1) }

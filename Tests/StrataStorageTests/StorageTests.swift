@@ -31,6 +31,39 @@ import Testing
         #expect(try await store.findMissing(blobs.map(\.digest) + [newcomer.digest]) == [blobs[1].digest])
         #expect(store.totalBytes <= 3000)
     }
+
+    /// A streamed upload is kept in the pieces it arrived in (small chunks joined): every range, across
+    /// piece boundaries or inside one, and a batch read of the whole, must read back the blob's bytes.
+    @Test func streamedBlobReadsBackFromItsPieces() async throws {
+        let store = LRUBlobStore(capacityBytes: 64 << 20)
+        let blob = Blob.random(size: 3 << 20)
+        // 16 KiB messages, then large ones, then small again: joined pieces and kept ones alternate.
+        var sizes: [Int] = Array(repeating: 16 << 10, count: 70) + [300 << 10, 1 << 20, 5000]
+        sizes.append(blob.data.count - sizes.reduce(0, +))
+        var chunks: [Data] = []
+        var position = 0
+        for size in sizes {
+            chunks.append(Data(blob.data[position..<(position + size)]))
+            position += size
+        }
+        let sent = chunks
+        try await store.write(blob.digest, body: BlobBody { var index = 0
+            return BlobBody.AsyncIterator {
+                guard index < sent.count else { return nil }
+                defer { index += 1 }
+                return sent[index]
+            }
+        })
+        let size = Int64(blob.data.count)
+        let boundary = Int64(70 * (16 << 10))
+        for (offset, limit) in [(0, nil), (1, nil), (boundary - 3, 10), (boundary, Int64(300 << 10)), (size - 1, nil),
+                                (Int64(1 << 20) + 17, Int64(2 << 20)), (size, nil)] as [(Int64, Int64?)] {
+            let read = try await store.read(blob.digest, offset: offset, limit: limit).collect(limit: size)
+            let end = limit.map { min(size, offset + $0) } ?? size
+            #expect(read == blob.data[Int(offset)..<Int(end)], "offset \(offset), limit \(String(describing: limit))")
+        }
+        #expect(try await store.readBatch([blob.digest])[0].get() == blob.data)
+    }
 }
 
 @Suite struct DiskBlobStoreTests {
