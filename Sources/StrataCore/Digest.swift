@@ -136,7 +136,8 @@ public struct DigestKey: Hashable, Sendable {
 
     enum DecodeFailure: Error { case upperCase, notHex }
 
-    /// Validates lower-case hex and packs its first 64 characters (big-endian per word, zero-padded).
+    /// Validates lower-case hex and packs its first 64 characters, 16 to a word from the most
+    /// significant end (a shorter hash's last word holds its remaining nibbles in its low bits).
     static func decode(
         _ hex: UnsafeBufferPointer<UInt8>, sizeBytes: Int64, function: DigestFunction
     ) -> Result<DigestKey, DecodeFailure> {

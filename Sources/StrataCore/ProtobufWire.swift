@@ -8,6 +8,9 @@ public enum ProtobufWire {
         case varint = 0
         case fixed64 = 1
         case lengthDelimited = 2
+        /// Groups: long deprecated, never a REAPI field, skipped whole wherever they appear.
+        case startGroup = 3
+        case endGroup = 4
         case fixed32 = 5
     }
 
@@ -33,7 +36,14 @@ public enum ProtobufWire {
         public var description: String { "\(what) is not well-formed protobuf" }
     }
 
-    /// Calls `body` for each top-level field of the message in `bytes[range]`.
+    /// The largest field number protobuf allows.
+    public static let maximumFieldNumber = (1 << 29) - 1
+    /// Groups nested deeper than this are refused, as swift-protobuf refuses deep messages.
+    public static let maximumGroupDepth = 100
+
+    /// Calls `body` for each top-level field of the message in `bytes[range]`, except groups, which
+    /// it skips. A field of a known number with an unexpected wire type is for the caller to skip as
+    /// unknown, as protobuf's own parsers do.
     @inlinable
     public static func forEachField(
         _ bytes: UnsafeRawBufferPointer, in range: Range<Int>, _ body: (Field) throws -> Void
@@ -41,23 +51,56 @@ public enum ProtobufWire {
         precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count)
         var position = range.lowerBound
         while position < range.upperBound {
-            let tag = try readVarint(bytes, at: &position, end: range.upperBound)
-            // Groups (3, 4) are long deprecated and never appear in the REAPI.
-            guard let type = WireType(rawValue: UInt8(tag & 7)), tag >> 3 != 0 else { throw MalformedMessage() }
-            var field = Field(number: Int(tag >> 3), type: type, varint: 0, payload: position..<position)
-            switch type {
-            case .varint: field.varint = try readVarint(bytes, at: &position, end: range.upperBound)
-            case .fixed64, .fixed32:
-                let width = type == .fixed64 ? 8 : 4
-                guard range.upperBound - position >= width else { throw MalformedMessage() }
-                position += width
-            case .lengthDelimited:
-                let length = try readVarint(bytes, at: &position, end: range.upperBound)
-                guard length <= UInt64(range.upperBound - position) else { throw MalformedMessage() }
-                field.payload = position..<(position + Int(length))
-                position += Int(length)
+            let field = try readField(bytes, at: &position, end: range.upperBound)
+            switch field.type {
+            case .startGroup: try skipGroup(field.number, bytes, at: &position, end: range.upperBound)
+            case .endGroup: throw MalformedMessage()
+            default: try body(field)
             }
-            try body(field)
+        }
+    }
+
+    /// Reads one tag and its value (or the range of its payload); for a start-group tag, only the tag.
+    @inlinable
+    public static func readField(_ bytes: UnsafeRawBufferPointer, at position: inout Int, end: Int) throws -> Field {
+        let tag = try readVarint(bytes, at: &position, end: end)
+        let number = tag >> 3
+        guard let type = WireType(rawValue: UInt8(tag & 7)), number != 0, number <= UInt64(maximumFieldNumber) else {
+            throw MalformedMessage()
+        }
+        var field = Field(number: Int(number), type: type, varint: 0, payload: position..<position)
+        switch type {
+        case .varint: field.varint = try readVarint(bytes, at: &position, end: end)
+        case .fixed64, .fixed32:
+            let width = type == .fixed64 ? 8 : 4
+            guard end - position >= width else { throw MalformedMessage() }
+            position += width
+        case .lengthDelimited:
+            let length = try readVarint(bytes, at: &position, end: end)
+            guard length <= UInt64(end - position) else { throw MalformedMessage() }
+            field.payload = position..<(position + Int(length))
+            position += Int(length)
+        case .startGroup, .endGroup: break
+        }
+        return field
+    }
+
+    /// Skips to just after the end-group tag of group `number`, whose start tag was just read.
+    /// Iterative, with a bounded depth: a request of nested groups cannot exhaust the stack.
+    @inlinable
+    public static func skipGroup(_ number: Int, _ bytes: UnsafeRawBufferPointer, at position: inout Int, end: Int) throws {
+        var open = [number]
+        while let innermost = open.last {
+            let field = try readField(bytes, at: &position, end: end)
+            switch field.type {
+            case .startGroup:
+                guard open.count < maximumGroupDepth else { throw MalformedMessage() }
+                open.append(field.number)
+            case .endGroup:
+                guard field.number == innermost else { throw MalformedMessage() }
+                open.removeLast()
+            default: continue
+            }
         }
     }
 
@@ -120,6 +163,8 @@ public enum ProtobufWire {
 
         public mutating func varint(_ value: UInt64) {
             var value = value
+            // Checked writes: a miscounted size must stop here, not run past the buffer.
+            precondition(position + ProtobufWire.varintSize(value) <= buffer.count, "a wire message overran its buffer")
             while value >= 0x80 {
                 buffer[position] = UInt8(truncatingIfNeeded: value) | 0x80
                 position += 1
@@ -153,12 +198,14 @@ public enum ProtobufWire {
 
         public mutating func bytes(_ payload: UnsafeRawBufferPointer) {
             guard !payload.isEmpty else { return }
+            precondition(position + payload.count <= buffer.count, "a wire message overran its buffer")
             UnsafeMutableRawBufferPointer(rebasing: buffer[position..<(position + payload.count)]).copyMemory(from: payload)
             position += payload.count
         }
 
         /// Room for the caller to fill directly, `count` bytes from the current position.
         public mutating func reserve(_ count: Int) -> UnsafeMutableRawBufferPointer {
+            precondition(position + count <= buffer.count, "a wire message overran its buffer")
             defer { position += count }
             return UnsafeMutableRawBufferPointer(rebasing: buffer[position..<(position + count)])
         }

@@ -32,14 +32,21 @@ struct RequestDigest: Sendable {
 
     /// Decodes a `Digest` message from `bytes[range]`.
     init(wire bytes: UnsafeRawBufferPointer, in range: Range<Int>) throws {
-        var hash: Range<Int> = range.lowerBound..<range.lowerBound
+        try self.init(wire: bytes, in: CollectionOfOne(range))
+    }
+
+    /// Decodes a `Digest` message sent in several parts (a singular message field repeated), which
+    /// protobuf merges: each field's last value wins.
+    init(wire bytes: UnsafeRawBufferPointer, in ranges: some Sequence<Range<Int>>) throws {
+        var hash: Range<Int> = 0..<0
         var size: Int64 = 0
-        try ProtobufWire.forEachField(bytes, in: range) { field in
-            switch (field.number, field.type) {
-            case (1, .lengthDelimited): hash = field.payload
-            case (2, .varint): size = Int64(bitPattern: field.varint)
-            case (1, _), (2, _): throw ProtobufWire.MalformedMessage("a Digest")
-            default: break
+        for range in ranges {
+            try ProtobufWire.forEachField(bytes, in: range) { field in
+                switch (field.number, field.type) {
+                case (1, .lengthDelimited): hash = field.payload
+                case (2, .varint): size = Int64(bitPattern: field.varint)
+                default: break // unknown, or a known number with another wire type: skipped as protobuf does
+                }
             }
         }
         let hex = UnsafeRawBufferPointer(rebasing: bytes[hash])
@@ -166,19 +173,20 @@ struct UploadedBlob: BatchEntry {
     }
 
     init(wire bytes: UnsafeRawBufferPointer, in range: Range<Int>) throws {
-        var digest = RequestDigest(hash: "", sizeBytes: 0)
+        var digest: [Range<Int>] = []
         var data: Range<Int> = range.lowerBound..<range.lowerBound
         var compressor = 0
         try ProtobufWire.forEachField(bytes, in: range) { field in
             switch (field.number, field.type) {
-            case (1, .lengthDelimited): digest = try RequestDigest(wire: bytes, in: field.payload)
+            case (1, .lengthDelimited): digest.append(field.payload)
             case (2, .lengthDelimited): data = field.payload
             case (3, .varint): compressor = Int(Int32(truncatingIfNeeded: field.varint))
-            case (1, _), (2, _), (3, _): throw ProtobufWire.MalformedMessage("a blob of the request")
             default: break
             }
         }
-        self.init(digest: digest, data: Data(UnsafeRawBufferPointer(rebasing: bytes[data])), compressor: compressor)
+        self.init(
+            digest: try RequestDigest(wire: bytes, in: digest), data: Data(UnsafeRawBufferPointer(rebasing: bytes[data])),
+            compressor: compressor)
     }
 }
 
@@ -209,7 +217,6 @@ struct BatchRequest<Entry: BatchEntry>: Sendable {
             case (1, .lengthDelimited): instanceName = try wireString(bytes, field.payload, "instance_name")
             case (2, .lengthDelimited): entries.append(try entry(bytes, field.payload))
             case (digestFunctionField, .varint): digestFunction = Int(Int32(truncatingIfNeeded: field.varint))
-            case (1, _), (2, _), (digestFunctionField, _): throw ProtobufWire.MalformedMessage("the request")
             default: break
             }
         }

@@ -94,7 +94,11 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
     func read(_ request: DigestsRequest) async throws -> ReadBlobs {
         let cas = try registry.cas(request.instanceName)
         let function = try request.function()
-        let total = request.entries.reduce(Int64(0)) { $0 + max(0, $1.sizeBytes) }
+        // Saturating: sizes are the client's, and two near Int64.max must not trap the server.
+        let total = request.entries.reduce(Int64(0)) { total, digest in
+            let (sum, overflow) = total.addingReportingOverflow(max(0, digest.sizeBytes))
+            return overflow ? .max : sum
+        }
         guard total <= registry.maxBatchTotalSizeBytes else {
             throw StrataError.invalidArgument(
                 "BatchReadBlobs asks for \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); read large blobs with ByteStream")

@@ -63,13 +63,15 @@ public final class LRUBlobStore: BlobStore {
     }
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
-        blobs.withLock { blobs in
-            digests.map { digest in
-                if digest.isEmpty { return .success(Data()) }
+        let found = blobs.withLock { blobs in
+            digests.map { digest -> Result<LRUBlob, StrataError> in
+                if digest.isEmpty { return .success(.whole(Data())) }
                 guard let blob = blobs.get(digest.key) else { return .failure(.notFound("blob \(digest) is not in the CAS")) }
-                return .success(blob.joined)
+                return .success(blob)
             }
         }
+        // Joining a streamed blob's pieces copies it: outside the lock.
+        return found.map { $0.map(\.joined) }
     }
 
     public func delete(_ digests: [Digest]) async throws {
@@ -102,28 +104,39 @@ enum LRUBlob: Sendable {
     struct Builder {
         private var pieces: [Data] = []
         private var pending = Data()
+        /// The capacity reserved for `pending`.
+        private var reserved = 0
+        /// Bytes still to come, by the digest's size.
         private var remaining: Int64
 
         init(size: Int64) { remaining = size }
 
         mutating func append(_ chunk: Data) {
+            let expected = remaining
             remaining -= Int64(chunk.count)
             if chunk.count >= LRUBlob.pieceBytes / 4 {
                 flush()
                 pieces.append(chunk)
                 return
             }
+            if pending.count + chunk.count > LRUBlob.pieceBytes { flush() }
             if pending.isEmpty {
-                pending.reserveCapacity(Int(min(Int64(LRUBlob.pieceBytes), Int64(chunk.count) + max(0, remaining))))
+                reserved = Int(min(Int64(LRUBlob.pieceBytes), max(Int64(chunk.count), expected)))
+                pending.reserveCapacity(reserved)
             }
             pending.append(chunk)
-            if pending.count >= LRUBlob.pieceBytes { flush() }
         }
 
         private mutating func flush() {
             guard !pending.isEmpty else { return }
+            // A piece cut short (a large chunk came next) would pin its whole reservation, which the
+            // LRU does not count: keep an exact copy instead.
+            if pending.count < reserved / 2 {
+                pending = pending.withUnsafeBytes { Data(bytes: $0.baseAddress!, count: $0.count) }
+            }
             pieces.append(pending)
             pending = Data()
+            reserved = 0
         }
 
         var blob: LRUBlob {

@@ -100,6 +100,14 @@ import Testing
                 _ = try await clients.cas.batchReadBlobs(.with { $0.digests = blobs.map(\.digest.proto) })
             }
             #expect(read?.code == .invalidArgument)
+            // Sizes whose sum overflows Int64 are over the limit too, not a crash.
+            let huge = await rpcFailure {
+                _ = try await clients.cas.batchReadBlobs(.with {
+                    $0.digests = [.with { $0.hash = blobs[0].digest.hash; $0.sizeBytes = .max },
+                                  .with { $0.hash = blobs[1].digest.hash; $0.sizeBytes = 1 }]
+                })
+            }
+            #expect(huge?.code == .invalidArgument)
         }
     }
 

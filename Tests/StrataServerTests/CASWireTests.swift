@@ -97,11 +97,44 @@ import Testing
 
     @Test func malformedRequestsAreInvalidArgument() throws {
         let bytes: [UInt8] = try FMBRequest.with { $0.blobDigests = [Self.good.proto] }.serializedBytes()
-        for broken in [Array(bytes.dropLast()), [0x12, 0x80], [0x0a, 0x02, 0xff, 0xfe], [0x10, 0x01], [0x07]] {
+        // Truncated; a length past the end; hash not UTF-8; wire type 7; a stray end group; an end
+        // group that closes another; a field number over 2^29 - 1.
+        for broken in [Array(bytes.dropLast()), [0x12, 0x80], [0x12, 0x04, 0x0a, 0x02, 0xff, 0xfe], [0x07], [0x9c, 0x06],
+                       [0x9b, 0x06, 0xa4, 0x06], [0x80, 0x80, 0x80, 0x80, 0x20, 0x00]] as [[UInt8]] {
+            #expect(throws: (any Error).self, "\(broken)") { _ = try FMBRequest(serializedBytes: broken) }
             #expect {
                 _ = try WireDeserializer<FindMissingBlobsWireRequest>().deserialize(broken)
             } throws: { ($0 as? RPCError)?.code == .invalidArgument }
         }
+        // Groups nested past the depth limit are refused without exhausting the stack.
+        func nested(_ depth: Int) -> [UInt8] {
+            Array(repeating: [UInt8]([0x9b, 0x06]), count: depth).flatMap { $0 } + Array(repeating: [UInt8]([0x9c, 0x06]), count: depth).flatMap { $0 }
+        }
+        #expect((try? WireDeserializer<FindMissingBlobsWireRequest>().deserialize(nested(10))) != nil)
+        #expect(throws: RPCError.self) { _ = try WireDeserializer<FindMissingBlobsWireRequest>().deserialize(nested(100_000)) }
+    }
+
+    /// What protobuf parsers accept is accepted alike: a known field with another wire type is an
+    /// unknown field, groups are skipped, and a message field sent twice is merged.
+    @Test func oddButValidRequestsDecodeAsSwiftProtobufDoes() throws {
+        let valid: [UInt8] = try FMBRequest.with { $0.instanceName = "x"; $0.blobDigests = [Self.good.proto] }.serializedBytes()
+        let group: [UInt8] = [0x9b, 0x06, 0x08, 0x01, 0x9b, 0x06, 0x9c, 0x06, 0x9c, 0x06] // field 99, nested once
+        for bytes in [[0x10, 0x01], valid + group, group + valid, valid + [0x11, 1, 2, 3, 4, 5, 6, 7, 8]] as [[UInt8]] {
+            let theirs = try FMBRequest(serializedBytes: bytes)
+            let ours = try WireDeserializer<FindMissingBlobsWireRequest>().deserialize(bytes).request
+            #expect(ours.instanceName == theirs.instanceName)
+            #expect(ours.entries.map(\.proto) == theirs.blobDigests.map { digest in .with { $0.hash = digest.hash; $0.sizeBytes = digest.sizeBytes } })
+        }
+        // One blob whose digest arrives in two parts: the hash, then the size.
+        let hashPart = try ProtoDigest.with { $0.hash = Self.good.hash }.serializedBytes() as [UInt8]
+        let sizePart = try ProtoDigest.with { $0.sizeBytes = 5 }.serializedBytes() as [UInt8]
+        var entry: [UInt8] = [0x0a, UInt8(hashPart.count)] + hashPart + [0x0a, UInt8(sizePart.count)] + sizePart
+        entry += [0x12, 0x05] + Array("hello".utf8)
+        let request: [UInt8] = [0x12, UInt8(entry.count)] + entry
+        let theirs = try UpdateRequest(serializedBytes: request)
+        let ours = try WireDeserializer<BatchUpdateBlobsWireRequest>().deserialize(request).request
+        #expect(theirs.requests[0].digest == Self.good.proto)
+        #expect(ours.entries.map(\.digest.proto) == [Self.good.proto] && ours.entries[0].data == Data("hello".utf8))
     }
 
     /// Bad bytes never crash the decoder, and whatever both decoders accept, they read alike.

@@ -36,9 +36,11 @@ import Testing
     /// piece boundaries or inside one, and a batch read of the whole, must read back the blob's bytes.
     @Test func streamedBlobReadsBackFromItsPieces() async throws {
         let store = LRUBlobStore(capacityBytes: 64 << 20)
-        let blob = Blob.random(size: 3 << 20)
-        // 16 KiB messages, then large ones, then small again: joined pieces and kept ones alternate.
-        var sizes: [Int] = Array(repeating: 16 << 10, count: 70) + [300 << 10, 1 << 20, 5000]
+        let blob = Blob.random(size: 4 << 20)
+        // 16 KiB messages, then large ones, then small again: joined pieces and kept ones alternate;
+        // pieces cut short by a large chunk, and small chunks that overflow a piece.
+        var sizes: [Int] = Array(repeating: 16 << 10, count: 70) + [300 << 10, 1 << 20, 5000, 1, 256 << 10, 1]
+            + Array(repeating: 200 << 10, count: 6)
         sizes.append(blob.data.count - sizes.reduce(0, +))
         var chunks: [Data] = []
         var position = 0
