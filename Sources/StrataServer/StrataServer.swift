@@ -1,5 +1,7 @@
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOCore
+import NIOPosix
 import Logging
 import ServiceLifecycle
 import StrataCore
@@ -51,12 +53,22 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 
 /// The gRPC services of every instance on one or more listening addresses.
 ///
+/// Each TCP address is served by one listener per event loop (`eventLoops`, by default one per core),
+/// bound with SO_REUSEPORT; a listener's connections and the handlers of their RPCs all run on its own
+/// one-thread event loop (see `EventLoopTaskExecutor`). Unix sockets and host names get one listener.
+///
 /// Runs as a swift-service-lifecycle `Service`: on graceful shutdown (SIGTERM/SIGINT in `strata serve`)
 /// it stops accepting RPCs, lets the ones in flight finish, then abandons parked uploads.
 public final class StrataServer: Service, Sendable {
     public let registry: InstanceRegistry
     public let uploads: UploadRegistry
-    private let servers: [(address: ListenAddress, server: GRPCServer<HTTP2ServerTransport.Posix>, transport: HTTP2ServerTransport.Posix)]
+    private struct Listener: Sendable {
+        let address: ListenAddress
+        let server: GRPCServer<HTTP2ServerTransport.Posix>
+        let transport: HTTP2ServerTransport.Posix
+        let loop: MultiThreadedEventLoopGroup
+    }
+    private let listeners: [Listener]
     private let logger: Logger
 
     /// 4 MiB: a 64 MiB ByteStream write runs as fast as with 8 or 16 MiB (about 0.9 GB/s on LRU storage
@@ -64,10 +76,11 @@ public final class StrataServer: Service, Sendable {
     static let http2WindowBytes = 4 << 20
     static let http2MaxFrameBytes = 1 << 20
 
+    /// Binds every address now: one already in use is an error here, naming it.
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
-        logger: Logger = Logger(label: "strata")
-    ) {
+        logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount
+    ) throws(StrataError) {
         self.registry = registry
         self.uploads = uploads
         self.logger = logger
@@ -85,40 +98,85 @@ public final class StrataServer: Service, Sendable {
         // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64
         // frames, each parsed, flow-accounted and copied into the message separately.
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
-        servers = addresses.map { address in
-            let transport = HTTP2ServerTransport.Posix(
-                address: address.socketAddress, transportSecurity: .plaintext, config: config)
-            return (address, GRPCServer(transport: transport, services: services), transport)
+
+        var listeners: [Listener] = []
+        func listener(_ address: ListenAddress, _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix) {
+            let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let transport = bind(loop)
+            listeners.append(Listener(
+                address: address, server: GRPCServer(transport: transport, services: services), transport: transport, loop: loop))
         }
+        do throws(StrataError) {
+            for address in addresses {
+                if case .tcp(let host, let port) = address.kind, let ip = Self.ipAddress(host) {
+                    for socket in try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops)) {
+                        listener(address) { loop in
+                            HTTP2ServerTransport.Posix(
+                                listeningSocketDescriptor: socket, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
+                        }
+                    }
+                } else {
+                    listener(address) { loop in
+                        HTTP2ServerTransport.Posix(
+                            address: address.socketAddress, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
+                    }
+                }
+            }
+        } catch {
+            for listener in listeners { listener.loop.shutdownGracefully { _ in } }
+            throw error
+        }
+        self.listeners = listeners
+    }
+
+    /// `host` as an IP address the listeners can bind, or nil for a host name.
+    private static func ipAddress(_ host: String) -> String? {
+        let ip = host == "localhost" ? "127.0.0.1" : host
+        return (try? NIOCore.SocketAddress(ipAddress: ip, port: 0)) == nil ? nil : ip
     }
 
     /// The bound addresses, once listening (port 0 resolved to the real port).
     public func listeningAddresses() async throws -> [ListenAddress] {
         var result: [ListenAddress] = []
-        for entry in servers {
-            let bound = try await entry.transport.listeningAddress
-            if let ipv4 = bound.ipv4 {
-                result.append(ListenAddress(.tcp(host: ipv4.host, port: ipv4.port)))
+        for listener in listeners {
+            let bound = try await listener.transport.listeningAddress
+            let address = if let ipv4 = bound.ipv4 {
+                ListenAddress(.tcp(host: ipv4.host, port: ipv4.port))
             } else if let ipv6 = bound.ipv6 {
-                result.append(ListenAddress(.tcp(host: ipv6.host, port: ipv6.port)))
+                ListenAddress(.tcp(host: ipv6.host, port: ipv6.port))
             } else {
-                result.append(entry.address)
+                listener.address
             }
+            // An address's listeners share it: name it once.
+            if !result.contains(address) { result.append(address) }
         }
         return result
     }
 
     public func run() async throws {
+        do {
+            try await serve()
+        } catch {
+            await stopEventLoops()
+            throw error
+        }
+        await stopEventLoops()
+    }
+
+    private func serve() async throws {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { housekeeping in
                 housekeeping.addTask { [uploads] in await uploads.runExpiry() }
                 try await withThrowingTaskGroup(of: Void.self) { serving in
-                    for entry in servers {
+                    for listener in listeners {
                         serving.addTask {
                             do {
-                                try await entry.server.serve()
+                                // Every task of this listener's connections and RPCs runs on its loop.
+                                try await withTaskExecutorPreference(EventLoopTaskExecutor(listener.loop.next())) {
+                                    try await listener.server.serve()
+                                }
                             } catch {
-                                throw StrataError.unavailable("cannot serve on \(entry.address): \(Self.describe(error))")
+                                throw StrataError.unavailable("cannot serve on \(listener.address): \(Self.describe(error))")
                             }
                         }
                     }
@@ -132,15 +190,19 @@ public final class StrataServer: Service, Sendable {
                 }
                 housekeeping.cancelAll()
             }
-        } onGracefulShutdown: { [servers, logger] in
+        } onGracefulShutdown: { [listeners, logger] in
             logger.info("strata shutting down: finishing requests in flight")
-            for entry in servers { entry.server.beginGracefulShutdown() }
+            for listener in listeners { listener.server.beginGracefulShutdown() }
         }
         uploads.abandonAll()
     }
 
+    private func stopEventLoops() async {
+        for listener in listeners { try? await listener.loop.shutdownGracefully() }
+    }
+
     public func beginGracefulShutdown() {
-        for entry in servers { entry.server.beginGracefulShutdown() }
+        for listener in listeners { listener.server.beginGracefulShutdown() }
     }
 
     static func describe(_ error: any Error) -> String {

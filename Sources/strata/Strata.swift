@@ -62,7 +62,13 @@ struct Serve: AsyncParsableCommand {
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
         logger.info("configuration: \(config ?? "embedded default"); storage: \(configuration.storageSummary.joined(separator: "; "))")
-        let server = StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
+        let server: StrataServer
+        do {
+            server = try StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
         let group = ServiceGroup(
             configuration: .init(
                 // Graceful shutdown runs in reverse order: the server stops before the connection pools it uses.

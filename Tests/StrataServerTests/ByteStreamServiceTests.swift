@@ -1,5 +1,6 @@
 import Foundation
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import StrataAPI
 import StrataActionCache
 import StrataCore
@@ -200,11 +201,43 @@ import Testing
 }
 
 @Suite struct ServerLifecycleTests {
+    /// Listeners share their port through SO_REUSEPORT, which must not let a second server take a
+    /// share of the first one's connections.
     @Test func secondServerOnTheSamePortFails() async throws {
-        try await withServer([memoryInstance()]) { clients in
-            let second = StrataServer(
-                registry: InstanceRegistry([memoryInstance()]), addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: clients.port))])
-            await #expect(throws: (any Error).self) { try await second.run() }
+        _ = try await withServer([memoryInstance()]) { clients in
+            _ = try await clients.capabilities.getCapabilities(.init())
+            #expect {
+                _ = try StrataServer(
+                    registry: InstanceRegistry([memoryInstance()]), addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: clients.port))])
+            } throws: { ($0 as? StrataError)?.message.contains("in use") == true }
+        }
+    }
+
+    /// One listener per event loop on one address: connections spread over them, every one answers,
+    /// and the address is reported once.
+    @Test func everyListenerOfAnAddressServes() async throws {
+        let registry = InstanceRegistry([memoryInstance()])
+        let server = try StrataServer(registry: registry, addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], eventLoops: 3)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.run() }
+            let addresses = try await server.listeningAddresses()
+            #expect(addresses.count == 1)
+            guard case .tcp(_, let port) = addresses[0].kind else { fatalError("tcp expected") }
+            let blob = Blob.random(size: 1000)
+            // Separate connections land on the listeners as the kernel hashes them; all see one store.
+            for index in 0..<12 {
+                let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+                try await withGRPCClient(transport: transport) { client in
+                    let cas = CASClient(wrapping: client)
+                    if index == 0 {
+                        _ = try await cas.batchUpdateBlobs(.with { $0.requests = [.with { $0.digest = blob.digest.proto; $0.data = blob.data }] })
+                    }
+                    let missing = try await cas.findMissingBlobs(.with { $0.blobDigests = [blob.digest.proto] })
+                    #expect(missing.missingBlobDigests.isEmpty)
+                }
+            }
+            server.beginGracefulShutdown()
+            try await group.waitForAll()
         }
     }
 

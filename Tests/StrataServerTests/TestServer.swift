@@ -30,7 +30,7 @@ func withServer<T: Sendable>(
     _ body: @Sendable (Clients) async throws -> T
 ) async throws -> T {
     let registry = InstanceRegistry(instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
-    let server = StrataServer(registry: registry, addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads)
+    let server = try StrataServer(registry: registry, addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await server.run()
