@@ -139,7 +139,8 @@ let package = Package(
         .target(
             name: "StrataBench",
             dependencies: [
-                "StrataCore", "StrataAPI",
+                "StrataCore", "StrataAPI", "StrataServer",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),

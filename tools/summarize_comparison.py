@@ -35,8 +35,9 @@ def fmt(x):
 
 for backend in ("lru", "disk"):
     print(f"\n### {backend} storage\n")
-    print("| scenario | unit | BuildGrid | Strata | Strata/BuildGrid | Strata p50 / p99 ms | BuildGrid p50 / p99 ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| scenario | unit | BuildGrid | Strata | Strata/BuildGrid | Strata p50 / p99 ms | BuildGrid p50 / p99 ms "
+          "| server CPU per op, BuildGrid / Strata µs |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for label, scenario, concurrency, field, unit in headline:
         found = {}
         for row in rows:
@@ -49,7 +50,10 @@ for backend in ("lru", "disk"):
         stv = value(st)[field] if st and value(st) else None
         ratio = f"{stv / bgv:.1f}×" if bgv and stv else "-"
         lat = lambda r: f"{r['p50Milliseconds']:.2f} / {r['p99Milliseconds']:.2f}" if r and "failed" not in r else "-"
-        print(f"| {label} | {unit} | {fmt(bgv)} | {fmt(stv)} | {ratio} | {lat(st)} | {lat(bg)} |")
+        # The servers share the machine with the load generator: CPU per operation is each server's own cost.
+        cpu = lambda r: f"{r['serverCPUSeconds'] / r['operations'] * 1e6:,.0f}" \
+            if r and "failed" not in r and r.get("serverCPUSeconds") and r["operations"] else "-"
+        print(f"| {label} | {unit} | {fmt(bgv)} | {fmt(stv)} | {ratio} | {lat(st)} | {lat(bg)} | {cpu(bg)} / {cpu(st)} |")
     for row in rows:
         if row.get("backend") == backend and "startup_ms" in row:
             print(f"\n{row['server']}: start-up to listening {row['startup_ms']} ms, idle RSS {row['idle_rss_bytes'] / 2**20:.0f} MiB", end="")

@@ -1,6 +1,8 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import NIOPosix
+import StrataServer
 import StrataAPI
 import StrataCore
 
@@ -98,9 +100,22 @@ public enum Benchmark {
         // The frame size the server may send: at HTTP/2's default 16 KiB, a 64 MiB read is 4096 frames,
         // each parsed and accounted for separately.
         config.http2.maxFrameSize = BenchmarkOptions.http2MaxFrameBytes
+        // One event loop for the connection and every worker task, as the server runs each listener:
+        // the client then never hops between threads per call, and leaves the server more CPU.
+        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { loop.shutdownGracefully { _ in } }
         let transport = try HTTP2ClientTransport.Posix(
-            target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext, config: config)
-        return try await withGRPCClient(transport: transport) { client in
+            target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext, config: config,
+            eventLoopGroup: loop)
+        return try await withTaskExecutorPreference(EventLoopTaskExecutor(loop.next())) {
+            try await measure(options, transport: transport)
+        }
+    }
+
+    private static func measure(
+        _ options: BenchmarkOptions, transport: HTTP2ClientTransport.Posix
+    ) async throws -> BenchmarkResult {
+        try await withGRPCClient(transport: transport) { client in
             let clients = Clients(
                 grpc: client, cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
                 actionCache: ActionCacheClient(wrapping: client), capabilities: CapabilitiesClient(wrapping: client),

@@ -13,12 +13,12 @@ import StrataCore
 /// for another thread to wake up. With gRPC-Swift's default (I/O on NIO's threads, handlers on Swift's
 /// cooperative pool) every call crossed threads at least twice, and in a VM each crossing is a futex
 /// wake-up and an inter-processor interrupt: half of the server's CPU per call went there.
-final class EventLoopTaskExecutor: TaskExecutor, Sendable {
+public final class EventLoopTaskExecutor: TaskExecutor, Sendable {
     let loop: any EventLoop
 
-    init(_ loop: any EventLoop) { self.loop = loop }
+    public init(_ loop: any EventLoop) { self.loop = loop }
 
-    func enqueue(_ job: consuming ExecutorJob) {
+    public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
