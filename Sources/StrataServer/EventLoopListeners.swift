@@ -30,7 +30,8 @@ public final class EventLoopTaskExecutor: TaskExecutor, Sendable {
 /// Each socket is served by its own one-thread event loop, so a connection's I/O and its handlers share
 /// a thread while the server still uses every core across connections. SO_REUSEPORT would also let a
 /// second server bind the same port and silently take half the connections: an explicit port is first
-/// bound once without it, which fails while anything (another Strata included) listens there.
+/// bound once without it, which fails while anything (another Strata included) listens there. Only two
+/// servers started at the same instant could both pass that probe.
 enum ReusePortSockets {
     static func make(host: String, port: Int, count: Int) throws(StrataError) -> [Int] {
         let place = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
@@ -112,6 +113,7 @@ enum ReusePortSockets {
     }
 
     private static func failure(_ call: String, place: String) -> StrataError {
-        .unavailable("cannot serve on \(place): \(call) failed: \(String(cString: strerror(errno)))")
+        let code = errno
+        return .unavailable("cannot serve on \(place): \(call) failed: \(String(cString: strerror(code)))")
     }
 }

@@ -2,6 +2,10 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import NIOCore
 import NIOPosix
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import ServiceLifecycle
 import StrataCore
@@ -67,8 +71,12 @@ public final class StrataServer: Service, Sendable {
         let server: GRPCServer<HTTP2ServerTransport.Posix>
         let transport: HTTP2ServerTransport.Posix
         let loop: MultiThreadedEventLoopGroup
+        /// The listening socket made here, which the transport owns once it serves.
+        let socket: Int?
     }
     private let listeners: [Listener]
+    /// Whether `run` started: until then the sockets and loops are this object's to release.
+    private let started = Mutex(false)
     private let logger: Logger
 
     /// 4 MiB: a 64 MiB ByteStream write runs as fast as with 8 or 16 MiB (about 0.9 GB/s on LRU storage
@@ -100,17 +108,21 @@ public final class StrataServer: Service, Sendable {
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
 
         var listeners: [Listener] = []
-        func listener(_ address: ListenAddress, _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix) {
+        func listener(
+            _ address: ListenAddress, socket: Int? = nil, _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix
+        ) {
             let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let transport = bind(loop)
             listeners.append(Listener(
-                address: address, server: GRPCServer(transport: transport, services: services), transport: transport, loop: loop))
+                address: address, server: GRPCServer(transport: transport, services: services), transport: transport,
+                loop: loop, socket: socket))
         }
         do throws(StrataError) {
             for address in addresses {
                 if case .tcp(let host, let port) = address.kind, let ip = Self.ipAddress(host) {
-                    for socket in try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops)) {
-                        listener(address) { loop in
+                    let sockets = try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops))
+                    for socket in sockets {
+                        listener(address, socket: socket) { loop in
                             HTTP2ServerTransport.Posix(
                                 listeningSocketDescriptor: socket, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
                         }
@@ -123,10 +135,25 @@ public final class StrataServer: Service, Sendable {
                 }
             }
         } catch {
-            for listener in listeners { listener.loop.shutdownGracefully { _ in } }
+            // Drop the transports before their loops begin to stop.
+            let (loops, sockets) = (listeners.map(\.loop), listeners.compactMap(\.socket))
+            listeners.removeAll()
+            Self.release(loops: loops, sockets: sockets)
             throw error
         }
         self.listeners = listeners
+    }
+
+    deinit {
+        if !started.withLock({ $0 }) {
+            Self.release(loops: listeners.map(\.loop), sockets: listeners.compactMap(\.socket))
+        }
+    }
+
+    /// Closes the sockets and stops the loops of listeners that never served.
+    private static func release(loops: [MultiThreadedEventLoopGroup], sockets: [Int]) {
+        for socket in sockets { close(CInt(socket)) }
+        for loop in loops { loop.shutdownGracefully { _ in } }
     }
 
     /// `host` as an IP address the listeners can bind, or nil for a host name.
@@ -154,6 +181,7 @@ public final class StrataServer: Service, Sendable {
     }
 
     public func run() async throws {
+        started.withLock { $0 = true }
         do {
             try await serve()
         } catch {
@@ -185,8 +213,9 @@ public final class StrataServer: Service, Sendable {
                             logger.info("strata listening on \(bound.map(\.description).joined(separator: ", "))")
                         }
                     }
-                    // A server that fails to bind ends the group, which cancels (stops) the others.
-                    try await serving.waitForAll()
+                    // A listener that fails ends the group at once, which cancels (stops) the others;
+                    // `waitForAll` would wait for them all first, and they serve until shutdown.
+                    for try await _ in serving {}
                 }
                 housekeeping.cancelAll()
             }

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import StrataAPI
@@ -213,6 +214,18 @@ import Testing
         }
     }
 
+    /// A start-up that fails on its second address leaves the first one's port free again.
+    @Test func failedStartReleasesEarlierAddresses() async throws {
+        _ = try await withServer([memoryInstance()]) { clients in
+            _ = try await clients.capabilities.getCapabilities(.init())
+            let free = try freePort()
+            let addresses = [ListenAddress(.tcp(host: "127.0.0.1", port: free)), ListenAddress(.tcp(host: "127.0.0.1", port: clients.port))]
+            #expect(throws: StrataError.self) { _ = try StrataServer(registry: InstanceRegistry([memoryInstance()]), addresses: addresses) }
+            // Had the first address's sockets stayed open, this would find the port in use.
+            _ = try StrataServer(registry: InstanceRegistry([memoryInstance()]), addresses: [addresses[0]])
+        }
+    }
+
     /// One listener per event loop on one address: connections spread over them, every one answers,
     /// and the address is reported once.
     @Test func everyListenerOfAnAddressServes() async throws {
@@ -262,4 +275,19 @@ import Testing
             #expect(committed == blob.digest.sizeBytes)
         }
     }
+}
+
+/// A loopback port nothing listens on: bound to port 0 and closed again.
+func freePort() throws -> Int {
+    let socket = Glibc.socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+    defer { close(socket) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+    }
+    guard bound else { throw StrataError.unavailable("no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
