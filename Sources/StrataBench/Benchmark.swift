@@ -1,7 +1,6 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
-import NIOPosix
 import StrataServer
 import StrataAPI
 import StrataCore
@@ -102,8 +101,7 @@ public enum Benchmark {
         config.http2.maxFrameSize = BenchmarkOptions.http2MaxFrameBytes
         // One event loop for the connection and every worker task, as the server runs each listener:
         // the client then never hops between threads per call, and leaves the server more CPU.
-        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { loop.shutdownGracefully { _ in } }
+        let loop = SharedEventLoops.shared[SharedEventLoops.shared.count - 1]
         let transport = try HTTP2ClientTransport.Posix(
             target: .ipv4(address: options.host, port: options.port), transportSecurity: .plaintext, config: config,
             eventLoopGroup: loop)

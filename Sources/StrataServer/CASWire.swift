@@ -13,12 +13,17 @@ import StrataCore
 /// come after the digests): 64 lower-case hex characters decoded into a key, or anything else kept as
 /// sent, to be validated, and echoed in per-blob answers, exactly as the client wrote it.
 struct RequestDigest: Sendable {
-    /// The decoded hash when `text` is nil (with `.sha256` as its function); the size either way.
+    /// The decoded hash when `text` is nil (`.sha256` when decoded from a request); the size either way.
     let key: DigestKey
     /// The hash as sent, when it is not 64 lower-case hex characters.
     let text: String?
 
     var sizeBytes: Int64 { key.sizeBytes }
+
+    fileprivate init(key: DigestKey, text: String?) {
+        self.key = key
+        self.text = text
+    }
 
     init(hash: String, sizeBytes: Int64) {
         if let digest = try? Digest(hash: hash, sizeBytes: sizeBytes, function: .sha256) {
@@ -96,22 +101,10 @@ struct RequestDigest: Sendable {
 }
 
 extension Digest {
-    /// Bytes of this digest as a `Digest` message (without its own tag and length).
-    var wireSize: Int {
-        ProtobufWire.lengthDelimitedSize(key.hexCount == function.hexLength ? key.hexCount : hash.utf8.count)
-            + ProtobufWire.varintFieldSize(UInt64(bitPattern: sizeBytes))
-    }
-
-    func write(field: Int, to writer: inout ProtobufWire.Writer) {
-        writer.lengthDelimited(field, length: wireSize)
-        if key.hexCount == function.hexLength {
-            writer.lengthDelimited(1, length: key.hexCount)
-            key.writeHex(into: writer.reserve(key.hexCount))
-        } else {
-            var hash = hash
-            hash.withUTF8 { writer.bytes(1, UnsafeRawBufferPointer($0)) }
-        }
-        writer.varintField(2, UInt64(bitPattern: sizeBytes))
+    /// This digest as an answer writes it: the key's hex, or the whole hash when the key holds only
+    /// part of it.
+    var requestDigest: RequestDigest {
+        RequestDigest(key: key, text: key.hexCount == function.hexLength ? nil : hash)
     }
 }
 
@@ -263,10 +256,10 @@ private func wireString(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, _ 
 struct MissingDigests: WireEncodable {
     var digests: [Digest]
 
-    var wireSize: Int { digests.reduce(0) { $0 + ProtobufWire.lengthDelimitedSize($1.wireSize) } }
+    var wireSize: Int { digests.reduce(0) { $0 + ProtobufWire.lengthDelimitedSize($1.requestDigest.wireSize) } }
 
     func write(to writer: inout ProtobufWire.Writer) {
-        for digest in digests { digest.write(field: 2, to: &writer) }
+        for digest in digests { digest.requestDigest.write(field: 2, to: &writer) }
     }
 }
 

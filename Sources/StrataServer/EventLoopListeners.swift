@@ -24,6 +24,15 @@ public final class EventLoopTaskExecutor: TaskExecutor, Sendable {
     }
 }
 
+/// One-thread event loops, one per core, shared by every listener (and `strata bench`'s client) of the
+/// process as NIO's singleton group is: made on first use and never shut down. A loop stopped with its
+/// server would still be asked to run the close callbacks of that server's channels released after it.
+public enum SharedEventLoops {
+    public static let shared: [MultiThreadedEventLoopGroup] = (0..<max(1, System.coreCount)).map { _ in
+        MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    }
+}
+
 /// Listening sockets for one TCP address, one per event loop, bound with SO_REUSEPORT so that the
 /// kernel spreads connections across them.
 ///

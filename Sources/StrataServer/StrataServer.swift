@@ -57,9 +57,9 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 
 /// The gRPC services of every instance on one or more listening addresses.
 ///
-/// Each TCP address is served by one listener per event loop (`eventLoops`, by default one per core),
-/// bound with SO_REUSEPORT; a listener's connections and the handlers of their RPCs all run on its own
-/// one-thread event loop (see `EventLoopTaskExecutor`). Unix sockets and host names get one listener.
+/// Each TCP address is served by `eventLoops` listeners (by default one per core), bound with
+/// SO_REUSEPORT; a listener's connections and the handlers of their RPCs all run on one thread, one of
+/// `SharedEventLoops` (see `EventLoopTaskExecutor`). Unix sockets and host names get one listener.
 ///
 /// Runs as a swift-service-lifecycle `Service`: on graceful shutdown (SIGTERM/SIGINT in `strata serve`)
 /// it stops accepting RPCs, lets the ones in flight finish, then abandons parked uploads.
@@ -75,7 +75,7 @@ public final class StrataServer: Service, Sendable {
         let socket: Int?
     }
     private let listeners: [Listener]
-    /// Whether `run` started: until then the sockets and loops are this object's to release.
+    /// Whether `run` started: until then the sockets are this object's to close.
     private let started = Mutex(false)
     private let logger: Logger
 
@@ -109,9 +109,10 @@ public final class StrataServer: Service, Sendable {
 
         var listeners: [Listener] = []
         func listener(
-            _ address: ListenAddress, socket: Int? = nil, _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix
+            _ address: ListenAddress, index: Int = 0, socket: Int? = nil,
+            _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix
         ) {
-            let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let loop = SharedEventLoops.shared[index % SharedEventLoops.shared.count]
             let transport = bind(loop)
             listeners.append(Listener(
                 address: address, server: GRPCServer(transport: transport, services: services), transport: transport,
@@ -121,8 +122,8 @@ public final class StrataServer: Service, Sendable {
             for address in addresses {
                 if case .tcp(let host, let port) = address.kind, let ip = Self.ipAddress(host) {
                     let sockets = try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops))
-                    for socket in sockets {
-                        listener(address, socket: socket) { loop in
+                    for (index, socket) in sockets.enumerated() {
+                        listener(address, index: index, socket: socket) { loop in
                             HTTP2ServerTransport.Posix(
                                 listeningSocketDescriptor: socket, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
                         }
@@ -135,25 +136,15 @@ public final class StrataServer: Service, Sendable {
                 }
             }
         } catch {
-            // Drop the transports before their loops begin to stop.
-            let (loops, sockets) = (listeners.map(\.loop), listeners.compactMap(\.socket))
-            listeners.removeAll()
-            Self.release(loops: loops, sockets: sockets)
+            for socket in listeners.compactMap(\.socket) { close(CInt(socket)) }
             throw error
         }
         self.listeners = listeners
     }
 
     deinit {
-        if !started.withLock({ $0 }) {
-            Self.release(loops: listeners.map(\.loop), sockets: listeners.compactMap(\.socket))
-        }
-    }
-
-    /// Closes the sockets and stops the loops of listeners that never served.
-    private static func release(loops: [MultiThreadedEventLoopGroup], sockets: [Int]) {
-        for socket in sockets { close(CInt(socket)) }
-        for loop in loops { loop.shutdownGracefully { _ in } }
+        guard !started.withLock({ $0 }) else { return }
+        for socket in listeners.compactMap(\.socket) { close(CInt(socket)) }
     }
 
     /// `host` as an IP address the listeners can bind, or nil for a host name.
@@ -182,13 +173,7 @@ public final class StrataServer: Service, Sendable {
 
     public func run() async throws {
         started.withLock { $0 = true }
-        do {
-            try await serve()
-        } catch {
-            await stopEventLoops()
-            throw error
-        }
-        await stopEventLoops()
+        try await serve()
     }
 
     private func serve() async throws {
@@ -224,10 +209,6 @@ public final class StrataServer: Service, Sendable {
             for listener in listeners { listener.server.beginGracefulShutdown() }
         }
         uploads.abandonAll()
-    }
-
-    private func stopEventLoops() async {
-        for listener in listeners { try? await listener.loop.shutdownGracefully() }
     }
 
     public func beginGracefulShutdown() {
