@@ -7,12 +7,13 @@ import SwiftProtobuf
 
 /// Hands out a cached ActionResult only if every blob it references is in `cas`: output files,
 /// stdout and stderr, and output directories given as a Tree (the Tree blob and every file in it) or
-/// as a root Directory (walked level by level). Bazel trusts a hit completely, so an entry whose
+/// as a root Directory (walked by `DirectoryWalker`, which reads no Directory larger than
+/// `maxDirectoryBytes`). Bazel trusts a hit completely, so an entry whose
 /// outputs were evicted would fail the build; such an entry is answered as absent and dropped, so
 /// the action runs again and its new result replaces it.
 ///
-/// Each level costs one batched `findMissing` (and one batched read of the Directory blobs), never a
-/// call per blob; through an index, those calls also refresh the blobs' access times, so cleanup
+/// Each group of directories costs one batched `findMissing` (and one batched read of the Directory
+/// blobs), never a call per blob; through an index, those calls also refresh the blobs' access times, so cleanup
 /// keeps what a cache hit points at.
 public struct CompletenessCheckingActionCache: ActionCache {
     public let base: any ActionCache
@@ -21,6 +22,10 @@ public struct CompletenessCheckingActionCache: ActionCache {
 
     /// The largest Tree blob a check reads into memory; a larger one makes the entry unusable.
     public static let maxTreeBytes: Int64 = 64 << 20
+
+    /// The largest Directory blob a check reads; a root or subdirectory naming a larger one makes the
+    /// entry unusable, unread.
+    public var maxDirectoryBytes: Int64 = DirectoryWalker.defaultMaxDirectoryBytes
 
     public init(_ base: any ActionCache, cas: any BlobStore, logger: Logger = Logger(label: "strata.action-cache")) {
         self.base = base
@@ -92,39 +97,36 @@ public struct CompletenessCheckingActionCache: ActionCache {
             if let missing = try await cas.findMissing(files).first { return "blob \(missing) of an output tree is not in the CAS" }
         }
 
-        // Root directories: walk the Directory blobs breadth first, one batch per level.
-        var visited = Set(roots)
-        var directories = roots
-        while !directories.isEmpty {
-            var next: [Digest] = []
-            var files: [Digest] = []
-            let blobs = await cas.readBatch(directories)
-            for (digest, blob) in zip(directories, blobs) {
-                let data: Data
-                switch blob {
-                case .success(let bytes): data = bytes
-                case .failure(let error) where error.code == .notFound: return "directory \(digest) is not in the CAS"
-                case .failure(let error): throw error
-                }
-                do {
-                    let directory = try Build_Bazel_Remote_Execution_V2_Directory(serializedBytes: data)
-                    for file in directory.files { files.append(try Digest(file.digest, function)) }
-                    for child in directory.directories {
-                        let child = try Digest(child.digest, function)
-                        if visited.insert(child).inserted { next.append(child) }
+        // Root directories: walk the Directory blobs breadth first, one batched read (and one
+        // findMissing of their files) per group of them.
+        let walker = DirectoryWalker(store: cas, function: function, children: .requireAll, maxDirectoryBytes: maxDirectoryBytes)
+        do {
+            try await walker.walk(roots: roots) { entries in
+                var files: [Digest] = []
+                for entry in entries {
+                    for file in entry.directory.files {
+                        do throws(StrataError) {
+                            files.append(try Digest(file.digest, function))
+                        } catch {
+                            throw Incomplete(reason: "directory \(entry.digest) references a malformed digest: \(error.message)")
+                        }
                     }
-                } catch let error as StrataError {
-                    return "directory \(digest) references a malformed digest: \(error.message)"
-                } catch {
-                    return "directory \(digest) is not a valid Directory message"
+                }
+                if let missing = try await cas.findMissing(files).first {
+                    throw Incomplete(reason: "blob \(missing) of an output directory is not in the CAS")
                 }
             }
-            if let missing = try await cas.findMissing(files).first {
-                return "blob \(missing) of an output directory is not in the CAS"
-            }
-            directories = next
+        } catch let defect as DirectoryWalker.Defect {
+            return defect.description
+        } catch let incomplete as Incomplete {
+            return incomplete.reason
         }
         return nil
+    }
+
+    /// Ends a walk at the first reason the result is incomplete.
+    private struct Incomplete: Error {
+        let reason: String
     }
 
     private enum Lookup<Message> {

@@ -35,25 +35,25 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
     /// for `function`; INVALID_ARGUMENT says which part is wrong. Allocates only for hashes over 256 bits.
     public init(hex: UnsafeRawBufferPointer, sizeBytes: Int64, function: DigestFunction) throws(StrataError) {
         guard sizeBytes >= 0 else {
-            throw .invalidArgument("digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): size_bytes must not be negative")
+            throw .invalidArgument("digest \(Self.quoted(hex))/\(sizeBytes): size_bytes must not be negative")
         }
         guard hex.count == function.hexLength else {
             throw .invalidArgument(
-                "digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): a \(function) hash has \(function.hexLength) hex characters, this one has \(hex.count)")
+                "digest \(Self.quoted(hex))/\(sizeBytes): a \(function) hash has \(function.hexLength) hex characters, this one has \(hex.count)")
         }
         switch DigestKey.decode(hex.assumingMemoryBound(to: UInt8.self), sizeBytes: sizeBytes, function: function) {
         case .success(let key):
             self.key = key
             self.longHash = function.hexLength > DigestKey.hexCapacity ? String(decoding: hex, as: UTF8.self) : ""
         case .failure(.upperCase):
-            throw .invalidArgument("digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): the hash must be lower-case hex")
+            throw .invalidArgument("digest \(Self.quoted(hex))/\(sizeBytes): the hash must be lower-case hex")
         case .failure(.notHex):
-            throw .invalidArgument("digest \(Self.quoted(hex, limit: 128))/\(sizeBytes): the hash is not hex")
+            throw .invalidArgument("digest \(Self.quoted(hex))/\(sizeBytes): the hash is not hex")
         }
     }
 
-    private static func quoted(_ bytes: UnsafeRawBufferPointer, limit: Int) -> String {
-        String(decoding: bytes.prefix(limit), as: UTF8.self)
+    private static func quoted(_ bytes: UnsafeRawBufferPointer) -> String {
+        StrataError.echo(String(decoding: bytes, as: UTF8.self))
     }
 
     /// A digest whose hash was computed here (a hasher's output), for functions whose hash fits the key.

@@ -19,13 +19,13 @@ public struct ResourceName: Sendable, Hashable {
         let segments = name.split(separator: "/", omittingEmptySubsequences: false)
         guard let start = segments.firstIndex(where: { $0 == "blobs" || $0 == "compressed-blobs" }) else {
             throw .invalidArgument(
-                "resource name \"\(name)\" is not a blob to read: expected {instance}/blobs/{hash}/{size}")
+                "resource name \"\(StrataError.echo(name))\" is not a blob to read: expected {instance}/blobs/{hash}/{size}")
         }
         let instance = try instanceName(segments[..<start], in: name)
         let (compressor, digest, rest) = try parseBlob(segments[start...], in: name)
         guard rest.isEmpty else {
             throw .invalidArgument(
-                "resource name \"\(name)\" has extra segments after the size: expected {instance}/blobs/{hash}/{size}")
+                "resource name \"\(StrataError.echo(name))\" has extra segments after the size: expected {instance}/blobs/{hash}/{size}")
         }
         return ResourceName(instanceName: instance, uploadID: nil, compressor: compressor, digest: digest)
     }
@@ -34,12 +34,12 @@ public struct ResourceName: Sendable, Hashable {
         let segments = name.split(separator: "/", omittingEmptySubsequences: false)
         guard let start = segments.firstIndex(of: "uploads") else {
             throw .invalidArgument(
-                "resource name \"\(name)\" is not an upload: expected {instance}/uploads/{uuid}/blobs/{hash}/{size}")
+                "resource name \"\(StrataError.echo(name))\" is not an upload: expected {instance}/uploads/{uuid}/blobs/{hash}/{size}")
         }
         let instance = try instanceName(segments[..<start], in: name)
         guard segments.count > start + 2, !segments[start + 1].isEmpty else {
             throw .invalidArgument(
-                "resource name \"\(name)\" lacks an upload id: expected {instance}/uploads/{uuid}/blobs/{hash}/{size}")
+                "resource name \"\(StrataError.echo(name))\" lacks an upload id: expected {instance}/uploads/{uuid}/blobs/{hash}/{size}")
         }
         let uuid = String(segments[start + 1])
         let (compressor, digest, _) = try parseBlob(segments[(start + 2)...], in: name)
@@ -49,7 +49,7 @@ public struct ResourceName: Sendable, Hashable {
 
     private static func instanceName(_ segments: ArraySlice<Substring>, in name: String) throws(StrataError) -> String {
         if segments.contains(where: \.isEmpty) {
-            throw .invalidArgument("resource name \"\(name)\" has an empty segment in its instance name")
+            throw .invalidArgument("resource name \"\(StrataError.echo(name))\" has an empty segment in its instance name")
         }
         return segments.joined(separator: "/")
     }
@@ -63,12 +63,12 @@ public struct ResourceName: Sendable, Hashable {
         var compressor: String?
         if kind == "compressed-blobs" {
             guard let value = rest.popFirst(), !value.isEmpty else {
-                throw .invalidArgument("resource name \"\(name)\" lacks a compressor after compressed-blobs/")
+                throw .invalidArgument("resource name \"\(StrataError.echo(name))\" lacks a compressor after compressed-blobs/")
             }
             compressor = String(value)
         } else if kind != "blobs" {
             throw .invalidArgument(
-                "resource name \"\(name)\": expected blobs/ or compressed-blobs/ after the upload id")
+                "resource name \"\(StrataError.echo(name))\": expected blobs/ or compressed-blobs/ after the upload id")
         }
         var explicitFunction: DigestFunction?
         if rest.count >= 3, let first = rest.first, let function = DigestFunction(name: String(first)) {
@@ -76,12 +76,12 @@ public struct ResourceName: Sendable, Hashable {
             rest = rest.dropFirst()
         }
         guard let hashSegment = rest.popFirst(), let sizeSegment = rest.popFirst() else {
-            throw .invalidArgument("resource name \"\(name)\" lacks {hash}/{size}")
+            throw .invalidArgument("resource name \"\(StrataError.echo(name))\" lacks {hash}/{size}")
         }
         guard !sizeSegment.isEmpty, sizeSegment.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
               let size = Int64(sizeSegment)
         else {
-            throw .invalidArgument("resource name \"\(name)\": size \"\(sizeSegment)\" is not a non-negative integer")
+            throw .invalidArgument("resource name \"\(StrataError.echo(name))\": size \"\(StrataError.echo(sizeSegment))\" is not a non-negative integer")
         }
         let hash = String(hashSegment)
         let function: DigestFunction

@@ -43,6 +43,19 @@ public struct StrataError: Error, Sendable, Equatable, CustomStringConvertible {
     public static func unavailable(_ message: String) -> StrataError { .init(.unavailable, message) }
     public static func `internal`(_ message: String) -> StrataError { .init(.internal, message) }
 
+    /// Client input (a resource name, a hash, a page token, an instance name…) as an error message
+    /// echoes it: whole when it is short, else its first `limit` characters and its length in bytes.
+    /// A status travels in a header, so a message echoing 64 KiB of input would itself exceed the
+    /// metadata limit and the client would see RESOURCE_EXHAUSTED instead of the error; every message
+    /// that repeats what a client sent goes through here.
+    public static func echo(_ input: some StringProtocol, limit: Int = 200) -> String {
+        let scalars = input.unicodeScalars
+        guard input.utf8.count > limit, scalars.count > limit else { return String(input) }
+        var head = String.UnicodeScalarView()
+        head.append(contentsOf: scalars.prefix(limit))
+        return "\(String(head))…(\(input.utf8.count) bytes)"
+    }
+
     /// Wraps any error as a StrataError, keeping one that already is.
     public static func from(_ error: any Error) -> StrataError {
         if let error = error as? StrataError { return error }

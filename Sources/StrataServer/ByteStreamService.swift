@@ -62,7 +62,7 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         let storage = try registry.byteStream(name.instanceName)
         try requireIdentity(name)
         guard !storage.readOnly else {
-            throw StrataError(.permissionDenied, "the storage of instance \"\(name.instanceName)\" is read-only")
+            throw StrataError(.permissionDenied, "the storage of instance \"\(StrataError.echo(name.instanceName))\" is read-only")
         }
         let digest = name.digest
         if let limit = try registry.instance(name.instanceName).maximumBlobSize, digest.sizeBytes > limit {
@@ -85,7 +85,7 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
             while true {
                 if !message.resourceName.isEmpty && message.resourceName != first.resourceName {
                     throw StrataError.invalidArgument(
-                        "resource_name changed within one Write stream (\"\(message.resourceName)\" after \"\(first.resourceName)\")")
+                        "resource_name changed within one Write stream (\"\(StrataError.echo(message.resourceName))\" after \"\(StrataError.echo(first.resourceName))\")")
                 }
                 let committed = upload.committed
                 guard message.writeOffset == committed else {
@@ -97,8 +97,15 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
                         "Write sent \(committed + Int64(message.data.count)) bytes or more for blob \(digest) of \(digest.sizeBytes) bytes")
                 }
                 if !message.data.isEmpty {
-                    await upload.chunks.send(message.data)
-                    upload.withState { $0.committed += Int64(message.data.count) }
+                    if await upload.chunks.send(message.data) {
+                        upload.withState { $0.committed += Int64(message.data.count) }
+                    } else if !upload.storeFinished {
+                        // Not taken, and the store still reads: this stream was cancelled (or the upload
+                        // abandoned). The chunk is not committed, so a resumed Write sends it again.
+                        throw Task.isCancelled
+                            ? StrataError(.cancelled, "the Write was cancelled before blob \(digest)'s chunk at offset \(committed) was stored")
+                            : StrataError(.aborted, "the upload of blob \(digest) was abandoned")
+                    }
                 }
                 if upload.storeFinished {
                     // The store ended the write early: it found the blob stored, or it failed.
@@ -157,13 +164,13 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
                 $0.complete = true
             })
         }
-        throw StrataError.notFound("no upload of \(request.message.resourceName) is in progress or complete")
+        throw StrataError.notFound("no upload of \(StrataError.echo(request.message.resourceName)) is in progress or complete")
     }
 
     private func requireIdentity(_ name: ResourceName) throws(StrataError) {
         if let compressor = name.compressor, compressor != "identity" {
             throw .invalidArgument(
-                "compressed-blobs/\(compressor) is not supported: this server stores uncompressed blobs only (Capabilities lists no compressors)")
+                "compressed-blobs/\(StrataError.echo(compressor)) is not supported: this server stores uncompressed blobs only (Capabilities lists no compressors)")
         }
     }
 }

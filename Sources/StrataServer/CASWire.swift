@@ -216,8 +216,18 @@ struct BatchRequest<Entry: BatchEntry>: Sendable {
         self.init(instanceName: instanceName, digestFunction: digestFunction, entries: entries)
     }
 
+    /// The request's digest function. When `digest_function` is unset it is inferred from the length
+    /// of the first hash that names a supported function: a malformed digest is its own entry's
+    /// problem (INVALID_ARGUMENT in that entry's status, or the request's for FindMissingBlobs when
+    /// it is validated), never a reason to refuse the others. With no such hash, SHA-256, the default.
     func function() throws(StrataError) -> DigestFunction {
-        try DigestFunction.resolve(protoValue: digestFunction, hashLength: entries.first?.requestDigest.hashLength)
+        guard digestFunction == 0 else { return try DigestFunction.resolve(protoValue: digestFunction, hashLength: nil) }
+        for entry in entries {
+            if let function = try? DigestFunction.resolve(protoValue: 0, hashLength: entry.requestDigest.hashLength) {
+                return function
+            }
+        }
+        return .sha256
     }
 }
 

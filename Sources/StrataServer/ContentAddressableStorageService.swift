@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import StrataAPI
+import StrataActionCache
 import StrataCore
 import StrataStorage
 import SwiftProtobuf
@@ -46,7 +47,7 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
         let instance = try registry.instance(request.instanceName)
         let cas = try registry.cas(request.instanceName)
         guard !cas.readOnly else {
-            throw StrataError(.permissionDenied, "the CAS of instance \"\(request.instanceName)\" is read-only")
+            throw StrataError(.permissionDenied, "the CAS of instance \"\(StrataError.echo(request.instanceName))\" is read-only")
         }
         let total = request.entries.reduce(Int64(0)) { $0 + Int64($1.data.count) }
         guard total <= registry.maxBatchTotalSizeBytes else {
@@ -127,35 +128,49 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
         let root = try Digest(request.rootDigest, function: function)
         guard request.pageSize >= 0 else { throw StrataError.invalidArgument("page_size \(request.pageSize) is negative") }
         let start = try TreePageToken.decode(request.pageToken)
-        let walker = TreeWalker(store: cas.store, function: function, maxLevelBytes: registry.maxBatchTotalSizeBytes)
-        let pageSize = request.pageSize > 0 ? Int(request.pageSize) : TreeWalker.defaultPageSize
+        let walker = DirectoryWalker(
+            store: cas.store, function: function, children: .skipMissing, maxBatchBytes: registry.maxBatchTotalSizeBytes)
+        let pageSize = request.pageSize > 0 ? Int(request.pageSize) : Self.defaultTreePageSize
         var page: [Directory] = []
         var pageBytes = 0
         var position = 0
-        let found = try await walker.walk(root: root) { directory, size in
-            defer { position += 1 }
-            guard position >= start else { return }
-            // Keep each message well under gRPC's 4 MiB default limit whatever page_size asks for.
-            if !page.isEmpty && (page.count >= pageSize || pageBytes + size > TreeWalker.maxResponseBytes) {
-                let next = TreePageToken.encode(position)
-                let directories = page
-                try await response.write(.with {
-                    $0.directories = directories
-                    $0.nextPageToken = next
-                })
-                page.removeAll(keepingCapacity: true)
-                pageBytes = 0
+        do {
+            try await walker.walk(roots: [root]) { entries in
+                for entry in entries {
+                    defer { position += 1 }
+                    guard position >= start else { continue }
+                    // Keep each message well under gRPC's 4 MiB default limit whatever page_size asks for.
+                    if !page.isEmpty && (page.count >= pageSize || pageBytes + entry.sizeBytes > Self.maxTreeResponseBytes) {
+                        let next = TreePageToken.encode(position)
+                        let directories = page
+                        try await response.write(.with {
+                            $0.directories = directories
+                            $0.nextPageToken = next
+                        })
+                        page.removeAll(keepingCapacity: true)
+                        pageBytes = 0
+                    }
+                    page.append(entry.directory)
+                    pageBytes += entry.sizeBytes
+                }
             }
-            page.append(directory)
-            pageBytes += size
+        } catch let defect as DirectoryWalker.Defect {
+            switch defect {
+            case .missing(let digest) where digest == root:
+                throw StrataError.notFound("root directory \(root) is not in the CAS")
+            default:
+                throw StrataError.invalidArgument(defect.description)
+            }
         }
-        guard found else { throw StrataError.notFound("root directory \(root) is not in the CAS") }
         if start > 0 && start >= position {
             throw StrataError.invalidArgument("page_token points past the end of the tree")
         }
         let last = page
         if !last.isEmpty { try await response.write(.with { $0.directories = last }) }
     }
+
+    static let defaultTreePageSize = 1000
+    static let maxTreeResponseBytes = 2 << 20
 
     public func splitBlob(
         request: Build_Bazel_Remote_Execution_V2_SplitBlobRequest, context: ServerContext
@@ -183,75 +198,8 @@ enum TreePageToken {
               text.hasPrefix("strata-tree-v1:"), let position = Int(text.dropFirst("strata-tree-v1:".count)),
               position >= 0
         else {
-            throw .invalidArgument("page_token \"\(token)\" was not issued by this server")
+            throw .invalidArgument("page_token \"\(StrataError.echo(token))\" was not issued by this server")
         }
         return position
-    }
-}
-
-/// Walks a directory tree breadth first, one batched read per level, each directory once.
-/// Missing subdirectories are left out, as the spec says; a missing root is reported.
-struct TreeWalker: Sendable {
-    static let defaultPageSize = 1000
-    static let maxResponseBytes = 2 << 20
-
-    let store: any BlobStore
-    let function: DigestFunction
-    let maxLevelBytes: Int64
-
-    /// Calls `visit` for every directory in order; returns false if the root is missing.
-    func walk(root: Digest, visit: (Directory, Int) async throws -> Void) async throws -> Bool {
-        var seen: Set<Digest> = [root]
-        var level = [root]
-        var isRoot = true
-        while !level.isEmpty {
-            var next: [Digest] = []
-            for batch in batches(level) {
-                let results = await store.readBatch(batch)
-                for (digest, result) in zip(batch, results) {
-                    let data: Data
-                    switch result {
-                    case .success(let bytes): data = bytes
-                    case .failure(let error) where error.code == .notFound:
-                        if isRoot { return false }
-                        continue
-                    case .failure(let error): throw error
-                    }
-                    let directory: Directory
-                    do {
-                        directory = try Directory(serializedBytes: data)
-                    } catch {
-                        throw StrataError.invalidArgument("blob \(digest) in the tree is not a Directory message")
-                    }
-                    try await visit(directory, data.count)
-                    for child in directory.directories {
-                        // A malformed child digest names no blob we could hold: leave it out like a missing one.
-                        guard let childDigest = try? Digest(child.digest, function: function) else { continue }
-                        if seen.insert(childDigest).inserted { next.append(childDigest) }
-                    }
-                }
-                isRoot = false
-            }
-            level = next
-        }
-        return true
-    }
-
-    /// Groups reads so one batch holds at most `maxLevelBytes`.
-    private func batches(_ digests: [Digest]) -> [[Digest]] {
-        var batches: [[Digest]] = []
-        var current: [Digest] = []
-        var bytes: Int64 = 0
-        for digest in digests {
-            if !current.isEmpty && bytes + digest.sizeBytes > maxLevelBytes {
-                batches.append(current)
-                current = []
-                bytes = 0
-            }
-            current.append(digest)
-            bytes += digest.sizeBytes
-        }
-        if !current.isEmpty { batches.append(current) }
-        return batches
     }
 }

@@ -49,28 +49,28 @@ public struct InstanceRegistry: Sendable {
     public func instance(_ name: String) throws(StrataError) -> Instance {
         guard let instance = instances[name] else {
             let known = instances.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
-            throw .invalidArgument("unknown instance name \"\(name)\"; this server serves \(known)")
+            throw .invalidArgument("unknown instance name \"\(StrataError.echo(name))\"; this server serves \(known)")
         }
         return instance
     }
 
     func cas(_ name: String) throws(StrataError) -> Instance.StorageService {
         guard let cas = try instance(name).cas else {
-            throw .unimplemented("instance \"\(name)\" has no ContentAddressableStorage service")
+            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no ContentAddressableStorage service")
         }
         return cas
     }
 
     func byteStream(_ name: String) throws(StrataError) -> Instance.StorageService {
         guard let byteStream = try instance(name).byteStream else {
-            throw .unimplemented("instance \"\(name)\" has no ByteStream service")
+            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no ByteStream service")
         }
         return byteStream
     }
 
     func actionCache(_ name: String) throws(StrataError) -> any ActionCache {
         guard let cache = try instance(name).actionCache else {
-            throw .unimplemented("instance \"\(name)\" has no ActionCache service")
+            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no ActionCache service")
         }
         return cache
     }

@@ -64,3 +64,42 @@ extension DigestFunction {
 
     var proto: ProtoDigestFunction { ProtoDigestFunction(rawValue: rawValue) ?? .unknown }
 }
+
+/// The one place where an error a handler throws becomes the status a client sees.
+///
+/// Services and stores throw `StrataError`s, which convert one to one; anything else (a
+/// `CancellationError` from a cancelled task, an error of a library) would reach clients as UNKNOWN
+/// "Service method threw an unknown error". This interceptor passes every such error, thrown by a
+/// handler or by the producer of its response stream, through `StrataError.from`, so a cancellation is
+/// CANCELLED and anything unexpected is INTERNAL with its description.
+struct ErrorStatusInterceptor: ServerInterceptor {
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingServerRequest<Input>,
+        context: ServerContext,
+        next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+    ) async throws -> StreamingServerResponse<Output> {
+        var response: StreamingServerResponse<Output>
+        do {
+            response = try await next(request, context)
+        } catch {
+            throw Self.status(error)
+        }
+        if case .success(var contents) = response.accepted {
+            let producer = contents.producer
+            contents.producer = { writer in
+                do {
+                    return try await producer(writer)
+                } catch {
+                    throw Self.status(error)
+                }
+            }
+            response.accepted = .success(contents)
+        }
+        return response
+    }
+
+    static func status(_ error: any Error) -> any Error {
+        if error is RPCError || error is any RPCErrorConvertible { return error }
+        return StrataError.from(error)
+    }
+}

@@ -1,4 +1,3 @@
-import AsyncAlgorithms
 import Foundation
 import StrataCore
 import StrataStorage
@@ -6,8 +5,8 @@ import Synchronization
 
 /// ByteStream uploads in progress, so that a Write whose stream broke can be resumed.
 ///
-/// Each upload streams straight into its store through a hand-off channel: no spool file, no extra copy,
-/// at most one chunk in flight. When a client's stream ends before `finish_write`, the upload is parked
+/// Each upload streams straight into its store through a `ChunkHandOff`: no spool file, no extra copy,
+/// at most one chunk in flight, and a committed size that counts only the chunks the store took. When a client's stream ends before `finish_write`, the upload is parked
 /// with its store write still open; a later Write of the same resource name at `write_offset` =
 /// committed size continues it, and QueryWriteStatus reports its committed size. A parked upload that
 /// nobody resumes within `idleTimeout` is abandoned: its store write fails and leaves nothing behind.
@@ -34,7 +33,7 @@ public final class UploadRegistry: Sendable {
 
         let key: String
         let digest: Digest
-        let chunks = AsyncThrowingChannel<Data, any Error>()
+        let chunks = ChunkHandOff()
         let shared = Shared()
         let storeWrite: Task<Void, any Error>
 
@@ -54,7 +53,7 @@ public final class UploadRegistry: Sendable {
                     shared.state.withLock { $0.storeFinished = true }
                     chunks.finish()
                 }
-                try await store.write(digest, body: BlobBody(chunks))
+                try await store.write(digest, body: BlobBody { BlobBody.AsyncIterator { try await chunks.next() } })
             }
         }
 
@@ -84,11 +83,11 @@ public final class UploadRegistry: Sendable {
             if let upload = uploads[key] {
                 try upload.withState { state throws(StrataError) in
                     guard !state.attached else {
-                        throw StrataError(.aborted, "upload \(name.uploadID ?? "") of \(name.digest) is being written by another stream")
+                        throw StrataError(.aborted, "upload \(StrataError.echo(name.uploadID ?? "")) of \(name.digest) is being written by another stream")
                     }
                     guard writeOffset == state.committed else {
                         throw .invalidArgument(
-                            "write_offset \(writeOffset) does not continue upload \(name.uploadID ?? ""): \(state.committed) bytes are committed; resume at \(state.committed)")
+                            "write_offset \(writeOffset) does not continue upload \(StrataError.echo(name.uploadID ?? "")): \(state.committed) bytes are committed; resume at \(state.committed)")
                     }
                     state.attached = true
                     state.parkedAt = nil
@@ -97,7 +96,7 @@ public final class UploadRegistry: Sendable {
             }
             guard writeOffset == 0 else {
                 throw .invalidArgument(
-                    "write_offset \(writeOffset): no upload \(name.uploadID ?? "") of \(name.digest) is in progress; start at write_offset 0")
+                    "write_offset \(writeOffset): no upload \(StrataError.echo(name.uploadID ?? "")) of \(name.digest) is in progress; start at write_offset 0")
             }
             let upload = Upload(key: key, digest: name.digest, store: store)
             uploads[key] = upload
@@ -157,6 +156,126 @@ public final class UploadRegistry: Sendable {
         while !Task.isCancelled {
             try? await Task.sleep(for: min(idleTimeout, .seconds(10)))
             expireIdle()
+        }
+    }
+}
+
+/// Hands one chunk at a time from a Write stream to its store write, and tells the sender whether the
+/// store took it.
+///
+/// `send` returns true only once the store's `next()` has the chunk, and false when it did not (the
+/// sending task was cancelled first, or the hand-off ended): the committed size a Write reports and
+/// QueryWriteStatus answers is the sum of the chunks for which `send` returned true, so it is never more
+/// than the store received, and a resumed upload continues exactly where the store stands. (AsyncAlgorithms'
+/// channel returns from `send` without delivering when its task is cancelled, and does not say so.)
+final class ChunkHandOff: Sendable {
+    private enum State {
+        case idle
+        /// A sender waits for the store to take its chunk.
+        case chunkWaiting(Data, sender: UInt64, CheckedContinuation<Bool, Never>)
+        /// The store waits for a chunk.
+        case storeWaiting(CheckedContinuation<Data?, any Error>)
+        /// Finished (nil: the body ends normally) or failed; no chunk is taken any more.
+        case ended(StrataError?)
+    }
+
+    private let state = Mutex<(state: State, senders: UInt64)>((.idle, 0))
+
+    /// Offers `chunk` to the store and waits until it takes it (true) or cannot (false).
+    func send(_ chunk: Data) async -> Bool {
+        let sender = state.withLock { state -> UInt64 in
+            state.senders += 1
+            return state.senders
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let store = state.withLock { state -> CheckedContinuation<Data?, any Error>? in
+                    switch state.state {
+                    case .storeWaiting(let store):
+                        state.state = .idle
+                        return store
+                    case .idle where !Task.isCancelled:
+                        state.state = .chunkWaiting(chunk, sender: sender, continuation)
+                        return nil
+                    case .idle, .ended, .chunkWaiting:
+                        // Cancelled before the store took it, ended, or (never, one stream writes an upload
+                        // at a time) another chunk in the way: not delivered.
+                        continuation.resume(returning: false)
+                        return nil
+                    }
+                }
+                if let store {
+                    store.resume(returning: chunk)
+                    continuation.resume(returning: true)
+                }
+            }
+        } onCancel: {
+            let waiting = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+                guard case .chunkWaiting(_, let waiting, let continuation) = state.state, waiting == sender else { return nil }
+                state.state = .idle
+                return continuation
+            }
+            waiting?.resume(returning: false)
+        }
+    }
+
+    /// The next chunk, for the store; nil once finished; throws once failed or when its task is cancelled.
+    func next() async throws -> Data? {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Data?, any Error>) in
+                let sender = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+                    switch state.state {
+                    case .chunkWaiting(let chunk, _, let sender):
+                        state.state = .idle
+                        continuation.resume(returning: chunk)
+                        return sender
+                    case .idle where !Task.isCancelled:
+                        state.state = .storeWaiting(continuation)
+                    case .idle, .storeWaiting:
+                        continuation.resume(throwing: CancellationError())
+                    case .ended(nil):
+                        continuation.resume(returning: nil)
+                    case .ended(let error?):
+                        continuation.resume(throwing: error)
+                    }
+                    return nil
+                }
+                sender?.resume(returning: true)
+            }
+        } onCancel: {
+            let waiting = state.withLock { state -> CheckedContinuation<Data?, any Error>? in
+                guard case .storeWaiting(let continuation) = state.state else { return nil }
+                state.state = .idle
+                return continuation
+            }
+            waiting?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Ends the body normally: the store sees its end after the chunks it took.
+    func finish() { end(nil) }
+
+    /// Ends the body with `error`, which the store's next read throws, so it commits nothing.
+    func fail(_ error: StrataError) { end(error) }
+
+    private func end(_ error: StrataError?) {
+        let (sender, store) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, CheckedContinuation<Data?, any Error>?) in
+            switch state.state {
+            case .ended: return (nil, nil)
+            case .idle:
+                state.state = .ended(error)
+                return (nil, nil)
+            case .chunkWaiting(_, _, let sender):
+                state.state = .ended(error)
+                return (sender, nil)
+            case .storeWaiting(let store):
+                state.state = .ended(error)
+                return (nil, store)
+            }
+        }
+        sender?.resume(returning: false)
+        if let store {
+            if let error { store.resume(throwing: error) } else { store.resume(returning: nil) }
         }
     }
 }
