@@ -99,8 +99,10 @@ public final class StrataServer: Service, Sendable {
             ActionCacheService(registry: registry),
         ]
         var config = HTTP2ServerTransport.Posix.Config.defaults
-        // Room for a full batch plus the digests and framing around it.
-        config.rpc.maxRequestPayloadSize = Int(registry.maxBatchTotalSizeBytes) + (1 << 20)
+        // Each method's request limit, answered with RESOURCE_EXHAUSTED (see RequestSizeLimits).
+        let requestLimits = RequestSizeLimits(maxBatchTotalSizeBytes: registry.maxBatchTotalSizeBytes)
+        config.rpc.maxRequestPayloadSize = requestLimits.largest
+        config.channelDebuggingCallbacks.onAcceptHTTP2Stream = { requestLimits.install(on: $0) }
         // A larger window keeps large ByteStream transfers from stalling on flow control.
         config.http2.targetWindowSize = Self.http2WindowBytes
         // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64

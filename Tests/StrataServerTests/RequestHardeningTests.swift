@@ -258,6 +258,72 @@ func directoryBlob(files: [(String, Digest)] = [], directories: [(String, ProtoD
         #expect(StrataError.echo(String(repeating: "é", count: 300)) == String(repeating: "é", count: 200) + "…(600 bytes)")
     }
 
+    // MARK: Request size limits
+
+    static func randomDigests(_ count: Int) -> [ProtoDigest] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<count).map { index in
+            let hash = (0..<4).map { _ in String(generator.next() as UInt64, radix: 16).leftPadded(16) }.joined()
+            return protoDigest(hash, Int64(index + 1))
+        }
+    }
+
+    @Test func aFindMissingBlobsOf100000DigestsIsAnswered() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let digests = Self.randomDigests(100_000)
+            // The answer (every digest is missing) is as large as the request: over the client's 4 MiB default.
+            var options = CallOptions.defaults
+            options.maxResponseMessageBytes = 16 << 20
+            // grpc-swift-nio-transport's client decodes answers under maxRequestMessageBytes.
+            options.maxRequestMessageBytes = 16 << 20
+            let missing = try await clients.cas.findMissingBlobs(.with { $0.blobDigests = digests }, options: options)
+            #expect(missing.missingBlobDigests.count == 100_000)
+        }
+    }
+
+    @Test func aRequestOverTheLimitGetsResourceExhaustedNamingIt() async throws {
+        try await withServer([memoryInstance()], maxBatchTotalSizeBytes: 10_000) { clients in
+            let general = 10_000 + (1 << 20)
+            // FindMissingBlobs: 300,000 digests are over its 16 MiB.
+            let find = await rpcFailure {
+                _ = try await clients.cas.findMissingBlobs(.with { $0.blobDigests = Self.randomDigests(300_000) })
+            }
+            #expect(find?.code == .resourceExhausted)
+            #expect(find?.message.contains("FindMissingBlobs") == true)
+            #expect(find?.message.contains("\(16 << 20) bytes") == true)
+            // A batch message over the general limit.
+            let blob = Blob.random(size: 2 << 20)
+            let update = await rpcFailure {
+                _ = try await clients.cas.batchUpdateBlobs(.with {
+                    $0.requests = [.with { $0.digest = blob.digest.proto; $0.data = blob.data }]
+                })
+            }
+            #expect(update?.code == .resourceExhausted)
+            #expect(update?.message.contains("\(general) bytes") == true)
+            // A Write whose second message is over the limit, after a first one that was taken.
+            let write = await rpcFailure {
+                _ = try await clients.byteStream.write(requestProducer: { writer in
+                    try await writer.write(.with {
+                        $0.resourceName = "uploads/u/blobs/\(blob.digest)"
+                        $0.data = blob.data.prefix(1000)
+                    })
+                    try await writer.write(.with {
+                        $0.writeOffset = 1000
+                        $0.data = blob.data.dropFirst(1000)
+                    })
+                })
+            }
+            #expect(write?.code == .resourceExhausted)
+            #expect(write?.message.contains("Write request message") == true)
+            // The server and the connection still serve.
+            let small = Blob.random(size: 100)
+            let response = try await clients.cas.batchUpdateBlobs(.with {
+                $0.requests = [.with { $0.digest = small.digest.proto; $0.data = small.data }]
+            })
+            #expect(response.responses.map(\.status.code) == [0])
+        }
+    }
+
     // MARK: ByteStream Write
 
     @Test func aChunkTheStoreDidNotTakeIsNotCommitted() async throws {
@@ -314,5 +380,11 @@ func directoryBlob(files: [(String, Digest)] = [], directories: [(String, ProtoD
         #expect(try response.message.committedSize == 1000)
         #expect(try await store.base.readAll(blob.digest) == blob.data)
         sender.finish()
+    }
+}
+
+private extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
