@@ -46,18 +46,18 @@ public struct ActionCacheService: Build_Bazel_Remote_Execution_V2_ActionCache.Si
         }
         for file in result.outputFiles {
             guard !file.path.isEmpty else { throw .invalidArgument("action_result: an output file has an empty path") }
-            try check(file.digest, "output file \(file.path)")
+            try check(file.digest, "output file \(StrataError.echo(file.path))")
             if !file.contents.isEmpty && Int64(file.contents.count) != file.digest.sizeBytes {
-                throw .invalidArgument("action_result: output file \(file.path): inlined contents do not match its digest's size")
+                throw .invalidArgument("action_result: output file \(StrataError.echo(file.path)): inlined contents do not match its digest's size")
             }
         }
         for directory in result.outputDirectories {
-            if directory.hasTreeDigest { try check(directory.treeDigest, "output directory \(directory.path) tree_digest") }
+            if directory.hasTreeDigest { try check(directory.treeDigest, "output directory \(StrataError.echo(directory.path)) tree_digest") }
             if directory.hasRootDirectoryDigest {
-                try check(directory.rootDirectoryDigest, "output directory \(directory.path) root_directory_digest")
+                try check(directory.rootDirectoryDigest, "output directory \(StrataError.echo(directory.path)) root_directory_digest")
             }
             if !directory.hasTreeDigest && !directory.hasRootDirectoryDigest {
-                throw .invalidArgument("action_result: output directory \(directory.path) has neither tree_digest nor root_directory_digest")
+                throw .invalidArgument("action_result: output directory \(StrataError.echo(directory.path)) has neither tree_digest nor root_directory_digest")
             }
         }
         if result.hasStdoutDigest { try check(result.stdoutDigest, "stdout_digest") }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import StrataCore
 
 /// The largest request message each method accepts, enforced so that a client over it gets
 /// RESOURCE_EXHAUSTED naming the limit.
@@ -71,7 +72,7 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
             sawRequestHeaders = true
             let path = headers.headers.first(name: ":path")
             limit = limits.limit(path: path)
-            if let path, let slash = path.lastIndex(of: "/") { method = String(path[path.index(after: slash)...]) }
+            if let path, let slash = path.lastIndex(of: "/") { method = StrataError.echo(path[path.index(after: slash)...]) }
         case .data(let frame):
             if case .byteBuffer(let buffer) = frame.data, let size = oversizedMessage(in: buffer) {
                 reject(context: context, size: size)
@@ -121,9 +122,13 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
             trailers.add(name: "content-type", value: "application/grpc")
         }
         trailers.add(name: "grpc-status", value: "8")
-        let message = "\(method) request message of \(size) bytes is larger than this server's limit of \(limit) bytes"
-            + (limit == limits.findMissingBlobs && limits.findMissingBlobs != limits.general
-                ? "; ask about fewer digests per request" : "; upload large blobs with ByteStream")
+        let hint = switch method {
+        case "FindMissingBlobs", "BatchReadBlobs": "; ask about fewer digests per request"
+        case "BatchUpdateBlobs": "; upload large blobs with ByteStream"
+        case "Write": "; send smaller chunks"
+        default: ""
+        }
+        let message = "\(method) request message of \(size) bytes is larger than this server's limit of \(limit) bytes\(hint)"
         trailers.add(name: "grpc-message", value: Self.percentEncoded(message))
         context.write(wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
         context.writeAndFlush(wrapOutboundOut(.rstStream(.noError)), promise: nil)

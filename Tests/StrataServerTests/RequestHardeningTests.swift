@@ -253,6 +253,14 @@ func directoryBlob(files: [(String, Digest)] = [], directories: [(String, ProtoD
             }
             #expect(digest?.code == .invalidArgument)
             #expect((digest?.message.utf8.count ?? .max) < 1000)
+            let path = await rpcFailure {
+                _ = try await clients.actionCache.updateActionResult(.with {
+                    $0.actionDigest = Blob.random(size: 5).digest.proto
+                    $0.actionResult = .with { $0.outputFiles = [.with { $0.path = long; $0.digest = protoDigest("zz", 1) }] }
+                })
+            }
+            #expect(path?.code == .invalidArgument)
+            #expect((path?.message.utf8.count ?? .max) < 1000)
         }
         #expect(StrataError.echo("short") == "short")
         #expect(StrataError.echo(String(repeating: "é", count: 300)) == String(repeating: "é", count: 200) + "…(600 bytes)")
