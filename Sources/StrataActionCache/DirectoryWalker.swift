@@ -101,8 +101,6 @@ public struct DirectoryWalker: Sendable {
                         continue
                     case .failure(let error): throw error
                     }
-                    // A store answering more than the digest's size would be a store bug; never decode it.
-                    guard Int64(data.count) <= digest.sizeBytes else { throw Defect.notADirectory(digest) }
                     let directory: Build_Bazel_Remote_Execution_V2_Directory
                     do {
                         directory = try Build_Bazel_Remote_Execution_V2_Directory(serializedBytes: data)

@@ -21,8 +21,9 @@ struct RequestSizeLimits: Sendable {
     static let findMissingBlobsPath = "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs"
 
     init(maxBatchTotalSizeBytes: Int64) {
-        general = Int(clamping: maxBatchTotalSizeBytes) &+ (1 << 20)
-        findMissingBlobs = max(general, 16 << 20)
+        let (general, overflow) = Int(clamping: maxBatchTotalSizeBytes).addingReportingOverflow(1 << 20)
+        self.general = overflow ? .max : general
+        findMissingBlobs = max(self.general, 16 << 20)
     }
 
     /// The transport's limit: above every method's, so that this one answers first.
