@@ -62,6 +62,8 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var prefixSeen = 0
     private var length = 0
     private var sentResponseHeaders = false
+    /// The gRPC handler ended its response: what the client still sends is ignored, not checked.
+    private var responseEnded = false
     private var rejected = false
 
     init(limits: RequestSizeLimits) { self.limits = limits }
@@ -74,7 +76,7 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
             let path = headers.headers.first(name: ":path")
             limit = limits.limit(path: path)
             if let path, let slash = path.lastIndex(of: "/") { method = StrataError.echo(path[path.index(after: slash)...]) }
-        case .data(let frame):
+        case .data(let frame) where !responseEnded:
             if case .byteBuffer(let buffer) = frame.data, let size = oversizedMessage(in: buffer) {
                 reject(context: context, size: size)
                 return
@@ -142,7 +144,10 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        if case .headers = unwrapOutboundIn(data) { sentResponseHeaders = true }
+        if case .headers(let headers) = unwrapOutboundIn(data) {
+            sentResponseHeaders = true
+            if headers.endStream { responseEnded = true }
+        }
         context.write(data, promise: promise)
     }
 
