@@ -207,6 +207,7 @@ let package = Package(
             dependencies: [
                 "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
         ),

@@ -56,11 +56,7 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
     private var limit = Int.max
     private var method = "the request"
     private var sawRequestHeaders = false
-    /// Bytes of the current message not yet seen.
-    private var bodyRemaining = 0
-    /// Bytes of the current length prefix seen (0 to 4), and the length read so far.
-    private var prefixSeen = 0
-    private var length = 0
+    private var scanner = MessageLengthScanner()
     private var sentResponseHeaders = false
     /// The gRPC handler ended its response: what the client still sends is ignored, not checked.
     private var responseEnded = false
@@ -77,7 +73,7 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
             limit = limits.limit(path: path)
             if let path, let slash = path.lastIndex(of: "/") { method = StrataError.echo(path[path.index(after: slash)...]) }
         case .data(let frame) where !responseEnded:
-            if case .byteBuffer(let buffer) = frame.data, let size = oversizedMessage(in: buffer) {
+            if case .byteBuffer(let buffer) = frame.data, let size = scanner.firstLength(in: buffer, over: limit) {
                 reject(context: context, size: size)
                 return
             }
@@ -85,36 +81,6 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
             break
         }
         context.fireChannelRead(data)
-    }
-
-    /// Advances over `buffer`'s bytes; the length of a message over the limit, if one starts here.
-    private func oversizedMessage(in buffer: ByteBuffer) -> Int? {
-        var index = buffer.readerIndex
-        let end = buffer.writerIndex
-        while index < end {
-            if bodyRemaining > 0 {
-                let skipped = min(bodyRemaining, end - index)
-                bodyRemaining -= skipped
-                index += skipped
-                continue
-            }
-            let byte = Int(buffer.getInteger(at: index, as: UInt8.self) ?? 0)
-            index += 1
-            if prefixSeen == 0 {
-                prefixSeen = 1  // the compressed flag
-                continue
-            }
-            length = length << 8 | byte
-            prefixSeen += 1
-            if prefixSeen == 5 {
-                let size = length
-                prefixSeen = 0
-                length = 0
-                if size > limit { return size }
-                bodyRemaining = size
-            }
-        }
-        return nil
     }
 
     private func reject(context: ChannelHandlerContext, size: Int) {
@@ -168,5 +134,46 @@ final class RequestSizeLimitHandler: ChannelDuplexHandler, RemovableChannelHandl
 private extension String {
     func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
+
+/// Follows the gRPC framing of a request stream (per message: a compressed flag byte, a 4-byte
+/// big-endian length, the message) across DATA frames that may split it anywhere, even inside a prefix.
+struct MessageLengthScanner {
+    /// Bytes of the current message not yet seen.
+    private var bodyRemaining = 0
+    /// Bytes of the current prefix seen (0 to 4), and the length read so far.
+    private var prefixSeen = 0
+    private var length = 0
+
+    /// Advances over `buffer`'s readable bytes; the length of the first message starting in them whose
+    /// length is over `limit`, if any.
+    mutating func firstLength(in buffer: ByteBuffer, over limit: Int) -> Int? {
+        var index = buffer.readerIndex
+        let end = buffer.writerIndex
+        while index < end {
+            if bodyRemaining > 0 {
+                let skipped = min(bodyRemaining, end - index)
+                bodyRemaining -= skipped
+                index += skipped
+                continue
+            }
+            let byte = Int(buffer.getInteger(at: index, as: UInt8.self) ?? 0)
+            index += 1
+            if prefixSeen == 0 {
+                prefixSeen = 1  // the compressed flag
+                continue
+            }
+            length = length << 8 | byte
+            prefixSeen += 1
+            if prefixSeen == 5 {
+                let size = length
+                prefixSeen = 0
+                length = 0
+                if size > limit { return size }
+                bodyRemaining = size
+            }
+        }
+        return nil
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import GRPCCore
+import NIOCore
 import StrataActionCache
 import StrataAPI
 import StrataCore
@@ -329,6 +330,41 @@ func directoryBlob(files: [(String, Digest)] = [], directories: [(String, ProtoD
                 $0.requests = [.with { $0.digest = small.digest.proto; $0.data = small.data }]
             })
             #expect(response.responses.map(\.status.code) == [0])
+        }
+    }
+
+    @Test func messageLengthsAreFoundWhereverFramesSplitThem() {
+        // Messages of 10, 0, 300 and 5 bytes, then one of 1000 (one compressed), against a limit of 500.
+        var stream: [UInt8] = []
+        for (size, compressed) in [(10, false), (0, false), (300, false), (5, false), (1000, true)] {
+            stream.append(compressed ? 1 : 0)
+            stream += withUnsafeBytes(of: UInt32(size).bigEndian, Array.init)
+            stream += [UInt8](repeating: 7, count: size)
+        }
+        let oversizedPrefixEnd = 5 + 10 + 5 + 5 + 300 + 5 + 5 + 5
+        // Every two-frame split, and frames of a few bytes each.
+        let cases = (0...stream.count).map { (split: $0, pieceSize: stream.count) } + [1, 2, 3, 7].map { (split: 0, pieceSize: $0) }
+        for (split, pieceSize) in cases {
+            do {
+                var scanner = MessageLengthScanner()
+                var position = 0
+                var found: (Int, at: Int)?
+                for piece in [Array(stream[..<split]), Array(stream[split...])] {
+                    var start = 0
+                    while start < piece.count && found == nil {
+                        let end = min(start + pieceSize, piece.count)
+                        if let size = scanner.firstLength(in: ByteBuffer(bytes: piece[start..<end]), over: 500) {
+                            found = (size, position + end - start)
+                        }
+                        position += end - start
+                        start = end
+                    }
+                }
+                #expect(found?.0 == 1000)
+                // Found in the piece that completes the prefix, not before.
+                #expect((found?.at ?? 0) >= oversizedPrefixEnd)
+                #expect((found?.at ?? .max) < oversizedPrefixEnd + pieceSize)
+            }
         }
     }
 
