@@ -8,13 +8,13 @@ import SwiftProtobuf
 /// Hands out a cached ActionResult only if every blob it references is in `cas`: output files,
 /// stdout and stderr, and output directories given as a Tree (the Tree blob and every file in it) or
 /// as a root Directory (walked by `DirectoryWalker`, which reads no Directory larger than
-/// `maxDirectoryBytes`). Bazel trusts a hit completely, so an entry whose
-/// outputs were evicted would fail the build; such an entry is answered as absent and dropped, so
-/// the action runs again and its new result replaces it.
+/// `maxDirectoryBytes`). Bazel trusts a hit completely, so an entry whose outputs were evicted would
+/// fail the build; such an entry is answered as absent and dropped, so the action runs again and its
+/// new result replaces it.
 ///
 /// Each group of directories costs one batched `findMissing` (and one batched read of the Directory
-/// blobs), never a call per blob; through an index, those calls also refresh the blobs' access times, so cleanup
-/// keeps what a cache hit points at.
+/// blobs), never a call per blob; through an index, those calls also refresh the blobs' access
+/// times, so cleanup keeps what a cache hit points at.
 public struct CompletenessCheckingActionCache: ActionCache {
     public let base: any ActionCache
     public let cas: any BlobStore

@@ -6,10 +6,11 @@ import Synchronization
 /// ByteStream uploads in progress, so that a Write whose stream broke can be resumed.
 ///
 /// Each upload streams straight into its store through a `ChunkHandOff`: no spool file, no extra copy,
-/// at most one chunk in flight, and a committed size that counts only the chunks the store took. When a client's stream ends before `finish_write`, the upload is parked
-/// with its store write still open; a later Write of the same resource name at `write_offset` =
-/// committed size continues it, and QueryWriteStatus reports its committed size. A parked upload that
-/// nobody resumes within `idleTimeout` is abandoned: its store write fails and leaves nothing behind.
+/// at most one chunk in flight, and a committed size that counts only the chunks the store took. When
+/// a client's stream ends before `finish_write`, the upload is parked with its store write still open;
+/// a later Write of the same resource name at `write_offset` = committed size continues it, and
+/// QueryWriteStatus reports its committed size. A parked upload that nobody resumes within
+/// `idleTimeout` is abandoned: its store write fails and leaves nothing behind.
 public final class UploadRegistry: Sendable {
     public let idleTimeout: Duration
     private let uploads = Mutex<[String: Upload]>([:])
@@ -165,9 +166,10 @@ public final class UploadRegistry: Sendable {
 ///
 /// `send` returns true only once the store's `next()` has the chunk, and false when it did not (the
 /// sending task was cancelled first, or the hand-off ended): the committed size a Write reports and
-/// QueryWriteStatus answers is the sum of the chunks for which `send` returned true, so it is never more
-/// than the store received, and a resumed upload continues exactly where the store stands. (AsyncAlgorithms'
-/// channel returns from `send` without delivering when its task is cancelled, and does not say so.)
+/// QueryWriteStatus answers is the sum of the chunks for which `send` returned true, so it is never
+/// more than the store received, and a resumed upload continues exactly where the store stands.
+/// (AsyncAlgorithms' channel returns from `send` without delivering when its task is cancelled, and
+/// does not say so.)
 final class ChunkHandOff: Sendable {
     private enum State {
         case idle
