@@ -65,29 +65,48 @@ public final class RemoteChannel: Sendable {
 
     public func shutdown() { client.beginGracefulShutdown() }
 
+    /// A call that takes longer has hung (the remote accepted it and went silent) when neither
+    /// `requestTimeout` nor the client's deadline bounds it sooner. Calls move at most a batch or a
+    /// read chunk (a few MiB), so this is generous.
+    public static let defaultCallTimeout: Duration = .seconds(20)
+
+    /// Options of a unary or ranged call: the configured timeout (else `defaultCallTimeout`),
+    /// shortened to the client's deadline.
     var callOptions: CallOptions {
         var callOptions = CallOptions.defaults
-        callOptions.timeout = options.requestTimeout
+        callOptions.timeout = RequestDeadline.bounded(options.requestTimeout ?? Self.defaultCallTimeout)
         return callOptions
     }
 
-    /// Runs an idempotent call with retries on transient errors, mapping the final error.
+    /// Options of a streamed upload, whose length has no bound: only the configured timeout and the
+    /// client's deadline apply.
+    var streamingCallOptions: CallOptions {
+        var callOptions = CallOptions.defaults
+        callOptions.timeout = RequestDeadline.bounded(optional: options.requestTimeout)
+        return callOptions
+    }
+
+    /// Runs an idempotent call, retrying it with backoff when the remote answers UNAVAILABLE (the one
+    /// status the gRPC and REAPI specs call transient), within `maxBackoff` pauses and the client's
+    /// deadline; maps the final error. Anything else, RESOURCE_EXHAUSTED ("too large") and timeouts
+    /// included, would fail again the same way.
     func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
-        var attempt = 0
-        while true {
-            do {
-                return try await body()
-            } catch let error as RPCError {
-                let retryable: Set<RPCError.Code> = [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted]
-                guard retryable.contains(error.code), attempt < options.retries else { throw mapped(error, name) }
-                attempt += 1
-                let backoff = min(options.maxBackoff, .milliseconds(100) * (1 << min(attempt - 1, 16)))
-                try await Task.sleep(for: backoff)
-            }
+        let policy = RetryPolicy(
+            maxAttempts: options.retries + 1, baseDelay: .milliseconds(100), maxDelay: options.maxBackoff,
+            budget: options.requestTimeout ?? Self.defaultCallTimeout)
+        do {
+            return try await policy.run(isTransient: { ($0 as? RPCError)?.code == .unavailable }) { _ in try await body() }
+        } catch let error as RPCError {
+            throw mapped(error, name)
         }
     }
 
     func mapped(_ error: RPCError, _ name: String) -> StrataError {
+        if error.code == .deadlineExceeded {
+            // Our own call deadline passed: the remote hung, which the client is told as for any
+            // backend that cannot serve now (its own deadline, if that was it, has passed anyway).
+            return .unavailable("remote \(endpoint): \(name) got no answer in time: \(error.message)")
+        }
         // Both sides number their codes as google.rpc.Code does.
         let code = StrataError.Code(rawValue: error.code.rawValue) ?? .unknown
         return StrataError(code, "remote \(endpoint): \(name): \(error.message)")
@@ -100,9 +119,10 @@ public final class RemoteChannel: Sendable {
 /// - Small blobs travel in BatchReadBlobs / BatchUpdateBlobs requests of at most `maxBatchBytes`;
 ///   larger ones through ByteStream. Reads of large blobs are pulled in ranged ByteStream reads of
 ///   `readChunkBytes`, so a slow consumer never makes this server buffer the blob.
-/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE,
-///   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED up to `retries` times with exponential backoff
-///   capped at `maxBackoff`; a streamed write is not (its body can be read once).
+/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE up to
+///   `retries` times with exponential backoff capped at `maxBackoff`, within the client's deadline; a
+///   streamed write is not (its body can be read once). Each call is bounded by `requestTimeout`
+///   (else `RemoteChannel.defaultCallTimeout`, streamed writes excepted) and the client's deadline.
 /// - REAPI has no delete: `delete` answers UNIMPLEMENTED, so cleanup is run next to the remote server.
 public final class RemoteBlobStore: BlobStore {
     public struct Options: Sendable {
@@ -192,7 +212,7 @@ public final class RemoteBlobStore: BlobStore {
         let bodyError = Mutex<(any Error)?>(nil)
         let response: Google_Bytestream_WriteResponse
         do {
-            response = try await byteStream.write(options: callOptions, requestProducer: { writer in
+            response = try await byteStream.write(options: channel.streamingCallOptions, requestProducer: { writer in
                 var offset: Int64 = 0
                 var iterator = verified.makeAsyncIterator()
                 while true {

@@ -115,7 +115,7 @@ public final class StrataServer: Service, Sendable {
             let loop = SharedEventLoops.shared[index % SharedEventLoops.shared.count]
             let transport = bind(loop)
             listeners.append(Listener(
-                address: address, server: GRPCServer(transport: transport, services: services), transport: transport,
+                address: address, server: GRPCServer(transport: transport, services: services, interceptors: [RequestDeadlineInterceptor()]), transport: transport,
                 loop: loop, socket: socket))
         }
         do throws(StrataError) {

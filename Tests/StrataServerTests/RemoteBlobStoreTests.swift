@@ -81,6 +81,28 @@ import Testing
         }
     }
 
+    /// Only UNAVAILABLE is retried: "blob too large" (RESOURCE_EXHAUSTED) and the like would fail the
+    /// same way again, and used to be sent `retries` more times.
+    @Test(arguments: [
+        (StrataError.resourceExhausted("blob too large"), 1), (.invalidArgument("bad digest"), 1),
+        (.notFound("no such blob"), 1), (.init(.permissionDenied, "read-only"), 1), (.unavailable("down"), 3),
+    ])
+    func onlyUnavailableIsRetried(_ failure: StrataError, _ expectedCalls: Int) async throws {
+        let backing = FaultyBlobStore(LRUBlobStore(capacityBytes: 1 << 20))
+        backing.failure = failure
+        backing.failing = true
+        var options = RemoteBlobStore.Options()
+        options.channel.instanceName = "main"
+        options.channel.retries = 2
+        options.channel.maxBackoff = .milliseconds(50)
+        try await withRemote(backing: backing, options: options) { remote, _ in
+            try await expectError(failure.code, "FindMissingBlobs answered \(failure.code)") {
+                _ = try await remote.findMissing([Blob.random(size: 10).digest])
+            }
+        }
+        #expect(backing.calls("findMissing") == expectedCalls, "\(failure.code): \(backing.calls("findMissing")) calls")
+    }
+
     @Test func refusesTLSAndBadURLs() {
         #expect(throws: StrataError.self) { try RemoteBlobStore(url: "grpcs://example:443") }
         #expect(throws: StrataError.self) { try RemoteBlobStore(url: "example") }
