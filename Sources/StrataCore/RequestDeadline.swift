@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The deadline of the request being served: the instant the client stops waiting (its
 /// `grpc-timeout`), set for the whole RPC by the server's deadline interceptor.
 ///
@@ -5,8 +7,46 @@
 /// another REAPI server is not worth continuing once the client has given up, and a retry that cannot
 /// finish in time is not started. When the client set no deadline, each backend falls back on its own
 /// bounds (a no-progress timeout, a retry budget), so a hung backend still answers within seconds.
+///
+/// Work a request starts that outlives it (a deferred write to a slower tier, a replica's repair, an
+/// upload resumed by a later call) inherits the task-local but not the bound: once the request is
+/// over, its deadline no longer applies.
 public enum RequestDeadline {
-    @TaskLocal public static var current: ContinuousClock.Instant?
+    /// One request's deadline, in force until the request is over.
+    public final class Scope: Sendable {
+        public let deadline: ContinuousClock.Instant
+        private let over = Atomic<Bool>(false)
+
+        public init(deadline: ContinuousClock.Instant) { self.deadline = deadline }
+
+        /// The request is over: work it started and that goes on is no longer bounded by its deadline.
+        public func end() { over.store(true, ordering: .releasing) }
+
+        var isInForce: Bool { !over.load(ordering: .acquiring) }
+    }
+
+    @TaskLocal static var scope: Scope?
+
+    /// The deadline of the request this task works for, while that request is not over; nil when
+    /// the client set none.
+    public static var current: ContinuousClock.Instant? {
+        guard let scope, scope.isInForce else { return nil }
+        return scope.deadline
+    }
+
+    /// Runs `body` (and the tasks it starts) under `scope`; the caller ends the scope.
+    public static func within<Value>(_ scope: Scope, _ body: () async throws -> Value) async rethrows -> Value {
+        try await $scope.withValue(scope, operation: body)
+    }
+
+    /// Runs `body` as a request whose client stops waiting at `deadline`.
+    public static func withDeadline<Value>(
+        _ deadline: ContinuousClock.Instant, _ body: () async throws -> Value
+    ) async rethrows -> Value {
+        let scope = Scope(deadline: deadline)
+        defer { scope.end() }
+        return try await within(scope, body)
+    }
 
     /// Time left until the client's deadline (zero once it passed); nil when the client set none.
     public static var remaining: Duration? {

@@ -19,7 +19,7 @@ import Testing
         #expect(RequestDeadline.remaining == nil)
         #expect(RequestDeadline.bounded(.seconds(5)) == .seconds(5))
         #expect(RequestDeadline.bounded(optional: nil) == nil)
-        await RequestDeadline.$current.withValue(.now + .seconds(2)) {
+        await RequestDeadline.withDeadline(.now + .seconds(2)) {
             #expect(RequestDeadline.bounded(.seconds(5)) <= .seconds(2))
             #expect(RequestDeadline.bounded(.seconds(1)) == .seconds(1))
             #expect(RequestDeadline.bounded(optional: nil).map { $0 <= .seconds(2) && $0 > .zero } == true)
@@ -27,9 +27,24 @@ import Testing
             let inherited = await Task { RequestDeadline.remaining != nil }.value
             #expect(inherited)
         }
-        await RequestDeadline.$current.withValue(.now - .seconds(1)) {
+        await RequestDeadline.withDeadline(.now - .seconds(1)) {
             #expect(RequestDeadline.remaining == .zero)
         }
+    }
+
+    /// A task the request starts and that goes on after it (a deferred write, a repair) inherits the
+    /// task-local but is not bounded by a deadline whose client is gone.
+    @Test func workThatOutlivesTheRequestIsNotBoundByIt() async {
+        let (gate, open) = AsyncStream<Void>.makeStream()
+        let background = await RequestDeadline.withDeadline(.now + .seconds(60)) {
+            #expect(RequestDeadline.current != nil)
+            return Task { () -> ContinuousClock.Instant? in
+                for await _ in gate { break }
+                return RequestDeadline.current
+            }
+        }
+        open.yield()
+        #expect(await background.value == nil)
     }
 
     struct Transient: Error {}
@@ -64,7 +79,7 @@ import Testing
         #expect(await attempts(slow, failingWith: Transient()) == 1)
         let generous = RetryPolicy(maxAttempts: 10, baseDelay: .seconds(10), maxDelay: .seconds(10), budget: .seconds(3600))
         let start = ContinuousClock.now
-        let count = await RequestDeadline.$current.withValue(.now) { await attempts(generous, failingWith: Transient()) }
+        let count = await RequestDeadline.withDeadline(.now) { await attempts(generous, failingWith: Transient()) }
         #expect(count == 1)
         #expect(ContinuousClock.now - start < .seconds(10), "a retry past the deadline was slept for")
     }

@@ -60,7 +60,7 @@ struct RedisFaultTests {
         #expect(error?.code == .unavailable, "\(String(describing: error))")
         #expect(elapsed < .seconds(20), "PING to a hung Redis took \(elapsed)")
         let (deadlineError, deadlineElapsed) = await timedError {
-            _ = try await RequestDeadline.$current.withValue(.now + .milliseconds(500)) { try await client.send("PING") }
+            _ = try await RequestDeadline.withDeadline(.now + .milliseconds(500)) { try await client.send("PING") }
         }
         #expect(deadlineError?.code == .unavailable, "\(String(describing: deadlineError))")
         // Far below the 5 s command timeout.

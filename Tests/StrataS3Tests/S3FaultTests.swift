@@ -73,7 +73,7 @@ struct S3FaultTests {
         }
         // A client deadline of 1 s bounds the call below the stall timeout.
         let (error, elapsed) = await Self.timedError {
-            try await RequestDeadline.$current.withValue(.now + .seconds(1)) { _ = try await store.readAll(stored.digest) }
+            try await RequestDeadline.withDeadline(.now + .seconds(1)) { _ = try await store.readAll(stored.digest) }
         }
         #expect(error?.code == .unavailable, "\(String(describing: error))")
         #expect(elapsed < .seconds(10), "a read with a 1 s deadline took \(elapsed)")

@@ -122,7 +122,7 @@ struct SQLFaultTests {
                 // A liveness bound (the statement timeout is 6 s): it used to be 30 s.
                 #expect(elapsed < .seconds(20), "findMissing on a hung database took \(elapsed)")
                 let (deadlineError, deadlineElapsed) = await Self.timedError {
-                    try await RequestDeadline.$current.withValue(.now + .seconds(1)) {
+                    try await RequestDeadline.withDeadline(.now + .seconds(1)) {
                         _ = try await index.readAll(blob.digest)
                     }
                 }
