@@ -15,6 +15,9 @@ struct HTTPRequest: Sendable {
     /// The exchange fails when no byte moves either way for this long: a hung S3 (connection accepted,
     /// nothing answered) is found in seconds, while a multi-GiB transfer that keeps moving goes on.
     var stallTimeoutSeconds: Double = 10
+    /// Whether `timeoutSeconds` is the client's deadline rather than S3's bound: timing out on it says
+    /// the client gave up, not that S3 went silent.
+    var boundedByClientDeadline = false
     /// The largest response body this request accepts; more is a broken or hostile reply.
     var responseLimit: Int = 1 << 20
 }
@@ -48,7 +51,7 @@ struct CurlFailure: Error, Sendable {
     var isCancellation: Bool { CURLcode(rawValue: code) == CURLE_ABORTED_BY_CALLBACK }
 
     /// A timeout: no progress for the stall time, or the transfer or connect bound reached.
-    var isStall: Bool { CURLcode(rawValue: code) == CURLE_OPERATION_TIMEDOUT }
+    var isTimeout: Bool { CURLcode(rawValue: code) == CURLE_OPERATION_TIMEDOUT }
 }
 
 /// Runs requests on libcurl easy handles, blocking calls on a thread pool.
@@ -87,7 +90,7 @@ final class CurlTransport: Sendable {
                 defer { self.returnHandle(handle) }
                 do {
                     return try self.perform(request, state: state, on: handle)
-                } catch let failure as CurlFailure where failure.isStall {
+                } catch let failure as CurlFailure where failure.isTimeout && !request.boundedByClientDeadline {
                     // The path to S3 went silent: the kept-alive connections of the idle handles went
                     // through it too and would each stall a request once more. Closing them makes the
                     // next requests connect afresh.

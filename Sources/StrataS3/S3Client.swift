@@ -345,6 +345,7 @@ public final class S3Client: Sendable {
                         throw TransientS3Failure(problem: "the client's deadline passed")
                     }
                     bounded.timeoutSeconds = min(transferTimeout, remaining.timeInterval)
+                    bounded.boundedByClientDeadline = remaining.timeInterval < transferTimeout
                 }
                 do {
                     let response = try await transport.perform(bounded)

@@ -185,6 +185,9 @@ public final class SQLConnection: Service, Sendable {
         bounded.poolTimeout = RequestDeadline.bounded(bounded.poolTimeout)
         bounded.statementTimeout = RequestDeadline.bounded(bounded.statementTimeout)
         let settings = bounded
+        // Timing out on the configured bound says the database hung; on the client's shorter deadline,
+        // only that the client gave up (its statement is stopped, the other connections are kept).
+        let timeoutMeansHang = bounded.statementTimeout >= self.settings.statementTimeout
         let client = self.client
         let stale = self.staleConnections
         do {
@@ -207,7 +210,7 @@ public final class SQLConnection: Service, Sendable {
                                 try? await Task.sleep(for: settings.statementTimeout)
                                 guard !Task.isCancelled else { return }
                                 leased.markTimedOut()
-                                stale.hangDetected()
+                                if timeoutMeansHang { stale.hangDetected() }
                                 answer.give(.failure(StrataError.unavailable(
                                     "SQL \(settings.displayName): \(what) took longer than \(Self.seconds(settings.statementTimeout)); the connection was closed")))
                                 try? await connection.close()
