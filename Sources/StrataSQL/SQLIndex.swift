@@ -414,7 +414,9 @@ public final class SQLIndex: EnumerableIndex {
     /// deletion lease).
     public func removeEntries(_ digests: [Digest], notAccessedSince cutoff: Date) async throws -> [Digest] {
         let token = UUID().uuidString
-        let retry = RetryPolicy(maxAttempts: 5, baseDelay: .milliseconds(200), maxDelay: .seconds(5), budget: .seconds(30))
+        // Few and short: enough to learn a lost answer; a database that stays down is the caller's
+        // to wait out (the cleaner retries whole calls).
+        let retry = RetryPolicy(maxAttempts: 3, baseDelay: .milliseconds(200), maxDelay: .seconds(1), budget: .seconds(10))
         return try await retry.run(isTransient: { StrataError.from($0).code == .unavailable }) { _ in
             try await removeEntries(digests, notAccessedSince: cutoff, token: token)
         }
