@@ -10,12 +10,13 @@ extension Builder {
         let options = try node.mapping(allowed: [
             "bucket", "endpoint", "access-key", "secret-key", "region", "connect-timeout-seconds",
             "read-timeout-seconds-per-kilobyte", "write-timeout-seconds-per-kilobyte",
-            "read-timeout-min-seconds", "write-timeout-min-seconds", "versioned-deletes",
+            "read-timeout-min-seconds", "write-timeout-min-seconds", "stall-timeout-seconds", "versioned-deletes",
             "hash-prefix-size", "path-prefix-string",
         ])
         let bucket = try s3Bucket(node, options)
         let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
-        let clientConfiguration = try s3ClientConfiguration(node, options, connectTimeoutSeconds: connectTimeout)
+        var clientConfiguration = try s3ClientConfiguration(node, options, connectTimeoutSeconds: connectTimeout)
+        if let stall = options["stall-timeout-seconds"] { clientConfiguration.stallTimeoutSeconds = try stall.s3Seconds(positive: true) }
 
         if let versioned = options["versioned-deletes"], try versioned.bool() {
             throw versioned.error("versioned-deletes: true is not supported by Strata yet; deletes remove the current version only")

@@ -13,7 +13,7 @@ extension Builder {
         if let built = objects[key] as? SQLConnection { return built }
         try requireTag(node, "!sql-connection")
         let options = try node.mapping(
-            allowed: ["connection-string", "connection-timeout", "lock-timeout", "pool-size", "pool-timeout",
+            allowed: ["connection-string", "connection-timeout", "lock-timeout", "statement-timeout", "pool-size", "pool-timeout",
                       "max-overflow", "pool-pre-ping", "connect-args"],
             unsupported: ["pool-recycle"])
         guard let stringNode = options["connection-string"] else {
@@ -30,6 +30,7 @@ extension Builder {
         settings.poolTimeout = settings.connectionTimeout
         if let timeout = options["pool-timeout"] { settings.poolTimeout = try seconds(timeout, allowZero: false)! }
         if let timeout = options["lock-timeout"] { settings.lockTimeout = try seconds(timeout, allowZero: true) }
+        if let timeout = options["statement-timeout"] { settings.statementTimeout = try seconds(timeout, allowZero: false)! }
         if let size = options["pool-size"] { settings.poolSize = try size.int(minimum: 1) }
         if let overflow = options["max-overflow"] { settings.maxOverflow = try overflow.int(minimum: 0) }
         if let prePing = options["pool-pre-ping"], try !prePing.bool() { settings.keepAlive = nil }

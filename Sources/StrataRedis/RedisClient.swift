@@ -168,35 +168,47 @@ public final class RedisClient: Sendable {
     /// retries, throws UNAVAILABLE naming the server.
     public func pipeline(_ commands: [RedisCommand]) async throws -> [RedisReply] {
         if commands.isEmpty { return [] }
+        // Short and bounded pauses: a restarting server gets a moment, a dead one fails the call fast.
+        let policy = RetryPolicy(
+            maxAttempts: max(0, configuration.retries) + 1, baseDelay: .milliseconds(50), maxDelay: .milliseconds(800),
+            budget: configuration.timeout)
         var lastFailure = ""
-        for attempt in 0...max(0, configuration.retries) {
-            if attempt > 0 {
-                // Short and bounded: a restarting server gets a moment, a dead one fails the call fast.
-                try await Task.sleep(for: .milliseconds(50 << min(attempt - 1, 4)))
-            }
-            do {
-                return try await threadPool.runIfActive { try self.runBlocking(commands) }
-            } catch let failure as ConnectionFailure {
-                switch failure {
-                case .io(let message, let timedOut):
-                    lastFailure = message
-                    if timedOut {
-                        throw StrataError.unavailable("Redis at \(endpoint) did not answer within \(configuration.timeout): \(message)")
+        var attempts = 0
+        do {
+            return try await policy.run(isTransient: { ($0 as? ConnectionFailure)?.isRetryable == true }) { attempt in
+                attempts = attempt
+                // Task-locals do not reach the pool's threads: the bound is computed here.
+                let timeout = RequestDeadline.bounded(configuration.timeout)
+                do {
+                    return try await threadPool.runIfActive { try self.runBlocking(commands, timeout: timeout) }
+                } catch let failure as ConnectionFailure {
+                    lastFailure = failure.description
+                    if case .io(_, timedOut: true) = failure {
+                        // The server or the path to it went silent: the idle connections went through
+                        // it too and would each time out once more. New ones are opened instead.
+                        idle.withLock { $0.removeAll() }
                     }
-                case .refused(let message):
-                    throw StrataError.internal("Redis at \(endpoint): \(message)")
+                    throw failure
                 }
-            } catch is CancellationError {
-                // The pool cancels queued work when it shuts down, as it does a cancelled task's.
-                if isShutDown.load(ordering: .acquiring) {
-                    throw StrataError.unavailable("the client of Redis at \(endpoint) is shut down")
-                }
-                throw StrataError(.cancelled, "the request was cancelled while waiting for Redis at \(endpoint)")
             }
+        } catch let failure as ConnectionFailure {
+            switch failure {
+            case .io(let message, timedOut: true):
+                throw StrataError.unavailable(
+                    "Redis at \(endpoint) did not answer within \(RequestDeadline.bounded(configuration.timeout)): \(message)")
+            case .io:
+                throw StrataError.unavailable(
+                    "Redis at \(endpoint) is unavailable (\(attempts) attempt\(attempts == 1 ? "" : "s")): \(lastFailure)")
+            case .refused(let message):
+                throw StrataError.internal("Redis at \(endpoint): \(message)")
+            }
+        } catch is CancellationError {
+            // The pool cancels queued work when it shuts down, as it does a cancelled task's.
+            if isShutDown.load(ordering: .acquiring) {
+                throw StrataError.unavailable("the client of Redis at \(endpoint) is shut down")
+            }
+            throw StrataError(.cancelled, "the request was cancelled while waiting for Redis at \(endpoint)")
         }
-        let attempts = max(0, configuration.retries) + 1
-        throw StrataError.unavailable(
-            "Redis at \(endpoint) is unavailable (\(attempts) attempt\(attempts == 1 ? "" : "s")): \(lastFailure)")
     }
 
     /// The reply, or the StrataError a client should see for an error reply.
@@ -217,10 +229,11 @@ public final class RedisClient: Sendable {
 
     // MARK: Blocking part, on the thread pool
 
-    private func runBlocking(_ commands: [RedisCommand]) throws(ConnectionFailure) -> [RedisReply] {
+    private func runBlocking(_ commands: [RedisCommand], timeout: Duration) throws(ConnectionFailure) -> [RedisReply] {
         let connection: RedisConnection
-        if let pooled = idle.withLock({ $0.popLast() }) { connection = pooled } else { connection = try connect() }
+        if let pooled = idle.withLock({ $0.popLast() }) { connection = pooled } else { connection = try connect(timeout: timeout) }
         do {
+            try connection.setTimeout(timeout)
             let replies = try execute(commands, on: connection)
             idle.withLock { $0.append(connection) }
             return replies
@@ -231,18 +244,15 @@ public final class RedisClient: Sendable {
         }
     }
 
-    private func connect() throws(ConnectionFailure) -> RedisConnection {
-        let timeout = timeval(configuration.timeout)
-        guard let context = redisConnectWithTimeout(configuration.host, Int32(configuration.port), timeout) else {
+    private func connect(timeout: Duration) throws(ConnectionFailure) -> RedisConnection {
+        guard let context = redisConnectWithTimeout(configuration.host, Int32(configuration.port), timeval(timeout)) else {
             throw .io("cannot allocate a hiredis context", timedOut: false)
         }
         let connection = RedisConnection(context)
         if context.pointee.err != 0 {
             throw .io("cannot connect: \(connection.errorMessage)", timedOut: connection.timedOut)
         }
-        guard redisSetTimeout(context, timeout) == REDIS_OK else {
-            throw .io("cannot set the command timeout: \(connection.errorMessage)", timedOut: false)
-        }
+        try connection.setTimeout(timeout)
         if let password = configuration.password {
             let reply = try connection.roundTrip([Data("AUTH".utf8), Data(password.utf8)])
             if case .error(let message) = reply { throw .refused("AUTH failed: \(message)") }
@@ -310,6 +320,13 @@ enum ConnectionFailure: Error, CustomStringConvertible {
         case .io(let message, _), .refused(let message): message
         }
     }
+
+    /// A refused or reset connection may work again on a fresh one; a timeout is not retried: a server
+    /// that stopped answering would only time out again.
+    var isRetryable: Bool {
+        if case .io(_, timedOut: false) = self { return true }
+        return false
+    }
 }
 
 /// One hiredis context, used by one thread at a time (the pool hands it out), freed when dropped.
@@ -319,6 +336,18 @@ final class RedisConnection: @unchecked Sendable {
     init(_ context: UnsafeMutablePointer<redisContext>) { self.context = context }
 
     deinit { redisFree(context) }
+
+    private var timeout: Duration?
+
+    /// Bounds each later read and write on the socket (the pool's threads block on them).
+    func setTimeout(_ timeout: Duration) throws(ConnectionFailure) {
+        guard timeout != self.timeout else { return }
+        // A zero timeval means "no timeout" to hiredis: the request's deadline passed, so wait the least.
+        guard redisSetTimeout(context, timeval(max(timeout, .milliseconds(1)))) == REDIS_OK else {
+            throw .io("cannot set the command timeout: \(errorMessage)", timedOut: false)
+        }
+        self.timeout = timeout
+    }
 
     var errorMessage: String {
         withUnsafeBytes(of: context.pointee.errstr) { bytes in

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import StrataCore
 import StrataStorage
 
@@ -29,6 +30,7 @@ public final class RedisIndex: EnumerableIndex {
     /// on Redis for blobs in constant use. Zero refreshes on every access.
     public let refreshAccessTimeOlderThan: Duration
     private let clock: @Sendable () -> Date
+    private let refreshFailures: AccessTimeRefreshFailures
 
     /// Members per script call: keeps each script's time inside Redis short.
     static let membersPerScript = 1000
@@ -49,6 +51,8 @@ public final class RedisIndex: EnumerableIndex {
         self.clock = clock
         self.writeLease = writeLease
         self.deletionLease = deletionLease
+        self.refreshFailures = AccessTimeRefreshFailures(
+            index: "Redis index at \(client.endpoint) (\(prefix))", logger: Logger(label: "strata.redis.index"))
     }
 
     var accessKey: String { prefix + "access" }
@@ -74,10 +78,11 @@ public final class RedisIndex: EnumerableIndex {
         do {
             body = try await backingStore.read(digest, offset: offset, limit: limit)
         } catch let error as StrataError where error.code == .notFound {
-            try await forgetLost([digest])
+            do { try await forgetLost([digest]) } catch { refreshFailures.report(error, "dropping the entry of lost blob \(digest)") }
             throw error
         }
-        _ = try await touch([digest])
+        // The read has its bytes: a Redis hiccup here costs an access time, never the answer.
+        do { _ = try await touch([digest]) } catch { refreshFailures.report(error, "refreshing the access time of \(digest)") }
         return body
     }
 
@@ -118,12 +123,12 @@ public final class RedisIndex: EnumerableIndex {
             case .failure: break
             }
         }
+        // The reads have their bytes: a Redis hiccup here costs access times, never the answers.
         do {
             let commands = touchCommands(found.uniqued()) + forgetLostCommands(lost.uniqued())
             for (reply, command) in zip(try await client.pipeline(commands), commands) { _ = try client.checked(reply, command) }
         } catch {
-            let failure = StrataError.from(error)
-            for index in results.indices where !digests[index].isEmpty { results[index] = .failure(failure) }
+            refreshFailures.report(error, "refreshing the access times of \(found.count) blobs read")
         }
         return results
     }

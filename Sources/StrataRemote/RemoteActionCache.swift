@@ -14,19 +14,17 @@ typealias ActionCacheClient = Build_Bazel_Remote_Execution_V2_ActionCache.Client
 /// such call), so a stale entry is dropped by the remote's own check.
 public final class RemoteActionCache: ActionCache {
     public let channel: RemoteChannel
-    private let client: ActionCacheClient
 
     public init(url: String, options: RemoteChannel.Options = .init()) throws(StrataError) {
         self.channel = try RemoteChannel(url: url, options: options)
-        self.client = ActionCacheClient(wrapping: channel.client)
     }
 
     public var endpoint: String { channel.endpoint }
 
     public func get(_ action: Digest) async throws -> ActionResult? {
         do {
-            return try await channel.call("GetActionResult") {
-                try await self.client.getActionResult(.with {
+            return try await channel.call("GetActionResult") { client in
+                try await ActionCacheClient(wrapping: client).getActionResult(.with {
                     $0.instanceName = self.channel.options.instanceName
                     $0.actionDigest = action.proto
                     $0.digestFunction = .sha256
@@ -38,8 +36,8 @@ public final class RemoteActionCache: ActionCache {
     }
 
     public func update(_ action: Digest, _ result: ActionResult) async throws {
-        _ = try await channel.call("UpdateActionResult") {
-            try await self.client.updateActionResult(.with {
+        _ = try await channel.call("UpdateActionResult") { client in
+            try await ActionCacheClient(wrapping: client).updateActionResult(.with {
                 $0.instanceName = self.channel.options.instanceName
                 $0.actionDigest = action.proto
                 $0.actionResult = result

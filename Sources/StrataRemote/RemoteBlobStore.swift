@@ -22,14 +22,19 @@ public final class RemoteChannel: Sendable {
         public var retries = 3
         public var maxBackoff: Duration = .seconds(64)
         public var requestTimeout: Duration? = nil
-
         public init() {}
     }
 
     public let endpoint: String
     public let options: Options
-    let client: GRPCClient<HTTP2ClientTransport.Posix>
+    typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
+    private let makeTransport: @Sendable () throws -> HTTP2ClientTransport.Posix
+    private let state: Mutex<(client: Client, shutDown: Bool)>
+    /// Clients that replaced a silent one, for `run()` to run.
+    private let replacements = AsyncStream<Client>.makeStream()
 
+    /// The client calls go through now.
+    var client: Client { state.withLock { $0.client } }
     /// `url` is `grpc://HOST:PORT`, `http://HOST:PORT` or `HOST:PORT` (TLS is not supported yet).
     public init(url: String, options: Options) throws(StrataError) {
         var address = url
@@ -46,48 +51,113 @@ public final class RemoteChannel: Sendable {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         var config = HTTP2ClientTransport.Posix.Config.defaults
         config.http2.targetWindowSize = 8 << 20
+        let makeTransport: @Sendable () throws -> HTTP2ClientTransport.Posix = { [config, host] in
+            try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: .plaintext, config: config)
+        }
         let transport: HTTP2ClientTransport.Posix
         do {
-            transport = try HTTP2ClientTransport.Posix(
-                target: .dns(host: host, port: port), transportSecurity: .plaintext, config: config)
+            transport = try makeTransport()
         } catch {
             throw .invalidArgument("\(url): \(error)")
         }
         self.endpoint = "\(host):\(port)"
         self.options = options
-        self.client = GRPCClient(transport: transport)
+        self.makeTransport = makeTransport
+        self.state = Mutex((GRPCClient(transport: transport), false))
     }
 
     /// Keeps the channel open until `shutdown()`; requests made before it starts wait for it.
     public func run() async throws {
-        try await client.runConnections()
-    }
-
-    public func shutdown() { client.beginGracefulShutdown() }
-
-    var callOptions: CallOptions {
-        var callOptions = CallOptions.defaults
-        callOptions.timeout = options.requestTimeout
-        return callOptions
-    }
-
-    /// Runs an idempotent call with retries on transient errors, mapping the final error.
-    func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
-        var attempt = 0
-        while true {
-            do {
-                return try await body()
-            } catch let error as RPCError {
-                let retryable: Set<RPCError.Code> = [.unavailable, .deadlineExceeded, .resourceExhausted, .aborted]
-                guard retryable.contains(error.code), attempt < options.retries else { throw mapped(error, name) }
-                attempt += 1
-                let backoff = min(options.maxBackoff, .milliseconds(100) * (1 << min(attempt - 1, 16)))
-                try await Task.sleep(for: backoff)
+        // Each client runs until replaced (then it closes once its calls are over) or shut down.
+        try await withThrowingDiscardingTaskGroup { group in
+            let first = client
+            group.addTask { try await first.runConnections() }
+            for await replacement in replacements.stream {
+                group.addTask { try await replacement.runConnections() }
             }
         }
     }
 
+    public func shutdown() {
+        let client = state.withLock { state in
+            state.shutDown = true
+            return state.client
+        }
+        replacements.continuation.finish()
+        client.beginGracefulShutdown()
+    }
+
+    /// `silent` got no answer within a call's timeout: its connection may have gone silent for good
+    /// (the remote hung, or the network path dropped it without a reset), and HTTP/2 would keep
+    /// sending every call into it. Calls move to a new client with a new connection; the old one
+    /// closes once its calls are over. A remote merely slow costs a reconnection.
+    func replace(_ silent: Client) {
+        let replacement: Client? = state.withLock { state in
+            guard state.client === silent, !state.shutDown, let transport = try? makeTransport() else { return nil }
+            state.client = GRPCClient(transport: transport)
+            return state.client
+        }
+        guard let replacement else { return }
+        replacements.continuation.yield(replacement)
+        silent.beginGracefulShutdown()
+    }
+
+    /// Whether a failed call timed out on our bound while the client still waited: a silent remote.
+    func timedOutSilently(_ error: any Error) -> Bool {
+        guard (error as? RPCError)?.code == .deadlineExceeded else { return false }
+        return RequestDeadline.remaining.map { $0 > .zero } ?? true
+    }
+
+    /// A call that takes longer has hung (the remote accepted it and went silent) when neither
+    /// `requestTimeout` nor the client's deadline bounds it sooner. Calls move at most a batch or a
+    /// read chunk (a few MiB), so this is generous.
+    public static let defaultCallTimeout: Duration = .seconds(20)
+
+    /// Options of a unary or ranged call: the configured timeout (else `defaultCallTimeout`),
+    /// shortened to the client's deadline.
+    var callOptions: CallOptions {
+        var callOptions = CallOptions.defaults
+        callOptions.timeout = RequestDeadline.bounded(options.requestTimeout ?? Self.defaultCallTimeout)
+        return callOptions
+    }
+
+    /// Options of a streamed upload, whose length has no bound: only the configured timeout and the
+    /// client's deadline apply.
+    var streamingCallOptions: CallOptions {
+        var callOptions = CallOptions.defaults
+        callOptions.timeout = RequestDeadline.bounded(optional: options.requestTimeout)
+        return callOptions
+    }
+
+    /// Runs an idempotent call, retrying it with backoff when the remote answers UNAVAILABLE (the one
+    /// status the gRPC and REAPI specs call transient), within `maxBackoff` pauses and the client's
+    /// deadline; maps the final error. Anything else, RESOURCE_EXHAUSTED ("too large") and timeouts
+    /// included, would fail again the same way.
+    func call<Value: Sendable>(_ name: String, _ body: @Sendable (Client) async throws -> Value) async throws -> Value {
+        let policy = RetryPolicy(
+            maxAttempts: options.retries + 1, baseDelay: .milliseconds(100), maxDelay: options.maxBackoff,
+            budget: options.requestTimeout ?? Self.defaultCallTimeout)
+        do {
+            return try await policy.run(isTransient: { ($0 as? RPCError)?.code == .unavailable }) { _ in
+                let client = self.client
+                do {
+                    return try await body(client)
+                } catch {
+                    if timedOutSilently(error) { replace(client) }
+                    throw error
+                }
+            }
+        } catch let error as RPCError {
+            throw mapped(error, name)
+        }
+    }
+
     func mapped(_ error: RPCError, _ name: String) -> StrataError {
+        if error.code == .deadlineExceeded {
+            // Our own call deadline passed: the remote hung, which the client is told as for any
+            // backend that cannot serve now (its own deadline, if that was it, has passed anyway).
+            return .unavailable("remote \(endpoint): \(name) got no answer in time: \(error.message)")
+        }
         // Both sides number their codes as google.rpc.Code does.
         let code = StrataError.Code(rawValue: error.code.rawValue) ?? .unknown
         return StrataError(code, "remote \(endpoint): \(name): \(error.message)")
@@ -100,9 +170,10 @@ public final class RemoteChannel: Sendable {
 /// - Small blobs travel in BatchReadBlobs / BatchUpdateBlobs requests of at most `maxBatchBytes`;
 ///   larger ones through ByteStream. Reads of large blobs are pulled in ranged ByteStream reads of
 ///   `readChunkBytes`, so a slow consumer never makes this server buffer the blob.
-/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE,
-///   DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and ABORTED up to `retries` times with exponential backoff
-///   capped at `maxBackoff`; a streamed write is not (its body can be read once).
+/// - Idempotent calls (FindMissingBlobs, reads, batch writes) are retried on UNAVAILABLE up to
+///   `retries` times with exponential backoff capped at `maxBackoff`, within the client's deadline; a
+///   streamed write is not (its body can be read once). Each call is bounded by `requestTimeout`
+///   (else `RemoteChannel.defaultCallTimeout`, streamed writes excepted) and the client's deadline.
 /// - REAPI has no delete: `delete` answers UNIMPLEMENTED, so cleanup is run next to the remote server.
 public final class RemoteBlobStore: BlobStore {
     public struct Options: Sendable {
@@ -115,22 +186,21 @@ public final class RemoteBlobStore: BlobStore {
 
     public let channel: RemoteChannel
     public let options: Options
-    private let cas: CASClient
-    private let byteStream: ByteStreamClient
 
     public init(url: String, options: Options = Options()) throws(StrataError) {
         self.channel = try RemoteChannel(url: url, options: options.channel)
         self.options = options
-        self.cas = CASClient(wrapping: channel.client)
-        self.byteStream = ByteStreamClient(wrapping: channel.client)
     }
 
     public var endpoint: String { channel.endpoint }
     private var instanceName: String { channel.options.instanceName }
     private var callOptions: CallOptions { channel.callOptions }
 
-    private func call<Value: Sendable>(_ name: String, _ body: @Sendable () async throws -> Value) async throws -> Value {
-        try await channel.call(name, body)
+    /// Runs a call with the CAS and ByteStream stubs of the channel's current client.
+    private func call<Value: Sendable>(
+        _ name: String, _ body: @Sendable (CASClient, ByteStreamClient) async throws -> Value
+    ) async throws -> Value {
+        try await channel.call(name) { client in try await body(CASClient(wrapping: client), ByteStreamClient(wrapping: client)) }
     }
 
     private func mapped(_ error: RPCError, _ name: String) -> StrataError { channel.mapped(error, name) }
@@ -145,8 +215,8 @@ public final class RemoteBlobStore: BlobStore {
         // 10k digests are ~1 MiB of request: well under any server's message limit.
         for start in stride(from: 0, to: unique.count, by: 10_000) {
             let part = Array(unique[start..<min(unique.count, start + 10_000)])
-            let response = try await call("FindMissingBlobs") {
-                try await self.cas.findMissingBlobs(.with {
+            let response = try await call("FindMissingBlobs") { cas, _ in
+                try await cas.findMissingBlobs(.with {
                     $0.instanceName = self.instanceName
                     $0.blobDigests = part.map(\.proto)
                     $0.digestFunction = .sha256
@@ -191,8 +261,9 @@ public final class RemoteBlobStore: BlobStore {
         // the "stream closed" the RPC then ends with.
         let bodyError = Mutex<(any Error)?>(nil)
         let response: Google_Bytestream_WriteResponse
+        let client = channel.client
         do {
-            response = try await byteStream.write(options: callOptions, requestProducer: { writer in
+            response = try await ByteStreamClient(wrapping: client).write(options: channel.streamingCallOptions, requestProducer: { writer in
                 var offset: Int64 = 0
                 var iterator = verified.makeAsyncIterator()
                 while true {
@@ -223,6 +294,7 @@ public final class RemoteBlobStore: BlobStore {
             })
         } catch {
             if let failure = bodyError.withLock({ $0 }) { throw failure }
+            if channel.timedOutSilently(error) { channel.replace(client) }
             if let error = error as? RPCError { throw mapped(error, "ByteStream.Write") }
             throw error
         }
@@ -284,8 +356,8 @@ public final class RemoteBlobStore: BlobStore {
         }
         for batch in batches where !batch.isEmpty {
             do {
-                let response = try await call("BatchUpdateBlobs") {
-                    try await self.cas.batchUpdateBlobs(.with {
+                let response = try await call("BatchUpdateBlobs") { cas, _ in
+                    try await cas.batchUpdateBlobs(.with {
                         $0.instanceName = self.instanceName
                         $0.requests = batch.map { index in .with {
                             $0.digest = blobs[index].digest.proto
@@ -320,8 +392,8 @@ public final class RemoteBlobStore: BlobStore {
 
     /// One BatchReadBlobs call: each digest's bytes (verified) or the remote's status for it.
     private func batchRead(_ wanted: [Digest]) async throws -> [Result<Data, StrataError>] {
-        let response = try await call("BatchReadBlobs") {
-            try await self.cas.batchReadBlobs(.with {
+        let response = try await call("BatchReadBlobs") { cas, _ in
+            try await cas.batchReadBlobs(.with {
                 $0.instanceName = self.instanceName
                 $0.digests = wanted.map(\.proto)
                 $0.digestFunction = .sha256
@@ -344,8 +416,8 @@ public final class RemoteBlobStore: BlobStore {
 
     private func readRange(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data {
         let resource = (instanceName.isEmpty ? "" : "\(instanceName)/") + "blobs/\(digest.hash)/\(digest.sizeBytes)"
-        let data = try await call("ByteStream.Read") {
-            try await self.byteStream.read(.with {
+        let data = try await call("ByteStream.Read") { _, byteStream in
+            try await byteStream.read(.with {
                 $0.resourceName = resource
                 $0.readOffset = offset
                 $0.readLimit = count

@@ -10,7 +10,14 @@ struct HTTPRequest: Sendable {
     var url: String
     var headers: [(name: String, value: String)] = []
     var body: Data?
+    /// Bound on the whole exchange: the configured transfer timeout, shortened to the client's deadline.
     var timeoutSeconds: Double
+    /// The exchange fails when no byte moves either way for this long: a hung S3 (connection accepted,
+    /// nothing answered) is found in seconds, while a multi-GiB transfer that keeps moving goes on.
+    var stallTimeoutSeconds: Double = 10
+    /// Whether `timeoutSeconds` is the client's deadline rather than S3's bound: timing out on it says
+    /// the client gave up, not that S3 went silent.
+    var boundedByClientDeadline = false
     /// The largest response body this request accepts; more is a broken or hostile reply.
     var responseLimit: Int = 1 << 20
 }
@@ -42,6 +49,9 @@ struct CurlFailure: Error, Sendable {
     }
 
     var isCancellation: Bool { CURLcode(rawValue: code) == CURLE_ABORTED_BY_CALLBACK }
+
+    /// A timeout: no progress for the stall time, or the transfer or connect bound reached.
+    var isTimeout: Bool { CURLcode(rawValue: code) == CURLE_OPERATION_TIMEDOUT }
 }
 
 /// Runs requests on libcurl easy handles, blocking calls on a thread pool.
@@ -78,7 +88,19 @@ final class CurlTransport: Sendable {
             try await threadPool.runIfActive { () throws -> HTTPResponse in
                 let handle = try self.takeHandle()
                 defer { self.returnHandle(handle) }
-                return try self.perform(request, state: state, on: handle)
+                do {
+                    return try self.perform(request, state: state, on: handle)
+                } catch let failure as CurlFailure where failure.isTimeout && !request.boundedByClientDeadline {
+                    // The path to S3 went silent: the kept-alive connections of the idle handles went
+                    // through it too and would each stall a request once more. Closing them makes the
+                    // next requests connect afresh.
+                    let idle = self.idleHandles.withLock { handles in
+                        defer { handles.removeAll() }
+                        return handles
+                    }
+                    withExtendedLifetime(idle) {}
+                    throw failure
+                }
             }
         } onCancel: {
             state.cancelled.store(true, ordering: .relaxed)
@@ -118,8 +140,12 @@ final class CurlTransport: Sendable {
             set(strata_curl_setopt_pointer(curl, CURLOPT_ERRORBUFFER, errorPointer.baseAddress))
             set(strata_curl_setopt_long(curl, CURLOPT_NOSIGNAL, 1))
             set(strata_curl_setopt_long(curl, CURLOPT_TCP_KEEPALIVE, 1))
-            set(strata_curl_setopt_long(curl, CURLOPT_CONNECTTIMEOUT_MS, milliseconds(connectTimeoutSeconds)))
+            set(strata_curl_setopt_long(curl, CURLOPT_CONNECTTIMEOUT_MS,
+                                        milliseconds(min(connectTimeoutSeconds, request.timeoutSeconds))))
             set(strata_curl_setopt_long(curl, CURLOPT_TIMEOUT_MS, milliseconds(request.timeoutSeconds)))
+            // Below 1 byte/s for the stall time (whole seconds for libcurl): no progress, the request fails.
+            set(strata_curl_setopt_long(curl, CURLOPT_LOW_SPEED_LIMIT, 1))
+            set(strata_curl_setopt_long(curl, CURLOPT_LOW_SPEED_TIME, Int(max(1, request.stallTimeoutSeconds.rounded(.up)))))
             set(strata_curl_setopt_string(curl, CURLOPT_AWS_SIGV4, signing))
             set(strata_curl_setopt_string(curl, CURLOPT_USERNAME, accessKey))
             set(strata_curl_setopt_string(curl, CURLOPT_PASSWORD, secretKey))

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 import NIOPosix
 import StrataCore
 
@@ -38,11 +39,20 @@ public struct S3RetryPolicy: Sendable, Equatable {
     /// The backoff before retry `n` is random in `0...min(maxDelay, baseDelay * 2^(n-1))` ("full jitter").
     public var baseDelaySeconds: Double
     public var maxDelaySeconds: Double
+    /// No retry starts later than this after the first attempt (sooner when the client's deadline is
+    /// nearer): S3 failing or hanging costs a request seconds, not attempts × timeouts.
+    public var budgetSeconds: Double
 
-    public init(maxAttempts: Int = 5, baseDelaySeconds: Double = 0.2, maxDelaySeconds: Double = 5) {
+    public init(maxAttempts: Int = 5, baseDelaySeconds: Double = 0.2, maxDelaySeconds: Double = 5, budgetSeconds: Double = 10) {
         self.maxAttempts = max(1, maxAttempts)
         self.baseDelaySeconds = baseDelaySeconds
         self.maxDelaySeconds = maxDelaySeconds
+        self.budgetSeconds = budgetSeconds
+    }
+
+    var policy: RetryPolicy {
+        RetryPolicy(maxAttempts: maxAttempts, baseDelay: .seconds(baseDelaySeconds), maxDelay: .seconds(maxDelaySeconds),
+                    budget: .seconds(budgetSeconds))
     }
 }
 
@@ -54,15 +64,19 @@ public struct S3ClientConfiguration: Sendable, Equatable {
     public var connectTimeoutSeconds: Double
     /// The transfer timeout of requests that carry no blob data (HEAD, create, complete, delete).
     public var controlTimeoutSeconds: Double
+    /// A request during which no byte moves for this long has failed (S3 accepted the connection and
+    /// went silent); unlike a transfer timeout it never cuts a long transfer that keeps moving.
+    public var stallTimeoutSeconds: Double
     public var retry: S3RetryPolicy
 
     public init(endpoint: String, region: String, credentials: S3Credentials, connectTimeoutSeconds: Double = 10,
-                controlTimeoutSeconds: Double = 120, retry: S3RetryPolicy = S3RetryPolicy()) {
+                controlTimeoutSeconds: Double = 120, stallTimeoutSeconds: Double = 10, retry: S3RetryPolicy = S3RetryPolicy()) {
         self.endpoint = endpoint
         self.region = region
         self.credentials = credentials
         self.connectTimeoutSeconds = connectTimeoutSeconds
         self.controlTimeoutSeconds = controlTimeoutSeconds
+        self.stallTimeoutSeconds = stallTimeoutSeconds
         self.retry = retry
     }
 
@@ -80,13 +94,16 @@ public struct S3ClientConfiguration: Sendable, Equatable {
 
 /// A small S3 client: the object operations a CAS needs, signed with SigV4 by libcurl.
 ///
-/// Every request is retried with backoff on connection failures, 5xx and throttling replies; what
-/// still fails is a `StrataError`: UNAVAILABLE when S3 cannot be reached or keeps failing, NOT_FOUND for
-/// a missing object, INTERNAL for everything that is the server's configuration (credentials, bucket).
+/// Every request is retried with backoff on connection failures, stalls, 5xx and throttling replies,
+/// within `retry`'s budget and the client's deadline (`RequestDeadline`), which also bounds each
+/// attempt; what still fails is a `StrataError`: UNAVAILABLE when S3 cannot be reached, hangs or keeps
+/// failing, NOT_FOUND for a missing object, INTERNAL for everything that is the server's configuration
+/// (credentials, bucket).
 public final class S3Client: Sendable {
     public let configuration: S3ClientConfiguration
     private let transport: CurlTransport
     private let baseURL: String
+    private let logger: Logger
 
     /// Blocking libcurl calls wait on the network, not the CPU: more threads than cores, shared by all
     /// clients so that many stores do not multiply them.
@@ -96,8 +113,10 @@ public final class S3Client: Sendable {
         return pool
     }()
 
-    public init(_ configuration: S3ClientConfiguration, threadPool: NIOThreadPool = S3Client.sharedThreadPool) {
+    public init(_ configuration: S3ClientConfiguration, threadPool: NIOThreadPool = S3Client.sharedThreadPool,
+                logger: Logger = Logger(label: "strata.s3")) {
         self.configuration = configuration
+        self.logger = logger
         var base = configuration.endpoint
         while base.hasSuffix("/") { base.removeLast() }
         self.baseURL = base
@@ -124,8 +143,34 @@ public final class S3Client: Sendable {
             // HEAD replies carry no body, hence no S3 error code: a GET of one byte gets the explanation.
             let explained = try await send("GET", bucket: bucket, key: key, headers: [("Range", "bytes=0-0")])
             let explanation = explained.status >= 300 ? explained : response
+            if response.status == 403, Self.isMissingWithoutListPermission(explanation) {
+                warnMissingListPermission(bucket: bucket, key: key)
+                return nil
+            }
             throw failure(explanation, "HEAD", bucket: bucket, key: key)
         }
+    }
+
+    /// Whether a 403 to a HEAD means "no such key" for a caller without `s3:ListBucket`: AWS answers
+    /// 403 instead of 404 then, and the GET that explains it says AccessDenied (or NoSuchKey). Refused
+    /// credentials (InvalidAccessKeyId, SignatureDoesNotMatch…) remain a configuration error.
+    static func isMissingWithoutListPermission(_ explanation: HTTPResponse) -> Bool {
+        if explanation.status == 404 { return S3XMLDocument(explanation.body)?.first("Error/Code") != "NoSuchBucket" }
+        guard explanation.status == 403 else { return false }
+        let code = S3XMLDocument(explanation.body)?.first("Error/Code")
+        return code == nil || code == "AccessDenied" || code == "NoSuchKey"
+    }
+
+    private let listPermissionWarnings = WarningRateLimit(interval: .seconds(300))
+
+    private func warnMissingListPermission(bucket: String, key: String) {
+        guard let heldBack = listPermissionWarnings.admit() else { return }
+        logger.warning(
+            """
+            S3 bucket "\(bucket)" at \(baseURL) answered 403 to HEAD \(key): taken as a missing object, as AWS \
+            answers 403 rather than 404 for a missing key when the credentials lack s3:ListBucket on the bucket; \
+            grant it so missing blobs are told apart from refused ones\(heldBack > 0 ? " (\(heldBack) more since the last warning)" : "")
+            """)
     }
 
     /// The object's bytes in `range` (all of it when nil), and its whole size when S3 says it.
@@ -276,8 +321,9 @@ public final class S3Client: Sendable {
         headers: [(String, String)] = [], body: Data? = nil, bodySHA256: String? = nil,
         timeoutSeconds: Double? = nil, responseLimit: Int = 1 << 20
     ) async throws -> HTTPResponse {
+        let transferTimeout = timeoutSeconds ?? configuration.controlTimeoutSeconds
         var request = HTTPRequest(method: method, url: url(bucket: bucket, key: key, query: query),
-                                  timeoutSeconds: timeoutSeconds ?? configuration.controlTimeoutSeconds,
+                                  timeoutSeconds: transferTimeout, stallTimeoutSeconds: configuration.stallTimeoutSeconds,
                                   responseLimit: responseLimit)
         request.headers = headers.map { (name: $0.0, value: $0.1) }
         // libcurl 7.88 signs this header but does not add it; S3 requires it and checks the body against it.
@@ -289,31 +335,41 @@ public final class S3Client: Sendable {
         request.body = body
 
         let what = "\(method) \(bucket)/\(key ?? "")"
-        var attempt = 1
-        while true {
-            let problem: String
-            do {
-                let response = try await transport.perform(request)
-                guard Self.retryableStatuses.contains(response.status) || Self.isThrottling(response) else {
-                    return response
+        var attempts = 0
+        do {
+            return try await configuration.retry.policy.run(isTransient: { $0 is TransientS3Failure }) { attempt in
+                attempts = attempt
+                var bounded = request
+                if let remaining = RequestDeadline.remaining {
+                    guard remaining > .zero else {
+                        throw TransientS3Failure(problem: "the client's deadline passed")
+                    }
+                    bounded.timeoutSeconds = min(transferTimeout, remaining.timeInterval)
+                    bounded.boundedByClientDeadline = remaining.timeInterval < transferTimeout
                 }
-                problem = describe(response)
-            } catch let failure as CurlFailure {
-                if failure.isCancellation { throw CancellationError() }
-                guard failure.isTransient else {
-                    throw StrataError.internal("S3 at \(baseURL): \(what): \(failure.message)")
+                do {
+                    let response = try await transport.perform(bounded)
+                    guard Self.retryableStatuses.contains(response.status) || Self.isThrottling(response) else {
+                        return response
+                    }
+                    throw TransientS3Failure(problem: describe(response))
+                } catch let failure as CurlFailure {
+                    if failure.isCancellation { throw CancellationError() }
+                    guard failure.isTransient else {
+                        throw StrataError.internal("S3 at \(baseURL): \(what): \(failure.message)")
+                    }
+                    throw TransientS3Failure(problem: failure.message)
                 }
-                problem = failure.message
             }
-            guard attempt < configuration.retry.maxAttempts else {
-                throw StrataError.unavailable(
-                    "S3 at \(baseURL) is unavailable: \(what) failed \(attempt) time\(attempt == 1 ? "" : "s"), last with: \(problem)")
-            }
-            let ceiling = min(configuration.retry.maxDelaySeconds,
-                              configuration.retry.baseDelaySeconds * Double(1 << min(attempt - 1, 20)))
-            try await Task.sleep(for: .seconds(Double.random(in: 0...max(ceiling, 0))))
-            attempt += 1
+        } catch let failure as TransientS3Failure {
+            throw StrataError.unavailable(
+                "S3 at \(baseURL) is unavailable: \(what) failed \(attempts) time\(attempts == 1 ? "" : "s"), last with: \(failure.problem)")
         }
+    }
+
+    /// An attempt that failed in a way another attempt may not (connection, stall, 5xx, throttling).
+    private struct TransientS3Failure: Error {
+        let problem: String
     }
 
     /// Statuses worth retrying, as the AWS SDKs do: timeouts, throttling, server errors.

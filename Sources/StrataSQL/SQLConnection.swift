@@ -11,8 +11,13 @@ import Synchronization
 /// It owns a `PostgresClient`, whose `run()` must be running while the server runs: the config builder
 /// registers this object as a background service. Every operation is bounded: waiting for a connection
 /// by `poolTimeout`, a statement by `statementTimeout` (after which the connection is closed, which is
-/// the only way to stop a query postgres-nio has sent). A database that cannot be reached therefore
-/// answers UNAVAILABLE in bounded time, and the pool reconnects by itself when the database is back.
+/// the only way to stop a query postgres-nio has sent), both shortened to the client's deadline
+/// (`RequestDeadline`). A database that cannot be reached or hangs therefore answers UNAVAILABLE in
+/// bounded time, and the pool reconnects by itself when the database is back.
+///
+/// A statement that timed out says the path to the database hung; the pool's other connections, opened
+/// before, went through the same path and would each cost a caller another timeout. They are closed
+/// unused when next leased, so after a recovery calls run at once on new connections.
 public final class SQLConnection: Service, Sendable {
     public struct Settings: Sendable, Equatable {
         public enum TLSMode: String, Sendable, Equatable {
@@ -39,8 +44,9 @@ public final class SQLConnection: Service, Sendable {
         public var connectionTimeout: Duration = .seconds(5)
         /// Bound on waiting for a free connection from the pool (also what an outage costs a caller).
         public var poolTimeout: Duration = .seconds(5)
-        /// Bound on one statement once sent (a 64 MiB blob insert on a slow link included).
-        public var statementTimeout: Duration = .seconds(30)
+        /// Bound on one statement once sent (a 64 MiB blob insert on a slow link included); also how long
+        /// a hung database keeps a caller without a deadline of its own waiting.
+        public var statementTimeout: Duration = .seconds(10)
         /// Bound on waiting for a row lock inside PostgreSQL (`SET lock_timeout`); nil: no bound.
         public var lockTimeout: Duration? = .seconds(5)
         /// Idle connections run `SELECT 1` this often so a dead one is found before it is leased.
@@ -80,6 +86,7 @@ public final class SQLConnection: Service, Sendable {
     let client: PostgresClient
     let logger: Logger
     private let migrated = Mutex(false)
+    let staleConnections = StaleConnections()
 
     public init(settings: Settings, logger: Logger = Logger(label: "strata.sql")) {
         self.settings = settings
@@ -174,8 +181,15 @@ public final class SQLConnection: Service, Sendable {
         _ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
     ) async throws -> Result {
         let leased = LeaseState()
-        let settings = self.settings
+        var bounded = self.settings
+        bounded.poolTimeout = RequestDeadline.bounded(bounded.poolTimeout)
+        bounded.statementTimeout = RequestDeadline.bounded(bounded.statementTimeout)
+        let settings = bounded
+        // Timing out on the configured bound says the database hung; on the client's shorter deadline,
+        // only that the client gave up (its statement is stopped, the other connections are kept).
+        let timeoutMeansHang = bounded.statementTimeout >= self.settings.statementTimeout
         let client = self.client
+        let stale = self.staleConnections
         do {
             return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
                 let answer = OneAnswer(continuation)
@@ -189,13 +203,14 @@ public final class SQLConnection: Service, Sendable {
                 }
                 leased.setWork(Task {
                     do {
-                        let result = try await client.withConnection { connection in
+                        let result = try await Self.leasingTrusted(client, stale) { connection in
                             guard leased.markLeased() else { throw CancellationError() }
                             leaseTimer.cancel()
                             let statementTimer = Task {
                                 try? await Task.sleep(for: settings.statementTimeout)
                                 guard !Task.isCancelled else { return }
                                 leased.markTimedOut()
+                                if timeoutMeansHang { stale.hangDetected() }
                                 answer.give(.failure(StrataError.unavailable(
                                     "SQL \(settings.displayName): \(what) took longer than \(Self.seconds(settings.statementTimeout)); the connection was closed")))
                                 try? await connection.close()
@@ -214,6 +229,29 @@ public final class SQLConnection: Service, Sendable {
             throw Self.strataError(error, what: what, settings: settings, leased: leased)
         }
     }
+
+    /// Leases connections until one opened after the last hang, closing the older ones unused (the
+    /// pool replaces them with new connections).
+    private static func leasingTrusted<Result: Sendable>(
+        _ client: PostgresClient, _ stale: StaleConnections,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
+    ) async throws -> Result {
+        while true {
+            do {
+                return try await client.withConnection { connection in
+                    if stale.isStale(connection.id) {
+                        try? await connection.close()
+                        throw StaleConnectionClosed()
+                    }
+                    return try await body(connection)
+                }
+            } catch is StaleConnectionClosed {
+                try Task.checkCancellation()
+            }
+        }
+    }
+
+    private struct StaleConnectionClosed: Error {}
 
     static func seconds(_ duration: Duration) -> String {
         let millis = duration.milliseconds
@@ -264,6 +302,42 @@ public final class SQLConnection: Service, Sendable {
             return .unavailable("\(place): cannot reach the database while \(what) (\(error))")
         }
         return .internal("\(place): \(what): \(String(reflecting: error))")
+    }
+}
+
+/// Which pooled connections predate the last hang (a statement that timed out): those are closed
+/// instead of used, since the path they went through hung.
+final class StaleConnections: Sendable {
+    private struct State {
+        /// When each connection was first leased (postgres-nio opens one for a lease, so about when it
+        /// was opened).
+        var firstLeased: [PostgresConnection.ID: ContinuousClock.Instant] = [:]
+        var lastHang: ContinuousClock.Instant?
+    }
+
+    private let state = Mutex(State())
+
+    func hangDetected() {
+        state.withLock { $0.lastHang = .now }
+    }
+
+    /// Whether the connection was in use before the last hang; it is then forgotten, as it is closed.
+    func isStale(_ id: PostgresConnection.ID) -> Bool {
+        let now = ContinuousClock.now
+        return state.withLock { state in
+            guard let first = state.firstLeased[id] else {
+                state.firstLeased[id] = now
+                // Connections come and go (overflow ones close when idle): forget the oldest ids, which
+                // the pool numbers in order; a forgotten live one only escapes one check.
+                if state.firstLeased.count > 1024 {
+                    for old in state.firstLeased.keys.sorted().prefix(512) { state.firstLeased[old] = nil }
+                }
+                return false
+            }
+            guard let hang = state.lastHang, first <= hang else { return false }
+            state.firstLeased[id] = nil
+            return true
+        }
     }
 }
 

@@ -149,11 +149,17 @@ public final class SQLIndex: EnumerableIndex {
         let length = Int32(clamping: range.count)
         // (indexed, inline bytes of the range)
         let entry: (Bool, Data?) = try await run("looking up blob \(digest) in the index") { connection, logger in
+            // SKIP LOCKED: the refresh never waits for a row another statement holds (a refresh or a
+            // removal under way), so it can neither delay nor fail the read (lock_timeout).
             let rows = try await connection.query(
                 """
-                WITH touched AS (
-                    UPDATE strata_index SET accessed_at = now()
+                WITH stale AS (
+                    SELECT hash, size FROM strata_index
                     WHERE hash = \(hash) AND size = \(size) AND accessed_at < now() - \(refresh) * interval '1 second'
+                    FOR UPDATE SKIP LOCKED
+                ), touched AS (
+                    UPDATE strata_index i SET accessed_at = now() FROM stale s
+                    WHERE i.hash = s.hash AND i.size = s.size
                     RETURNING 1
                 )
                 SELECT substring(inline_data FROM \(start) FOR \(length)) FROM strata_index
@@ -402,25 +408,53 @@ public final class SQLIndex: EnumerableIndex {
         }
     }
 
+    /// Each window's transaction is retried on UNAVAILABLE with the same token: when a statement
+    /// timeout hid a commit, the retry returns the blobs the first attempt removed (otherwise they would
+    /// stay marked "being deleted" without being deleted: orphans, and writes of them stalled for the
+    /// deletion lease).
     public func removeEntries(_ digests: [Digest], notAccessedSince cutoff: Date) async throws -> [Digest] {
+        let token = UUID().uuidString
+        // Few and short: enough to learn a lost answer; a database that stays down is the caller's
+        // to wait out (the cleaner retries whole calls).
+        let retry = RetryPolicy(maxAttempts: 3, baseDelay: .milliseconds(200), maxDelay: .seconds(1), budget: .seconds(10))
+        return try await retry.run(isTransient: { StrataError.from($0).code == .unavailable }) { _ in
+            try await removeEntries(digests, notAccessedSince: cutoff, token: token)
+        }
+    }
+
+    /// `removeEntries` under a caller's token: idempotent, a second call with the same token (while
+    /// the marks' lease holds) answers what the first removed.
+    func removeEntries(_ digests: [Digest], notAccessedSince cutoff: Date, token: String) async throws -> [Digest] {
         let targets = digests.uniqued().filter { !$0.isEmpty }.sorted()
         var removed: [Digest] = []
         let lease = deletionLease.timeInterval
         for window in targets.windows(of: windowSize) {
             let keys = SQLDigestKeys(window)
             let gone = try await inTransaction("removing \(window.count) unused index entries") { connection, logger in
+                // 0. What this token removed already (the call sent again after a commit whose answer
+                //    was lost): still marked by it, and without an entry.
+                let earlierRows = try await connection.query(
+                    """
+                    SELECT m.hash, m.size FROM strata_index_marks m
+                    JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
+                      ON m.hash = w.hash AND m.size = w.size
+                    WHERE m.deleting_token = \(token) AND m.deleting_until > now()
+                      AND NOT EXISTS (SELECT 1 FROM strata_index i WHERE i.hash = m.hash AND i.size = m.size)
+                    """, logger: logger)
+                let earlier = try await earlierRows.digests()
                 // 1. Mark "being deleted" the unused blobs stored in the backing storage that nobody is
                 //    writing. A write starting now waits on these rows until the transaction ends, then
                 //    sees the mark; a write under way keeps its row, so its blob is not claimed.
                 let claimedRows = try await connection.query(
                     """
-                    INSERT INTO strata_index_marks AS m (hash, size, deleting_until)
-                    SELECT l.hash, l.size, now() + \(lease) * interval '1 second' FROM strata_index l
+                    INSERT INTO strata_index_marks AS m (hash, size, deleting_until, deleting_token)
+                    SELECT l.hash, l.size, now() + \(lease) * interval '1 second', \(token) FROM strata_index l
                     JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
                       ON l.hash = w.hash AND l.size = w.size
                     WHERE l.accessed_at < \(cutoff) AND l.inline_data IS NULL
                     ORDER BY l.hash, l.size
-                    ON CONFLICT (hash, size) DO UPDATE SET deleting_until = EXCLUDED.deleting_until
+                    ON CONFLICT (hash, size) DO UPDATE
+                    SET deleting_until = EXCLUDED.deleting_until, deleting_token = EXCLUDED.deleting_token
                     WHERE (m.writing_until IS NULL OR m.writing_until <= now())
                       AND (m.deleting_until IS NULL OR m.deleting_until <= now())
                     RETURNING m.hash, m.size
@@ -449,7 +483,7 @@ public final class SQLIndex: EnumerableIndex {
                 let goneSet = Set(gone)
                 let kept = claimed.filter { !goneSet.contains($0) }
                 if !kept.isEmpty { try await Self.clearDeletionMarks(kept, on: connection, logger: logger) }
-                return gone
+                return earlier + gone
             }
             removed.append(contentsOf: gone)
         }

@@ -96,6 +96,11 @@ enum SQLMigrations {
             )
             """,
         ]),
+        (4, [
+            // Which call of removeEntries set a "being deleted" mark: the same call sent again (its
+            // first answer lost after the commit) finds the blobs it removed already and returns them.
+            "ALTER TABLE strata_index_marks ADD COLUMN deleting_token text",
+        ]),
     ]
 
     static var latestVersion: Int { versions.last?.version ?? 0 }

@@ -117,7 +117,11 @@ public final class StrataServer: Service, Sendable {
             let loop = SharedEventLoops.shared[index % SharedEventLoops.shared.count]
             let transport = bind(loop)
             listeners.append(Listener(
-                address: address, server: GRPCServer(transport: transport, services: services, interceptors: [ErrorStatusInterceptor()]), transport: transport,
+                address: address, server: GRPCServer(
+                    transport: transport, services: services,
+                    // Outermost first: errors of every layer below become spec statuses.
+                    interceptors: [ErrorStatusInterceptor(), RequestDeadlineInterceptor()]),
+                transport: transport,
                 loop: loop, socket: socket))
         }
         do throws(StrataError) {

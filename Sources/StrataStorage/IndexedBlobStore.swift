@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import StrataCore
 
 /// A storage decorator that records, for every blob of a backing storage, its size and when it was
@@ -70,6 +71,29 @@ public func waitingOutDeletions(_ digests: [Digest], _ attempt: ([Digest]) async
         if pending.isEmpty { return }
         try await Task.sleep(for: .milliseconds(pause))
         pause = min(pause * 2, 100)
+    }
+}
+
+/// Refreshing access times is bookkeeping for the cleaner: when the index cannot do it (Redis
+/// restarting, a row locked), the read it accompanies has its bytes and must still answer them. The
+/// failure is logged instead, at warning and at most once a minute per index: the cost is only that
+/// the cleaner may see those blobs as older than they are.
+public final class AccessTimeRefreshFailures: Sendable {
+    private let index: String
+    private let logger: Logger
+    private let rateLimit = WarningRateLimit(interval: .seconds(60))
+
+    public init(index: String, logger: Logger) {
+        self.index = index
+        self.logger = logger
+    }
+
+    /// Logs (rate-limited) that `what` failed with `error`; the caller goes on with its answer.
+    public func report(_ error: any Error, _ what: String) {
+        guard let heldBack = rateLimit.admit() else { return }
+        let more = heldBack > 0 ? " (and \(heldBack) more such failures since the last warning)" : ""
+        logger.warning(
+            "\(index): \(what) failed; the read is answered anyway, but the cleaner may take these blobs for older than they are\(more): \(StrataError.from(error).message)")
     }
 }
 

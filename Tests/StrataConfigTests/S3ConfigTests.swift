@@ -47,6 +47,7 @@ import Testing
                 write-timeout-seconds-per-kilobyte: 0.02
                 read-timeout-min-seconds: 30
                 write-timeout-min-seconds: 45.5
+                stall-timeout-seconds: 3
                 versioned-deletes: false
                 hash-prefix-size: 2
                 path-prefix-string: /strata/
@@ -55,7 +56,7 @@ import Testing
         #expect(client.endpoint == "http://127.0.0.1:9000/")
         #expect(client.region == "eu-west-3")
         #expect(client.credentials == S3Credentials(accessKey: "AKID", secretKey: "s3cr3t"))
-        #expect(client.connectTimeoutSeconds == 2.5)
+        #expect(client.connectTimeoutSeconds == 2.5 && client.stallTimeoutSeconds == 3)
         #expect(store.options.readTimeout == S3TransferTimeout(minimumSeconds: 30, secondsPerKilobyte: 0.01))
         #expect(store.options.writeTimeout == S3TransferTimeout(minimumSeconds: 45.5, secondsPerKilobyte: 0.02))
         #expect(store.naming.hashPrefixSize == 2)
@@ -74,7 +75,7 @@ import Testing
         #expect(client.credentials == S3Credentials(accessKey: "envkey", secretKey: "envsecret", sessionToken: "token"))
         #expect(client.region == "ap-south-1")
         #expect(client.endpoint == "https://s3.ap-south-1.amazonaws.com")
-        #expect(client.connectTimeoutSeconds == 10)
+        #expect(client.connectTimeoutSeconds == 10 && client.stallTimeoutSeconds == 10)
         #expect(store.options.readTimeout == S3TransferTimeout(minimumSeconds: 120, secondsPerKilobyte: nil))
         #expect(store.options.writeTimeout == S3TransferTimeout(minimumSeconds: 120, secondsPerKilobyte: nil))
         #expect(store.options.singlePutLimit == 8 << 20 && store.options.partSize == 8 << 20)

@@ -40,6 +40,7 @@ import Testing
             connection: """
                 connection-timeout: 2
                 lock-timeout: 0
+                statement-timeout: 12
                 pool-size: 3
                 max-overflow: 1
                 pool-timeout: !expand-vars "${POOL_TIMEOUT}"
@@ -67,6 +68,7 @@ import Testing
         let settings = index.connection.settings
         // connect-args' connect_timeout (4) overrides connection-timeout (2); pool-timeout is its own.
         #expect(settings.connectionTimeout == .seconds(4) && settings.poolTimeout == .milliseconds(7500))
+        #expect(settings.statementTimeout == .seconds(12))
         #expect(settings.lockTimeout == nil && settings.poolSize == 3 && settings.maxOverflow == 1 && settings.keepAlive == nil)
         #expect(settings.schema == "cas" && settings.startupParameters["application_name"] == "strata")
         #expect(settings.tls == .disable && settings.username == "bgd" && settings.database == "bgd")
@@ -86,6 +88,7 @@ import Testing
         let settings = index.connection.settings
         #expect(settings.connectionTimeout == .seconds(5) && settings.poolTimeout == .seconds(5))
         #expect(settings.lockTimeout == .seconds(5) && settings.poolSize == 5 && settings.maxOverflow == 10)
+        #expect(settings.statementTimeout == .seconds(10))
         #expect(settings.keepAlive != nil && !settings.readOnly)
         #expect(configuration.backgroundServices.count == 1)
 

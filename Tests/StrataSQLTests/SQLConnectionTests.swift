@@ -103,8 +103,10 @@ struct SQLOutageTests {
     @Test(.timeLimit(.minutes(3)))
     func outageAnswersUnavailableAndRecovers() async throws {
         _ = try SQLTestDatabase.url()
-        let server = try await onOwnThread { try PrivatePostgres() }
-        defer { Thread { server.remove() }.start() }
+        try await PrivatePostgres.with { server in try await Self.outage(server) }
+    }
+
+    static func outage(_ server: PrivatePostgres) async throws {
         let connection = SQLConnection(settings: try Self.settings(server.url, poolTimeout: .seconds(2)))
         let index = try SQLIndex(backingStore: SQLBlobStore(connection: connection), connection: connection, maxInlineBlobSize: 100)
         try await SQLTestDatabase.running([connection]) {
@@ -144,5 +146,23 @@ struct SQLOutageTests {
             #expect(try await index.readAll(blob.digest) == blob.data)
             #expect(try await index.readAll(before.digest) == before.data)
         }
+    }
+
+    /// The private server of a test is stopped before the test returns (the test command used to
+    /// leave one running after every run: it was stopped from a detached thread the exit overtook).
+    @Test func privateServerIsGoneWhenTheTestReturns() async throws {
+        _ = try SQLTestDatabase.url()
+        let pid = try await PrivatePostgres.with { server in try server.postmasterPID() }
+        // pg_ctl returns once the pid file is gone, a moment before the process is: a bounded wait
+        // for that moment (a zombie awaiting its reaper counts as gone).
+        let deadline = ContinuousClock.now + .seconds(10)
+        while Self.isRunning(pid), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(!Self.isRunning(pid), "postmaster \(pid) still runs")
+    }
+
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        return !stat.contains(") Z ")
     }
 }

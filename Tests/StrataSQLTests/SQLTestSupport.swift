@@ -74,8 +74,32 @@ struct SQLTestDatabase {
 
 /// A PostgreSQL server of the test's own (initdb + pg_ctl in a temporary folder, 127.0.0.1 on a free
 /// port), for tests that stop the database. Its calls block for seconds: make them through
-/// `onOwnThread`, never on the cooperative pool.
+/// `onOwnThread`, never on the cooperative pool. Use it through `with`, which stops and removes it
+/// before returning, so no server outlives the test process.
 final class PrivatePostgres: Sendable {
+    /// Runs `body` with a server of its own, then stops and removes the server (awaited, whatever
+    /// `body` did: a `defer` cannot await, and a detached clean-up loses the race with the process's exit).
+    static func with<T: Sendable>(_ body: (PrivatePostgres) async throws -> T) async throws -> T {
+        let server = try await onOwnThread { try PrivatePostgres() }
+        do {
+            let result = try await body(server)
+            try await onOwnThread { server.remove() }
+            return result
+        } catch {
+            try? await onOwnThread { server.remove() }
+            throw error
+        }
+    }
+
+    /// The postmaster's process id, from its pid file.
+    func postmasterPID() throws -> Int32 {
+        let text = try String(contentsOfFile: "\(folder)/data/postmaster.pid", encoding: .utf8)
+        guard let line = text.split(separator: "\n").first, let pid = Int32(line) else {
+            throw ProcessFailure(description: "no pid in \(folder)/data/postmaster.pid")
+        }
+        return pid
+    }
+
     let folder: String
     let port: Int
 

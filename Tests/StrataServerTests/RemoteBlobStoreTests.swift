@@ -81,6 +81,83 @@ import Testing
         }
     }
 
+    /// Only UNAVAILABLE is retried: "blob too large" (RESOURCE_EXHAUSTED) and the like would fail the
+    /// same way again, and used to be sent `retries` more times.
+    @Test(arguments: [
+        (StrataError.resourceExhausted("blob too large"), 1), (.invalidArgument("bad digest"), 1),
+        (.notFound("no such blob"), 1), (.init(.permissionDenied, "read-only"), 1), (.unavailable("down"), 3),
+    ])
+    func onlyUnavailableIsRetried(_ failure: StrataError, _ expectedCalls: Int) async throws {
+        let backing = FaultyBlobStore(LRUBlobStore(capacityBytes: 1 << 20))
+        backing.failure = failure
+        backing.failing = true
+        var options = RemoteBlobStore.Options()
+        options.channel.instanceName = "main"
+        options.channel.retries = 2
+        options.channel.maxBackoff = .milliseconds(50)
+        try await withRemote(backing: backing, options: options) { remote, _ in
+            try await expectError(failure.code, "FindMissingBlobs answered \(failure.code)") {
+                _ = try await remote.findMissing([Blob.random(size: 10).digest])
+            }
+        }
+        #expect(backing.calls("findMissing") == expectedCalls, "\(failure.code): \(backing.calls("findMissing")) calls")
+    }
+
+    /// A remote that accepts connections and answers nothing: calls are UNAVAILABLE at the call
+    /// timeout (or the client's deadline, when sooner), and once the remote answers again calls
+    /// succeed on a new connection, instead of timing out on the silent one for good (as they did:
+    /// HTTP/2 kept sending every call into it).
+    @Test(.timeLimit(.minutes(2)))
+    func hungRemoteIsUnavailableAndTheChannelRecovers() async throws {
+        let backing = LRUBlobStore(capacityBytes: 1 << 20)
+        let instance = Instance(name: "main", cas: .init(store: backing, readOnly: false), byteStream: .init(store: backing, readOnly: false))
+        try await withServer([instance]) { clients in
+            let proxy = try FaultProxy(targetPort: clients.port)
+            defer { proxy.stop() }
+            var options = RemoteBlobStore.Options()
+            options.channel.instanceName = "main"
+            options.channel.requestTimeout = .seconds(5)
+            let remote = try RemoteBlobStore(url: "grpc://127.0.0.1:\(proxy.port)", options: options)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await remote.channel.run() }
+                defer { remote.channel.shutdown() }
+                let blob = Blob.random(size: 1000)
+                try await remote.write(blob.digest, data: blob.data)
+                #expect(try await remote.findMissing([blob.digest]).isEmpty)
+
+                proxy.hang()
+                var start = ContinuousClock.now
+                try await expectError(.unavailable, "FindMissingBlobs on a hung remote") {
+                    _ = try await remote.findMissing([blob.digest])
+                }
+                // A liveness bound: the 5 s call timeout, not retried; it used to wait for ever.
+                #expect(ContinuousClock.now - start < .seconds(30))
+                start = ContinuousClock.now
+                try await expectError(.unavailable, "a read on a hung remote with a 1 s deadline") {
+                    try await RequestDeadline.withDeadline(.now + .seconds(1)) { _ = try await remote.readAll(blob.digest) }
+                }
+                #expect(ContinuousClock.now - start < .seconds(4), "a 1 s deadline took \(ContinuousClock.now - start)")
+
+                proxy.forward()
+                // A connection opened during the hang (by the replacement of the first silent one) is
+                // silent too, and grpc-swift has no bound on connection set-up: at most one more call
+                // times out and replaces it; every call after that succeeds.
+                var failures = 0
+                for _ in 0..<4 {
+                    do {
+                        #expect(try await remote.findMissing([blob.digest]).isEmpty)
+                    } catch {
+                        failures += 1
+                    }
+                }
+                #expect(failures <= 1, "\(failures) calls failed after the remote recovered")
+                #expect(try await remote.readAll(blob.digest) == blob.data)
+                // The silent connections end with the proxy (a graceful shutdown waits for them).
+                proxy.stop()
+            }
+        }
+    }
+
     @Test func refusesTLSAndBadURLs() {
         #expect(throws: StrataError.self) { try RemoteBlobStore(url: "grpcs://example:443") }
         #expect(throws: StrataError.self) { try RemoteBlobStore(url: "example") }

@@ -4,11 +4,18 @@ import StrataStorage
 import Synchronization
 
 /// A decorator for testing compositions: passes everything to `base` until `failing` is set, then
-/// answers every call with UNAVAILABLE, as a backend that went down would. It also counts calls, so a
-/// test can check which tier a composition asked.
+/// answers every call with `failure` (UNAVAILABLE unless set), as a backend that went down would. It
+/// also counts calls, so a test can check which tier a composition asked, and how often.
 public final class FaultyBlobStore: BlobStore {
     public let base: any BlobStore
     private let state = Mutex<(failing: Bool, calls: [String: Int])>((false, [:]))
+    private let failureState = Mutex(StrataError.unavailable("test backend is down"))
+
+    /// What a call answers while `failing`.
+    public var failure: StrataError {
+        get { failureState.withLock { $0 } }
+        set { failureState.withLock { $0 = newValue } }
+    }
 
     public init(_ base: any BlobStore) { self.base = base }
 
@@ -24,7 +31,7 @@ public final class FaultyBlobStore: BlobStore {
             state.calls[operation, default: 0] += 1
             return state.failing
         }
-        if failing { throw .unavailable("test backend is down") }
+        if failing { throw failure }
     }
 
     public var maximumBlobSize: Int64? { base.maximumBlobSize }
