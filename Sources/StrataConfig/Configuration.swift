@@ -27,13 +27,30 @@ public struct Configuration: Sendable {
     public var sqlConnections: [SQLConnection] = []
     /// The backends with work to do before serving (creating folders, clearing a crashed run's
     /// leftovers), which loading does not do: see `prepare()`.
-    public var preparations: [any Preparable] = []
+    public var preparations: [Preparation] = []
 
-    /// Prepares every configured backend that needs it, once, for `strata serve` before it listens.
-    /// Loading a configuration has no side effects, so the maintenance commands and `config check` can
-    /// load the file a live server runs without disturbing it; they do not call this.
+    public struct Preparation: Sendable {
+        public let backend: any Preparable
+        /// The backend's node, for a failure's message.
+        let file: String
+        let line: Int?
+        let path: String
+    }
+
+    /// Prepares every configured backend that needs it, once, for `strata serve` before it listens; a
+    /// failure names the backend's file and line. Loading a configuration has no side effects, so the
+    /// maintenance commands and `config check` can load the file a live server runs without disturbing
+    /// it; they do not call this.
     public func prepare() async throws {
-        for backend in preparations { try await backend.prepare() }
+        for preparation in preparations {
+            do {
+                try await preparation.backend.prepare()
+            } catch {
+                throw ConfigError(
+                    file: preparation.file, line: preparation.line, path: preparation.path,
+                    message: (error as? StrataError)?.message ?? "\(error)")
+            }
+        }
     }
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
@@ -88,7 +105,7 @@ struct Builder {
     var objects: [String: any Sendable] = [:]
     var backgroundServices: [any Service] = []
     /// Backends to prepare before serving, each once (aliases share one).
-    var preparations: [any Preparable] = []
+    var preparations: [Configuration.Preparation] = []
     /// Each storage node's place in the graph, and what writes to the storages, for the checks that
     /// refuse configurations losing data (StorageGraphChecks.swift).
     var shapes: [String: StorageShape] = [:]

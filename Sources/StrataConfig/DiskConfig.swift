@@ -22,7 +22,7 @@ extension Builder {
         }
         // Creates and cleans nothing yet: `strata serve` prepares it (Configuration.prepare()).
         let store = DiskBlobStore(path: path, sync: sync, budget: budget)
-        preparations.append(store)
+        preparations.append(.init(backend: store, file: node.file, line: node.line, path: node.path))
         var summary = "!disk-storage at \(path)"
         if let budget {
             summary += " (max-size \(budget.maxBytes) bytes, \(budget.evictLeastRecentlyUsed ? "evicting least recently used" : "refusing writes") past it)"

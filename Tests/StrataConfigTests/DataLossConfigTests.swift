@@ -43,6 +43,26 @@ import Testing
         #expect(configuration.preparations.count == 2)
     }
 
+    /// What loading no longer checks, `strata serve` reports before it listens, at the storage's line.
+    @Test func preparingNamesTheStoragesLine() async throws {
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: "\(scratch)/file", contents: Data())
+        let configuration = try parse(head + """
+              - !disk-storage &disk {path: !expand-path "${DISK}/file/cas"}
+            instances:
+              - name: ""
+                services: [!cas {storage: *disk}]
+            """)
+        do {
+            try await configuration.prepare()
+            Issue.record("a disk storage under a regular file was prepared")
+        } catch let error as ConfigError {
+            #expect(error.file == "loss.yml" && error.line == 5 && error.path == "storages[0]", "\(error)")
+            #expect(error.message.contains("cannot prepare disk storage at \(scratch)/file/cas"), "\(error)")
+        }
+    }
+
     /// `strata config check`, `cleanup`, `janitor` and `migrate` load the file a live server runs: an
     /// upload in flight on that server must survive it (loading used to empty the folder's tmp/).
     @Test func loadingTheServersFileDuringAnUploadLeavesTheUploadAlone() async throws {
