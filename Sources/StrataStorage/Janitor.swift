@@ -67,9 +67,14 @@ public struct Janitor: Sendable {
     /// and the index twice), and fails with FAILED_PRECONDITION, deleting nothing, when the orphans are
     /// more than that share of the storage's blobs.
     public func runPass(dryRun: Bool = false, shouldStop: @Sendable () -> Bool = { false }) async throws -> JanitorReport {
-        if !dryRun, let share = maxDeleteShare {
+        if !dryRun, let share = maxDeleteShare, share < 1 {
             let preview = try await pass(dryRun: true, shouldStop: shouldStop)
-            if preview.stoppedByRequest { return preview }
+            if preview.stoppedByRequest {
+                var stopped = JanitorReport()
+                stopped.stoppedByRequest = true
+                stopped.seconds = preview.seconds
+                return stopped
+            }
             if Double(preview.orphansDeleted) > share * Double(preview.blobsListed) {
                 let percent = Double(preview.orphansDeleted) * 100 / Double(max(1, preview.blobsListed))
                 throw StrataError.failedPrecondition(

@@ -80,6 +80,8 @@ import Testing
         #expect(index.prefix == "strata:index:")
         #expect(index.refreshAccessTimeOlderThan == .zero)
         #expect(configuration.backgroundServices.count == 1)
+        // Loading starts nothing: the client's threads (and its connections) come with its first call.
+        #expect(!index.client.isRunning)
     }
 
     @Test func errorsNameFileLineAndKey() {
