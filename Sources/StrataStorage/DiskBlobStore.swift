@@ -411,8 +411,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             guard rename(tmpPath, finalPath) == 0 else { throw posixError("rename", finalPath) }
         }
+        let sync = self.sync
         if budget == nil {
-            try await threadPool.runIfActive { try move() }
+            try await threadPool.runIfActive {
+                try move()
+                if sync { syncDirectory(directory) }
+            }
         } else {
             var pause = 1
             while true {
@@ -430,8 +434,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 try await Task.sleep(for: .milliseconds(pause))
                 pause = min(pause * 2, 50)
             }
+            // Stored and counted already: nothing after this may fail the write.
+            if sync { try? await threadPool.runIfActive { syncDirectory(directory) } }
         }
-        if sync { syncDirectory(directory) }
     }
 
     private func account(_ change: (inout DiskUsage) -> Void) {
