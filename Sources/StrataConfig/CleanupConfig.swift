@@ -40,6 +40,9 @@ extension Builder {
                 throw entry.error("a cleanup entry needs index: an !redis-index (or !sql-index) storage, usually an alias such as *index")
             }
             let store = try storage(indexNode)
+            // Its janitor deletes what it does not know from its storage: that storage must have no other writer.
+            storageUses.append(StorageUse(
+                storage: indexNode.identity, user: entry, description: "cleanup entry of instance \"\(instanceName)\"", writes: false))
             guard let index = store as? any IndexedBlobStore else {
                 // Reported at the entry: an alias would point the message at the anchored storage.
                 throw entry.error("index must be an index storage (!redis-index or !sql-index), not \(indexNode.applicationTag ?? "an untagged value"): only an index knows access times")

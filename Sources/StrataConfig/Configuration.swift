@@ -25,6 +25,33 @@ public struct Configuration: Sendable {
     public var cleanups: [CleanupTarget] = []
     /// The read-write SQL connections, for `strata migrate`.
     public var sqlConnections: [SQLConnection] = []
+    /// The backends with work to do before serving (creating folders, clearing a crashed run's
+    /// leftovers), which loading does not do: see `prepare()`.
+    public var preparations: [Preparation] = []
+
+    public struct Preparation: Sendable {
+        public let backend: any Preparable
+        /// The backend's node, for a failure's message.
+        let file: String
+        let line: Int?
+        let path: String
+    }
+
+    /// Prepares every configured backend that needs it, once, for `strata serve` before it listens; a
+    /// failure names the backend's file and line. Loading a configuration has no side effects, so the
+    /// maintenance commands and `config check` can load the file a live server runs without disturbing
+    /// it; they do not call this.
+    public func prepare() async throws {
+        for preparation in preparations {
+            do {
+                try await preparation.backend.prepare()
+            } catch {
+                throw ConfigError(
+                    file: preparation.file, line: preparation.line, path: preparation.path,
+                    message: (error as? StrataError)?.message ?? "\(error)")
+            }
+        }
+    }
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -77,6 +104,13 @@ struct Builder {
     /// Connections and other shared objects built once per YAML node (aliases share them).
     var objects: [String: any Sendable] = [:]
     var backgroundServices: [any Service] = []
+    /// Backends to prepare before serving, each once (aliases share one).
+    var preparations: [Configuration.Preparation] = []
+    /// Each storage node's place in the graph, and what writes to the storages, for the checks that
+    /// refuse configurations losing data (StorageGraphChecks.swift).
+    var shapes: [String: StorageShape] = [:]
+    var storageStack: [String] = []
+    var storageUses: [StorageUse] = []
     var warnings: [String] = []
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
@@ -111,11 +145,13 @@ struct Builder {
         guard !instances.isEmpty else { throw instancesNode.error("at least one instance is required") }
         var cleanups: [CleanupTarget] = []
         if let cleanupNode = top["cleanup"] { cleanups = try cleanupTargets(cleanupNode, instanceNames: names) }
+        try refuseWritesPastTheJanitorsIndex()
         return Configuration(
             addresses: addresses, instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
-            sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly })
+            sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
+            preparations: preparations)
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
@@ -151,7 +187,11 @@ struct Builder {
     }
 
     mutating func storage(_ node: ConfigNode) throws(ConfigError) -> any BlobStore {
+        if let parent = storageStack.last { shapes[parent]?.children.append(node.identity) }
         if let built = storages[node.identity] { return built.store }
+        shapes[node.identity] = StorageShape(node: node)
+        storageStack.append(node.identity)
+        defer { storageStack.removeLast() }
         let built: (store: any BlobStore, summary: String)
         switch node.applicationTag {
         case "!lru-storage":
@@ -177,6 +217,7 @@ struct Builder {
             ])
         }
         storages[node.identity] = built
+        if built.store is any IndexedBlobStore { try refuseEvictingStorage(below: node) }
         return built.store
     }
 
@@ -246,12 +287,12 @@ struct Builder {
                     allowed: ["storage", "read-only"],
                     unsupported: ["tree-cache-size", "tree-cache-ttl-minutes", "enable-chunking"])
                 guard instance.cas == nil else { throw service.error("an instance has one !cas") }
-                instance.cas = try storageService(service, serviceOptions)
+                instance.cas = try storageService(service, serviceOptions, of: names)
             case "!bytestream":
                 let serviceOptions = try service.mapping(
                     allowed: ["storage", "read-only"], unsupported: ["disable-overwrite-early-return"])
                 guard instance.byteStream == nil else { throw service.error("an instance has one !bytestream") }
-                instance.byteStream = try storageService(service, serviceOptions)
+                instance.byteStream = try storageService(service, serviceOptions, of: names)
             case "!action-cache":
                 let serviceOptions = try service.mapping(allowed: ["cache"])
                 guard let cacheNode = serviceOptions["cache"] else { throw service.error("!action-cache needs a cache") }
@@ -278,9 +319,17 @@ struct Builder {
         }
     }
 
-    mutating func storageService(_ node: ConfigNode, _ options: [String: ConfigNode]) throws(ConfigError) -> Instance.StorageService {
+    mutating func storageService(
+        _ node: ConfigNode, _ options: [String: ConfigNode], of instanceNames: [String]
+    ) throws(ConfigError) -> Instance.StorageService {
         guard let storageNode = options["storage"] else { throw node.error("\(node.applicationTag ?? "service") needs a storage") }
-        return Instance.StorageService(
+        let service = Instance.StorageService(
             store: try storage(storageNode), readOnly: try options["read-only"]?.bool() ?? false)
+        let names = instanceNames.map { "\"\($0)\"" }.joined(separator: ", ")
+        storageUses.append(StorageUse(
+            storage: storageNode.identity, user: node,
+            description: "\(node.applicationTag ?? "service") of instance\(instanceNames.count == 1 ? "" : "s") \(names)",
+            writes: !service.readOnly))
+        return service
     }
 }

@@ -20,12 +20,9 @@ extension Builder {
             case let other: throw evict.error("unknown eviction \"\(other)\": use lru (evict least recently used blobs) or none (refuse writes past max-size)")
             }
         }
-        let store: DiskBlobStore
-        do {
-            store = try DiskBlobStore(path: path, sync: sync, budget: budget)
-        } catch {
-            throw pathNode.error("\(error)")
-        }
+        // Creates and cleans nothing yet: `strata serve` prepares it (Configuration.prepare()).
+        let store = DiskBlobStore(path: path, sync: sync, budget: budget)
+        preparations.append(.init(backend: store, file: node.file, line: node.line, path: node.path))
         var summary = "!disk-storage at \(path)"
         if let budget {
             summary += " (max-size \(budget.maxBytes) bytes, \(budget.evictLeastRecentlyUsed ? "evicting least recently used" : "refusing writes") past it)"

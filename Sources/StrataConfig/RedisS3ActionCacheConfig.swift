@@ -43,6 +43,9 @@ extension Builder {
         }
         let cas = try storage(storageNode)
         cacheStorages[node.identity] = cas
+        // Entries of type action-result-digest write their ActionResult there.
+        storageUses.append(StorageUse(
+            storage: storageNode.identity, user: node, description: "\(node.applicationTag ?? "action cache")", writes: true))
         var entryType = ActionCacheEntryType.actionResultDigest
         if let typeNode = options["entry-type"] {
             let name = try typeNode.string()

@@ -118,18 +118,35 @@ public final class RedisClient: Sendable {
     /// SHA1s of loaded scripts, by source: learnt from SCRIPT LOAD so no hashing code is needed here.
     private let scriptHashes: Mutex<[String: String]> = Mutex([:])
     private let isShutDown = Atomic<Bool>(false)
+    /// Whether the threads were started: by the first call, not by `init`, so that loading a
+    /// configuration (which builds its clients) starts nothing. Changed with `isShutDown` under this
+    /// lock: a pool is never started after its shutdown.
+    private let started = Mutex(false)
     private let logger: Logger
 
     public init(_ configuration: RedisConfiguration, logger: Logger = Logger(label: "strata.redis")) {
         precondition(configuration.poolSize > 0, "a Redis pool needs at least one connection")
         self.configuration = configuration
         self.logger = logger
-        // hiredis writes with write(2): a write after the server reset the connection must fail with
-        // EPIPE rather than kill the process. Linux has no per-socket switch; NIO ignores SIGPIPE
-        // process-wide for the same reason, so this changes nothing for the server.
-        signal(SIGPIPE, SIG_IGN)
         threadPool = NIOThreadPool(numberOfThreads: configuration.poolSize)
-        threadPool.start()
+    }
+
+    /// Whether a call has started the client's threads.
+    public var isRunning: Bool { started.withLock { $0 } && !isShutDown.load(ordering: .acquiring) }
+
+    /// The thread pool, started on first use (a pool shut down stays down: calls then fail).
+    private var runningPool: NIOThreadPool {
+        started.withLock { started in
+            if !started && !isShutDown.load(ordering: .acquiring) {
+                // hiredis writes with write(2): a write after the server reset the connection must fail
+                // with EPIPE rather than kill the process. Linux has no per-socket switch; NIO ignores
+                // SIGPIPE process-wide for the same reason, so this changes nothing for the server.
+                signal(SIGPIPE, SIG_IGN)
+                threadPool.start()
+                started = true
+            }
+        }
+        return threadPool
     }
 
     deinit {
@@ -138,7 +155,7 @@ public final class RedisClient: Sendable {
 
     /// Stops the threads and closes the connections; later calls answer UNAVAILABLE.
     public func shutdown() async {
-        guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        guard !started.withLock({ _ in isShutDown.exchange(true, ordering: .acquiringAndReleasing) }) else { return }
         try? await threadPool.shutdownGracefully()
         idle.withLock { $0.removeAll() }
     }
@@ -180,7 +197,7 @@ public final class RedisClient: Sendable {
                 // Task-locals do not reach the pool's threads: the bound is computed here.
                 let timeout = RequestDeadline.bounded(configuration.timeout)
                 do {
-                    return try await threadPool.runIfActive { try self.runBlocking(commands, timeout: timeout) }
+                    return try await runningPool.runIfActive { try self.runBlocking(commands, timeout: timeout) }
                 } catch let failure as ConnectionFailure {
                     lastFailure = failure.description
                     if case .io(_, timedOut: true) = failure {

@@ -11,13 +11,21 @@ import Glibc
 ///
 /// A write streams into a private file under `path/tmp`, is verified while it streams, is flushed
 /// (`fsync`), and only then renamed into place: a file under its final name is always complete and
-/// correct, and it survives a restart. Leftover temporary files from a crash are removed at start-up.
+/// correct, and it survives a restart.
 ///
-/// With a `budget`, the store counts its bytes (a scan at start, then every write and delete) and a
-/// write that would pass the budget is refused with RESOURCE_EXHAUSTED, or, configured as a cache,
+/// Creating the store touches nothing on disk (loading a configuration must not disturb a server
+/// using the same folder); `prepare()` creates the folders, removes temporary files a crashed process
+/// left (only those untouched for `staleTemporaryFileAge`: another process may be writing the others)
+/// and counts the budget. A write also creates a missing folder itself.
+///
+/// With a `budget`, the store counts its bytes (a scan in `prepare()`, then every write and delete) and
+/// a write that would pass the budget is refused with RESOURCE_EXHAUSTED, or, configured as a cache,
 /// makes room by deleting the least recently used blobs (recency kept in memory; at start, the order
-/// of the files' access or modification times).
-public final class DiskBlobStore: ListableBlobStore {
+/// of the files' access or modification times). An evicted blob counts as absent from the moment it
+/// is chosen: a write of it that starts then stores a fresh copy (renamed into place only after the
+/// old file is gone), and FindMissingBlobs reports it missing, so an acknowledged blob is never deleted
+/// by an eviction that had already chosen it.
+public final class DiskBlobStore: ListableBlobStore, Preparable {
     public struct Budget: Sendable, Equatable {
         public var maxBytes: Int64
         public var evictLeastRecentlyUsed: Bool
@@ -45,32 +53,71 @@ public final class DiskBlobStore: ListableBlobStore {
     /// each would cost more than the copy.
     static let writeBufferSize = 1 << 20
 
-    public init(path: String, sync: Bool = true, budget: Budget? = nil, threadPool: NIOThreadPool = .singleton) throws {
+    /// Temporary files untouched for this long belong to a write that will not finish (its process
+    /// died): `prepare()` removes them. A live write touches its file at least every `writeBufferSize`
+    /// bytes, and an upload stalled this long has been given up by its client.
+    public static let staleTemporaryFileAge: Duration = .seconds(3600)
+
+    /// Touches nothing on disk: `prepare()` does.
+    public init(path: String, sync: Bool = true, budget: Budget? = nil, threadPool: NIOThreadPool = .singleton) {
         let root = URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL
-        let casDirectory = root.appendingPathComponent("cas").path
-        let tmpDirectory = root.appendingPathComponent("tmp").path
         self.root = root
-        self.casDirectory = casDirectory
-        self.tmpDirectory = tmpDirectory
+        self.casDirectory = root.appendingPathComponent("cas").path
+        self.tmpDirectory = root.appendingPathComponent("tmp").path
         self.sync = sync
         self.budget = budget
         self.threadPool = threadPool
         self.usage = Mutex(DiskUsage(files: LRUDictionary(capacity: .max), lastCount: .now))
-        let files = FileManager.default
-        do {
-            try files.createDirectory(atPath: casDirectory, withIntermediateDirectories: true)
-            for byte in 0..<256 {
-                let fanOut = casDirectory + "/" + [UInt8(byte)].hexString
-                if !files.fileExists(atPath: fanOut) { try files.createDirectory(atPath: fanOut, withIntermediateDirectories: false) }
+    }
+
+    /// Creates the folders, removes stale temporary files (`staleTemporaryFileAge`) and, with a budget,
+    /// counts the stored blobs. Safe while another process uses the folder: a temporary file still
+    /// being written is left alone.
+    public func prepare() async throws {
+        let casDirectory = casDirectory
+        let tmpDirectory = tmpDirectory
+        let root = root
+        try await threadPool.runIfActive {
+            let files = FileManager.default
+            do {
+                try files.createDirectory(atPath: casDirectory, withIntermediateDirectories: true)
+                for byte in 0..<256 {
+                    let fanOut = casDirectory + "/" + [UInt8(byte)].hexString
+                    if !files.fileExists(atPath: fanOut) {
+                        try files.createDirectory(atPath: fanOut, withIntermediateDirectories: true)
+                    }
+                }
+                try files.createDirectory(atPath: tmpDirectory, withIntermediateDirectories: true)
+            } catch {
+                throw StrataError.internal("cannot prepare disk storage at \(root.path): \(error.localizedDescription)")
             }
-            if files.fileExists(atPath: tmpDirectory) { try files.removeItem(atPath: tmpDirectory) }
-            try files.createDirectory(atPath: tmpDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw StrataError.internal("cannot prepare disk storage at \(root.path): \(error.localizedDescription)")
+            Self.removeStaleTemporaryFiles(tmpDirectory, olderThan: Date() - Self.staleTemporaryFileAge.timeInterval)
         }
         if budget != nil {
-            let files = Self.count(casDirectory)
-            usage.withLock { $0.files = files }
+            let files = try await threadPool.runIfActive { Self.count(casDirectory) }
+            usage.withLock { usage in
+                usage.files = files
+                for digest in usage.evicting { usage.files.remove(digest) }
+                usage.lastCount = .now
+            }
+        }
+    }
+
+    /// Unlinks the files of `directory` last modified before `cutoff`; the others may be being written.
+    static func removeStaleTemporaryFiles(_ directory: String, olderThan cutoff: Date) {
+        guard let dir = opendir(directory) else { return }
+        defer { closedir(dir) }
+        let limit = cutoff.timeIntervalSince1970
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name == "." || name == ".." { continue }
+            let path = "\(directory)/\(name)"
+            var info = stat()
+            guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { continue }
+            let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
+            if modified < limit { unlink(path) }
         }
     }
 
@@ -93,15 +140,46 @@ public final class DiskBlobStore: ListableBlobStore {
                 return stat(self.path(of: digest), &info) != 0 || Int64(info.st_size) != digest.sizeBytes
             }
         }
-        if budget != nil {
-            let absent = Set(missing)
-            usage.withLock { usage in
-                for digest in candidates {
-                    if absent.contains(digest) { usage.files.remove(digest) } else { usage.used(digest) }
+        guard budget != nil else { return missing }
+        let absent = Set(missing)
+        let found = candidates.filter { !absent.contains($0) }
+        usage.withLock { usage in
+            for digest in missing { usage.files.remove(digest) }
+        }
+        let stored = try await confirmStored(found)
+        if stored.count == found.count { return missing }
+        // Chosen for eviction since the `stat`: missing, in request order.
+        return candidates.filter { absent.contains($0) || !stored.contains($0) }
+    }
+
+    /// Of `digests`, whose files a `stat` outside the lock found, those that count as stored; each is
+    /// made the most recently used. Decided under the lock that eviction chooses its victims under: a
+    /// blob chosen for eviction (its file about to be unlinked) is not stored, and one that is stored now
+    /// is chosen only after every less recently used blob, never by an eviction already under way. A
+    /// file the accounting does not know (evicted and gone since the `stat`, or written by another
+    /// process) is looked at again under the lock.
+    private func confirmStored(_ digests: [Digest]) async throws -> Set<Digest> {
+        var stored = Set<Digest>()
+        var unknown: [Digest] = []
+        usage.withLock { usage in
+            for digest in digests where !usage.evicting.contains(digest) {
+                if usage.files.touch(digest) { stored.insert(digest) } else { unknown.append(digest) }
+            }
+        }
+        if unknown.isEmpty { return stored }
+        let checked = unknown
+        let confirmed = try await threadPool.runIfActive {
+            self.usage.withLock { usage in
+                checked.filter { digest in
+                    guard !usage.evicting.contains(digest) else { return false }
+                    var info = stat()
+                    guard stat(self.path(of: digest), &info) == 0, Int64(info.st_size) == digest.sizeBytes else { return false }
+                    usage.files.insert(digest, (), cost: digest.sizeBytes)
+                    return true
                 }
             }
         }
-        return missing
+        return stored.union(confirmed)
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
@@ -211,12 +289,13 @@ public final class DiskBlobStore: ListableBlobStore {
                     var info = stat()
                     if stat(finalPath, &info) == 0 && Int64(info.st_size) == digest.sizeBytes { continue }
                     let tmpPath = "\(tmpDirectory)/\(UUID().uuidString)"
-                    let fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-                    guard fd >= 0 else {
-                        results[index] = .failure(posixError("create", tmpPath))
+                    let file: FileDescriptor
+                    do {
+                        file = try self.createTemporaryFile(tmpPath)
+                    } catch {
+                        results[index] = .failure(StrataError.from(error))
                         continue
                     }
-                    let file = FileDescriptor(fd)
                     do {
                         try file.writeAll(blobs[index].data, path: tmpPath)
                         written.append((index, file, tmpPath, finalPath))
@@ -229,7 +308,12 @@ public final class DiskBlobStore: ListableBlobStore {
                     do {
                         if sync, fsync(entry.file.fd) != 0 { throw posixError("fsync", entry.tmpPath) }
                         try entry.file.close(path: entry.tmpPath)
-                        guard rename(entry.tmpPath, entry.finalPath) == 0 else { throw posixError("rename", entry.finalPath) }
+                        if rename(entry.tmpPath, entry.finalPath) != 0 {
+                            guard errno == ENOENT else { throw posixError("rename", entry.finalPath) }
+                            try? FileManager.default.createDirectory(
+                                atPath: String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!]), withIntermediateDirectories: true)
+                            guard rename(entry.tmpPath, entry.finalPath) == 0 else { throw posixError("rename", entry.finalPath) }
+                        }
                         directories.insert(String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!]))
                     } catch {
                         fail(entry.index, error, entry.tmpPath)
@@ -254,20 +338,17 @@ public final class DiskBlobStore: ListableBlobStore {
             var info = stat()
             return stat(finalPath, &info) == 0 && Int64(info.st_size) == digest.sizeBytes
         }
+        // A blob being evicted is written again: answering OK for it would acknowledge a file about to go.
         if exists {
-            account { $0.used(digest) }
-            return
+            if budget == nil { return }
+            if try await confirmStored([digest]).contains(digest) { return }
         }
         try await reserve(digest)
 
         let tmpPath = "\(tmpDirectory)/\(UUID().uuidString)"
         let file: FileDescriptor
         do {
-            file = try await threadPool.runIfActive { () throws -> FileDescriptor in
-                let fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-                guard fd >= 0 else { throw posixError("create", tmpPath) }
-                return FileDescriptor(fd)
-            }
+            file = try await threadPool.runIfActive { try self.createTemporaryFile(tmpPath) }
         } catch {
             account { $0.reserved -= digest.sizeBytes }
             throw error
@@ -290,18 +371,12 @@ public final class DiskBlobStore: ListableBlobStore {
             }
             let rest = pending
             let sync = self.sync
-            let casDirectory = self.casDirectory
             try await threadPool.runIfActive {
                 try file.writeAll(rest, path: tmpPath)
                 if sync, fsync(file.fd) != 0 { throw posixError("fsync", tmpPath) }
                 try file.close(path: tmpPath)
-                guard rename(tmpPath, finalPath) == 0 else { throw posixError("rename", finalPath) }
-                if sync { syncDirectory("\(casDirectory)/\(digest.hash.prefix(2))") }
             }
-            account { usage in
-                usage.reserved -= digest.sizeBytes
-                usage.files.insert(digest, (), cost: digest.sizeBytes)
-            }
+            try await renameIntoPlace(digest, from: tmpPath, to: finalPath)
         } catch {
             account { $0.reserved -= digest.sizeBytes }
             try? await threadPool.runIfActive {
@@ -309,6 +384,58 @@ public final class DiskBlobStore: ListableBlobStore {
                 unlink(tmpPath)
             }
             throw error
+        }
+    }
+
+    /// Creates a temporary file for a write, and the temporary folder first if it is missing (the
+    /// store was not prepared, or the folder was removed under it).
+    private func createTemporaryFile(_ tmpPath: String) throws -> FileDescriptor {
+        var fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0 && errno == ENOENT {
+            try? FileManager.default.createDirectory(atPath: tmpDirectory, withIntermediateDirectories: true)
+            fd = open(tmpPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        }
+        guard fd >= 0 else { throw posixError("create", tmpPath) }
+        return FileDescriptor(fd)
+    }
+
+    /// Renames a complete temporary file to its final name (creating a missing fan-out folder), then
+    /// flushes the folder with `sync`. With a budget, the rename waits while an eviction is removing an
+    /// older copy of the blob (it would unlink the new file), and happens under the lock that also makes
+    /// the blob the most recently used and releases the write's reservation.
+    private func renameIntoPlace(_ digest: Digest, from tmpPath: String, to finalPath: String) async throws {
+        let directory = "\(casDirectory)/\(digest.hash.prefix(2))"
+        @Sendable func move() throws {
+            if rename(tmpPath, finalPath) == 0 { return }
+            guard errno == ENOENT else { throw posixError("rename", finalPath) }
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            guard rename(tmpPath, finalPath) == 0 else { throw posixError("rename", finalPath) }
+        }
+        let sync = self.sync
+        if budget == nil {
+            try await threadPool.runIfActive {
+                try move()
+                if sync { syncDirectory(directory) }
+            }
+        } else {
+            var pause = 1
+            while true {
+                let moved = try await threadPool.runIfActive {
+                    try self.usage.withLock { usage throws -> Bool in
+                        guard !usage.evicting.contains(digest) else { return false }
+                        try move()
+                        usage.reserved -= digest.sizeBytes
+                        usage.files.insert(digest, (), cost: digest.sizeBytes)
+                        return true
+                    }
+                }
+                if moved { break }
+                // An eviction unlinks its victims in one pass: milliseconds.
+                try await Task.sleep(for: .milliseconds(pause))
+                pause = min(pause * 2, 50)
+            }
+            // Stored and counted already: nothing after this may fail the write.
+            if sync { try? await threadPool.runIfActive { syncDirectory(directory) } }
         }
     }
 
@@ -330,24 +457,37 @@ public final class DiskBlobStore: ListableBlobStore {
                 var victims: [Digest] = []
                 while usage.files.totalCost + usage.reserved + digest.sizeBytes > budget.maxBytes {
                     guard budget.evictLeastRecentlyUsed, let victim = usage.files.removeLeastRecent() else {
+                        usage.evicting.formUnion(victims)
                         return (victims, usage.files.totalCost + usage.reserved)
                     }
                     victims.append(victim.key)
                 }
+                // Absent from now on (`confirmStored`), until their files are gone.
+                usage.evicting.formUnion(victims)
                 usage.reserved += digest.sizeBytes
                 return (victims, nil)
             }
             if !outcome.victims.isEmpty {
-                let paths = outcome.victims.map(path(of:))
+                let victims = outcome.victims
+                let paths = victims.map(path(of:))
+                var failure: (any Error)?
                 do {
                     try await threadPool.runIfActive {
-                        for path in paths where unlink(path) != 0 && errno != ENOENT { throw posixError("evict", path) }
+                        var failure: StrataError?
+                        for path in paths where unlink(path) != 0 && errno != ENOENT { failure = failure ?? posixError("evict", path) }
+                        if let failure { throw failure }
                     }
                 } catch {
-                    // The write will not happen: its reservation must not shrink the budget for good.
-                    if outcome.full == nil { usage.withLock { $0.reserved -= digest.sizeBytes } }
-                    throw error
+                    failure = error
                 }
+                usage.withLock { usage in
+                    usage.evicting.subtract(victims)
+                    if failure != nil, outcome.full == nil {
+                        // The write will not happen: its reservation must not shrink the budget for good.
+                        usage.reserved -= digest.sizeBytes
+                    }
+                }
+                if let failure { throw failure }
             }
             guard let used = outcome.full else { return }
             let due = usage.withLock { ContinuousClock.now - $0.lastCount >= Self.recountInterval }
@@ -359,6 +499,7 @@ public final class DiskBlobStore: ListableBlobStore {
             let files = try await threadPool.runIfActive { Self.count(casDirectory) }
             usage.withLock { usage in
                 usage.files = files
+                for digest in usage.evicting { usage.files.remove(digest) }
                 usage.lastCount = .now
             }
             recounted = true
@@ -430,6 +571,8 @@ public final class DiskBlobStore: ListableBlobStore {
 /// A budgeted disk store's accounting: stored blobs by recency, and bytes of writes in flight.
 struct DiskUsage: Sendable {
     var files: LRUDictionary<Digest, Void>
+    /// Chosen for eviction, their files not yet unlinked: they count as absent.
+    var evicting: Set<Digest> = []
     var reserved: Int64 = 0
     var lastCount: ContinuousClock.Instant
 

@@ -35,12 +35,21 @@ public struct Janitor: Sendable {
     public let gracePeriod: Duration
     public let retryLimit: Int
     public let pageSize: Int
+    /// The largest share (0...1) of the storage's blobs a pass deletes as orphans; nil: no limit
+    /// (`--force`). A pass that would delete more deletes nothing and fails, saying so: so many orphans
+    /// mean the index is not the one that records this storage's writes (a second index or a writer
+    /// bypassing it, a flushed or new index), and deleting them would lose acknowledged blobs.
+    public let maxDeleteShare: Double?
     private let clock: @Sendable () -> Date
+
+    /// The default `maxDeleteShare`: a healthy storage has few orphans (writes interrupted between the
+    /// storage and the index).
+    public static let defaultMaxDeleteShare = 0.5
 
     /// Fails with INTERNAL when the index's storage cannot list its blobs.
     public init(
         index: any EnumerableIndex, gracePeriod: Duration, retryLimit: Int = 10, pageSize: Int = 1000,
-        clock: @escaping @Sendable () -> Date = Date.init
+        maxDeleteShare: Double? = Janitor.defaultMaxDeleteShare, clock: @escaping @Sendable () -> Date = Date.init
     ) throws(StrataError) {
         guard let storage = index.backingStore as? any ListableBlobStore else {
             throw .internal("the janitor needs a storage that can list its blobs (!disk-storage, !s3-storage, !sql-storage); \(type(of: index.backingStore)) cannot")
@@ -50,10 +59,36 @@ public struct Janitor: Sendable {
         self.gracePeriod = gracePeriod
         self.retryLimit = retryLimit
         self.pageSize = pageSize
+        self.maxDeleteShare = maxDeleteShare
         self.clock = clock
     }
 
+    /// With `maxDeleteShare`, a pass that deletes first counts, as `dryRun` does (listing the storage
+    /// and the index twice), and fails with FAILED_PRECONDITION, deleting nothing, when the orphans are
+    /// more than that share of the storage's blobs.
     public func runPass(dryRun: Bool = false, shouldStop: @Sendable () -> Bool = { false }) async throws -> JanitorReport {
+        if !dryRun, let share = maxDeleteShare, share < 1 {
+            let preview = try await pass(dryRun: true, shouldStop: shouldStop)
+            if preview.stoppedByRequest {
+                var stopped = JanitorReport()
+                stopped.stoppedByRequest = true
+                stopped.seconds = preview.seconds
+                return stopped
+            }
+            if Double(preview.orphansDeleted) > share * Double(preview.blobsListed) {
+                let percent = Double(preview.orphansDeleted) * 100 / Double(max(1, preview.blobsListed))
+                throw StrataError.failedPrecondition(
+                    "refusing to delete \(preview.orphansDeleted) of the \(preview.blobsListed) blobs in the storage "
+                        + "(\(String(format: "%.0f", percent))%) as orphans: more than the limit of \(share) of a storage per pass. "
+                        + "So many blobs unknown to the index mean it is not what records this storage's writes (another index "
+                        + "or a service writing past it, or an index that was flushed or is new); deleting them would lose "
+                        + "acknowledged blobs. Check with --dry-run; --force deletes them anyway")
+            }
+        }
+        return try await pass(dryRun: dryRun, shouldStop: shouldStop)
+    }
+
+    private func pass(dryRun: Bool, shouldStop: @Sendable () -> Bool) async throws -> JanitorReport {
         let started = ContinuousClock.now
         var report = JanitorReport()
         report.dryRun = dryRun

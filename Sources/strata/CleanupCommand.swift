@@ -76,12 +76,21 @@ struct JanitorCommand: AsyncParsableCommand {
     @Option(help: "Seconds between passes.")
     var sleepInterval: Double = 3600
 
+    @Option(help: "The largest share (0 to 1) of a storage's blobs one pass deletes as orphans; a pass that would delete more deletes nothing and fails, since so many orphans mean the index is not the one recording the storage's writes. Counting first lists the storage and index twice.")
+    var maxDeleteShare: Double = Janitor.defaultMaxDeleteShare
+
+    @Flag(help: "Delete the orphans whatever their share of the storage (see --max-delete-share).")
+    var force = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
     func validate() throws {
         try validateSeconds(gracePeriod, "--grace-period")
         try validateSeconds(sleepInterval, "--sleep-interval")
+        guard (0...1).contains(maxDeleteShare) else {
+            throw ValidationError("--max-delete-share must be a share from 0 to 1, not \(maxDeleteShare)")
+        }
     }
 
     func run() async throws {
@@ -101,7 +110,9 @@ struct JanitorCommand: AsyncParsableCommand {
         }
         let grace = Duration(settingSeconds: gracePeriod) ?? .zero
         let loop = MaintenanceLoop(name: "janitor", once: once || dryRun) { target, shouldStop in
-            let janitor = try Janitor(index: target.index as! any EnumerableIndex, gracePeriod: grace, retryLimit: target.policy.retryLimit)
+            let janitor = try Janitor(
+                index: target.index as! any EnumerableIndex, gracePeriod: grace, retryLimit: target.policy.retryLimit,
+                maxDeleteShare: force ? nil : maxDeleteShare)
             return try await janitor.runPass(dryRun: dryRun, shouldStop: shouldStop).summary
         } sleep: { _ in Duration(settingSeconds: sleepInterval) ?? .seconds(3600) }
         try await runMaintenance(loop, targets: targets, configuration: configuration)

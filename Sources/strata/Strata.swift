@@ -77,6 +77,13 @@ struct Serve: AsyncParsableCommand {
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
         logger.info("configuration: \(config ?? "embedded default"); storage: \(configuration.storageSummary.joined(separator: "; "))")
+        do {
+            // Loading touched nothing; serving needs the storage folders made and a crashed run's leftovers cleared.
+            try await configuration.prepare()
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
         let server: StrataServer
         do {
             server = try StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)

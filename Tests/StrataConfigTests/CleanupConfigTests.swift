@@ -22,7 +22,7 @@ import Testing
         server: [!channel {address: "127.0.0.1:1"}]
         storages:
           - !redis-index &index
-            storage: !lru-storage {size: 1M}
+            storage: !disk-storage {path: /nonexistent/strata-cleanup-config}
             redis: !redis-connection {host: redis.internal}
           - !lru-storage &plain {size: 1M}
         instances:

@@ -29,12 +29,12 @@ import Testing
                 timeout: 1.5
             storages:
               - !redis-index &index
-                storage: !lru-storage {size: 1M}
+                storage: !disk-storage {path: /nonexistent/strata-redis-config/a}
                 redis: *redis
                 prefix: "cas:"
                 refresh-accesstime-older-than: 30
               - !redis-index &other
-                storage: !lru-storage {size: 2M}
+                storage: !disk-storage {path: /nonexistent/strata-redis-config/b}
                 redis: *redis
             instances:
               - name: a
@@ -57,7 +57,7 @@ import Testing
             timeout: .milliseconds(1500)))
         #expect(index.prefix == "cas:")
         #expect(index.refreshAccessTimeOlderThan == .seconds(30))
-        #expect((index.backingStore as? LRUBlobStore)?.capacityBytes == 1 << 20)
+        #expect((index.backingStore as? DiskBlobStore)?.root.path == "/nonexistent/strata-redis-config/a")
         #expect(other.prefix == "strata:index:")
         #expect(configuration.storageSummary.contains { $0.contains("!redis-index at redis.internal:6380") })
     }
@@ -70,7 +70,7 @@ import Testing
                 services:
                   - !cas
                     storage: !redis-index
-                      storage: !lru-storage {size: 1M}
+                      storage: !disk-storage {path: /nonexistent/strata-redis-config}
                       redis: !redis-connection {host: localhost}
             """)
         let index = try #require(configuration.instances[0].cas?.store as? RedisIndex)
@@ -80,6 +80,8 @@ import Testing
         #expect(index.prefix == "strata:index:")
         #expect(index.refreshAccessTimeOlderThan == .zero)
         #expect(configuration.backgroundServices.count == 1)
+        // Loading starts nothing: the client's threads (and its connections) come with its first call.
+        #expect(!index.client.isRunning)
     }
 
     @Test func errorsNameFileLineAndKey() {

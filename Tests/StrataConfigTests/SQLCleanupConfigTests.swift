@@ -65,7 +65,7 @@ import Testing
     }
 
     @Test func janitorRefusesASQLIndexOverAStorageThatCannotList() throws {
-        let configuration = try parse(head(backing: "!lru-storage {size: 1M}") + """
+        let configuration = try parse(head(backing: "!remote-storage {url: \"grpc://127.0.0.1:1\"}") + """
             cleanup:
               - instance-name: main
                 index: *index

@@ -79,12 +79,12 @@ import Testing
     @Test func defaults() throws {
         let configuration = try parse(config(storage: """
               - !sql-index &store
-                storage: !lru-storage {size: 10M}
+                storage: !disk-storage {path: /nonexistent/strata-sql-config}
                 sql: *sql
             """))
         let index = try #require(configuration.instances.first?.cas?.store as? SQLIndex)
         #expect(index.windowSize == 1000 && index.maxInlineBlobSize == 0 && index.refreshAccessTimeOlderThan == .zero)
-        #expect(index.backingStore is LRUBlobStore)
+        #expect(index.backingStore is DiskBlobStore)
         let settings = index.connection.settings
         #expect(settings.connectionTimeout == .seconds(5) && settings.poolTimeout == .seconds(5))
         #expect(settings.lockTimeout == .seconds(5) && settings.poolSize == 5 && settings.maxOverflow == 10)

@@ -15,7 +15,7 @@ struct IndexCleanerTests {
     func withDisk<T>(_ body: (DiskBlobStore) async throws -> T) async throws -> T {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-cleanup-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: root) }
-        return try await body(try DiskBlobStore(path: root, sync: false))
+        return try await body(DiskBlobStore(path: root, sync: false))
     }
 
     /// Writes `count` random blobs of `size` bytes through `index`.

@@ -16,7 +16,7 @@ struct JanitorTests {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-janitor-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: root) }
         try await withSharedRedis { client in
-            let disk = try DiskBlobStore(path: root, sync: false)
+            let disk = DiskBlobStore(path: root, sync: false)
             let index = RedisIndex(backingStore: disk, client: client, prefix: TestServices.uniqueName("janitor") + ":")
             let indexed = (0..<5).map { _ in Blob.random(size: 300) }
             for blob in indexed { try await index.write(blob.digest, data: blob.data) }
@@ -53,6 +53,43 @@ struct JanitorTests {
 
             let again = try await janitor.runPass()
             #expect(again.orphansDeleted == 0 && again.danglingEntriesRemoved == 0)
+        }
+    }
+
+    /// So many orphans mean the index is not the one recording the storage's writes (here: blobs written
+    /// past it): the janitor deletes none of them unless forced.
+    @Test func refusesToDeleteMoreThanItsShareOfTheStorageUnlessForced() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-janitor-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try await withSharedRedis { client in
+            let disk = DiskBlobStore(path: root, sync: false)
+            let index = RedisIndex(backingStore: disk, client: client, prefix: TestServices.uniqueName("share") + ":")
+            let indexed = (0..<4).map { _ in Blob.random(size: 100) }
+            for blob in indexed { try await index.write(blob.digest, data: blob.data) }
+            let unindexed = (0..<6).map { _ in Blob.random(size: 100) }
+            for blob in unindexed {
+                try await disk.write(blob.digest, data: blob.data)
+                try age(disk.root.path, blob.digest, seconds: 7200)
+            }
+            let janitor = try Janitor(index: index, gracePeriod: .seconds(3600))
+            #expect(janitor.maxDeleteShare == 0.5)
+            do {
+                _ = try await janitor.runPass()
+                Issue.record("the janitor deleted 6 of 10 blobs")
+            } catch let error as StrataError {
+                #expect(error.code == .failedPrecondition)
+                #expect(error.message.contains("refusing to delete 6 of the 10 blobs in the storage (60%)"), "\(error)")
+                #expect(error.message.contains("--force"), "\(error)")
+            }
+            #expect(try await disk.findMissing(unindexed.map(\.digest)).isEmpty)
+            // A dry run still reports them; a larger share, or --force, deletes them.
+            #expect(try await janitor.runPass(dryRun: true).orphansDeleted == 6)
+            #expect(try await Janitor(index: index, gracePeriod: .seconds(3600), maxDeleteShare: 0.6).runPass().orphansDeleted == 6)
+            for blob in unindexed { try await disk.write(blob.digest, data: blob.data); try age(disk.root.path, blob.digest, seconds: 7200) }
+            let forced = try await Janitor(index: index, gracePeriod: .seconds(3600), maxDeleteShare: nil).runPass()
+            #expect(forced.orphansDeleted == 6)
+            #expect(try await disk.findMissing(unindexed.map(\.digest)).count == 6)
+            for blob in indexed { #expect(try await index.readAll(blob.digest) == blob.data) }
         }
     }
 

@@ -103,6 +103,21 @@ struct RedisClientTests {
         await none.shutdown()
     }
 
+    /// Building a client (as loading a configuration does) starts nothing; its first call starts its
+    /// threads, and a client shut down first never starts them.
+    @Test func threadsStartWithTheFirstCall() async throws {
+        let (reply, running) = try await withSharedRedis { client throws -> (RedisReply, Bool) in
+            (try await client.send("PING"), client.isRunning)
+        }
+        #expect(reply == .status("PONG") && running)
+        let unused = RedisClient(RedisConfiguration(host: "127.0.0.1", port: 1, retries: 0, poolSize: 2))
+        #expect(!unused.isRunning)
+        await unused.shutdown()
+        let (error, _) = await expectStrataError(.unavailable, "a call after shutdown") { try await unused.send("PING") }
+        #expect(error?.message.contains("shut down") == true, "\(String(describing: error))")
+        #expect(!unused.isRunning)
+    }
+
     @Test func unreachableServerIsUnavailableNamingIt() async throws {
         let closed = try ClosedLoopbackPort()
         let port = closed.port

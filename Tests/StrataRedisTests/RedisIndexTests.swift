@@ -23,7 +23,7 @@ struct RedisIndexTests {
         defer { try? FileManager.default.removeItem(atPath: root) }
         try await withSharedRedis { client in
             let index = RedisIndex(
-                backingStore: try DiskBlobStore(path: root, sync: false), client: client,
+                backingStore: DiskBlobStore(path: root, sync: false), client: client,
                 prefix: TestServices.uniqueName("disk") + ":")
             try await check.run(on: index)
         }
@@ -260,7 +260,7 @@ struct RedisIndexTests {
     /// run twice: the marks must come out as if it ran once.
     @Test func markScriptsRunTwiceCountOnce() async throws {
         try await withSharedRedis { client in
-            let disk = try DiskBlobStore(path: FileManager.default.temporaryDirectory.appendingPathComponent("strata-idem-\(UUID().uuidString)").path, sync: false)
+            let disk = DiskBlobStore(path: FileManager.default.temporaryDirectory.appendingPathComponent("strata-idem-\(UUID().uuidString)").path, sync: false)
             let index = RedisIndex(backingStore: disk, client: client, prefix: TestServices.uniqueName("idem") + ":")
             let blob = Blob.random(size: 500)
             try await index.write(blob.digest, data: blob.data)

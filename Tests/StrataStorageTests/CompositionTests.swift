@@ -117,7 +117,7 @@ private func eventually(_ what: String, _ condition: () async throws -> Bool) as
     @Test func corruptFallbackBlobIsDataLossNotWrongBytes() async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-corrupt-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let fallback = try DiskBlobStore(path: root, sync: false)
+        let fallback = DiskBlobStore(path: root, sync: false)
         let store = WithCacheBlobStore(cache: lru(), fallback: fallback)
         let blob = Blob.random(size: 100)
         try await fallback.write(blob.digest, data: blob.data)

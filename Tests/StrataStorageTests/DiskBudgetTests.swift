@@ -25,7 +25,7 @@ import Glibc
 
     @Test func refusesWritesPastTheBudgetWithResourceExhausted() async throws {
         try await withRoot { root in
-            let store = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3000))
+            let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3000))
             let blobs = (0..<2).map { _ in Blob.random(size: 1000) }
             for blob in blobs { try await store.write(blob.digest, data: blob.data) }
             let big = Blob.random(size: 1500)
@@ -55,7 +55,7 @@ import Glibc
 
     @Test func evictsLeastRecentlyUsedWhenConfiguredAsACache() async throws {
         try await withRoot { root in
-            let store = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3000, evictLeastRecentlyUsed: true))
+            let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3000, evictLeastRecentlyUsed: true))
             let blobs = (0..<3).map { _ in Blob.random(size: 1000) }
             for blob in blobs { try await store.write(blob.digest, data: blob.data) }
             // A read and a FindMissingBlobs hit make the first two recently used; the third is now the oldest.
@@ -72,7 +72,7 @@ import Glibc
 
     @Test func countsExistingFilesAtStartAndOrdersThemByTime() async throws {
         try await withRoot { root in
-            let plain = try DiskBlobStore(path: root, sync: false)
+            let plain = DiskBlobStore(path: root, sync: false)
             let blobs = (0..<3).map { _ in Blob.random(size: 1000) }
             for blob in blobs { try await plain.write(blob.digest, data: blob.data) }
             // blobs[1] is the oldest on disk.
@@ -81,7 +81,8 @@ import Glibc
             var times = [timespec(tv_sec: Int(Date().timeIntervalSince1970) - 3600, tv_nsec: 0), timespec(tv_sec: Int(Date().timeIntervalSince1970) - 3600, tv_nsec: 0)]
             #expect(utimensat(AT_FDCWD, path, &times, 0) == 0)
 
-            let budgeted = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3500, evictLeastRecentlyUsed: true))
+            let budgeted = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 3500, evictLeastRecentlyUsed: true))
+            try await budgeted.prepare()
             #expect(budgeted.storedBytes == 3000)
             let newcomer = Blob.random(size: 1000)
             try await budgeted.write(newcomer.digest, data: newcomer.data)
@@ -89,9 +90,48 @@ import Glibc
         }
     }
 
+    /// Writes and FindMissingBlobs of blobs racing the eviction that chose them. What holds: a write
+    /// answered OK leaves its blob stored, and so does a FindMissingBlobs answered "present": an eviction
+    /// already under way never deletes it, a later one only once every less recently used blob is gone.
+    /// Here the budget holds the big blob and every blob written or found again, so none of those may
+    /// be missing at the end (before the fix, a write or lookup seeing a victim's file before its
+    /// unlink answered OK and the file was then deleted).
+    @Test func evictionNeverDeletesABlobItAcknowledged() async throws {
+        for _ in 0..<20 {
+            try await withRoot { root in
+                let size = 100
+                let count = 200
+                let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: Int64(size * count), evictLeastRecentlyUsed: true))
+                let old = (0..<count).map { _ in Blob.random(size: size) }
+                for blob in old { try await store.write(blob.digest, data: blob.data) }
+                // Evicts the least recently used half, old[0..<100], while half of those are written again
+                // and the other half looked up.
+                let big = Blob.random(size: size * count / 2)
+                let rewritten = Array(old[0..<(count / 4)])
+                let lookedUp = Array(old[(count / 4)..<(count / 2)])
+                // The lookups that answered "present".
+                let reportedPresent = try await withThrowingTaskGroup(of: Digest?.self) { group in
+                    group.addTask { try await store.write(big.digest, data: big.data); return nil }
+                    for (blob, other) in zip(rewritten, lookedUp) {
+                        group.addTask { try await store.write(blob.digest, data: blob.data); return nil }
+                        group.addTask { try await store.findMissing([other.digest]).isEmpty ? other.digest : nil }
+                    }
+                    var present: [Digest] = []
+                    for try await digest in group { if let digest { present.append(digest) } }
+                    return present
+                }
+                let acknowledged = rewritten.map(\.digest) + [big.digest] + reportedPresent
+                let missing = try await store.findMissing(acknowledged)
+                #expect(missing.isEmpty, "\(missing.count) acknowledged blobs were deleted")
+                for blob in rewritten.prefix(10) { #expect(try await store.readAll(blob.digest) == blob.data) }
+                #expect(store.storedBytes! <= Int64(size * count))
+            }
+        }
+    }
+
     @Test func uncountsFilesAnotherProcessDeleted() async throws {
         try await withRoot { root in
-            let store = try DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 2000))
+            let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 2000))
             let blobs = (0..<2).map { _ in Blob.random(size: 1000) }
             for blob in blobs { try await store.write(blob.digest, data: blob.data) }
             // `strata cleanup` in another process deletes through its own store.
@@ -107,7 +147,7 @@ import Glibc
 
     @Test func listsItsBlobs() async throws {
         try await withRoot { root in
-            let store = try DiskBlobStore(path: root, sync: false)
+            let store = DiskBlobStore(path: root, sync: false)
             let blobs = (0..<7).map { _ in Blob.random(size: 10) }
             for blob in blobs { try await store.write(blob.digest, data: blob.data) }
             var listed: [StoredBlob] = []

@@ -81,16 +81,16 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: root) }
         let blob = Blob.random(size: 5000)
         do {
-            let store = try DiskBlobStore(path: root)
+            let store = DiskBlobStore(path: root)
             try await store.write(blob.digest, data: blob.data)
         }
-        let reopened = try DiskBlobStore(path: root)
+        let reopened = DiskBlobStore(path: root)
         #expect(try await reopened.readAll(blob.digest) == blob.data)
     }
 
     @Test func noPartialFileUnderAFinalName() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let store = try DiskBlobStore(path: root, sync: false)
+        let store = DiskBlobStore(path: root, sync: false)
         let blob = Blob.random(size: 3 << 20)
         let finalPath = "\(root)/cas/\(blob.digest.hash.prefix(2))/\(blob.digest.hash)_\(blob.digest.sizeBytes)"
         let halfway = AsyncStream<Void>.makeStream()
@@ -123,17 +123,51 @@ import Testing
         #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").isEmpty)
     }
 
-    @Test func removesLeftoverTemporaryFilesAtStart() async throws {
+    @Test func creatingTheStoreTouchesNothingAndAWriteMakesTheFoldersItNeeds() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
-        _ = try DiskBlobStore(path: root)
-        _ = FileManager.default.createFile(atPath: "\(root)/tmp/leftover", contents: Data([1, 2, 3]))
-        _ = try DiskBlobStore(path: root)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp").isEmpty)
+        let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 1 << 20))
+        #expect(!FileManager.default.fileExists(atPath: root))
+        let blob = Blob.random(size: 100)
+        #expect(try await store.findMissing([blob.digest]) == [blob.digest])
+        #expect(!FileManager.default.fileExists(atPath: root))
+        // Unprepared, or its folder removed under it: a write creates what it needs.
+        try await store.write(blob.digest, data: blob.data)
+        try FileManager.default.removeItem(atPath: root)
+        #expect(await store.writeBatch([(blob.digest, blob.data)]).allSatisfy { (try? $0.get()) != nil })
+        #expect(try await store.readAll(blob.digest) == blob.data)
+    }
+
+    @Test func prepareRemovesOnlyStaleTemporaryFiles() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try await DiskBlobStore(path: root).prepare()
+        #expect(FileManager.default.fileExists(atPath: "\(root)/cas/ff"))
+        _ = FileManager.default.createFile(atPath: "\(root)/tmp/crashed", contents: Data([1, 2, 3]))
+        let stale = Date().addingTimeInterval(-DiskBlobStore.staleTemporaryFileAge.timeInterval - 60)
+        try FileManager.default.setAttributes([.modificationDate: stale], ofItemAtPath: "\(root)/tmp/crashed")
+        // Another process sharing the folder is writing this one.
+        _ = FileManager.default.createFile(atPath: "\(root)/tmp/in-flight", contents: Data([4, 5, 6]))
+        try await DiskBlobStore(path: root).prepare()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp") == ["in-flight"])
+    }
+
+    @Test func preparingAnotherStoreOnTheFolderDoesNotBreakAnUploadInFlight() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let store = DiskBlobStore(path: root, sync: false)
+        try await store.prepare()
+        let blob = Blob.random(size: 3 << 20)
+        let upload = HeldUpload(blob)
+        async let write: Void = store.write(blob.digest, body: upload.body)
+        await upload.waitUntilHalfway()
+        // A second server starting on the same folder while the upload is half written.
+        try await DiskBlobStore(path: root, sync: false).prepare()
+        upload.release()
+        try await write
+        #expect(try await store.readAll(blob.digest) == blob.data)
     }
 
     @Test func failedWriteLeavesNoTemporaryFile() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let store = try DiskBlobStore(path: root)
+        let store = DiskBlobStore(path: root)
         let blob = Blob.random(size: 2 << 20)
         var wrong = blob.data
         wrong[wrong.count - 1] ^= 1

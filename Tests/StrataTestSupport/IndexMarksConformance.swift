@@ -36,7 +36,7 @@ public struct IndexMarksConformance: Sendable, CustomStringConvertible {
     public func run(_ make: @escaping MakeIndex) async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-marks-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let disk = try DiskBlobStore(path: root, sync: false)
+        let disk = DiskBlobStore(path: root, sync: false)
         let gated = GatedWritesBlobStore(disk)
         try await body(Fixture(disk: disk, gated: gated, make: { lease in try await make(gated, lease) }))
     }
