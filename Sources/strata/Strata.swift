@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import StrataConfig
+import StrataCore
 import StrataServer
 
 @main
@@ -15,6 +16,7 @@ struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A REAPI v2 remote cache server.",
+        version: "strata \(strataVersion)",
         subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, Bench.self])
 
     static func main() async {
@@ -72,16 +74,18 @@ struct Serve: AsyncParsableCommand {
                 configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
             }
         } catch {
-            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
             throw ExitCode(1)
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
-        logger.info("configuration: \(config ?? "embedded default"); storage: \(configuration.storageSummary.joined(separator: "; "))")
+        logger.info("strata \(strataVersion); configuration: \(config ?? "embedded default")")
+        for summary in configuration.storageSummary { logger.info("storage: \(summary)") }
+        for summary in configuration.cacheSummary { logger.info("action cache: \(summary)") }
         let server: StrataServer
         do {
             server = try StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
         } catch {
-            logger.critical("\(error)")
+            logger.critical("\(describeError(error))")
             throw ExitCode(1)
         }
         let group = ServiceGroup(
@@ -93,13 +97,34 @@ struct Serve: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
-            logger.critical("\(error)")
+            logger.critical("\(describeError(error))")
             throw ExitCode(1)
         }
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Strata's version, as `strata --version` prints it and the start-up log says. The one place it is
+/// written; no commit is embedded (SwiftPM has no side-effect-free way to stamp one at build time).
+let strataVersion = "0.1.0"
+
+/// An error as the commands print it: a `StrataError`'s message with its status code in words
+/// ("... (invalid argument)"), not its Swift spelling ("invalidArgument: ..."); a `ConfigError` as
+/// "FILE:LINE: WHERE: WHAT".
+func describeError(_ error: any Error) -> String {
+    guard let error = error as? StrataError else { return "\(error)" }
+    return "\(error.message) (\(error.code.words))"
+}
+
+extension StrataError.Code {
+    /// The code as a user reads it: `invalidArgument` is "invalid argument".
+    var words: String {
+        String(describing: self).reduce(into: "") { words, character in
+            if character.isUppercase { words += " " + character.lowercased() } else { words.append(character) }
+        }
+    }
+}
 
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -122,7 +147,7 @@ struct ConfigCommand: AsyncParsableCommand {
                     print("cleanup of instance \"\(cleanup.instanceName)\": \(cleanup.indexSummary)")
                 }
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                FileHandle.standardError.write(Data("\(describeError(error))\n".utf8))
                 throw ExitCode(1)
             }
         }
