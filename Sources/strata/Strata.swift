@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,7 +22,20 @@ struct Strata: AsyncParsableCommand {
 
     static func main() async {
         limitMallocArenas()
-        await Self.main(nil)
+        // AsyncParsableCommand.main, except that an error a command lets through is printed as
+        // `describeError` words it, not as Swift spells it ("Error: unavailable: ...").
+        do {
+            var command = try parseAsRoot(nil)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error where error is StrataError || error is RPCError {
+            exit(withError: CommandFailure(description: describeError(error)))
+        } catch {
+            exit(withError: error)
+        }
     }
 
     /// Runs first, before any thread starts: a limit set later leaves the arenas already made.
@@ -113,8 +127,17 @@ let strataVersion = "0.1.0"
 /// ("... (invalid argument)"), not its Swift spelling ("invalidArgument: ..."); a `ConfigError` as
 /// "FILE:LINE: WHERE: WHAT".
 func describeError(_ error: any Error) -> String {
+    if let error = error as? RPCError, let code = StrataError.Code(rawValue: error.code.rawValue) {
+        // A call to another server (`strata bench`, a remote store) failed: its status, same words.
+        return describeError(StrataError(code, error.message + (error.cause.map { ": \($0)" } ?? "")))
+    }
     guard let error = error as? StrataError else { return "\(error)" }
     return "\(error.message) (\(error.code.words))"
+}
+
+/// A `StrataError` or `RPCError` that reached the top of a command, worded by `describeError`.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
 }
 
 extension StrataError.Code {

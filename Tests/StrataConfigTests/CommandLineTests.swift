@@ -46,6 +46,14 @@ import Testing
         #expect(!result.error.contains("invalidArgument"), "\(result.error)")
     }
 
+    @Test func anErrorACommandLetsThroughIsSaidInWords() throws {
+        // Nothing listens on port 1: the bench's first call fails with UNAVAILABLE.
+        let result = try strata(["bench", "--target", "127.0.0.1:1", "--scenario", "ac", "--duration", "1", "--max-operations", "1"])
+        #expect(result.status != 0)
+        #expect(result.error.contains("(unavailable)"), "\(result.error)")
+        #expect(!result.error.contains("unavailable:"), "\(result.error)")
+    }
+
     @Test func configCheckSuggestsTheKeyMeant() throws {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
