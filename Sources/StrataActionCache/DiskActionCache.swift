@@ -19,7 +19,8 @@ import Glibc
 /// and answered as a miss, never handed out. An update writes a private file under `path/tmp`, flushes it
 /// (`fsync`) and renames it into place: a reader or a crash sees the old result or the new one, whole.
 ///
-/// The cache is bounded by `maxBytes` (file sizes) and optionally `maxEntries`, evicting the least
+/// The cache is bounded by `maxBytes` (its files' sizes in whole 4 KiB blocks, what they take on disk:
+/// a typical result is a few hundred bytes) and optionally `maxEntries`, evicting the least
 /// recently used entries; recency is kept in memory and, for the next start, in the files' access times
 /// (set explicitly on each hit, so `noatime` mounts keep it too).
 ///
@@ -53,7 +54,7 @@ public final class DiskActionCache: ActionCache {
     private let loading = Mutex<Task<Void, any Error>?>(nil)
     private let tmpDirectoryMade = Atomic<Bool>(false)
 
-    /// `max-size` when the configuration gives none: some 1 million typical results.
+    /// `max-size` when the configuration gives none: some 250,000 typical results.
     public static let defaultMaxBytes: Int64 = 1 << 30
 
     /// A temporary file older than this is a crashed writer's: a live one lasts a write and an fsync.
@@ -105,7 +106,7 @@ public final class DiskActionCache: ActionCache {
             return nil
         }
         index.withLock { index in
-            if index?.touch(name) == false { index?.insert(name, (), cost: Int64(found.contents.count)) }
+            if index?.touch(name) == false { index?.insert(name, (), cost: Self.cost(ofFileSize: found.contents.count)) }
         }
         return result
     }
@@ -118,7 +119,7 @@ public final class DiskActionCache: ActionCache {
         } catch {
             throw StrataError.invalidArgument("the ActionResult cannot be serialized: \(error)")
         }
-        guard Int64(contents.count) <= limits.maxBytes else {
+        guard Self.cost(ofFileSize: contents.count) <= limits.maxBytes else {
             throw StrataError.resourceExhausted(
                 "the ActionResult of \(action) (\(contents.count) bytes stored) is larger than the disk action cache \(root) holds (max-size \(limits.maxBytes) bytes)")
         }
@@ -143,6 +144,12 @@ public final class DiskActionCache: ActionCache {
     struct StoredFile {
         var contents: Data
         var inode: UInt
+    }
+
+    /// What a file of `size` bytes counts against `maxBytes`: the 4 KiB blocks it takes on a usual
+    /// filesystem, so a million small results count as the 4 GB they occupy, not their 300 MB of bytes.
+    public static func cost(ofFileSize size: Int) -> Int64 {
+        (Int64(size) + 4095) / 4096 * 4096
     }
 
     static func encode(_ serialized: Data, name: String) -> Data {
@@ -239,7 +246,7 @@ public final class DiskActionCache: ActionCache {
                     try createDirectories(atPath: fanOut)
                     guard rename(tmpPath, finalPath) == 0 else { throw Self.posixError("rename", finalPath) }
                 }
-                index?.insert(name, (), cost: Int64(contents.count))
+                index?.insert(name, (), cost: Self.cost(ofFileSize: contents.count))
                 var victims: [String] = []
                 while limits.exceeded(by: index), let victim = index?.removeLeastRecent() {
                     victims.append(victim.key)
@@ -311,7 +318,7 @@ public final class DiskActionCache: ActionCache {
                     guard stat("\(root)/\(fanOut)/\(file)", &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { continue }
                     let accessed = Double(info.st_atim.tv_sec) + Double(info.st_atim.tv_nsec) / 1e9
                     let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
-                    found.append(("\(fanOut)/\(file)", Int64(info.st_size), max(accessed, modified)))
+                    found.append(("\(fanOut)/\(file)", Self.cost(ofFileSize: Int(info.st_size)), max(accessed, modified)))
                 }
             }
             let now = Date().timeIntervalSince1970
