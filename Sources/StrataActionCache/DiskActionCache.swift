@@ -48,7 +48,7 @@ public final class DiskActionCache: ActionCache {
     private let tmpDirectory: String
     private let threadPool: NIOThreadPool
     private let logger: Logger
-    /// The stored entries by recency, costing their file sizes; nil until the folder is first read.
+    /// The stored entries by recency, costing `cost(ofFileSize:)`; nil until the folder is first read.
     private let index = Mutex<LRUDictionary<String, Void>?>(nil)
     /// The first call's reading of the folder, which the calls arriving meanwhile wait for.
     private let loading = Mutex<Task<Void, any Error>?>(nil)
@@ -60,6 +60,9 @@ public final class DiskActionCache: ActionCache {
     /// A temporary file older than this is a crashed writer's: a live one lasts a write and an fsync.
     static let staleTemporaryAge: TimeInterval = 3600
     static let headerPrefix = "strata-action-result sha256:"
+    /// The largest file read or written: the largest ActionResult any cache reads, and its header. A
+    /// damaged, larger file is read no further (and fails its checksum).
+    static let maxFileBytes = Int(ActionCacheEntries.maxResultBytes) + 4096
 
     public init(
         path: String, limits: Limits, threadPool: NIOThreadPool = .singleton,
@@ -72,7 +75,7 @@ public final class DiskActionCache: ActionCache {
         self.logger = logger
     }
 
-    /// Entries stored, and their bytes (after the first call).
+    /// Entries stored, and the bytes they count against `maxBytes` (after the first call).
     public var usage: (entries: Int, bytes: Int64)? {
         index.withLock { index in index.map { ($0.count, $0.totalCost) } }
     }
@@ -85,9 +88,8 @@ public final class DiskActionCache: ActionCache {
         try await load()
         let name = Self.name(of: action)
         let path = "\(root)/\(name)"
-        let maxBytes = limits.maxBytes
         let found = try await threadPool.runIfActive { () throws -> StoredFile? in
-            guard let file = try Self.readFile(path, maxBytes: maxBytes) else {
+            guard let file = try Self.readFile(path, maxBytes: Self.maxFileBytes) else {
                 self.forget(name, path: path, inode: nil)
                 return nil
             }
@@ -118,6 +120,10 @@ public final class DiskActionCache: ActionCache {
             contents = Self.encode(try result.serializedBytes(), name: name)
         } catch {
             throw StrataError.invalidArgument("the ActionResult cannot be serialized: \(error)")
+        }
+        guard contents.count <= Self.maxFileBytes else {
+            throw StrataError.resourceExhausted(
+                "the ActionResult of \(action) is \(contents.count) bytes serialized; a disk action cache stores at most \(ActionCacheEntries.maxResultBytes)")
         }
         guard Self.cost(ofFileSize: contents.count) <= limits.maxBytes else {
             throw StrataError.resourceExhausted(
@@ -181,9 +187,8 @@ public final class DiskActionCache: ActionCache {
         return hasher.finalizeDigest().hash
     }
 
-    /// The whole file, or nil when there is none. A file larger than the cache's budget is not ours:
-    /// it is read no further than the budget, then fails its checksum.
-    static func readFile(_ path: String, maxBytes: Int64) throws -> StoredFile? {
+    /// The whole file (at most `maxBytes` of it), or nil when there is none.
+    static func readFile(_ path: String, maxBytes: Int) throws -> StoredFile? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             if errno == ENOENT { return nil }
@@ -192,7 +197,7 @@ public final class DiskActionCache: ActionCache {
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw posixError("stat", path) }
-        let size = Int(min(Int64(info.st_size), maxBytes))
+        let size = min(Int(info.st_size), maxBytes)
         var data = Data(count: size)
         var done = 0
         while done < size {
