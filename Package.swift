@@ -107,6 +107,7 @@ let package = Package(
             name: "StrataActionCache",
             dependencies: [
                 "StrataCore", "StrataAPI", "StrataStorage",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -155,6 +156,7 @@ let package = Package(
             dependencies: [
                 "StrataConfig", "StrataServer", "StrataBench", "StrataCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

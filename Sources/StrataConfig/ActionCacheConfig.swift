@@ -14,6 +14,26 @@ extension Builder {
         return UpdatePolicyActionCache(cache, allowUpdates: allowUpdates, cacheFailedActions: cacheFailedActions)
     }
 
+    /// `!disk-action-cache`: results as files under `path`, bounded by `max-size` (default 1G) and
+    /// optionally `max-entries`, evicting the least recently used. Nothing is created here: the folder is
+    /// made by the first update.
+    mutating func diskActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
+        let options = try node.mapping(
+            allowed: ["path", "max-size", "max-entries", "storage", "allow-updates", "cache-failed-actions"])
+        guard let pathNode = options["path"] else { throw node.error("!disk-action-cache needs a path") }
+        let path = try pathNode.string()
+        guard !path.isEmpty else { throw pathNode.error("the path cannot be empty") }
+        if let storage = options["storage"] { cacheStorages[node.identity] = try self.storage(storage) }
+        let limits = DiskActionCache.Limits(
+            maxBytes: try options["max-size"]?.size() ?? DiskActionCache.defaultMaxBytes,
+            maxEntries: try options["max-entries"].map { node throws(ConfigError) in try node.int(minimum: 1) })
+        let cache = DiskActionCache(path: path, limits: limits)
+        var summary = "!disk-action-cache at \(cache.root) (max-size \(describeBytes(limits.maxBytes))"
+        if let maxEntries = limits.maxEntries { summary += ", max-entries \(maxEntries)" }
+        cacheSummary.append(summary + ", evicting least recently used)")
+        return try updatePolicy(cache, options)
+    }
+
     mutating func writeOnceActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
         let options = try node.mapping(allowed: ["action-cache"])
         guard let inner = options["action-cache"] else { throw node.error("!write-once-action-cache needs an action-cache") }

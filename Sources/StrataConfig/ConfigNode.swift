@@ -1,5 +1,6 @@
 import Foundation
 import StrataCore
+import StrataStorage
 import Yams
 
 /// A YAML node with what an error needs to point at it: the file, the line and the key path.
@@ -48,8 +49,9 @@ struct ConfigNode {
                                   message: "option \"\(key)\" is not supported by Strata yet")
             }
             guard allowed.contains(key) else {
+                let suggestion = closestMatch(to: key, among: allowed).map { " (did you mean \"\($0)\"?)" } ?? ""
                 throw ConfigError(file: file, line: keyNode.mark?.line, path: entry.path,
-                                  message: "unknown option \"\(key)\"; expected one of: \(allowed.sorted().joined(separator: ", "))")
+                                  message: "unknown option \"\(key)\"\(suggestion); expected one of: \(allowed.sorted().joined(separator: ", "))")
             }
             guard result[key] == nil else {
                 throw ConfigError(file: file, line: keyNode.mark?.line, path: entry.path, message: "option \"\(key)\" is given twice")
@@ -70,14 +72,13 @@ struct ConfigNode {
         let text = scalar.string
         switch applicationTag {
         case nil: return text
-        case "!expand-vars": return expandVariables(text)
-        case "!expand-path": return expandPath(text)
+        case "!expand-vars": return try expandVariables(text)
+        case "!expand-path": return try expandPath(text)
         case "!read-file":
-            let path = expandPath(text)
-            do {
-                return try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-            } catch {
-                throw self.error("cannot read \(path): \(error.localizedDescription)")
+            let path = try expandPath(text)
+            switch readTextFile(atPath: path) {
+            case .success(let contents): return contents.trimmingCharacters(in: .whitespacesAndNewlines)
+            case .failure(let failure): throw self.error("cannot read \(path): \(failure.reason)")
             }
         case let tag?: throw self.error("tag \(tag) does not apply to a string")
         }
@@ -121,6 +122,28 @@ struct ConfigNode {
         return value
     }
 
+    /// A disk store's budget: a size, or `N%free`, N% of the space the store could use, i.e. the free
+    /// space on the filesystem of `storagePath` plus what the store already holds there (so a restart
+    /// with a full cache keeps its budget, and the cache and everything else share the disk). Computed
+    /// now, once: `description` says how, for the start-up log.
+    func diskBudget(storagePath: String) throws(ConfigError) -> (bytes: Int64, description: String) {
+        let text = applicationTag == nil ? (node.string ?? "") : try string()
+        guard text.hasSuffix("%free") else {
+            let bytes = try size()
+            return (bytes, "\(bytes) bytes")
+        }
+        guard let percent = Int(text.dropLast("%free".count)), (1...100).contains(percent) else {
+            throw error("\"\(text)\" is not a share of free space: use 1%free to 100%free, e.g. 50%free")
+        }
+        guard let free = availableBytes(onFileSystemOf: storagePath) else {
+            throw error("cannot read the free space of the filesystem that holds \(storagePath)")
+        }
+        let held = DiskBlobStore.storedBytes(path: storagePath)
+        let (usable, overflow) = free.addingReportingOverflow(held)
+        let bytes = max(1, overflow ? .max / 100 * Int64(percent) : Int64((Double(usable) * Double(percent) / 100).rounded(.down)))
+        return (bytes, "\(text) = \(describeBytes(bytes)): \(percent)% of \(describeBytes(free)) free + \(describeBytes(held)) held")
+    }
+
     /// A byte size: an integer or a string such as `2048M`, `1G`, `512kb` (binary units, any case).
     func size() throws(ConfigError) -> Int64 {
         if let value = node.int, applicationTag == nil {
@@ -135,9 +158,10 @@ struct ConfigNode {
         return value
     }
 
-    /// `$NAME` and `${NAME}` from the environment; unknown names stay as written (like Python's
-    /// os.path.expandvars, which BuildGrid uses).
-    func expandVariables(_ text: String) -> String {
+    /// `$NAME` and `${NAME}` from the environment. An unset name is an error that names it, where
+    /// BuildGrid (Python's os.path.expandvars) keeps it as written: a literal `${REDIS_PORT}` only fails
+    /// later, as a bad port or a folder named `$DATA`. A `$` not followed by a name stays as it is.
+    func expandVariables(_ text: String) throws(ConfigError) -> String {
         var out = ""
         var index = text.startIndex
         while index < text.endIndex {
@@ -168,22 +192,87 @@ struct ConfigNode {
                 }
                 end = text.index(after: end)
             }
-            if !name.isEmpty, let value = environment[name] {
+            if name.isEmpty {
+                out += text[index..<end]
+            } else if let value = environment[name] {
                 out += value
             } else {
-                out += text[index..<end]
+                throw error("environment variable \(name) is not set (\(applicationTag ?? "a string") \"\(text)\")")
             }
             index = end
         }
         return out
     }
 
-    func expandPath(_ text: String) -> String {
-        let expanded = expandVariables(text)
+    func expandPath(_ text: String) throws(ConfigError) -> String {
+        let expanded = try expandVariables(text)
         if expanded == "~" || expanded.hasPrefix("~/") {
             let home = environment["HOME"] ?? NSHomeDirectory()
             return home + expanded.dropFirst()
         }
         return expanded
     }
+}
+
+/// Why a file could not be read, as an operator needs to hear it: "No such file or directory", "it is
+/// a directory" (Foundation says "NSCocoaErrorDomain error 256").
+struct TextFileError: Error {
+    let reason: String
+}
+
+/// The whole of a UTF-8 text file (a configuration, a `!read-file` secret).
+func readTextFile(atPath path: String) -> Result<String, TextFileError> {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return .failure(TextFileError(reason: String(cString: strerror(errno)))) }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { return .failure(TextFileError(reason: String(cString: strerror(errno)))) }
+    guard (info.st_mode & S_IFMT) != S_IFDIR else { return .failure(TextFileError(reason: "it is a directory, not a file")) }
+    var data = Data()
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n < 0 {
+            if errno == EINTR { continue }
+            return .failure(TextFileError(reason: String(cString: strerror(errno))))
+        }
+        if n == 0 { break }
+        data.append(contentsOf: buffer[..<n])
+    }
+    guard let text = String(data: data, encoding: .utf8) else { return .failure(TextFileError(reason: "it is not UTF-8 text")) }
+    return .success(text)
+}
+
+/// The candidate closest to a misspelt `word` (a config key or tag), if one is close enough to be what
+/// was meant: one edit per four letters, between one and three, counting a swap of two neighbours as
+/// one edit (`sise` is `size`, `!lru-action-cahce` is `!lru-action-cache`, `!floppy-storage` is nothing).
+func closestMatch(to word: String, among candidates: some Sequence<String>) -> String? {
+    let limit = min(3, max(1, word.count / 4))
+    var best: (candidate: String, distance: Int)?
+    for candidate in candidates.sorted() {
+        let distance = editDistance(word.lowercased(), candidate.lowercased())
+        if distance <= limit, distance < (best?.distance ?? .max) { best = (candidate, distance) }
+    }
+    return best?.candidate
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and adjacent swaps.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty || b.isEmpty { return max(a.count, b.count) }
+    var previous2 = [Int](repeating: 0, count: b.count + 1)
+    var previous = Array(0...b.count)
+    var current = [Int](repeating: 0, count: b.count + 1)
+    for i in 1...a.count {
+        current[0] = i
+        for j in 1...b.count {
+            let cost = a[i - 1] == b[j - 1] ? 0 : 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1, j > 1, a[i - 1] == b[j - 2], a[i - 2] == b[j - 1] {
+                current[j] = min(current[j], previous2[j - 2] + 1)
+            }
+        }
+        (previous2, previous, current) = (previous, current, previous2)
+    }
+    return previous[b.count]
 }

@@ -17,6 +17,8 @@ public struct Configuration: Sendable {
     public var instances: [Instance]
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
+    /// One line per action cache that keeps results itself (memory, disk), for the start-up log.
+    public var cacheSummary: [String] = []
     public var warnings: [String]
     /// What the configured backends need running while the server runs (connection pools):
     /// `strata serve` runs them in its service group, before and after the server.
@@ -57,10 +59,9 @@ public struct Configuration: Sendable {
 
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Configuration {
         let text: String
-        do {
-            text = try String(contentsOfFile: file, encoding: .utf8)
-        } catch {
-            throw ConfigError(file: file, line: nil, path: "", message: "cannot read the file: \(error.localizedDescription)")
+        switch readTextFile(atPath: file) {
+        case .success(let contents): text = contents
+        case .failure(let failure): throw ConfigError(file: file, line: nil, path: "", message: "cannot read the file: \(failure.reason)")
         }
         return try parse(yaml: text, file: file, environment: environment)
     }
@@ -112,6 +113,7 @@ struct Builder {
     var storageStack: [String] = []
     var storageUses: [StorageUse] = []
     var warnings: [String] = []
+    var cacheSummary: [String] = []
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
@@ -148,7 +150,7 @@ struct Builder {
         try refuseWritesPastTheJanitorsIndex()
         return Configuration(
             addresses: addresses, instances: instances,
-            storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings,
+            storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
             preparations: preparations)
@@ -167,12 +169,11 @@ struct Builder {
         if let insecure = options["insecure-mode"], try !insecure.bool() {
             throw insecure.error("TLS is not supported by Strata yet: set insecure-mode: true and put a TLS proxy in front")
         }
+        let address = try addressNode.string()
         do {
-            return try ListenAddress(parsing: try addressNode.string())
-        } catch let error as StrataError {
-            throw addressNode.error(error.message)
+            return try ListenAddress(parsing: address)
         } catch {
-            throw addressNode.error("\(error)")
+            throw addressNode.error(error.message)
         }
     }
 
@@ -230,7 +231,9 @@ struct Builder {
             if let storage = options["storage"] { cacheStorages[node.identity] = try self.storage(storage) }
             guard let refs = options["max-cached-refs"] else { throw node.error("!lru-action-cache needs max-cached-refs") }
             let cache = LRUActionCache(maxEntries: try refs.int(minimum: 1))
+            cacheSummary.append("!lru-action-cache (\(cache.maxEntries) entries in memory)")
             built = try updatePolicy(cache, options)
+        case "!disk-action-cache": built = try diskActionCache(node)
         case "!write-once-action-cache": built = try writeOnceActionCache(node)
         case "!sharded-action-cache": built = try shardedActionCache(node)
         case "!with-cache-action-cache": built = try withCacheActionCache(node)
@@ -240,7 +243,7 @@ struct Builder {
         case "!s3action-cache", "!s3-action-cache": built = try s3ActionCache(node)
         default:
             throw unknownTag(node, kind: "action cache", known: [
-                "!lru-action-cache", "!write-once-action-cache", "!sharded-action-cache", "!with-cache-action-cache",
+                "!lru-action-cache", "!disk-action-cache", "!write-once-action-cache", "!sharded-action-cache", "!with-cache-action-cache",
                 "!mirrored-action-cache", "!remote-action-cache", "!redis-action-cache", "!s3action-cache",
             ])
         }
@@ -255,7 +258,8 @@ struct Builder {
         if plannedTags.contains(tag) {
             return node.error("\(tag) is not supported by Strata yet; supported \(kind) tags: \(known.joined(separator: ", "))")
         }
-        return node.error("unknown tag \(tag); supported \(kind) tags: \(known.joined(separator: ", "))")
+        let suggestion = closestMatch(to: tag, among: known).map { " (did you mean \($0)?)" } ?? ""
+        return node.error("unknown tag \(tag)\(suggestion); supported \(kind) tags: \(known.joined(separator: ", "))")
     }
 
     mutating func instances(_ node: ConfigNode) throws(ConfigError) -> [Instance] {

@@ -2,7 +2,10 @@
 /// (a test keeps the two equal).
 public let embeddedDefaultConfiguration = #"""
 # Strata's embedded default: `strata serve` with no config file runs exactly this.
-# A disk CAS under ~/.cache/strata/cas, an in-memory action cache, instance "", plain gRPC on loopback.
+# Everything under ~/.cache/strata, so nothing is lost on restart: a disk CAS that may use half of the
+# space it could have (free space plus what it holds; computed at start-up, printed in the log) and
+# evicts the least recently used blobs past it, and a disk action cache of at most 1G, also evicting
+# the least recently used. Instance "", plain gRPC on loopback.
 server:
   - !channel
     address: "127.0.0.1:50051"
@@ -11,11 +14,14 @@ server:
 storages:
   - !disk-storage &cas-storage
     path: !expand-path ~/.cache/strata/cas
+    max-size: 50%free
+    evict: lru
 
 caches:
-  - !lru-action-cache &action-cache
+  - !disk-action-cache &action-cache
+    path: !expand-path ~/.cache/strata/action-cache
+    max-size: 1G
     storage: *cas-storage
-    max-cached-refs: 100000
     allow-updates: true
     cache-failed-actions: true
 

@@ -1,4 +1,5 @@
 import Foundation
+import StrataCore
 import StrataStorage
 
 extension Builder {
@@ -10,7 +11,12 @@ extension Builder {
         let path = try pathNode.string()
         let sync = try options["sync"]?.bool() ?? true
         var budget: DiskBlobStore.Budget?
-        if let maxSize = options["max-size"] { budget = DiskBlobStore.Budget(maxBytes: try maxSize.size()) }
+        var budgetDescription = ""
+        if let maxSize = options["max-size"] {
+            let resolved = try maxSize.diskBudget(storagePath: path)
+            budget = DiskBlobStore.Budget(maxBytes: resolved.bytes)
+            budgetDescription = resolved.description
+        }
         if let evict = options["evict"] {
             switch try evict.string() {
             case "lru":
@@ -25,7 +31,7 @@ extension Builder {
         preparations.append(.init(backend: store, file: node.file, line: node.line, path: node.path))
         var summary = "!disk-storage at \(path)"
         if let budget {
-            summary += " (max-size \(budget.maxBytes) bytes, \(budget.evictLeastRecentlyUsed ? "evicting least recently used" : "refusing writes") past it)"
+            summary += " (max-size \(budgetDescription), \(budget.evictLeastRecentlyUsed ? "evicting least recently used" : "refusing writes") past it)"
         }
         return (store, summary)
     }

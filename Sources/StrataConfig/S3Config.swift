@@ -47,13 +47,12 @@ extension Builder {
         guard let bucketNode = options["bucket"] else {
             throw node.error("\(node.applicationTag ?? "S3") needs a bucket (a name, or a template such as cas-{digest[0]})")
         }
+        let bucketText = try bucketNode.string()
         let bucket: S3BucketTemplate
         do {
-            bucket = try S3BucketTemplate(try bucketNode.string())
-        } catch let error as StrataError {
-            throw bucketNode.error(error.message)
+            bucket = try S3BucketTemplate(bucketText)
         } catch {
-            throw bucketNode.error("\(error)")
+            throw bucketNode.error(error.message)
         }
         if let position = bucket.largestHashPosition, position >= DigestFunction.sha256.hexLength {
             throw bucketNode.error("{digest[\(position)]} is beyond a \(DigestFunction.sha256.hexLength)-character SHA-256 hash")

@@ -15,3 +15,19 @@ public func parseByteSize(_ text: String) -> Int64? {
     let (product, overflow) = number.multipliedReportingOverflow(by: multiplier)
     return overflow ? nil : product
 }
+
+/// A byte count as an operator reads it in a log line: `512 bytes`, `1 GiB`, `12.3 GiB` (binary units,
+/// like the sizes `parseByteSize` reads).
+public func describeBytes(_ bytes: Int64) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    guard bytes >= 1024 || bytes <= -1024 else { return bytes == 1 ? "1 byte" : "\(bytes) bytes" }
+    var value = Double(bytes)
+    var unit = -1
+    while abs(value) >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    let tenths = (value * 10).rounded() / 10
+    let text = tenths == tenths.rounded() ? String(Int64(tenths)) : String(format: "%.1f", tenths)
+    return "\(text) \(units[unit])"
+}

@@ -79,8 +79,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         let root = root
         try await threadPool.runIfActive {
             let files = FileManager.default
+            // Names the cause (a path component that is a file, a folder not writable) on its own.
+            try createDirectories(atPath: casDirectory)
             do {
-                try files.createDirectory(atPath: casDirectory, withIntermediateDirectories: true)
                 for byte in 0..<256 {
                     let fanOut = casDirectory + "/" + [UInt8(byte)].hexString
                     if !files.fileExists(atPath: fanOut) {
@@ -122,6 +123,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     }
 
     public var maximumBlobSize: Int64? { budget?.maxBytes }
+
+    /// Bytes of the blobs a store at `path` holds, by a read-only walk: to size a budget before the
+    /// store is opened.
+    public static func storedBytes(path: String) -> Int64 {
+        count(URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL.appendingPathComponent("cas").path).totalCost
+    }
 
     /// Bytes of the blobs stored, when the store has a budget.
     public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.files.totalCost } }

@@ -104,7 +104,7 @@ struct JanitorCommand: AsyncParsableCommand {
             do {
                 _ = try Janitor(index: index, gracePeriod: .zero)
             } catch {
-                fail("\(target.location): \(error)")
+                fail("\(target.location): \(describeError(error))")
             }
             targets.append(target)
         }
@@ -134,7 +134,7 @@ private func loadTargets(_ file: String, instanceName: String?, logLevel: Logger
     do {
         configuration = try Configuration.load(file: file)
     } catch {
-        fail("\(error)")
+        fail(describeError(error))
     }
     let targets = configuration.cleanups.filter { instanceName == nil || $0.instanceName == instanceName }
     if targets.isEmpty {
@@ -195,7 +195,7 @@ private struct LoopService: Service {
                     fflush(nil)
                 } catch {
                     // A pass that failed (index down past the retry limit) is tried again after the sleep.
-                    FileHandle.standardError.write(Data("strata: \(label) failed: \(error)\n".utf8))
+                    FileHandle.standardError.write(Data("strata: \(label) failed: \(describeError(error))\n".utf8))
                     if loop.once { loop.failed.withLock { $0 = true } }
                 }
             }

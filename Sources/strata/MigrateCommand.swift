@@ -17,7 +17,7 @@ struct Migrate: AsyncParsableCommand {
         do {
             configuration = try Configuration.load(file: config)
         } catch {
-            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
             throw ExitCode(1)
         }
         guard !configuration.sqlConnections.isEmpty else {
@@ -34,7 +34,7 @@ struct Migrate: AsyncParsableCommand {
                         ? "schema up to date"
                         : "applied migration\(applied.count == 1 ? "" : "s") \(applied.map(String.init).joined(separator: ", "))"))
                 } catch {
-                    FileHandle.standardError.write(Data("strata: SQL \(connection.settings.displayName): \(error)\n".utf8))
+                    FileHandle.standardError.write(Data("strata: SQL \(connection.settings.displayName): \(describeError(error))\n".utf8))
                     failed = true
                 }
                 group.cancelAll()

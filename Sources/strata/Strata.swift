@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GRPCCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,6 +9,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import StrataConfig
+import StrataCore
 import StrataServer
 
 @main
@@ -15,11 +17,25 @@ struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A REAPI v2 remote cache server.",
+        version: "strata \(strataVersion)",
         subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, Bench.self])
 
     static func main() async {
         limitMallocArenas()
-        await Self.main(nil)
+        // AsyncParsableCommand.main, except that an error a command lets through is printed as
+        // `describeError` words it, not as Swift spells it ("Error: unavailable: ...").
+        do {
+            var command = try parseAsRoot(nil)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error where error is StrataError || error is RPCError {
+            exit(withError: CommandFailure(description: describeError(error)))
+        } catch {
+            exit(withError: error)
+        }
     }
 
     /// Runs first, before any thread starts: a limit set later leaves the arenas already made.
@@ -72,11 +88,13 @@ struct Serve: AsyncParsableCommand {
                 configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
             }
         } catch {
-            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
             throw ExitCode(1)
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
-        logger.info("configuration: \(config ?? "embedded default"); storage: \(configuration.storageSummary.joined(separator: "; "))")
+        logger.info("strata \(strataVersion); configuration: \(config ?? "embedded default")")
+        for summary in configuration.storageSummary { logger.info("storage: \(summary)") }
+        for summary in configuration.cacheSummary { logger.info("action cache: \(summary)") }
         do {
             // Loading touched nothing; serving needs the storage folders made and a crashed run's leftovers cleared.
             try await configuration.prepare()
@@ -88,7 +106,7 @@ struct Serve: AsyncParsableCommand {
         do {
             server = try StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
         } catch {
-            logger.critical("\(error)")
+            logger.critical("\(describeError(error))")
             throw ExitCode(1)
         }
         let group = ServiceGroup(
@@ -100,13 +118,43 @@ struct Serve: AsyncParsableCommand {
         do {
             try await group.run()
         } catch {
-            logger.critical("\(error)")
+            logger.critical("\(describeError(error))")
             throw ExitCode(1)
         }
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Strata's version, as `strata --version` prints it and the start-up log says. The one place it is
+/// written; no commit is embedded (SwiftPM has no side-effect-free way to stamp one at build time).
+let strataVersion = "0.1.0"
+
+/// An error as the commands print it: a `StrataError`'s message with its status code in words
+/// ("... (invalid argument)"), not its Swift spelling ("invalidArgument: ..."); a `ConfigError` as
+/// "FILE:LINE: WHERE: WHAT".
+func describeError(_ error: any Error) -> String {
+    if let error = error as? RPCError, let code = StrataError.Code(rawValue: error.code.rawValue) {
+        // A call to another server (`strata bench`, a remote store) failed: its status, same words.
+        return describeError(StrataError(code, error.message + (error.cause.map { ": \($0)" } ?? "")))
+    }
+    guard let error = error as? StrataError else { return "\(error)" }
+    return "\(error.message) (\(error.code.words))"
+}
+
+/// A `StrataError` or `RPCError` that reached the top of a command, worded by `describeError`.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+extension StrataError.Code {
+    /// The code as a user reads it: `invalidArgument` is "invalid argument".
+    var words: String {
+        String(describing: self).reduce(into: "") { words, character in
+            if character.isUppercase { words += " " + character.lowercased() } else { words.append(character) }
+        }
+    }
+}
 
 struct ConfigCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -129,7 +177,7 @@ struct ConfigCommand: AsyncParsableCommand {
                     print("cleanup of instance \"\(cleanup.instanceName)\": \(cleanup.indexSummary)")
                 }
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                FileHandle.standardError.write(Data("\(describeError(error))\n".utf8))
                 throw ExitCode(1)
             }
         }

@@ -32,6 +32,10 @@
 #   BAZEL_E2E_KEEP_TMP=1        keep the temp dir (logs, execution logs) for debugging
 #   BAZEL_E2E_VERBOSE=1         also stream Bazel's output to stderr
 #   BAZEL_E2E_EVICT_DIR=DIR     the server's !disk-storage path: run step 5
+#   BAZEL_E2E_PAUSE=PREFIX      after the clean, create PREFIX.ready and wait (up
+#                               to 120 s) for PREFIX.go before build 2: the caller
+#                               restarts the server meanwhile, so build 2's hits
+#                               prove the cache survives a restart
 #   BAZEL_E2E_DISK_CACHE=DIR    self-test mode only: use --disk_cache=DIR instead
 #                               of a remote cache (HOST:PORT is then not needed)
 set -euo pipefail
@@ -232,6 +236,16 @@ EMPTY="$(output_file empty.txt)"
 # ------------------------------------------------------------------- clean --
 echo "bazel e2e: clean --expunge..." >&2
 run_bazel "$LOGS/clean.log" clean --expunge --color=no --curses=no
+
+if [[ -n "${BAZEL_E2E_PAUSE:-}" ]]; then
+    echo "bazel e2e: paused for a server restart..." >&2
+    touch "$BAZEL_E2E_PAUSE.ready"
+    for _ in $(seq 1 1200); do
+        [[ -e "$BAZEL_E2E_PAUSE.go" ]] && break
+        sleep 0.1
+    done
+    [[ -e "$BAZEL_E2E_PAUSE.go" ]] || die "nobody created $BAZEL_E2E_PAUSE.go within 120 s"
+fi
 
 # ----------------------------------------------------------------- build 2 --
 echo "bazel e2e: build 2 (everything must come from the cache)..." >&2
