@@ -11,7 +11,7 @@ extension Builder {
             "bucket", "endpoint", "access-key", "secret-key", "region", "connect-timeout-seconds",
             "read-timeout-seconds-per-kilobyte", "write-timeout-seconds-per-kilobyte",
             "read-timeout-min-seconds", "write-timeout-min-seconds", "versioned-deletes",
-            "hash-prefix-size", "path-prefix-string",
+            "hash-prefix-size", "path-prefix-string", "verify-reads",
         ])
         let bucket = try s3Bucket(node, options)
         let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
@@ -37,7 +37,10 @@ extension Builder {
         var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
         let n = naming.hashPrefixSize
         layout += n > 0 ? "{hash[:\(n)]}/{hash[\(n):]}_{size}" : "{hash}_{size}"
-        return (store, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint) (\(clientConfiguration.region)), \(layout)")
+        // A small blob is PUT whatever is stored (no HEAD first); only a large one's write is skipped.
+        let singlePutLimit = Int64(store.options.singlePutLimit)
+        let verified = try verifying(store, name: "S3 storage bucket \(bucket)", options) { $0.sizeBytes > singlePutLimit }
+        return (verified, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint) (\(clientConfiguration.region)), \(layout)")
     }
 
     /// `bucket`: a name, or a template of the hash as BuildGrid's `bucket.format(digest=hash)`.

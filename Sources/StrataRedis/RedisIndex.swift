@@ -78,7 +78,8 @@ public final class RedisIndex: EnumerableIndex {
             throw error
         }
         _ = try await touch([digest])
-        return body
+        // A copy found corrupt while it streams is removed by the storage: its entry goes too.
+        return body.onNotFound { try? await self.forgetLost([digest]) }
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
