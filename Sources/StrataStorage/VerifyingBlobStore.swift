@@ -274,3 +274,28 @@ extension BlobBody {
         }
     }
 }
+
+extension BlobBody {
+    /// Continues with `replacement()`'s body when this one fails with NOT_FOUND before its first chunk:
+    /// a copy of one chunk found corrupt (and removed) fails there, before any byte was sent, so another
+    /// tier or replica can still serve the read. Once a chunk went out, a failure is the reader's.
+    public func orElseBeforeFirstChunk(_ replacement: @escaping @Sendable () async throws -> BlobBody) -> BlobBody {
+        let source = self
+        return BlobBody {
+            var iterator = source.makeAsyncIterator()
+            var started = false
+            var replaced: BlobBody.AsyncIterator?
+            return BlobBody.AsyncIterator {
+                if replaced != nil { return try await replaced!.next() }
+                do {
+                    let chunk = try await iterator.next()
+                    started = true
+                    return chunk
+                } catch let error as StrataError where error.code == .notFound && !started {
+                    replaced = try await replacement().makeAsyncIterator()
+                    return try await replaced!.next()
+                }
+            }
+        }
+    }
+}
