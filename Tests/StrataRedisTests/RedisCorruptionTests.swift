@@ -1,0 +1,24 @@
+import Foundation
+import StrataCore
+import StrataRedis
+import StrataStorage
+import StrataTestSupport
+import Testing
+
+/// Under `!redis-index`, a copy found corrupt takes its index entry with it: FindMissingBlobs (answered
+/// by the index) reports the blob missing, and the client's upload heals it.
+@Suite(.enabled(if: TestServices.available("STRATA_TEST_REDIS")))
+struct RedisCorruptionTests {
+    @Test func indexDropsTheEntryOfACorruptDiskCopy() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-redis-corrupt-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try await withSharedRedis { client in
+            let disk = VerifyingBlobStore(try DiskBlobStore(path: root, sync: false), name: "disk storage \(root)")
+            let index = RedisIndex(backingStore: disk, client: client, prefix: TestServices.uniqueName("corrupt") + ":")
+            try await CorruptionScenario.run(on: index, size: (1 << 20) + 999) { blob in
+                let file = "\(root)/cas/\(blob.digest.hash.prefix(2))/\(blob.digest.hash)_\(blob.digest.sizeBytes)"
+                try CorruptionScenario.flipped(blob.data).write(to: URL(fileURLWithPath: file))
+            }
+        }
+    }
+}
