@@ -25,6 +25,8 @@ public struct Configuration: Sendable {
     public var cleanups: [CleanupTarget] = []
     /// The read-write SQL connections, for `strata migrate`.
     public var sqlConnections: [SQLConnection] = []
+    /// The listable persistent storages, for `strata scrub`.
+    public var scrubTargets: [ScrubTarget] = []
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -78,6 +80,8 @@ struct Builder {
     var objects: [String: any Sendable] = [:]
     var backgroundServices: [any Service] = []
     var warnings: [String] = []
+    /// Verified listable storages (the wrapper, its backend, its name), for `strata scrub`.
+    var scrubbable: [(store: any BlobStore, backend: any ListableBlobStore, name: String)] = []
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
@@ -115,7 +119,8 @@ struct Builder {
             addresses: addresses, instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
-            sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly })
+            sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
+            scrubTargets: scrubTargets())
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {

@@ -38,11 +38,14 @@ extension Builder {
     /// A persistent backend wrapped in the `VerifyingBlobStore` that keeps it from serving a damaged
     /// copy; `verify-reads: false` skips hashing whole-blob reads (lengths are still checked), for a
     /// trusted local disk where the hashing costs more than it is worth.
-    func verifying<Backend: BlobStore>(
+    /// A listable one is recorded for `strata scrub`.
+    mutating func verifying<Backend: BlobStore>(
         _ backend: Backend, name: String, _ options: [String: ConfigNode],
         writeSkipsStoredCopy: @escaping @Sendable (Digest) -> Bool = { _ in true }
     ) throws(ConfigError) -> VerifyingBlobStore<Backend> {
         let verifyReads = try options["verify-reads"]?.bool() ?? true
-        return VerifyingBlobStore(backend, name: name, verifyReads: verifyReads, writeSkipsStoredCopy: writeSkipsStoredCopy)
+        let store = VerifyingBlobStore(backend, name: name, verifyReads: verifyReads, writeSkipsStoredCopy: writeSkipsStoredCopy)
+        if let listable = backend as? any ListableBlobStore { scrubbable.append((store, listable, name)) }
+        return store
     }
 }

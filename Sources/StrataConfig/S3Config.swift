@@ -6,7 +6,7 @@ extension Builder {
     /// `!s3-storage`, with BuildGrid 0.9.1's options and key layout, plus `region` and
     /// `connect-timeout-seconds` (Strata's: BuildGrid takes the region from boto's environment and
     /// fixes the connect timeout at 120 s).
-    func s3Storage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
+    mutating func s3Storage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
         let options = try node.mapping(allowed: [
             "bucket", "endpoint", "access-key", "secret-key", "region", "connect-timeout-seconds",
             "read-timeout-seconds-per-kilobyte", "write-timeout-seconds-per-kilobyte",

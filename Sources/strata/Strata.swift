@@ -15,7 +15,7 @@ struct Strata: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A REAPI v2 remote cache server.",
-        subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, Bench.self])
+        subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, ScrubCommand.self, Bench.self])
 
     static func main() async {
         limitMallocArenas()

@@ -34,3 +34,27 @@ import Testing
         #expect(throws: ConfigError.self) { try parse("  - &cas !disk-storage {path: !expand-path \"${DATA}/c\", verify-reads: maybe}") }
     }
 }
+
+extension VerifyReadsConfigTests {
+    /// `strata scrub` finds every listable persistent storage, and removes through the index on it.
+    @Test func scrubTargetsAreTheListableStorages() throws {
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let configuration = try Configuration.parse(yaml: """
+            server: [!channel {address: "127.0.0.1:1", insecure-mode: true}]
+            storages:
+              - &plain !disk-storage {path: !expand-path "${DATA}/plain"}
+              - &indexed !disk-storage {path: !expand-path "${DATA}/indexed"}
+              - &cas !redis-index {storage: *indexed, redis: !redis-connection {host: 127.0.0.1}}
+              - &memory !lru-storage {size: 1M}
+              - &remote !remote-storage {url: "grpc://127.0.0.1:50052"}
+            instances:
+              - name: ""
+                services: [!cas {storage: *cas}, !bytestream {storage: *plain}]
+            """, file: "test.yml", environment: ["DATA": scratch])
+        let targets = configuration.scrubTargets
+        #expect(targets.map(\.name) == ["disk storage \(scratch)/indexed", "disk storage \(scratch)/plain"])
+        #expect(targets.map(\.indexed) == [true, false])
+        #expect(targets[0].remover is any IndexedBlobStore)
+        #expect(targets.allSatisfy { $0.storage is DiskBlobStore })
+    }
+}

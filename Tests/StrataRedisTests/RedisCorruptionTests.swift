@@ -22,3 +22,24 @@ struct RedisCorruptionTests {
         }
     }
 }
+
+extension RedisCorruptionTests {
+    /// `strata scrub` under an index removes through it: the entry goes with the blob.
+    @Test func scrubRemovesThroughTheIndex() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-redis-scrub-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try await withSharedRedis { client in
+            let backend = try DiskBlobStore(path: root, sync: false)
+            let disk = VerifyingBlobStore(backend, name: "disk storage \(root)")
+            let index = RedisIndex(backingStore: disk, client: client, prefix: TestServices.uniqueName("scrub") + ":")
+            let good = Blob.random(size: 3000), bad = Blob.random(size: 4000)
+            for blob in [good, bad] { try await index.write(blob.digest, data: blob.data) }
+            let file = "\(root)/cas/\(bad.digest.hash.prefix(2))/\(bad.digest.hash)_\(bad.digest.sizeBytes)"
+            try CorruptionScenario.flipped(bad.data).write(to: URL(fileURLWithPath: file))
+            let report = try await Scrubber(storage: backend, remover: index, bytesPerSecond: nil).runPass()
+            #expect((report.checked, report.corrupt, report.removed) == (2, 1, 1))
+            #expect(try await index.findMissing([good.digest, bad.digest]) == [bad.digest])
+            #expect(try await index.hasEntries([good.digest, bad.digest]) == [true, false])
+        }
+    }
+}
