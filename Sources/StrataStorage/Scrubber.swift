@@ -9,6 +9,8 @@ public struct ScrubReport: Sendable {
     public var bytes: Int64 = 0
     /// Blobs whose stored copy did not match its digest (hash or length).
     public var corrupt: Int64 = 0
+    /// The first `Scrubber.listedCorruptLimit` of them, for the operator.
+    public var corruptBlobs: [Digest] = []
     /// Of those, removed (with their index entry); a dry run removes none.
     public var removed: Int64 = 0
     /// Listed, then gone before they were read (deleted or evicted meanwhile): not checked.
@@ -72,6 +74,7 @@ public struct Scrubber: Sendable {
                     case .corrupt:
                         report.checked += 1
                         report.corrupt += 1
+                        if report.corruptBlobs.count < Self.listedCorruptLimit { report.corruptBlobs.append(digest) }
                     }
                     guard !dryRun else { continue }
                     // Found bad twice before it goes: an upload may have healed it since the first look.
@@ -86,6 +89,8 @@ public struct Scrubber: Sendable {
         report.seconds = (clock.now - started).timeInterval
         return report
     }
+
+    public static let listedCorruptLimit = 1000
 
     private enum Verdict {
         case intact

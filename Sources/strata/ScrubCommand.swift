@@ -86,6 +86,7 @@ private struct ScrubPass: Service {
             let scrubber = Scrubber(storage: target.storage, remover: target.remover, bytesPerSecond: rate)
             do {
                 let report = try await scrubber.runPass(dryRun: dryRun) { Task.isShuttingDownGracefully }
+                for digest in report.corruptBlobs { print("corrupt: \(digest)") }
                 print("\(label): \(report.summary)")
                 fflush(nil)
             } catch {
