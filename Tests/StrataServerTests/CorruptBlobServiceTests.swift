@@ -3,7 +3,9 @@ import GRPCCore
 import StrataAPI
 import StrataConfig
 import StrataCore
+import StrataRemote
 import StrataServer
+import StrataStorage
 import StrataTestSupport
 import Testing
 
@@ -67,6 +69,39 @@ import Testing
             let healed = try await clients.cas.batchReadBlobs(.with { $0.digests = [good.digest.proto, bad.digest.proto] })
             #expect(healed.responses.map(\.status.code) == [0, 0])
             #expect(healed.responses.map(\.data) == [good.data, bad.data])
+        }
+    }
+}
+
+/// `!remote-storage` serving wrong bytes (a remote that does not verify its own disk): the verifying
+/// store never passes them on, for a streamed or a batch read, and says it could not remove the copy.
+@Suite struct CorruptRemoteBlobTests {
+    @Test func wrongBytesFromARemoteAreNotServed() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-corrupt-remote-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let unverified = try DiskBlobStore(path: root, sync: false)
+        let instance = Instance(name: "", cas: .init(store: unverified, readOnly: false), byteStream: .init(store: unverified, readOnly: false))
+        try await withServer([instance]) { clients in
+            let remote = try RemoteBlobStore(url: "grpc://127.0.0.1:\(clients.port)")
+            let store = VerifyingBlobStore(remote, name: "remote storage \(remote.endpoint)") { _ in false }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await remote.channel.run() }
+                defer { remote.channel.shutdown() }
+                for size in [3000, 3 << 20] {  // a batch-sized blob, and one read through ByteStream in chunks
+                    let blob = Blob.random(size: size)
+                    try await store.write(blob.digest, data: blob.data)
+                    let file = "\(root)/cas/\(blob.digest.hash.prefix(2))/\(blob.digest.hash)_\(blob.digest.sizeBytes)"
+                    try CorruptionScenario.flipped(blob.data).write(to: URL(fileURLWithPath: file))
+                    do {
+                        _ = try await store.readAll(blob.digest)
+                        Issue.record("wrong bytes from the remote were served")
+                    } catch let error as StrataError {
+                        #expect(error.code == .notFound)
+                        #expect(error.message.contains("corrupt") && error.message.contains("could not be removed"), "\(error)")
+                    }
+                    try expectFailure(await store.readBatch([blob.digest])[0], .notFound, "a batch read of wrong bytes from the remote")
+                }
+            }
         }
     }
 }
