@@ -27,8 +27,8 @@ import StrataCore
 ///   `!replicated-storage`) takes the NOT_FOUND as a miss in that tier or replica and serves and
 ///   repairs the blob from another one where it can.
 /// - A write of a blob the backend reports stored (its size already checked by the backend's
-///   `findMissing`) re-hashes the stored copy before skipping the upload, and replaces a bad copy. Such
-///   writes are rare (clients upload what FindMissingBlobs said missing: retries, races between
+///   `findMissing`) re-hashes the stored copy first and removes a bad one, so the backend's write,
+///   which would have skipped the upload, stores it anew. Such writes are rare (clients upload what FindMissingBlobs said missing: retries, races between
 ///   clients, and the upload that heals a copy a read found corrupt), and reading a stored copy costs
 ///   less than receiving it; skipping on the strength of the size alone would keep a same-size corrupt
 ///   copy for good. Backends that overwrite on every write (`writeSkipsStoredCopy` false for that
@@ -166,8 +166,20 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
     }
 
     /// Deletes the bad copy and returns the NOT_FOUND the reader gets (see the type's comment for why).
-    /// The delete runs in its own task, so a reader that goes away does not leave the copy behind.
-    private func removeCorrupt(_ digest: Digest, _ problem: String) async -> StrataError {
+    /// The delete runs in its own task, so a reader that goes away does not leave the copy behind. A
+    /// reader's find is confirmed first: the copy is read again, and one an upload healed while the
+    /// reader streamed (or that is gone already) is left alone.
+    private func removeCorrupt(_ digest: Digest, _ problem: String, confirm: Bool = true) async -> StrataError {
+        if confirm, let now = try? await examine(digest) {
+            switch now {
+            case .corrupt: break
+            case .intact:
+                return .notFound(
+                    "blob \(digest): the stored copy in \(name) was corrupt when read (\(problem)); a correct copy has been stored since: read it again")
+            case .absent:
+                return .notFound("blob \(digest) is not in the CAS: the stored copy in \(name) was corrupt (\(problem)) and has been removed; upload it again")
+            }
+        }
         let backend = self.backend
         let removal = await Task { () -> (any Error)? in
             do {
@@ -191,16 +203,25 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
         if !digest.isEmpty, writeSkipsStoredCopy(digest), try await backend.findMissing([digest]).isEmpty,
-           try await storedCopyIsIntact(digest) {
-            // The backend would skip this write too; the body is left unread, as the protocol allows.
-            return
+           case .corrupt(let problem) = try await examine(digest) {
+            _ = await removeCorrupt(digest, problem, confirm: false)
         }
+        // Always the backend's write, which decides itself whether the blob is stored (SQL asks its
+        // primary, where `findMissing` may have asked a lagging replica): this store only makes sure
+        // that what it would skip for is not a bad copy.
         try await backend.write(digest, body: body)
     }
 
-    /// Whether the stored copy of `digest` hashes right; a bad one is removed (false), so the write
-    /// that follows stores the blob again. A copy that vanished meanwhile is not intact either.
-    private func storedCopyIsIntact(_ digest: Digest) async throws -> Bool {
+    private enum StoredCopy {
+        case intact
+        case corrupt(String)
+        /// Not stored (any more).
+        case absent
+    }
+
+    /// The state of the stored copy of `digest`: read whole and hashed as it streams (a chunk at a time
+    /// in memory).
+    private func examine(_ digest: Digest) async throws -> StoredCopy {
         var hasher = digest.function.makeHasher()
         do {
             for try await chunk in try await backend.read(digest, offset: 0, limit: nil) {
@@ -208,14 +229,11 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
                 if hasher.byteCount > digest.sizeBytes { break }
             }
         } catch let error as StrataError where error.code == .notFound {
-            return false
+            return .absent
         } catch let error as StrataError where error.code == .dataLoss {
-            _ = await removeCorrupt(digest, error.message)
-            return false
+            return .corrupt(error.message)
         }
-        guard let problem = Self.mismatch(digest, hasher) else { return true }
-        _ = await removeCorrupt(digest, problem)
-        return false
+        return Self.mismatch(digest, hasher).map(StoredCopy.corrupt) ?? .intact
     }
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
@@ -232,9 +250,9 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
                         case .success(let data):
                             var hasher = digest.function.makeHasher()
                             hasher.update(data)
-                            if let problem = Self.mismatch(digest, hasher) { _ = await removeCorrupt(digest, problem) }
+                            if let problem = Self.mismatch(digest, hasher) { _ = await removeCorrupt(digest, problem, confirm: false) }
                         case .failure(let error) where error.code == .dataLoss:
-                            _ = await removeCorrupt(digest, error.message)
+                            _ = await removeCorrupt(digest, error.message, confirm: false)
                         case .failure:
                             break
                         }
