@@ -20,6 +20,11 @@ struct S3CorruptionTests {
         try await fixture.client.putObject(bucket: fixture.bucket, key: blob.digest.hash + "_\(blob.digest.sizeBytes)", data: data)
     }
 
+    @Test(arguments: BlobStoreConformance.cases)
+    func conformance(_ check: BlobStoreConformance) async throws {
+        try await check.run(on: try Self.verified(try await S3Fixture.make(), singlePutLimit: 64 << 10))
+    }
+
     @Test func sameSizeGarbageObjectIsNeverServed() async throws {
         let fixture = try await S3Fixture.make()
         try await CorruptionScenario.run(on: try Self.verified(fixture), size: 100_000) { blob in

@@ -26,6 +26,11 @@ struct SQLCorruptionTests {
     /// The row cut to its first 1,000 bytes (served as OK with 1,000 bytes before).
     static let cut = "substring(data FROM 1 FOR 1000)"
 
+    @Test(arguments: BlobStoreConformance.cases)
+    func conformance(_ check: BlobStoreConformance) async throws {
+        try await SQLTestDatabase.with { connection, _ in try await check.run(on: Self.verified(connection)) }
+    }
+
     @Test func sameSizeGarbageRowIsNeverServed() async throws {
         try await SQLTestDatabase.with { connection, _ in
             // Over 2 MiB: the streamed read spans chunks of the row.
