@@ -73,7 +73,7 @@ extension Builder {
 
     mutating func remoteStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
         let options = try node.mapping(
-            allowed: ["url", "instance-name", "retries", "max-backoff", "request-timeout"],
+            allowed: ["url", "instance-name", "retries", "max-backoff", "request-timeout", "verify-reads"],
             unsupported: ["credentials", "channel-options"])
         guard let urlNode = options["url"] else { throw node.error("!remote-storage needs a url, e.g. grpc://storage:50051") }
         var remoteOptions = RemoteBlobStore.Options()
@@ -87,7 +87,9 @@ extension Builder {
         }
         backgroundServices.append(RemoteChannelService(channel: store.channel))
         let instance = remoteOptions.channel.instanceName
-        return (store, "!remote-storage at \(store.endpoint)\(instance.isEmpty ? "" : " instance \(instance)")")
+        // The remote decides whether to skip a write of a blob it holds (and verifies its own copies).
+        let verified = try verifying(store, name: "remote storage \(store.endpoint)", options) { _ in false }
+        return (verified, "!remote-storage at \(store.endpoint)\(instance.isEmpty ? "" : " instance \(instance)")")
     }
 
     /// The options `!remote-storage` and `!remote-action-cache` share.

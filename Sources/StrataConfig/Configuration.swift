@@ -54,6 +54,8 @@ public struct Configuration: Sendable {
             }
         }
     }
+    /// The listable persistent storages, for `strata scrub`.
+    public var scrubTargets: [ScrubTarget] = []
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -114,6 +116,8 @@ struct Builder {
     var storageUses: [StorageUse] = []
     var warnings: [String] = []
     var cacheSummary: [String] = []
+    /// Verified listable storages (the wrapper, its backend, its name), for `strata scrub`.
+    var scrubbable: [(store: any BlobStore, backend: any ListableBlobStore, name: String)] = []
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
@@ -153,7 +157,7 @@ struct Builder {
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
-            preparations: preparations)
+            preparations: preparations, scrubTargets: scrubTargets())
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {

@@ -4,9 +4,10 @@ import StrataStorage
 
 extension Builder {
     /// `!disk-storage`: files under `path`; with `max-size`, a byte budget that refuses writes past it
-    /// (RESOURCE_EXHAUSTED) or, with `evict: lru`, evicts the least recently used blobs.
+    /// (RESOURCE_EXHAUSTED) or, with `evict: lru`, evicts the least recently used blobs; `verify-reads`
+    /// (see `verifying`).
     mutating func diskStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
-        let options = try node.mapping(allowed: ["path", "sync", "max-size", "evict"])
+        let options = try node.mapping(allowed: ["path", "sync", "max-size", "evict", "verify-reads"])
         guard let pathNode = options["path"] else { throw node.error("!disk-storage needs a path") }
         let path = try pathNode.string()
         let sync = try options["sync"]?.bool() ?? true
@@ -33,6 +34,20 @@ extension Builder {
         if let budget {
             summary += " (max-size \(budgetDescription), \(budget.evictLeastRecentlyUsed ? "evicting least recently used" : "refusing writes") past it)"
         }
-        return (store, summary)
+        return (try verifying(store, name: "disk storage \(path)", options), summary)
+    }
+
+    /// A persistent backend wrapped in the `VerifyingBlobStore` that keeps it from serving a damaged
+    /// copy; `verify-reads: false` skips hashing whole-blob reads (lengths are still checked), for a
+    /// trusted local disk where the hashing costs more than it is worth.
+    /// A listable one is recorded for `strata scrub`.
+    mutating func verifying<Backend: BlobStore>(
+        _ backend: Backend, name: String, _ options: [String: ConfigNode],
+        writeSkipsStoredCopy: @escaping @Sendable (Digest) -> Bool = { _ in true }
+    ) throws(ConfigError) -> VerifyingBlobStore<Backend> {
+        let verifyReads = try options["verify-reads"]?.bool() ?? true
+        let store = VerifyingBlobStore(backend, name: name, verifyReads: verifyReads, writeSkipsStoredCopy: writeSkipsStoredCopy)
+        if let listable = backend as? any ListableBlobStore { scrubbable.append((store, listable, name)) }
+        return store
     }
 }

@@ -6,12 +6,12 @@ extension Builder {
     /// `!s3-storage`, with BuildGrid 0.9.1's options and key layout, plus `region` and
     /// `connect-timeout-seconds` (Strata's: BuildGrid takes the region from boto's environment and
     /// fixes the connect timeout at 120 s).
-    func s3Storage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
+    mutating func s3Storage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
         let options = try node.mapping(allowed: [
             "bucket", "endpoint", "access-key", "secret-key", "region", "connect-timeout-seconds",
             "read-timeout-seconds-per-kilobyte", "write-timeout-seconds-per-kilobyte",
             "read-timeout-min-seconds", "write-timeout-min-seconds", "stall-timeout-seconds", "versioned-deletes",
-            "hash-prefix-size", "path-prefix-string",
+            "hash-prefix-size", "path-prefix-string", "verify-reads",
         ])
         let bucket = try s3Bucket(node, options)
         let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
@@ -38,7 +38,10 @@ extension Builder {
         var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
         let n = naming.hashPrefixSize
         layout += n > 0 ? "{hash[:\(n)]}/{hash[\(n):]}_{size}" : "{hash}_{size}"
-        return (store, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint) (\(clientConfiguration.region)), \(layout)")
+        // A small blob is PUT whatever is stored (no HEAD first); only a large one's write is skipped.
+        let singlePutLimit = Int64(store.options.singlePutLimit)
+        let verified = try verifying(store, name: "S3 storage bucket \(bucket)", options) { $0.sizeBytes > singlePutLimit }
+        return (verified, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint) (\(clientConfiguration.region)), \(layout)")
     }
 
     /// `bucket`: a name, or a template of the hash as BuildGrid's `bucket.format(digest=hash)`.

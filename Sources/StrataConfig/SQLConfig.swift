@@ -59,13 +59,14 @@ extension Builder {
     }
 
     mutating func sqlStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
-        let options = try node.mapping(allowed: ["sql", "sql-ro"])
+        let options = try node.mapping(allowed: ["sql", "sql-ro", "verify-reads"])
         guard let sqlNode = options["sql"] else { throw node.error("!sql-storage needs sql: an alias of a !sql-connection") }
         let connection = try sqlConnection(sqlNode)
         var readOnly: SQLConnection?
         if let readOnlyNode = options["sql-ro"] { readOnly = try sqlConnection(readOnlyNode, readOnly: true) }
         let store = SQLBlobStore(connection: connection, readOnlyConnection: readOnly)
-        return (store, "!sql-storage in \(connection.settings.displayName) (blobs up to \(store.blobSizeLimit) bytes)")
+        return (try verifying(store, name: "SQL storage \(connection.settings.displayName)", options),
+                "!sql-storage in \(connection.settings.displayName) (blobs up to \(store.blobSizeLimit) bytes)")
     }
 
     mutating func sqlIndex(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {

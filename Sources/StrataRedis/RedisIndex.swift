@@ -83,7 +83,8 @@ public final class RedisIndex: EnumerableIndex {
         }
         // The read has its bytes: a Redis hiccup here costs an access time, never the answer.
         do { _ = try await touch([digest]) } catch { refreshFailures.report(error, "refreshing the access time of \(digest)") }
-        return body
+        // A copy found corrupt while it streams is removed by the storage: its entry goes too.
+        return body.onNotFound { try? await self.forgetLost([digest]) }
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {

@@ -409,7 +409,8 @@ public final class RemoteBlobStore: BlobStore {
                 return .failure(StrataError(StrataError.Code(rawValue: Int(item.status.code)) ?? .unknown,
                                             "remote storage \(endpoint): \(item.status.message)"))
             }
-            if let error = Self.verificationError(digest, item.data) { return .failure(error) }
+            // Damaged bytes from the remote: DATA_LOSS, which `VerifyingBlobStore` reports as NOT_FOUND.
+            if let error = Self.verificationError(digest, item.data) { return .failure(StrataError(.dataLoss, error.message)) }
             return .success(item.data)
         }
     }
@@ -428,7 +429,7 @@ public final class RemoteBlobStore: BlobStore {
             }
         }
         guard data.count == count else {
-            throw StrataError.internal("remote storage \(endpoint): read \(data.count) bytes of \(digest) at \(offset), expected \(count)")
+            throw StrataError(.dataLoss, "size mismatch: remote storage \(endpoint) sent \(data.count) bytes of \(digest) at \(offset), expected \(count)")
         }
         return data
     }

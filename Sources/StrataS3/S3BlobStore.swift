@@ -108,8 +108,10 @@ public final class S3BlobStore: ListableBlobStore {
                 bucket: bucket, key: key, range: firstRange,
                 timeoutSeconds: options.readTimeout.seconds(forBytes: firstRange.count))
             guard answer.totalSize == digest.sizeBytes else {
-                throw StrataError.notFound(
-                    "blob \(digest) is not in the CAS: S3 object \(bucket)/\(key) holds \(answer.totalSize.map(String.init) ?? "an unknown number of") bytes")
+                // A damaged (or foreign) object under the blob's key: DATA_LOSS, which
+                // `VerifyingBlobStore` turns into its removal and a NOT_FOUND.
+                throw StrataError(.dataLoss,
+                    "size mismatch: S3 object \(bucket)/\(key) holds \(answer.totalSize.map(String.init) ?? "an unknown number of") bytes, the digest says \(digest.sizeBytes)")
             }
             first = try checked(answer.data, firstRange, bucket: bucket, key: key)
         } catch let error as StrataError where error.code == .notFound {
@@ -126,8 +128,10 @@ public final class S3BlobStore: ListableBlobStore {
     }
 
     private func checked(_ data: Data, _ range: Range<Int64>, bucket: String, key: String) throws -> Data {
+        // The object's size was checked on the first chunk; a short answer after that is a broken
+        // transfer, not a damaged object (which must not be removed for it).
         guard Int64(data.count) == Int64(range.count) else {
-            throw StrataError(.dataLoss, "S3 object \(bucket)/\(key) returned \(data.count) bytes for range \(range), expected \(range.count)")
+            throw StrataError.unavailable("S3 object \(bucket)/\(key) returned \(data.count) bytes for range \(range), expected \(range.count)")
         }
         return data
     }

@@ -60,6 +60,7 @@ public final class SQLBlobStore: ListableBlobStore {
                 SELECT b.hash, b.size FROM strata_blobs b
                 JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
                   ON b.hash = w.hash AND b.size = w.size
+                WHERE octet_length(b.data) = b.size
                 """, logger: logger)
             return Set(try await rows.digests())
         }
@@ -82,25 +83,38 @@ public final class SQLBlobStore: ListableBlobStore {
         }
         if firstCount == Int64(range.count) { return BlobBody(data: first) }
         return .ranged(range, chunkSize: Self.readChunkSize, first: first) { offset, count in
-            guard let chunk = try await self.fetch(digest, from: offset, count: count), chunk.count == count else {
+            guard let chunk = try await self.fetch(digest, from: offset, count: count) else {
                 throw StrataError.notFound("blob \(digest) was deleted while being read")
             }
             return chunk
         }
     }
 
-    /// Bytes `[offset, offset + count)` of a stored blob; nil when the blob is not stored.
+    /// Bytes `[offset, offset + count)` of a stored blob; nil when the blob is not stored. A row whose
+    /// length is not the digest's size is a damaged copy: DATA_LOSS, which `VerifyingBlobStore` turns
+    /// into its removal and a NOT_FOUND.
     private func fetch(_ digest: Digest, from offset: Int64, count: Int64, onPrimary: Bool = false) async throws -> Data? {
+        guard let (part, length) = try await fetchWithLength(digest, from: offset, count: count, onPrimary: onPrimary) else { return nil }
+        guard length == digest.sizeBytes, Int64(part.count) == count else {
+            throw StrataError(.dataLoss, "size mismatch: the row of blob \(digest) holds \(length) bytes, the digest says \(digest.sizeBytes)")
+        }
+        return part
+    }
+
+    /// The range's bytes and the whole row's length (`octet_length` reads it without fetching the data).
+    private func fetchWithLength(
+        _ digest: Digest, from offset: Int64, count: Int64, onPrimary: Bool
+    ) async throws -> (Data, Int64)? {
         let hash = SQLDigestKeys.hashBytes(digest)
         let size = digest.sizeBytes
         // substring takes int4; blobs here are at most blobSizeLimit, far below 2 GiB.
         let start = Int32(clamping: offset + 1)
         let length = Int32(clamping: count)
-        let query: @Sendable (PostgresConnection, Logger) async throws -> Data? = { connection, logger in
+        let query: @Sendable (PostgresConnection, Logger) async throws -> (Data, Int64)? = { connection, logger in
             let rows = try await connection.query(
-                "SELECT substring(data FROM \(start) FOR \(length)) FROM strata_blobs WHERE hash = \(hash) AND size = \(size)",
+                "SELECT substring(data FROM \(start) FOR \(length)), octet_length(data)::int8 FROM strata_blobs WHERE hash = \(hash) AND size = \(size)",
                 logger: logger)
-            for try await part in rows.decode(ByteBuffer.self) { return part.asData }
+            for try await (part, stored) in rows.decode((ByteBuffer, Int64).self) { return (part.asData, stored) }
             return nil
         }
         let what = "reading blob \(digest)"
@@ -124,10 +138,17 @@ public final class SQLBlobStore: ListableBlobStore {
         let data = buffer
         try await writing("storing blob \(digest)") { connection, logger in
             try await connection.execute(
-                "INSERT INTO strata_blobs (hash, size, data) VALUES (\(hash), \(size), \(data)) ON CONFLICT DO NOTHING",
+                "INSERT INTO strata_blobs (hash, size, data) VALUES (\(hash), \(size), \(data)) \(unescaped: Self.replacingDamagedRow)",
                 logger: logger)
         }
     }
+
+    /// A row already there is kept (the write is the same blob), unless its length is not its size: a
+    /// damaged row, which `findMissing` reported missing, is replaced by the verified bytes.
+    static let replacingDamagedRow = """
+        ON CONFLICT (hash, size) DO UPDATE SET data = EXCLUDED.data, stored_at = now()
+        WHERE octet_length(strata_blobs.data) <> strata_blobs.size
+        """
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
         var results = [Result<Void, StrataError>](repeating: .success(()), count: blobs.count)
@@ -154,7 +175,7 @@ public final class SQLBlobStore: ListableBlobStore {
                     """
                     INSERT INTO strata_blobs (hash, size, data)
                     SELECT * FROM unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[], \(bodies)::bytea[])
-                    ON CONFLICT DO NOTHING
+                    \(unescaped: Self.replacingDamagedRow)
                     """, logger: logger)
             }
         } catch {
@@ -183,6 +204,9 @@ public final class SQLBlobStore: ListableBlobStore {
         return digests.map { digest in
             if digest.isEmpty { return .success(Data()) }
             guard let data = found[digest] else { return .failure(.notFound("blob \(digest) is not in the CAS")) }
+            guard Int64(data.count) == digest.sizeBytes else {
+                return .failure(StrataError(.dataLoss, "size mismatch: the row of blob \(digest) holds \(data.count) bytes, the digest says \(digest.sizeBytes)"))
+            }
             return .success(data)
         }
     }

@@ -171,7 +171,9 @@ public final class SQLIndex: EnumerableIndex {
         guard entry.0 else { throw StrataError.notFound("blob \(digest) is not in the CAS") }
         if let inline = entry.1 { return BlobBody(data: inline) }
         do {
+            // A copy found corrupt while it streams is removed by the storage: its entry goes too.
             return try await backingStore.read(digest, offset: offset, limit: limit)
+                .onNotFound { try? await self.dropLostEntry(digest) }
         } catch let error as StrataError where error.code == .notFound {
             try await dropLostEntry(digest)
             throw StrataError.notFound("blob \(digest) is not in the CAS (its index entry named a blob the storage has lost; the entry was removed)")

@@ -223,9 +223,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw posixError("stat", path) }
         guard Int64(info.st_size) == digest.sizeBytes else {
-            // Only a damaged disk gets here (we rename complete files only): drop it, report missing.
-            unlink(path)
-            throw StrataError.notFound("blob \(digest) is not in the CAS (its file had the wrong size and was removed)")
+            // Only a damaged disk gets here (we rename complete files only). DATA_LOSS is how a backend
+            // reports a damaged copy: `VerifyingBlobStore` removes it and answers NOT_FOUND.
+            throw StrataError(.dataLoss, "size mismatch: \(path) holds \(info.st_size) bytes, the digest says \(digest.sizeBytes)")
         }
         return file
     }

@@ -12,7 +12,8 @@ import StrataCore
 /// - `delete` (and `removeEntries`) removes the index entry first; the backing delete follows. A failed
 ///   backing delete leaves an orphan blob (harmless, found by the janitor), never an entry without a blob.
 /// - When a read finds the index naming a blob the backing storage has lost, the entry is dropped
-///   (self-healing) and the read answers NOT_FOUND.
+///   (self-healing) and the read answers NOT_FOUND; also when the loss shows while the body streams
+///   (a copy `VerifyingBlobStore` found corrupt and removed).
 ///
 /// Writes and deletes of one blob never overlap, through two marks the index keeps per blob:
 /// - a write marks the blob "being written" before its backing write and clears the mark when it

@@ -51,13 +51,27 @@ public final class ReplicatedBlobStore: BlobStore {
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
-        var lacking: [Int] = []
-        var lastError: StrataError?
-        for (index, replica) in replicas.enumerated() {
+        try await read(digest, offset: offset, limit: limit, from: 0, lacking: [], lastError: nil)
+    }
+
+    /// Reads from the replicas from `first` on; `lacking` lists the earlier ones that had no copy.
+    private func read(
+        _ digest: Digest, offset: Int64, limit: Int64?, from first: Int, lacking: [Int], lastError: StrataError?
+    ) async throws -> BlobBody {
+        var lacking = lacking
+        var lastError = lastError
+        for index in replicas.indices.dropFirst(first) {
+            let replica = replicas[index]
             do {
                 let body = try await replica.read(digest, offset: offset, limit: limit)
                 if readReplication && !lacking.isEmpty { await repair(digest, from: index, to: lacking) }
-                return body
+                // A copy found corrupt before its first byte went out (and removed): the next replica
+                // serves the read, and repairs this one.
+                let lackingNow = lacking + [index]
+                let errorSoFar = lastError
+                return body.orElseBeforeFirstChunk {
+                    try await self.read(digest, offset: offset, limit: limit, from: index + 1, lacking: lackingNow, lastError: errorSoFar)
+                }
             } catch let error as StrataError where error.code == .notFound {
                 lacking.append(index)
             } catch {

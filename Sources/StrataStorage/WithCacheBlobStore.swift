@@ -55,8 +55,17 @@ public final class WithCacheBlobStore: BlobStore {
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
         do {
+            // A cached copy found corrupt is removed by the cache (NOT_FOUND): when that happens before
+            // the first byte went out, the read goes on as a miss, which also repairs the cache.
             return try await cache.read(digest, offset: offset, limit: limit)
+                .orElseBeforeFirstChunk { try await self.readMiss(digest, offset: offset, limit: limit) }
         } catch let error as StrataError where error.code == .notFound {}
+        return try await readMiss(digest, offset: offset, limit: limit)
+    }
+
+    /// A read the cache could not serve: from the pending queue, or from the fallback, copying the blob
+    /// into the cache on the way.
+    private func readMiss(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
         if let data = await deferred?.pendingData(digest) {
             let range = try validatedRange(digest, offset: offset, limit: limit)
             let start = data.startIndex + Int(range.lowerBound)

@@ -18,7 +18,7 @@ struct Strata: AsyncParsableCommand {
         commandName: "strata",
         abstract: "A REAPI v2 remote cache server.",
         version: "strata \(strataVersion)",
-        subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, Bench.self])
+        subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, ScrubCommand.self, Bench.self])
 
     static func main() async {
         limitMallocArenas()

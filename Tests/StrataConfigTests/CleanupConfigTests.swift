@@ -123,9 +123,9 @@ import Testing
                   - !bytestream {storage: !disk-storage {path: !expand-path "${DISK}/b", max-size: 2048}}
             """)
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let cas = try #require(configuration.instances[0].cas?.store as? DiskBlobStore)
+        let cas = try #require((configuration.instances[0].cas?.store as? VerifyingBlobStore<DiskBlobStore>)?.backend)
         #expect(cas.budget == .init(maxBytes: 1 << 20, evictLeastRecentlyUsed: true))
-        let byteStream = try #require(configuration.instances[0].byteStream?.store as? DiskBlobStore)
+        let byteStream = try #require((configuration.instances[0].byteStream?.store as? VerifyingBlobStore<DiskBlobStore>)?.backend)
         #expect(byteStream.budget == .init(maxBytes: 2048, evictLeastRecentlyUsed: false))
         #expect(configuration.storageSummary.contains { $0.contains("max-size 2048 bytes, refusing writes") })
 

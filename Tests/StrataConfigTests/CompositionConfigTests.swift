@@ -61,7 +61,7 @@ import Testing
         let configuration = try parse(config(storage: """
         - &cas !remote-storage { url: "grpc://127.0.0.1:50052", instance-name: main, retries: 5, request-timeout: 30 }
         """))
-        let store = try #require(configuration.instances.first?.cas?.store as? RemoteBlobStore)
+        let store = try #require((configuration.instances.first?.cas?.store as? VerifyingBlobStore<RemoteBlobStore>)?.backend)
         #expect(store.endpoint == "127.0.0.1:50052")
         #expect(store.channel.options.instanceName == "main")
         #expect(store.channel.options.retries == 5)

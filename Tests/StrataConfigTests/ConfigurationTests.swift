@@ -30,8 +30,8 @@ import Testing
         #expect(configuration.addresses == [ListenAddress(.tcp(host: "127.0.0.1", port: 50051))])
         #expect(configuration.instances.map(\.name) == [""])
         let instance = try #require(configuration.instances.first)
-        #expect(instance.cas?.store is DiskBlobStore)
-        #expect((instance.cas?.store as? DiskBlobStore)?.root.path == "\(scratch)/.cache/strata/cas")
+        #expect(instance.cas?.store is VerifyingBlobStore<DiskBlobStore>)
+        #expect((instance.cas?.store as? VerifyingBlobStore<DiskBlobStore>)?.backend.root.path == "\(scratch)/.cache/strata/cas")
         #expect(instance.actionCache?.allowsUpdates == true)
     }
 
@@ -149,6 +149,6 @@ import Testing
                     storage: !disk-storage {path: !expand-path ~/cas}
             """.replacingOccurrences(of: "${PORT}", with: "4242"))
         #expect(configuration.instances[0].name == "from-file")
-        #expect((configuration.instances[0].cas?.store as? DiskBlobStore)?.root.path == "\(scratch)/cas")
+        #expect((configuration.instances[0].cas?.store as? VerifyingBlobStore<DiskBlobStore>)?.backend.root.path == "\(scratch)/cas")
     }
 }

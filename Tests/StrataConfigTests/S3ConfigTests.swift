@@ -23,7 +23,7 @@ import Testing
     }
 
     func store(_ storage: String, environment: [String: String] = [:]) throws -> S3BlobStore {
-        try #require(try parse(storage, environment: environment).instances.first?.cas?.store as? S3BlobStore)
+        try #require((try parse(storage, environment: environment).instances.first?.cas?.store as? VerifyingBlobStore<S3BlobStore>)?.backend)
     }
 
     /// The error the storage must fail with: its line (the storage starts on line 6) and a fragment.

@@ -55,9 +55,9 @@ import Testing
         #expect(target.policy.onlyIfUnusedFor == CleanupPolicy.defaultProtection)
         // What `strata janitor` checks before it starts.
         let enumerable = try #require(target.index as? any EnumerableIndex)
-        #expect(enumerable.backingStore is SQLBlobStore)
+        #expect(enumerable.backingStore is VerifyingBlobStore<SQLBlobStore>)
         let janitor = try Janitor(index: enumerable, gracePeriod: .seconds(3600))
-        #expect(janitor.storage is SQLBlobStore)
+        #expect(janitor.storage is VerifyingBlobStore<SQLBlobStore>)
         // Inline blobs are not the storage's to hold.
         let small = try Digest(hash: String(repeating: "a", count: 64), sizeBytes: 1024)
         let large = try Digest(hash: String(repeating: "b", count: 64), sizeBytes: 1025)

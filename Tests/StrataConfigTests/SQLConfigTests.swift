@@ -60,7 +60,7 @@ import Testing
                 refresh-accesstime-older-than: 60.5
             """))
         let index = try #require(configuration.instances.first?.cas?.store as? SQLIndex)
-        let blobs = try #require(index.backingStore as? SQLBlobStore)
+        let blobs = try #require((index.backingStore as? VerifyingBlobStore<SQLBlobStore>)?.backend)
         #expect(index.connection === blobs.connection)
         #expect(blobs.readConnection !== blobs.connection && blobs.readConnection.settings.readOnly)
         #expect(index.readConnection === index.connection)
@@ -93,7 +93,7 @@ import Testing
         #expect(configuration.backgroundServices.count == 1)
 
         let storageOnly = try parse(config(storage: "  - !sql-storage &store\n    sql: *sql\n"))
-        let store = try #require(storageOnly.instances.first?.cas?.store as? SQLBlobStore)
+        let store = try #require((storageOnly.instances.first?.cas?.store as? VerifyingBlobStore<SQLBlobStore>)?.backend)
         #expect(store.maximumBlobSize == 64 << 20 && store.readConnection === store.connection)
     }
 
