@@ -31,7 +31,7 @@ extension Builder {
     /// The storage at or below `identity` that deletes blobs by itself (`!lru-storage`, `!disk-storage`
     /// with `evict: lru`) such that a blob written through `identity` can vanish, or nil.
     func evictingStorage(at identity: String) -> String? {
-        guard let shape = shapes[identity], let store = storages[identity]?.store else { return nil }
+        guard let shape = shapes[identity], let store = storages[identity]?.store.unwrapped else { return nil }
         if store is LRUBlobStore { return identity }
         if let disk = store as? DiskBlobStore, disk.budget?.evictLeastRecentlyUsed == true { return identity }
         switch shape.node.applicationTag {
@@ -75,7 +75,7 @@ extension Builder {
         var reaches: [String: [Reach]] = [:]
         var leaves: [String: String] = [:]
         func walk(_ identity: String, index: String?, parentIsIndex: Bool, use: StorageUse, path: Set<String>) {
-            guard !path.contains(identity), let shape = shapes[identity], let store = storages[identity]?.store else { return }
+            guard !path.contains(identity), let shape = shapes[identity], let store = storages[identity]?.store.unwrapped else { return }
             if store is any ListableBlobStore {
                 // One folder is one storage, however many nodes name it.
                 let key = (store as? DiskBlobStore).map { "disk:\($0.root.path)" } ?? identity

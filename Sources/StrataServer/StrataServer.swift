@@ -119,8 +119,9 @@ public final class StrataServer: Service, Sendable {
             listeners.append(Listener(
                 address: address, server: GRPCServer(
                     transport: transport, services: services,
-                    // Outermost first: errors of every layer below become spec statuses.
-                    interceptors: [ErrorStatusInterceptor(), RequestDeadlineInterceptor()]),
+                    // The error mapping runs next to the handlers: a CancellationError they throw must become
+                    // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
+                    interceptors: [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
                 transport: transport,
                 loop: loop, socket: socket))
         }

@@ -79,8 +79,13 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         let root = root
         try await threadPool.runIfActive {
             let files = FileManager.default
-            // Names the cause (a path component that is a file, a folder not writable) on its own.
-            try createDirectories(atPath: casDirectory)
+            do {
+                // Names the cause (a path component that is a file, a folder not writable) on its own.
+                try createDirectories(atPath: casDirectory)
+            } catch {
+                let cause = StrataError.from(error)
+                throw StrataError(cause.code, "cannot prepare disk storage at \(root.path): \(cause.message)")
+            }
             do {
                 for byte in 0..<256 {
                     let fanOut = casDirectory + "/" + [UInt8(byte)].hexString

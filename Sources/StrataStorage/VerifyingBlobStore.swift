@@ -317,3 +317,22 @@ extension BlobBody {
         }
     }
 }
+
+/// A decorator that keeps no blobs of its own: the storage it wraps is where they are. The
+/// configuration's checks look through it (an evicting `!disk-storage` stays evicting when verified).
+public protocol TransparentBlobStore: BlobStore {
+    var wrapped: any BlobStore { get }
+}
+
+extension VerifyingBlobStore: TransparentBlobStore {
+    public var wrapped: any BlobStore { backend }
+}
+
+extension BlobStore {
+    /// This store with every `TransparentBlobStore` around it taken off.
+    public var unwrapped: any BlobStore {
+        var store: any BlobStore = self
+        while let transparent = store as? any TransparentBlobStore { store = transparent.wrapped }
+        return store
+    }
+}

@@ -30,7 +30,7 @@ import Testing
         let before = try #require(availableBytes(onFileSystemOf: home))
         let configuration = try loadDefault()
         let after = try #require(availableBytes(onFileSystemOf: home))
-        let store = try #require(configuration.instances.first?.cas?.store as? DiskBlobStore)
+        let store = try #require(configuration.instances.first?.cas?.store.unwrapped as? DiskBlobStore)
         let budget = try #require(store.budget)
         #expect(budget.evictLeastRecentlyUsed)
         // An empty store: half the free space, which other processes may change a little meanwhile.

@@ -57,7 +57,7 @@ import Testing
             timeout: .milliseconds(1500)))
         #expect(index.prefix == "cas:")
         #expect(index.refreshAccessTimeOlderThan == .seconds(30))
-        #expect((index.backingStore as? DiskBlobStore)?.root.path == "/nonexistent/strata-redis-config/a")
+        #expect((index.backingStore.unwrapped as? DiskBlobStore)?.root.path == "/nonexistent/strata-redis-config/a")
         #expect(other.prefix == "strata:index:")
         #expect(configuration.storageSummary.contains { $0.contains("!redis-index at redis.internal:6380") })
     }

@@ -84,7 +84,7 @@ import Testing
             """))
         let index = try #require(configuration.instances.first?.cas?.store as? SQLIndex)
         #expect(index.windowSize == 1000 && index.maxInlineBlobSize == 0 && index.refreshAccessTimeOlderThan == .zero)
-        #expect(index.backingStore is DiskBlobStore)
+        #expect(index.backingStore.unwrapped is DiskBlobStore)
         let settings = index.connection.settings
         #expect(settings.connectionTimeout == .seconds(5) && settings.poolTimeout == .seconds(5))
         #expect(settings.lockTimeout == .seconds(5) && settings.poolSize == 5 && settings.maxOverflow == 10)
