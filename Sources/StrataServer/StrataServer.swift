@@ -75,6 +75,12 @@ public final class StrataServer: Service, Sendable {
         let socket: Int?
     }
     private let listeners: [Listener]
+    /// The open connections of each address, shared by its listeners.
+    private let connections: [ConnectionRegistry]
+    /// How long a graceful shutdown waits for RPCs in flight before closing their connections.
+    private let shutdownTimeout: Duration
+    /// Yields once when a graceful shutdown starts, which starts `shutdownTimeout`'s clock.
+    private let shutdownRequests: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
     /// Whether `run` started: until then the sockets are this object's to close.
     private let started = Mutex(false)
     private let logger: Logger
@@ -85,13 +91,20 @@ public final class StrataServer: Service, Sendable {
     static let http2MaxFrameBytes = 1 << 20
 
     /// Binds every address now: one already in use is an error here, naming it.
+    ///
+    /// `policies` names each address's `ConnectionPolicy` (`ConnectionPolicy.default` for the others);
+    /// `shutdownTimeout` bounds a graceful shutdown: RPCs still running then are ended by closing their
+    /// connections.
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
-        logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount
+        logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
+        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
     ) throws(StrataError) {
         self.registry = registry
         self.uploads = uploads
         self.logger = logger
+        self.shutdownTimeout = shutdownTimeout
+        self.shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let services: [any RegistrableRPCService] = [
             CapabilitiesService(registry: registry),
             ContentAddressableStorageWireService(service: ContentAddressableStorageService(registry: registry)),
@@ -108,6 +121,22 @@ public final class StrataServer: Service, Sendable {
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
 
         var listeners: [Listener] = []
+        var connections: [ConnectionRegistry] = []
+        /// `config` for one address: its connections go through a `ConnectionGuard` of its registry.
+        func addressConfig(for address: ListenAddress) -> HTTP2ServerTransport.Posix.Config {
+            let policy = policies[address] ?? .default
+            let registry = ConnectionRegistry(policy: policy)
+            connections.append(registry)
+            var config = config
+            // Graceful (GOAWAY) for a client with no RPC; `ConnectionGuard` closes silent ones outright.
+            config.connection.maxIdleTime = policy.idleTimeout
+            config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ConnectionGuard(registry: registry), position: .first)
+                }
+            }
+            return config
+        }
         func listener(
             _ address: ListenAddress, index: Int = 0, socket: Int? = nil,
             _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix
@@ -120,6 +149,7 @@ public final class StrataServer: Service, Sendable {
         }
         do throws(StrataError) {
             for address in addresses {
+                let config = addressConfig(for: address)
                 if case .tcp(let host, let port) = address.kind, let ip = Self.ipAddress(host) {
                     let sockets = try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops))
                     for (index, socket) in sockets.enumerated() {
@@ -140,6 +170,7 @@ public final class StrataServer: Service, Sendable {
             throw error
         }
         self.listeners = listeners
+        self.connections = connections
     }
 
     deinit {
@@ -180,6 +211,7 @@ public final class StrataServer: Service, Sendable {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { housekeeping in
                 housekeeping.addTask { [uploads] in await uploads.runExpiry() }
+                housekeeping.addTask { [self] in await enforceShutdownDeadline() }
                 try await withThrowingTaskGroup(of: Void.self) { serving in
                     for listener in listeners {
                         serving.addTask {
@@ -204,15 +236,28 @@ public final class StrataServer: Service, Sendable {
                 }
                 housekeeping.cancelAll()
             }
-        } onGracefulShutdown: { [listeners, logger] in
-            logger.info("strata shutting down: finishing requests in flight")
-            for listener in listeners { listener.server.beginGracefulShutdown() }
+        } onGracefulShutdown: { [self] in
+            beginGracefulShutdown()
         }
         uploads.abandonAll()
     }
 
+    /// Stops accepting RPCs and lets the ones in flight finish, for at most `shutdownTimeout`.
     public func beginGracefulShutdown() {
+        logger.info("strata shutting down: finishing requests in flight (at most \(shutdownTimeout))")
         for listener in listeners { listener.server.beginGracefulShutdown() }
+        shutdownRequests.continuation.yield()
+    }
+
+    /// Once a graceful shutdown has run for `shutdownTimeout`, closes every connection still open: a
+    /// client that stopped reading a download, or a socket that never spoke, would otherwise hold the
+    /// shutdown (and the process) forever. Cancelled when serving ends first.
+    private func enforceShutdownDeadline() async {
+        for await _ in shutdownRequests.stream { break }
+        guard (try? await Task.sleep(for: shutdownTimeout)) != nil else { return }
+        let open = connections.reduce(0) { $0 + $1.count }
+        logger.warning("strata shutdown: \(shutdownTimeout) passed; closing \(open) connection(s) with requests still in flight")
+        for registry in connections { registry.closeAll() }
     }
 
     static func describe(_ error: any Error) -> String {
