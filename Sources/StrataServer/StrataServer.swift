@@ -132,7 +132,8 @@ public final class StrataServer: Service, Sendable {
             config.connection.maxIdleTime = policy.idleTimeout
             config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ConnectionGuard(registry: registry), position: .first)
+                    try channel.pipeline.syncOperations.addHandlers(
+                        [ConnectionGuard(registry: registry), FinishedStreamResetFilter()], position: .first)
                 }
             }
             return config
