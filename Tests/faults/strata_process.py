@@ -32,6 +32,8 @@ class Server:
 
     def start(self, timeout=30):
         log = open(self.log_path, "a")
+        # A restart appends to the log: only what this process writes names its address.
+        self.log_start = log.tell()
         self.process = subprocess.Popen(
             [STRATA, "serve", self.config, "--address", "127.0.0.1:0", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT)
@@ -39,6 +41,7 @@ class Server:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with open(self.log_path) as f:
+                f.seek(self.log_start)
                 found = re.findall(r"strata listening on (127\.0\.0\.1:\d+)", f.read())
             if found:
                 self.address = found[-1]
