@@ -4,6 +4,7 @@ import Glibc
 #endif
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import StrataAPI
 import StrataCore
 import StrataServer
 import StrataStorage
@@ -142,39 +143,42 @@ private func withPolicyServer(
         let started = ContinuousClock.now
         let (release, releaseContinuation) = AsyncStream.makeStream(of: Void.self)
         defer { releaseContinuation.finish() }
+        let policy = ConnectionPolicy(prefaceTimeout: .seconds(600))
         // Without the deadline the shutdown never ends: bounded here, so that it fails instead.
         try await withThrowingTaskGroup(of: Bool.self) { group in
-          group.addTask {
-            try await Task.sleep(for: .seconds(30))
-            return false
-          }
-          group.addTask {
-           try await withPolicyServer(ConnectionPolicy(prefaceTimeout: .seconds(600)), shutdownTimeout: .seconds(1), store: store) { port, server in
-            let silent = try RawConnection(port: port)
-            let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
-            let (reading, readingContinuation) = AsyncStream.makeStream(of: Void.self)
-            let reader = Task {
-                try await withGRPCClient(transport: transport) { client in
-                    try await ByteStreamClient(wrapping: client).read(.with { $0.resourceName = "blobs/\(blob.digest)" }) { response in
-                        for try await _ in response.messages {
-                            readingContinuation.yield()
-                            // Stalled: the client stops reading until the test ends.
-                            for await _ in release { break }
-                            break
+            group.addTask {
+                try await Task.sleep(for: .seconds(30))
+                return false
+            }
+            group.addTask {
+                try await withPolicyServer(policy, shutdownTimeout: .seconds(1), store: store) { port, server in
+                    let silent = try RawConnection(port: port)
+                    let transport = try HTTP2ClientTransport.Posix(
+                        target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+                    let (reading, readingContinuation) = AsyncStream.makeStream(of: Void.self)
+                    let reader = Task {
+                        try await withGRPCClient(transport: transport) { client in
+                            let request = Google_Bytestream_ReadRequest.with { $0.resourceName = "blobs/\(blob.digest)" }
+                            try await ByteStreamClient(wrapping: client).read(request) { response in
+                                for try await _ in response.messages {
+                                    readingContinuation.yield()
+                                    // Stalled: the client stops reading until the test ends.
+                                    for await _ in release { break }
+                                    break
+                                }
+                            }
                         }
                     }
+                    for await _ in reading { break }
+                    server.beginGracefulShutdown()
+                    withExtendedLifetime(silent) {}
+                    _ = reader
                 }
+                return true
             }
-            for await _ in reading { break }
-            server.beginGracefulShutdown()
-            _ = silent
-            _ = reader
-           }
-           return true
-          }
-          let stopped = try await group.next() ?? false
-          group.cancelAll()
-          #expect(stopped, "the server was still shutting down after 30 s")
+            let stopped = try await group.next() ?? false
+            group.cancelAll()
+            #expect(stopped, "the server was still shutting down after 30 s")
         }
         // The shutdown timeout is 1 s; the margin is generous.
         #expect(ContinuousClock.now - started < .seconds(20))
