@@ -6,6 +6,7 @@ tests need only grpcio and h2 from PyPI, not generated code.
 import hashlib
 import os
 import re
+import resource
 import signal
 import subprocess
 import tempfile
@@ -21,12 +22,13 @@ STRATA = os.environ.get("STRATA_BINARY", os.path.join(ROOT, ".build", "debug", "
 class Server:
     """`strata serve CONFIG` on 127.0.0.1 with a free port; `address` once it listens."""
 
-    def __init__(self, config_text, workdir, extra_args=(), log_name="server.log"):
+    def __init__(self, config_text, workdir, extra_args=(), log_name="server.log", max_open_files=None):
         self.config = os.path.join(workdir, "strata.yml")
         with open(self.config, "w") as f:
             f.write(config_text)
         self.log_path = os.path.join(workdir, log_name)
         self.extra_args = list(extra_args)
+        self.max_open_files = max_open_files
         self.process = None
         self.address = None
 
@@ -36,7 +38,7 @@ class Server:
         self.log_start = log.tell()
         self.process = subprocess.Popen(
             [STRATA, "serve", self.config, "--address", "127.0.0.1:0", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limit_open_files if self.max_open_files else None)
         log.close()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -51,6 +53,14 @@ class Server:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"strata did not start:\n{self.log()}")
+
+    def _limit_open_files(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log(self):
         with open(self.log_path) as f:
@@ -78,12 +88,13 @@ class Server:
             self.process.wait()
 
 
-def lru_config(size="1G"):
+def lru_config(size="1G", channel_options=""):
     return f"""
 server:
   - !channel
     address: "127.0.0.1:0"
     insecure-mode: true
+    {channel_options}
 storages:
   - !lru-storage &cas
     size: {size}
