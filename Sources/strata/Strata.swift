@@ -79,7 +79,11 @@ struct Serve: AsyncParsableCommand {
                 configuration = try Configuration.parse(yaml: embeddedDefaultConfiguration, file: "<embedded default>")
             }
             if !addresses.isEmpty {
+                // The addresses replace the channels' ones; the first !channel's connection options stay.
+                let policy = configuration.addresses.first.flatMap { configuration.connectionPolicies[$0] }
                 configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
+                configuration.connectionPolicies = Dictionary(
+                    configuration.addresses.map { ($0, policy ?? .default) }, uniquingKeysWith: { first, _ in first })
             }
         } catch {
             FileHandle.standardError.write(Data("strata: \(error)\n".utf8))

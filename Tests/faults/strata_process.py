@@ -89,10 +89,11 @@ class Server:
 
 
 def lru_config(size="1G", channel_options=""):
+    # The address is replaced by `--address 127.0.0.1:0`, which keeps the channel's options.
     return f"""
 server:
   - !channel
-    address: "127.0.0.1:0"
+    address: "127.0.0.1:50051"
     insecure-mode: true
     {channel_options}
 storages:
