@@ -227,11 +227,19 @@ struct FrameHeaderReader {
                 return
             }
             let heldBack = partialHeader
-            let bytes = heldBack + (buffer.getBytes(at: index, length: needed) ?? [])
+            let header: Header
+            if heldBack.isEmpty, let length = buffer.getInteger(at: index, as: UInt32.self),
+               let flags = buffer.getInteger(at: index + 4, as: UInt8.self),
+               let streamID = buffer.getInteger(at: index + 5, as: UInt32.self) {
+                // The usual case, a whole header in this read: read in place, nothing allocated.
+                header = Header(length: Int(length >> 8), type: UInt8(length & 0xFF), flags: flags, streamID: streamID & 0x7FFF_FFFF)
+            } else {
+                let bytes = heldBack + (buffer.getBytes(at: index, length: needed) ?? [])
+                header = Header(
+                    length: Int(bytes[0]) << 16 | Int(bytes[1]) << 8 | Int(bytes[2]), type: bytes[3], flags: bytes[4],
+                    streamID: (UInt32(bytes[5]) << 24 | UInt32(bytes[6]) << 16 | UInt32(bytes[7]) << 8 | UInt32(bytes[8])) & 0x7FFF_FFFF)
+            }
             partialHeader = []
-            let header = Header(
-                length: Int(bytes[0]) << 16 | Int(bytes[1]) << 8 | Int(bytes[2]), type: bytes[3], flags: bytes[4],
-                streamID: (UInt32(bytes[5]) << 24 | UInt32(bytes[6]) << 16 | UInt32(bytes[7]) << 8 | UInt32(bytes[8])) & 0x7FFF_FFFF)
             let start = index
             index += needed
             payloadRemaining = header.length
