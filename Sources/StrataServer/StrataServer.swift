@@ -62,7 +62,9 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 /// `SharedEventLoops` (see `EventLoopTaskExecutor`). Unix sockets and host names get one listener.
 ///
 /// Runs as a swift-service-lifecycle `Service`: on graceful shutdown (SIGTERM/SIGINT in `strata serve`)
-/// it stops accepting RPCs, lets the ones in flight finish, then abandons parked uploads.
+/// it stops accepting RPCs, lets the ones in flight finish for at most `shutdownTimeout`, closes the
+/// connections still open, then abandons parked uploads. Every connection passes a `ConnectionGuard`
+/// (timeouts, connection limit) and a `FinishedStreamResetFilter` first.
 public final class StrataServer: Service, Sendable {
     public let registry: InstanceRegistry
     public let uploads: UploadRegistry
@@ -273,12 +275,11 @@ public final class StrataServer: Service, Sendable {
 
     /// Hands memory that was freed back to the system, every `period`.
     ///
-    /// glibc returns freed memory only from the top of its heap, and `strata` runs with one arena: the
-    /// messages of 300 stalled 64 MiB reads (+160 MiB) stayed in RSS after the clients cancelled
-    /// them and closed their connections, because blobs in use sat above them. `malloc_trim` releases
-    /// the free pages anywhere in the heap (it took 119 MiB back to start-up size there); it holds the
-    /// arena's lock while it walks the free chunks, a fraction of a millisecond to a few
-    /// milliseconds.
+    /// glibc gives freed memory back to the system on its own only from the top of its heap, and
+    /// `strata` runs with one arena: the messages of 300 stalled 64 MiB reads (+160 MiB) stayed in RSS
+    /// after the clients cancelled them and closed their connections. `malloc_trim` releases free
+    /// pages anywhere in the heap (RSS went back to its size before the reads); it holds the arena's
+    /// lock while it walks the free chunks: 0.6 to 15 ms measured, the longest when it released most.
     static func returnFreedMemory(every period: Duration, logger: Logger) async {
         #if canImport(Glibc)
         // <malloc.h> is not in Swift's Glibc module: malloc_trim is looked up.
