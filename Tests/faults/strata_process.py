@@ -3,6 +3,7 @@
 The few REAPI messages the tests need are encoded here by hand (protobuf's wire format), so the
 tests need only grpcio and h2 from PyPI, not generated code.
 """
+import ctypes
 import hashlib
 import os
 import re
@@ -38,7 +39,7 @@ class Server:
         self.log_start = log.tell()
         self.process = subprocess.Popen(
             [STRATA, "serve", self.config, "--address", "127.0.0.1:0", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limit_open_files if self.max_open_files else None)
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._prepare_child)
         log.close()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -54,8 +55,11 @@ class Server:
         self.kill()
         raise RuntimeError(f"strata did not start:\n{self.log()}")
 
-    def _limit_open_files(self):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
+    def _prepare_child(self):
+        # The server dies with the test, even one killed outright: a test never leaves it running.
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if self.max_open_files:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     def cpu_seconds(self):
         with open(f"/proc/{self.process.pid}/stat") as f:
