@@ -133,7 +133,14 @@ public final class StrataServer: Service, Sendable {
         var connections: [ConnectionRegistry] = []
         /// `config` for one address: its connections go through a `ConnectionGuard` of its registry.
         func addressConfig(for address: ListenAddress) -> HTTP2ServerTransport.Posix.Config {
-            let policy = policies[address] ?? .default
+            var policy = policies[address] ?? .default
+            // Past the descriptor limit NIO's accept loop spins (7 s of CPU in 3 s measured) and new
+            // clients wait: connections stay below it whatever the configuration says.
+            let ceiling = ConnectionPolicy.defaultMaxConnections
+            if policy.maxConnections > ceiling {
+                logger.warning("\(address): max-connections \(policy.maxConnections) lowered to \(ceiling), three quarters of the open-file limit")
+                policy.maxConnections = ceiling
+            }
             let registry = ConnectionRegistry(policy: policy)
             connections.append(registry)
             var config = config
