@@ -14,6 +14,8 @@ import Yams
 /// share one object. Anything else is refused with its file, line and key.
 public struct Configuration: Sendable {
     public var addresses: [ListenAddress]
+    /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
+    public var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
     public var instances: [Instance]
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
@@ -129,7 +131,12 @@ struct Builder {
         }
         guard let server = top["server"] else { throw root.error("\"server\" is required: a list of !channel entries") }
         var addresses: [ListenAddress] = []
-        for channel in try server.sequence() { addresses.append(try self.channel(channel)) }
+        var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
+        for channel in try server.sequence() {
+            let (address, policy) = try self.channel(channel)
+            addresses.append(address)
+            connectionPolicies[address] = policy
+        }
         guard !addresses.isEmpty else { throw server.error("at least one !channel is required") }
 
         // Top-level lists only declare (and anchor) objects; instances use them through aliases.
@@ -153,7 +160,7 @@ struct Builder {
         if let cleanupNode = top["cleanup"] { cleanups = try cleanupTargets(cleanupNode, instanceNames: names) }
         try refuseWritesPastTheJanitorsIndex()
         return Configuration(
-            addresses: addresses, instances: instances,
+            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
@@ -166,16 +173,22 @@ struct Builder {
         }
     }
 
-    func channel(_ node: ConfigNode) throws(ConfigError) -> ListenAddress {
+    func channel(_ node: ConfigNode) throws(ConfigError) -> (ListenAddress, ConnectionPolicy) {
         try requireTag(node, "!channel")
-        let options = try node.mapping(allowed: ["address", "insecure-mode"], unsupported: ["credentials"])
+        let options = try node.mapping(
+            allowed: ["address", "insecure-mode", "idle-timeout", "preface-timeout", "max-connections"],
+            unsupported: ["credentials"])
         guard let addressNode = options["address"] else { throw node.error("!channel needs an address, e.g. \"127.0.0.1:50051\"") }
         if let insecure = options["insecure-mode"], try !insecure.bool() {
             throw insecure.error("TLS is not supported by Strata yet: set insecure-mode: true and put a TLS proxy in front")
         }
+        var policy = ConnectionPolicy.default
+        if let idle = options["idle-timeout"] { policy.idleTimeout = try idle.seconds() }
+        if let preface = options["preface-timeout"] { policy.prefaceTimeout = try preface.seconds() }
+        if let limit = options["max-connections"] { policy.maxConnections = try limit.int(minimum: 1) }
         let address = try addressNode.string()
         do {
-            return try ListenAddress(parsing: address)
+            return (try ListenAddress(parsing: address), policy)
         } catch {
             throw addressNode.error(error.message)
         }

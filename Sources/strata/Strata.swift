@@ -70,7 +70,17 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
+    @Option(help: "Seconds a graceful shutdown (SIGTERM, SIGINT) waits for requests in flight before closing their connections.")
+    var shutdownTimeout: Double = 30
+
+    func validate() throws {
+        guard shutdownTimeout.isFinite, shutdownTimeout >= 0, shutdownTimeout <= 86_400 else {
+            throw ValidationError("--shutdown-timeout must be a number of seconds from 0 to 86400")
+        }
+    }
+
     func run() async throws {
+        raiseFileDescriptorLimit()
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = logLevel
@@ -85,7 +95,11 @@ struct Serve: AsyncParsableCommand {
                 configuration = try Configuration.parse(yaml: embeddedDefaultConfiguration, file: "<embedded default>")
             }
             if !addresses.isEmpty {
+                // The addresses replace the channels' ones; the first !channel's connection options stay.
+                let policy = configuration.addresses.first.flatMap { configuration.connectionPolicies[$0] }
                 configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
+                configuration.connectionPolicies = Dictionary(
+                    configuration.addresses.map { ($0, policy ?? .default) }, uniquingKeysWith: { first, _ in first })
             }
         } catch {
             FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
@@ -104,7 +118,9 @@ struct Serve: AsyncParsableCommand {
         }
         let server: StrataServer
         do {
-            server = try StrataServer(registry: configuration.registry, addresses: configuration.addresses, logger: logger)
+            server = try StrataServer(
+                registry: configuration.registry, addresses: configuration.addresses, logger: logger,
+                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)))
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)
@@ -122,6 +138,18 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
     }
+}
+
+/// Lifts the soft limit on open files to the hard one, as servers do: the default soft limit (often
+/// 1024) would cap the server's connections far below what the system allows. The connection limit
+/// (`ConnectionPolicy.maxConnections`) is derived from the raised value.
+func raiseFileDescriptorLimit() {
+    #if canImport(Glibc)
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+    #endif
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}

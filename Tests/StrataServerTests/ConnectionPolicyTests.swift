@@ -1,0 +1,186 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import StrataAPI
+import StrataCore
+import StrataServer
+import StrataStorage
+import StrataTestSupport
+import Testing
+
+/// A plain TCP connection to the server, below gRPC and HTTP/2: what a client that never speaks, or
+/// speaks and then goes silent, looks like.
+private final class RawConnection {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            close(fd)
+            throw StrataError.unavailable("connect failed: errno \(errno)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// The HTTP/2 client preface and an empty SETTINGS frame: a connection that has started HTTP/2.
+    func sendPreface() {
+        let bytes = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + [0, 0, 0, 4, 0, 0, 0, 0, 0]
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    /// Whether the server closed the connection within `seconds`, reading (and dropping) what it sends
+    /// meanwhile, e.g. its SETTINGS and GOAWAY frames.
+    func closedByServer(within seconds: Double) -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while Date() < end {
+            var pollfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let waitMilliseconds = Int32(max(1, min(200, end.timeIntervalSinceNow * 1000)))
+            guard poll(&pollfd, 1, waitMilliseconds) > 0 else { continue }
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count == 0 || (count < 0 && errno == ECONNRESET) { return true }
+        }
+        return false
+    }
+}
+
+/// Runs a server on 127.0.0.1 with `policy` and `shutdownTimeout`, calls `body` with its port and the
+/// server, then shuts it down gracefully (unless `body` did) and waits for it to stop.
+private func withPolicyServer(
+    _ policy: ConnectionPolicy, shutdownTimeout: Duration = .seconds(30), store: LRUBlobStore = LRUBlobStore(capacityBytes: 256 << 20),
+    _ body: @Sendable (_ port: Int, _ server: StrataServer) async throws -> Void
+) async throws {
+    let address = ListenAddress(.tcp(host: "127.0.0.1", port: 0))
+    let instance = Instance(name: "", cas: .init(store: store), byteStream: .init(store: store), actionCache: nil)
+    let server = try StrataServer(
+        registry: InstanceRegistry([instance]), addresses: [address], eventLoops: 2,
+        policies: [address: policy], shutdownTimeout: shutdownTimeout)
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await server.run() }
+        guard case .tcp(_, let port) = try await server.listeningAddresses()[0].kind else { fatalError("tcp expected") }
+        try await body(port, server)
+        server.beginGracefulShutdown()
+        try await group.waitForAll()
+    }
+}
+
+@Suite struct ConnectionPolicyTests {
+    /// A socket that never sends the HTTP/2 preface is closed after the preface timeout, long before
+    /// the idle timeout.
+    @Test func socketWithoutPrefaceIsClosed() async throws {
+        try await withPolicyServer(ConnectionPolicy(idleTimeout: .seconds(600), prefaceTimeout: .milliseconds(300))) { port, _ in
+            let silent = try RawConnection(port: port)
+            #expect(silent.closedByServer(within: 20))
+        }
+    }
+
+    /// A connection that sent the preface and then nothing (not even the PING the server's GOAWAY
+    /// asks for) is closed once it has been silent for twice the idle timeout.
+    @Test func silentConnectionIsClosed() async throws {
+        try await withPolicyServer(ConnectionPolicy(idleTimeout: .milliseconds(300), prefaceTimeout: .seconds(600))) { port, _ in
+            let quiet = try RawConnection(port: port)
+            quiet.sendPreface()
+            #expect(quiet.closedByServer(within: 20))
+        }
+    }
+
+    /// A gRPC client with no call for the idle timeout gets a graceful close, and its next call
+    /// simply reconnects.
+    @Test func idleClientReconnects() async throws {
+        try await withPolicyServer(ConnectionPolicy(idleTimeout: .milliseconds(300))) { port, _ in
+            let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+            try await withGRPCClient(transport: transport) { client in
+                let cas = CASClient(wrapping: client)
+                for _ in 0..<3 {
+                    _ = try await cas.findMissingBlobs(.with { $0.blobDigests = [] })
+                    try await Task.sleep(for: .seconds(1))
+                }
+            }
+        }
+    }
+
+    /// Connections beyond `maxConnections` are closed at once; those admitted stay open, and a
+    /// freed place admits a new client.
+    @Test func connectionsOverTheLimitAreClosed() async throws {
+        try await withPolicyServer(ConnectionPolicy(maxConnections: 2)) { port, _ in
+            let first = try RawConnection(port: port)
+            let second = try RawConnection(port: port)
+            first.sendPreface()
+            second.sendPreface()
+            let third = try RawConnection(port: port)
+            #expect(third.closedByServer(within: 20))
+            #expect(!first.closedByServer(within: 0.3))
+            #expect(!second.closedByServer(within: 0.3))
+            _ = consume first
+            // The place is free once the server saw the close: retry for a while, never forever.
+            var admitted = false
+            for _ in 0..<50 where !admitted {
+                let next = try RawConnection(port: port)
+                next.sendPreface()
+                admitted = !next.closedByServer(within: 0.2)
+            }
+            #expect(admitted)
+        }
+    }
+
+    /// A graceful shutdown with a reader that stopped reading a large blob, and a socket that never
+    /// spoke, still ends once the shutdown timeout has passed.
+    @Test func shutdownEndsAtItsDeadline() async throws {
+        let store = LRUBlobStore(capacityBytes: 256 << 20)
+        let blob = Blob.random(size: 32 << 20)
+        try await store.write(blob.digest, data: blob.data)
+        let started = ContinuousClock.now
+        let (release, releaseContinuation) = AsyncStream.makeStream(of: Void.self)
+        defer { releaseContinuation.finish() }
+        let policy = ConnectionPolicy(prefaceTimeout: .seconds(600))
+        // Without the deadline the shutdown never ends: bounded here, so that it fails instead.
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await Task.sleep(for: .seconds(30))
+                return false
+            }
+            group.addTask {
+                try await withPolicyServer(policy, shutdownTimeout: .seconds(1), store: store) { port, server in
+                    let silent = try RawConnection(port: port)
+                    let transport = try HTTP2ClientTransport.Posix(
+                        target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
+                    let (reading, readingContinuation) = AsyncStream.makeStream(of: Void.self)
+                    let reader = Task {
+                        try await withGRPCClient(transport: transport) { client in
+                            let request = Google_Bytestream_ReadRequest.with { $0.resourceName = "blobs/\(blob.digest)" }
+                            try await ByteStreamClient(wrapping: client).read(request) { response in
+                                for try await _ in response.messages {
+                                    readingContinuation.yield()
+                                    // Stalled: the client stops reading until the test ends.
+                                    for await _ in release { break }
+                                    break
+                                }
+                            }
+                        }
+                    }
+                    for await _ in reading { break }
+                    server.beginGracefulShutdown()
+                    withExtendedLifetime(silent) {}
+                    _ = reader
+                }
+                return true
+            }
+            let stopped = try await group.next() ?? false
+            group.cancelAll()
+            #expect(stopped, "the server was still shutting down after 30 s")
+        }
+        // The shutdown timeout is 1 s; the margin is generous.
+        #expect(ContinuousClock.now - started < .seconds(20))
+    }
+}
