@@ -125,17 +125,8 @@ private func fail(_ message: String) -> Never {
 }
 
 private func loadTargets(_ file: String, instanceName: String?, logLevel: Logger.Level) throws -> (Configuration, [CleanupTarget]) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = logLevel
-        return handler
-    }
-    let configuration: Configuration
-    do {
-        configuration = try Configuration.load(file: file)
-    } catch {
-        fail(describeError(error))
-    }
+    bootstrapLogging(logLevel)
+    let configuration = loadConfigurationOrExit(file)
     let targets = configuration.cleanups.filter { instanceName == nil || $0.instanceName == instanceName }
     if targets.isEmpty {
         fail("\(file): no cleanup entries\(instanceName.map { " for instance \"\($0)\"" } ?? ""): add a cleanup: section")

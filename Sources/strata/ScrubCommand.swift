@@ -43,19 +43,8 @@ struct ScrubCommand: AsyncParsableCommand {
     func validate() throws { _ = try rate() }
 
     func run() async throws {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let configuration: Configuration
-        do {
-            configuration = try Configuration.load(file: config)
-        } catch {
-            FileHandle.standardError.write(Data("strata: \(error)\n".utf8))
-            throw ExitCode(1)
-        }
+        bootstrapLogging(logLevel)
+        let configuration = loadConfigurationOrExit(config)
         guard !configuration.scrubTargets.isEmpty else {
             FileHandle.standardError.write(Data("strata: \(config): no storage to scrub (!disk-storage, !s3-storage or !sql-storage)\n".utf8))
             throw ExitCode(1)

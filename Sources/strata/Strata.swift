@@ -81,11 +81,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileDescriptorLimit()
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        bootstrapLogging(logLevel)
         let logger = Logger(label: "strata")
         var configuration: Configuration
         do {
@@ -168,6 +164,26 @@ func describeError(_ error: any Error) -> String {
     }
     guard let error = error as? StrataError else { return "\(error)" }
     return "\(error.message) (\(error.code.words))"
+}
+
+/// Sends every log line of a command to standard error at `level`; once, first thing in `run`.
+func bootstrapLogging(_ level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
+
+/// Loads `file` as a command's configuration, or prints why it cannot (`strata: FILE:LINE: …`) and
+/// exits 1.
+func loadConfigurationOrExit(_ file: String) -> Configuration {
+    do {
+        return try Configuration.load(file: file)
+    } catch {
+        FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
+        Foundation.exit(1)
+    }
 }
 
 /// A `StrataError` or `RPCError` that reached the top of a command, worded by `describeError`.

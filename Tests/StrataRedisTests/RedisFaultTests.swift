@@ -74,14 +74,4 @@ struct RedisFaultTests {
         }
         await client.shutdown()
     }
-
-    func timedError(_ operation: () async throws -> Void) async -> (StrataError?, Duration) {
-        let start = ContinuousClock.now
-        do {
-            try await operation()
-            return (nil, ContinuousClock.now - start)
-        } catch {
-            return (StrataError.from(error), ContinuousClock.now - start)
-        }
-    }
 }

@@ -29,16 +29,6 @@ struct S3FaultTests {
             stallTimeoutSeconds: stallTimeoutSeconds, retry: S3RetryPolicy(budgetSeconds: 3)), threadPool: threads)
     }
 
-    static func timedError(_ operation: () async throws -> Void) async -> (StrataError?, Duration) {
-        let start = ContinuousClock.now
-        do {
-            try await operation()
-            return (nil, ContinuousClock.now - start)
-        } catch {
-            return (StrataError.from(error), ContinuousClock.now - start)
-        }
-    }
-
     /// Hung S3 used to take 280 s to answer (retries × 120 s transfer timeouts). Now reads and writes
     /// answer UNAVAILABLE after the stall timeout, or sooner at the client's deadline; once S3 answers
     /// again, the next calls succeed at once on new connections (the silent ones are not reused).
@@ -66,20 +56,20 @@ struct S3FaultTests {
         ]
         for (name, operation) in operations {
             // No client deadline: 2 s stall timeouts, retried within the 3 s budget only.
-            let (error, elapsed) = await Self.timedError(operation)
+            let (error, elapsed) = await timedError(operation)
             #expect(error?.code == .unavailable, "\(name) on a hung S3: \(String(describing: error))")
             // A liveness bound with a wide margin for a loaded machine: the old answer took 280 s.
             #expect(elapsed < .seconds(25), "\(name) on a hung S3 took \(elapsed)")
         }
         // A client deadline of 1 s bounds the call below the stall timeout.
-        let (error, elapsed) = await Self.timedError {
+        let (error, elapsed) = await timedError {
             try await RequestDeadline.withDeadline(.now + .seconds(1)) { _ = try await store.readAll(stored.digest) }
         }
         #expect(error?.code == .unavailable, "\(String(describing: error))")
         #expect(elapsed < .seconds(10), "a read with a 1 s deadline took \(elapsed)")
 
         proxy.forward()
-        let (readError, readElapsed) = await Self.timedError {
+        let (readError, readElapsed) = await timedError {
             let data = try await store.readAll(stored.digest)
             #expect(data == stored.data)
         }

@@ -70,16 +70,6 @@ struct SQLOutageTests {
         return (error?.code ?? .ok, elapsed)
     }
 
-    static func timedError(_ operation: () async throws -> Void) async -> (StrataError?, Duration) {
-        let start = ContinuousClock.now
-        do {
-            try await operation()
-            return (nil, ContinuousClock.now - start)
-        } catch {
-            return (StrataError.from(error), ContinuousClock.now - start)
-        }
-    }
-
     @Test func unreachableDatabaseIsUnavailableQuickly() async throws {
         _ = try SQLTestDatabase.url()
         let closed = try ClosedLoopbackPort()  // nothing listens there, nor can start to
@@ -91,7 +81,7 @@ struct SQLOutageTests {
             let blob = Blob.random(size: 10)
             // Strata's pool timeout answers, not postgres-nio's circuit breaker (15 s); the elapsed-time
             // bound is loose because the whole test suite shares two cores.
-            let (error, elapsed) = await Self.timedError { _ = try await store.findMissing([blob.digest]) }
+            let (error, elapsed) = await timedError { _ = try await store.findMissing([blob.digest]) }
             #expect(error?.code == .unavailable)
             #expect(error?.message.contains("no database connection within 1 s") == true, "\(String(describing: error))")
             #expect(elapsed < .seconds(30), "took \(elapsed)")

@@ -9,16 +9,6 @@ import Testing
 /// The SQL index when PostgreSQL hangs, a statement's answer is lost, or rows are locked.
 @Suite(.enabled(if: TestServices.available("STRATA_TEST_POSTGRES")))
 struct SQLFaultTests {
-    static func timedError(_ operation: () async throws -> Void) async -> (StrataError?, Duration) {
-        let start = ContinuousClock.now
-        do {
-            try await operation()
-            return (nil, ContinuousClock.now - start)
-        } catch {
-            return (StrataError.from(error), ContinuousClock.now - start)
-        }
-    }
-
     /// A removal sent again (its first answer lost after the commit, e.g. to a statement timeout)
     /// answers the blobs the first removed: before, it answered none, so they were never deleted from
     /// the storage (orphans) and stayed marked "being deleted" (writes of them stalled for the lease).
@@ -42,7 +32,7 @@ struct SQLFaultTests {
             #expect(try await index.findMissing(digests).count == digests.count)
             #expect(try await index.backingStore.findMissing(digests).count == digests.count)
             // No mark left to stall a new write of them.
-            let (error, elapsed) = await Self.timedError { try await index.write(blobs[0].digest, data: blobs[0].data) }
+            let (error, elapsed) = await timedError { try await index.write(blobs[0].digest, data: blobs[0].data) }
             #expect(error == nil && elapsed < .seconds(60), "\(String(describing: error)) after \(elapsed)")
         }
     }
@@ -71,7 +61,7 @@ struct SQLFaultTests {
                 }
             }
             for await _ in locked { break }
-            let (error, _) = await Self.timedError {
+            let (error, _) = await timedError {
                 let data = try await index.readAll(blob.digest)
                 #expect(data == blob.data)
             }
@@ -117,11 +107,11 @@ struct SQLFaultTests {
                 }
 
                 proxy.hang()
-                let (error, elapsed) = await Self.timedError { _ = try await index.findMissing([blob.digest]) }
+                let (error, elapsed) = await timedError { _ = try await index.findMissing([blob.digest]) }
                 #expect(error?.code == .unavailable, "\(String(describing: error))")
                 // A liveness bound (the statement timeout is 6 s): it used to be 30 s.
                 #expect(elapsed < .seconds(20), "findMissing on a hung database took \(elapsed)")
-                let (deadlineError, deadlineElapsed) = await Self.timedError {
+                let (deadlineError, deadlineElapsed) = await timedError {
                     try await RequestDeadline.withDeadline(.now + .seconds(1)) {
                         _ = try await index.readAll(blob.digest)
                     }
@@ -131,7 +121,7 @@ struct SQLFaultTests {
 
                 proxy.forward()
                 for round in 0..<4 {
-                    let (recoveredError, recoveredElapsed) = await Self.timedError {
+                    let (recoveredError, recoveredElapsed) = await timedError {
                         let data = try await index.readAll(blob.digest)
                         #expect(data == blob.data)
                     }
