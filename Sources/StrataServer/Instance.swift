@@ -51,6 +51,7 @@ public struct InstanceRegistry: Sendable {
             let known = instances.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
             throw .invalidArgument("unknown instance name \"\(StrataError.echo(name))\"; this server serves \(known)")
         }
+        RequestContext.current?.setInstanceName(name)
         return instance
     }
 

@@ -167,7 +167,7 @@ public final class StrataServer: Service, Sendable {
                     transport: transport, services: services,
                     // The error mapping runs next to the handlers: a CancellationError they throw must become
                     // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-                    interceptors: [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
+                    interceptors: [RequestContextInterceptor(), RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
                 transport: transport,
                 loop: loop, socket: socket))
         }

@@ -1,0 +1,50 @@
+import GRPCCore
+import StrataAPI
+import StrataCore
+import SwiftProtobuf
+
+/// Sets `RequestContext.current` for the whole RPC: the handler and the producer of its streamed
+/// response (which runs after the handler returns). The first interceptor, so every one after it
+/// (authentication, limits, metrics, access logs) and every layer below reads the same context.
+struct RequestContextInterceptor: ServerInterceptor {
+    static let requestMetadataKey = "build.bazel.remote.execution.v2.requestmetadata-bin"
+
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingServerRequest<Input>,
+        context: ServerContext,
+        next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+    ) async throws -> StreamingServerResponse<Output> {
+        let requestContext = RequestContext(
+            service: context.descriptor.service.fullyQualifiedService, method: context.descriptor.method,
+            peer: context.remotePeer, metadata: Self.clientMetadata(request.metadata))
+        var response = try await RequestContext.$current.withValue(requestContext) {
+            try await next(request, context)
+        }
+        if case .success(var contents) = response.accepted {
+            let producer = contents.producer
+            contents.producer = { writer in
+                try await RequestContext.$current.withValue(requestContext) { try await producer(writer) }
+            }
+            response.accepted = .success(contents)
+        }
+        return response
+    }
+
+    /// The client's RequestMetadata header, decoded; empty when absent or not a RequestMetadata (a
+    /// malformed header describes the client, it does not make the request invalid).
+    static func clientMetadata(_ metadata: Metadata) -> ClientRequestMetadata {
+        var result = ClientRequestMetadata()
+        guard let bytes = metadata[binaryValues: requestMetadataKey].first(where: { _ in true }),
+              let message = try? Build_Bazel_Remote_Execution_V2_RequestMetadata(serializedBytes: bytes)
+        else { return result }
+        result.toolName = message.toolDetails.toolName
+        result.toolVersion = message.toolDetails.toolVersion
+        result.actionID = message.actionID
+        result.toolInvocationID = message.toolInvocationID
+        result.correlatedInvocationsID = message.correlatedInvocationsID
+        result.actionMnemonic = message.actionMnemonic
+        result.targetID = message.targetID
+        result.configurationID = message.configurationID
+        return result
+    }
+}
