@@ -17,6 +17,8 @@ public struct Configuration: Sendable {
     /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
     public var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
     public var instances: [Instance]
+    /// The service modules the server registers (storage services and Capabilities; later execution).
+    public var modules: [any ServiceModule] = StrataServer.storageModules
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
     /// One line per action cache that keeps results itself (memory, disk), for the start-up log.

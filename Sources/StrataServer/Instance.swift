@@ -2,8 +2,19 @@ import StrataActionCache
 import StrataCore
 import StrataStorage
 
-/// What one instance name serves. A service that is nil answers UNIMPLEMENTED for that instance.
+/// Names one kind of service an instance can have, and the type of what serves it: the key of an
+/// `Instance`'s service map. A module adds its kind by declaring a key next to its gRPC service
+/// (Execution, Bots, ...), without touching `Instance`.
+public protocol InstanceServiceKey {
+    associatedtype Value: Sendable
+    /// The gRPC service's short name, for errors: "instance "x" has no ContentAddressableStorage service".
+    static var serviceName: String { get }
+}
+
+/// What one instance name serves: a map from service kind to what serves it. A kind the instance does
+/// not have answers UNIMPLEMENTED for that instance.
 public struct Instance: Sendable {
+    /// A storage as a CAS or ByteStream service uses it.
     public struct StorageService: Sendable {
         public var store: any BlobStore
         public var readOnly: Bool
@@ -14,16 +25,56 @@ public struct Instance: Sendable {
         }
     }
 
-    public var name: String
-    public var cas: StorageService?
-    public var byteStream: StorageService?
-    public var actionCache: (any ActionCache)?
+    public enum ContentAddressableStorage: InstanceServiceKey {
+        public typealias Value = StorageService
+        public static let serviceName = "ContentAddressableStorage"
+    }
 
+    public enum ByteStream: InstanceServiceKey {
+        public typealias Value = StorageService
+        public static let serviceName = "ByteStream"
+    }
+
+    public enum ActionCacheService: InstanceServiceKey {
+        public typealias Value = any StrataActionCache.ActionCache
+        public static let serviceName = "ActionCache"
+    }
+
+    public var name: String
+    private var services: [ObjectIdentifier: any Sendable] = [:]
+
+    public init(name: String) { self.name = name }
+
+    /// An instance with the storage services (the common case, and the tests').
     public init(name: String, cas: StorageService? = nil, byteStream: StorageService? = nil, actionCache: (any ActionCache)? = nil) {
         self.name = name
         self.cas = cas
         self.byteStream = byteStream
         self.actionCache = actionCache
+    }
+
+    /// What serves `key`'s kind for this instance, or nil when it has none.
+    public subscript<Key: InstanceServiceKey>(_ key: Key.Type) -> Key.Value? {
+        get { services[ObjectIdentifier(key)] as? Key.Value }
+        set { services[ObjectIdentifier(key)] = newValue }
+    }
+
+    /// Whether the instance has a service of `key`'s kind.
+    public func has<Key: InstanceServiceKey>(_ key: Key.Type) -> Bool { services[ObjectIdentifier(key)] != nil }
+
+    public var cas: StorageService? {
+        get { self[ContentAddressableStorage.self] }
+        set { self[ContentAddressableStorage.self] = newValue }
+    }
+
+    public var byteStream: StorageService? {
+        get { self[ByteStream.self] }
+        set { self[ByteStream.self] = newValue }
+    }
+
+    public var actionCache: (any ActionCache)? {
+        get { self[ActionCacheService.self] }
+        set { self[ActionCacheService.self] = newValue }
     }
 
     /// The largest blob the instance's storage accepts (Capabilities' max_cas_blob_size_bytes), if any.
@@ -46,6 +97,13 @@ public struct InstanceRegistry: Sendable {
         self.maxBatchTotalSizeBytes = maxBatchTotalSizeBytes
     }
 
+    /// Whether any instance has a service of `key`'s kind: the server registers only those.
+    public func anyInstanceHas<Key: InstanceServiceKey>(_ key: Key.Type) -> Bool {
+        instances.values.contains { $0.has(key) }
+    }
+
+    /// The instance a request names; the one place every service resolves it, which records it in the
+    /// request's context (for logs, metrics and authorization).
     public func instance(_ name: String) throws(StrataError) -> Instance {
         guard let instance = instances[name] else {
             let known = instances.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
@@ -55,24 +113,23 @@ public struct InstanceRegistry: Sendable {
         return instance
     }
 
-    func cas(_ name: String) throws(StrataError) -> Instance.StorageService {
-        guard let cas = try instance(name).cas else {
-            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no ContentAddressableStorage service")
+    /// What serves `key`'s kind for the instance `name`; UNIMPLEMENTED when it has none.
+    public func service<Key: InstanceServiceKey>(_ key: Key.Type, of name: String) throws(StrataError) -> Key.Value {
+        guard let service = try instance(name)[key] else {
+            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no \(Key.serviceName) service")
         }
-        return cas
+        return service
+    }
+
+    func cas(_ name: String) throws(StrataError) -> Instance.StorageService {
+        try service(Instance.ContentAddressableStorage.self, of: name)
     }
 
     func byteStream(_ name: String) throws(StrataError) -> Instance.StorageService {
-        guard let byteStream = try instance(name).byteStream else {
-            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no ByteStream service")
-        }
-        return byteStream
+        try service(Instance.ByteStream.self, of: name)
     }
 
     func actionCache(_ name: String) throws(StrataError) -> any ActionCache {
-        guard let cache = try instance(name).actionCache else {
-            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no ActionCache service")
-        }
-        return cache
+        try service(Instance.ActionCacheService.self, of: name)
     }
 }

@@ -55,7 +55,7 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// The gRPC services of every instance on one or more listening addresses.
+/// The gRPC services the configuration's modules make, on one or more listening addresses.
 ///
 /// Each TCP address is served by `eventLoops` listeners (by default one per core), bound with
 /// SO_REUSEPORT; a listener's connections and the handlers of their RPCs all run on one thread, one of
@@ -97,11 +97,15 @@ public final class StrataServer: Service, Sendable {
 
     /// Binds every address now: one already in use is an error here, naming it.
     ///
-    /// `policies` names each address's `ConnectionPolicy` (`ConnectionPolicy.default` for the others);
+    /// `modules` make the gRPC services (the configuration's, by default a storage server's);
+    /// `interceptors` run on every RPC, in order, after the one that sets `RequestContext.current` and
+    /// before the deadline and error-status ones next to the handlers. `policies` names each address's `ConnectionPolicy` (`ConnectionPolicy.default` for the others);
     /// `shutdownTimeout` bounds a graceful shutdown: RPCs still running then are ended by closing their
     /// connections.
     public init(
-        registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
+        registry: InstanceRegistry, modules: [any ServiceModule] = StrataServer.storageModules,
+        interceptors: [any ServerInterceptor] = [],
+        addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
         policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
     ) throws(StrataError) {
@@ -110,12 +114,13 @@ public final class StrataServer: Service, Sendable {
         self.logger = logger
         self.shutdownTimeout = shutdownTimeout
         self.shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        let services: [any RegistrableRPCService] = [
-            CapabilitiesService(registry: registry),
-            ContentAddressableStorageWireService(service: ContentAddressableStorageService(registry: registry)),
-            ByteStreamService(registry: registry, uploads: uploads),
-            ActionCacheService(registry: registry),
-        ]
+        let environment = ServerEnvironment(registry: registry, uploads: uploads, logger: logger)
+        let services = modules.flatMap { $0.rpcServices(environment) }
+        // The context first, so every interceptor after it reads it; the error mapping runs next to the
+        // handlers: a CancellationError they throw must become CANCELLED before anything else sees it
+        // (RequestHardeningTests proves the order).
+        let interceptors: [any ServerInterceptor] =
+            [RequestContextInterceptor()] + interceptors + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
         var config = HTTP2ServerTransport.Posix.Config.defaults
         // Each method's request limit, answered with RESOURCE_EXHAUSTED (see RequestSizeLimits).
         let requestLimits = RequestSizeLimits(maxBatchTotalSizeBytes: registry.maxBatchTotalSizeBytes)
@@ -163,11 +168,7 @@ public final class StrataServer: Service, Sendable {
             let loop = SharedEventLoops.shared[index % SharedEventLoops.shared.count]
             let transport = bind(loop)
             listeners.append(Listener(
-                address: address, server: GRPCServer(
-                    transport: transport, services: services,
-                    // The error mapping runs next to the handlers: a CancellationError they throw must become
-                    // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-                    interceptors: [RequestContextInterceptor(), RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
+                address: address, server: GRPCServer(transport: transport, services: services, interceptors: interceptors),
                 transport: transport,
                 loop: loop, socket: socket))
         }

@@ -115,7 +115,8 @@ struct Serve: AsyncParsableCommand {
         let server: StrataServer
         do {
             server = try StrataServer(
-                registry: configuration.registry, addresses: configuration.addresses, logger: logger,
+                registry: configuration.registry, modules: configuration.modules,
+                addresses: configuration.addresses, logger: logger,
                 policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)))
         } catch {
             logger.critical("\(describeError(error))")

@@ -27,10 +27,13 @@ struct Clients: Sendable {
 func withServer<T: Sendable>(
     _ instances: [Instance], maxBatchTotalSizeBytes: Int64 = InstanceRegistry.defaultMaxBatchTotalSizeBytes,
     uploads: UploadRegistry = UploadRegistry(),
+    modules: [any ServiceModule] = StrataServer.storageModules, interceptors: [any ServerInterceptor] = [],
     _ body: @Sendable (Clients) async throws -> T
 ) async throws -> T {
     let registry = InstanceRegistry(instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
-    let server = try StrataServer(registry: registry, addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads)
+    let server = try StrataServer(
+        registry: registry, modules: modules, interceptors: interceptors,
+        addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await server.run()
