@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write a FileDescriptorSet from the serialized descriptors inside BuildGrid's *_pb2.py modules.
+"""Write a FileDescriptorSet from the serialized descriptors inside BuildGrid's *_pb2.py modules
+(and those of other wheels unpacked into the same folder, such as grpcio-health-checking's).
 
 The modules are parsed with `ast`, never imported or run: we only read the bytes literal passed to
 `AddSerializedFile(...)`. Well-known types (google/protobuf/*) come from protoc's own includes,
@@ -70,7 +71,8 @@ def serialized_descriptor(pb2: pathlib.Path) -> bytes:
 
 
 def main() -> None:
-    root = pathlib.Path(sys.argv[1]) / "buildgrid" / "_protos"
+    # BuildGrid's modules live under buildgrid/_protos; other wheels' (grpc_health) at their top.
+    roots = [pathlib.Path(sys.argv[1]) / "buildgrid" / "_protos", pathlib.Path(sys.argv[1])]
     out = pathlib.Path(sys.argv[2])
     wanted = sys.argv[3:]
     files: dict[str, bytes] = {}
@@ -79,7 +81,8 @@ def main() -> None:
         name = pending.pop()
         if name in files or name.startswith("google/protobuf/"):
             continue
-        pb2 = root / name.replace(".proto", "_pb2.py")
+        pb2 = next((r / name.replace(".proto", "_pb2.py") for r in roots
+                    if (r / name.replace(".proto", "_pb2.py")).exists()), roots[0] / name.replace(".proto", "_pb2.py"))
         files[name] = serialized_descriptor(pb2)
         pending.extend(dependencies(files[name]))
     # Dependencies first, so every consumer sees its imports before itself.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates Protos/strata-api.pb and Sources/StrataAPI/Generated from BuildGrid 0.9.1's wheel.
+# Regenerates Protos/strata-api.pb and Sources/StrataAPI/Generated from BuildGrid 0.9.1's wheel (and
+# grpc.health.v1 from grpcio-health-checking's).
 # Run by hand when the API changes; CI never runs it (it builds the protoc plugins).
 #
 #   tools/generate-protos.sh [PLUGIN_BIN_DIR]
@@ -17,7 +18,11 @@ trap 'rm -rf "$work"' EXIT
 
 python3 -m pip download --quiet --no-deps --python-version 3.13 --only-binary=:all: \
   buildgrid==0.9.1 -d "$work"
+# The gRPC health service (grpc.health.v1) from grpcio's own package, unpacked beside BuildGrid's.
+python3 -m pip download --quiet --no-deps --python-version 3.13 --only-binary=:all: \
+  grpcio-health-checking==1.85.1 -d "$work"
 (cd "$work" && python3 -m zipfile -e buildgrid-0.9.1-py3-none-any.whl wheel >/dev/null)
+(cd "$work" && python3 -m zipfile -e grpcio_health_checking-1.85.1-py3-none-any.whl wheel >/dev/null)
 
 protos=(
   build/bazel/remote/execution/v2/remote_execution.proto
@@ -33,6 +38,7 @@ protos=(
   google/devtools/remoteworkers/v1test2/tasks.proto
   google/devtools/remoteworkers/v1test2/command.proto
   google/devtools/remoteworkers/v1test2/worker.proto
+  grpc_health/v1/health.proto
 )
 python3 "$here/tools/extract_descriptors.py" "$work/wheel" "$work/api.pb" "${protos[@]}" > "$work/files.txt"
 # Well-known types come from protoc's includes; swift-protobuf already ships their Swift code.
