@@ -8,6 +8,7 @@ import Glibc
 #endif
 import Logging
 import ServiceLifecycle
+import StrataAPI
 import StrataCore
 
 /// Where a server listens: `host:port`, `[v6]:port` or `unix:/path`.
@@ -86,6 +87,15 @@ public final class StrataServer: Service, Sendable {
     /// Whether `run` started: until then the sockets are this object's to close.
     private let started = Mutex(false)
     private let logger: Logger
+    /// What the health service reports; draining once a graceful shutdown starts.
+    public let health: HealthStatus
+    /// The services the health service answers for, besides "" (the whole server) and itself.
+    static let reapiServices = [
+        Build_Bazel_Remote_Execution_V2_Capabilities.descriptor.fullyQualifiedService,
+        Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.descriptor.fullyQualifiedService,
+        Build_Bazel_Remote_Execution_V2_ActionCache.descriptor.fullyQualifiedService,
+        Google_Bytestream_ByteStream.descriptor.fullyQualifiedService,
+    ]
 
     /// 4 MiB: a 64 MiB ByteStream write runs as fast as with 8 or 16 MiB (about 0.9 GB/s on LRU storage
     /// here), and a 4 GiB write peaks at +45 MiB of server RSS instead of +63 MiB with 16 MiB.
@@ -103,8 +113,10 @@ public final class StrataServer: Service, Sendable {
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
-        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
+        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
+        health: HealthStatus = HealthStatus(), accessLog: Logger? = nil
     ) throws(StrataError) {
+        self.health = health
         self.registry = registry
         self.uploads = uploads
         self.logger = logger
@@ -115,6 +127,7 @@ public final class StrataServer: Service, Sendable {
             ContentAddressableStorageWireService(service: ContentAddressableStorageService(registry: registry)),
             ByteStreamService(registry: registry, uploads: uploads),
             ActionCacheService(registry: registry),
+            HealthService(status: health, services: Self.reapiServices),
         ]
         var config = HTTP2ServerTransport.Posix.Config.defaults
         // Each method's request limit, answered with RESOURCE_EXHAUSTED (see RequestSizeLimits).
@@ -167,7 +180,8 @@ public final class StrataServer: Service, Sendable {
                     transport: transport, services: services,
                     // The error mapping runs next to the handlers: a CancellationError they throw must become
                     // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-                    interceptors: [RequestContextInterceptor(), RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
+                    interceptors: [RequestContextInterceptor()] + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? [])
+                        + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
                 transport: transport,
                 loop: loop, socket: socket))
         }
@@ -236,6 +250,7 @@ public final class StrataServer: Service, Sendable {
             try await withThrowingTaskGroup(of: Void.self) { housekeeping in
                 housekeeping.addTask { [uploads] in await uploads.runExpiry() }
                 housekeeping.addTask { [self] in await enforceShutdownDeadline() }
+                housekeeping.addTask { [health] in await health.monitor() }
                 housekeeping.addTask { [logger] in await Self.returnFreedMemory(every: Self.memoryReturnPeriod, logger: logger) }
                 try await withThrowingTaskGroup(of: Void.self) { serving in
                     for listener in listeners {
@@ -270,6 +285,7 @@ public final class StrataServer: Service, Sendable {
     /// Stops accepting RPCs and lets the ones in flight finish, for at most `shutdownTimeout`.
     public func beginGracefulShutdown() {
         logger.info("strata shutting down: finishing requests in flight (at most \(shutdownTimeout))")
+        health.beginDraining()
         for listener in listeners { listener.server.beginGracefulShutdown() }
         shutdownRequests.continuation.yield()
     }
