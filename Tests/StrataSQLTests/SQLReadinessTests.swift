@@ -17,7 +17,8 @@ struct SQLReadinessTests {
         let results = try await SQLTestDatabase.running([absent]) {
             await Readiness(backends: [.init(backend: absent, name: "!sql-connection", location: "s.yml:3")], timeout: .seconds(1)).check()
         }
+        // Refused at once, it says where; on a loaded machine the timeout may answer first.
         let problem = try #require(results.first?.problem)
-        #expect(problem.contains("\(port)"), "\(problem)")
+        #expect(problem.contains("\(port)") || problem.hasPrefix("no answer within"), "\(problem)")
     }
 }
