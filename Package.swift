@@ -140,6 +140,12 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Log handlers of the commands: swift-log's text lines, or one JSON object per line.
+        .target(
+            name: "StrataLogging",
+            dependencies: [.product(name: "Logging", package: "swift-log")],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataBench",
             dependencies: [
@@ -154,7 +160,7 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataConfig", "StrataServer", "StrataBench", "StrataCore",
+                "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataLogging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -207,7 +213,7 @@ let package = Package(
         .testTarget(
             name: "StrataServerTests",
             dependencies: [
-                "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench",
+                "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench", "StrataLogging",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -48,6 +48,8 @@ public final class DiskActionCache: ActionCache {
     private let tmpDirectory: String
     private let threadPool: NIOThreadPool
     private let logger: Logger
+    /// Evictions are warned of once a minute at most: a full cache evicts on every update.
+    private let evictionWarnings = WarningRateLimit()
     /// The stored entries by recency, costing `cost(ofFileSize:)`; nil until the folder is first read.
     private let index = Mutex<LRUDictionary<String, Void>?>(nil)
     /// The first call's reading of the folder, which the calls arriving meanwhile wait for.
@@ -269,8 +271,9 @@ public final class DiskActionCache: ActionCache {
             fsync(directory)
             close(directory)
         }
-        if !victims.isEmpty {
-            logger.debug("evicted \(victims.count) least recently used action cache entries from \(root)")
+        if !victims.isEmpty, let heldBack = evictionWarnings.admit() {
+            // An operator learns that the cache is full and drops results, once a minute at most.
+            logger.warning("disk action cache \(root) is at its max-size: evicted \(victims.count) least recently used entries\(heldBack > 0 ? " (and \(heldBack) evictions more since the last warning)" : "")")
         }
     }
 

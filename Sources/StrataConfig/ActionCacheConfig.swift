@@ -28,6 +28,7 @@ extension Builder {
             maxBytes: try options["max-size"]?.size() ?? DiskActionCache.defaultMaxBytes,
             maxEntries: try options["max-entries"].map { node throws(ConfigError) in try node.int(minimum: 1) })
         let cache = DiskActionCache(path: path, limits: limits)
+        checkReadiness(of: cache, "!disk-action-cache \(cache.root)", node)
         var summary = "!disk-action-cache at \(cache.root) (max-size \(describeBytes(limits.maxBytes))"
         if let maxEntries = limits.maxEntries { summary += ", max-entries \(maxEntries)" }
         cacheSummary.append(summary + ", evicting least recently used)")
@@ -87,6 +88,7 @@ extension Builder {
             throw urlNode.error(error.message)
         }
         backgroundServices.append(RemoteChannelService(channel: cache.channel))
+        checkReadiness(of: cache.channel, "!remote-action-cache \(cache.endpoint)", node)
         return cache
     }
 }

@@ -86,6 +86,7 @@ extension Builder {
             throw urlNode.error(error.message)
         }
         backgroundServices.append(RemoteChannelService(channel: store.channel))
+        checkReadiness(of: store.channel, "!remote-storage \(store.endpoint)", node)
         let instance = remoteOptions.channel.instanceName
         // The remote decides whether to skip a write of a blob it holds (and verifies its own copies).
         let verified = try verifying(store, name: "remote storage \(store.endpoint)", options) { _ in false }

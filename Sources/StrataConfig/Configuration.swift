@@ -34,6 +34,10 @@ public struct Configuration: Sendable {
     /// The backends with work to do before serving (creating folders, clearing a crashed run's
     /// leftovers), which loading does not do: see `prepare()`.
     public var preparations: [Preparation] = []
+    /// Every configured backend that can be asked whether it answers (Redis, PostgreSQL, S3, disk
+    /// folders, remote servers), with where it is configured: what `/readyz` and the gRPC health
+    /// service report.
+    public var readiness = Readiness()
 
     public struct Preparation: Sendable {
         public let backend: any Preparable
@@ -113,6 +117,8 @@ struct Builder {
     var backgroundServices: [any Service] = []
     /// Backends to prepare before serving, each once (aliases share one).
     var preparations: [Configuration.Preparation] = []
+    /// Backends to ask whether they answer, each once (aliases share one).
+    var readinessChecks: [Readiness.Backend] = []
     /// Each storage node's place in the graph, and what writes to the storages, for the checks that
     /// refuse configurations losing data (StorageGraphChecks.swift).
     var shapes: [String: StorageShape] = [:]
@@ -166,7 +172,12 @@ struct Builder {
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
-            preparations: preparations, scrubTargets: scrubTargets())
+            preparations: preparations, readiness: Readiness(backends: readinessChecks), scrubTargets: scrubTargets())
+    }
+
+    /// Registers `backend` (built from `node`) for the readiness checks, named `name`.
+    mutating func checkReadiness(of backend: any ReadinessCheckable, _ name: String, _ node: ConfigNode) {
+        readinessChecks.append(.init(backend: backend, name: name, location: "\(node.file):\(node.line ?? 0): \(node.path)"))
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {

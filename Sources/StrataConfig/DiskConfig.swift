@@ -30,6 +30,7 @@ extension Builder {
         // Creates and cleans nothing yet: `strata serve` prepares it (Configuration.prepare()).
         let store = DiskBlobStore(path: path, sync: sync, budget: budget)
         preparations.append(.init(backend: store, file: node.file, line: node.line, path: node.path))
+        checkReadiness(of: store, "!disk-storage \(path)", node)
         var summary = "!disk-storage at \(path)"
         if let budget {
             summary += " (max-size \(budgetDescription), \(budget.evictLeastRecentlyUsed ? "evicting least recently used" : "refusing writes") past it)"

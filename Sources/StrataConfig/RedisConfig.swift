@@ -32,6 +32,7 @@ extension Builder {
         }
         let client = RedisClient(configuration)
         objects[node.identity] = client
+        checkReadiness(of: client, "!redis-connection \(client.endpoint)", node)
         backgroundServices.append(RedisClientService(client: client))
         return client
     }

@@ -29,6 +29,7 @@ extension Builder {
         let entries = try actionCacheEntries(node, options)
         let cache = S3ActionCache(
             client: client, bucket: bucket, entries: entries, keySalt: try options["cache-key-salt"]?.string())
+        checkReadiness(of: cache, "\(node.applicationTag ?? "!s3action-cache") bucket \(bucket) at \(client.configuration.endpoint)", node)
         return try updatePolicy(cache, options)
     }
 

@@ -35,6 +35,7 @@ extension Builder {
         let store = S3BlobStore(
             client: client, naming: naming,
             options: S3BlobStore.Options(readTimeout: readTimeout, writeTimeout: writeTimeout))
+        checkReadiness(of: store, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint)", node)
         var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
         let n = naming.hashPrefixSize
         layout += n > 0 ? "{hash[:\(n)]}/{hash[\(n):]}_{size}" : "{hash}_{size}"

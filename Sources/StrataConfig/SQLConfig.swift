@@ -48,6 +48,7 @@ extension Builder {
         settings.readOnly = readOnly
         let connection = SQLConnection(settings: settings)
         objects[key] = connection
+        checkReadiness(of: connection, "!sql-connection \(settings.displayName)\(readOnly ? " (sql-ro)" : "")", node)
         backgroundServices.append(connection)
         return connection
     }

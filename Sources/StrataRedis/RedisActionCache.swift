@@ -53,7 +53,7 @@ public struct RedisActionCache: ActionCache {
                 do {
                     try await set(key, migratedValue)
                 } catch {
-                    logger.warning("cannot migrate action cache entry \(key) to \(entries.entryType): \(error)")
+                    logger.warning("Redis at \(client.endpoint): cannot migrate action cache entry \(key) to \(entries.entryType): \(error)")
                 }
             }
             return result
@@ -77,7 +77,7 @@ public struct RedisActionCache: ActionCache {
         do {
             try await remove(action)
         } catch {
-            logger.warning("cannot remove unusable action cache entry \(key): \(error)")
+            logger.warning("Redis at \(client.endpoint): cannot remove unusable action cache entry \(key): \(error)")
         }
         return nil
     }

@@ -43,11 +43,11 @@ public struct S3ActionCache: ActionCache {
         }
         switch try await entries.decode(value, for: action) {
         case .unusable(let problem):
-            logger.warning("S3 action cache entry \(bucket)/\(key) is unusable and is removed: \(problem)")
+            logger.warning("S3 at \(client.configuration.endpoint): action cache entry \(bucket)/\(key) is unusable and is removed: \(problem)")
             do {
                 try await remove(action)
             } catch {
-                logger.warning("cannot remove unusable action cache entry \(bucket)/\(key): \(error)")
+                logger.warning("S3 at \(client.configuration.endpoint): cannot remove unusable action cache entry \(bucket)/\(key): \(error)")
             }
             return nil
         case .result(let result, let migratedValue):
@@ -55,7 +55,7 @@ public struct S3ActionCache: ActionCache {
                 do {
                     try await client.putObject(bucket: bucket, key: key, data: migratedValue)
                 } catch {
-                    logger.warning("cannot migrate action cache entry \(bucket)/\(key) to \(entries.entryType): \(error)")
+                    logger.warning("S3 at \(client.configuration.endpoint): cannot migrate action cache entry \(bucket)/\(key) to \(entries.entryType): \(error)")
                 }
             }
             return result

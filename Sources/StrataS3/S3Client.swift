@@ -133,6 +133,21 @@ public final class S3Client: Sendable {
         guard response.status == 200 else { throw failure(response, "PUT", bucket: bucket, key: nil) }
     }
 
+    /// Whether `bucket` exists and these credentials may list it (HEAD of the bucket); throws saying
+    /// which when not. AWS answers HEAD with no body, so the status alone tells.
+    public func headBucket(_ bucket: String) async throws {
+        let response = try await send("HEAD", bucket: bucket, key: nil)
+        switch response.status {
+        case 200..<300: return
+        case 404: throw StrataError.internal("S3 bucket \"\(bucket)\" does not exist at \(baseURL)")
+        case 401, 403:
+            throw StrataError.internal(
+                "S3 refused HEAD of bucket \"\(bucket)\" at \(baseURL) (HTTP \(response.status)): check the access-key, "
+                    + "secret-key and region, and that they grant s3:ListBucket on the bucket")
+        default: throw failure(response, "HEAD", bucket: bucket, key: nil)
+        }
+    }
+
     /// The object's size, or nil when there is no such object.
     public func headObject(bucket: String, key: String) async throws -> Int64? {
         let response = try await send("HEAD", bucket: bucket, key: key)

@@ -8,6 +8,7 @@ import Glibc
 #endif
 import Logging
 import ServiceLifecycle
+import StrataAPI
 import StrataCore
 
 /// Where a server listens: `host:port`, `[v6]:port` or `unix:/path`.
@@ -86,6 +87,16 @@ public final class StrataServer: Service, Sendable {
     /// Whether `run` started: until then the sockets are this object's to close.
     private let started = Mutex(false)
     private let logger: Logger
+    /// What the health service reports; draining once a graceful shutdown starts.
+    public let health: HealthStatus
+
+    /// The fully qualified names of the gRPC services `services` register: what the health service
+    /// answers for, besides "" (the whole server) and itself.
+    static func serviceNames(_ services: [any RegistrableRPCService]) -> [String] {
+        var router = RPCRouter<HTTP2ServerTransport.Posix>()
+        for service in services { service.registerMethods(with: &router) }
+        return Array(Set(router.methods.map(\.service.fullyQualifiedService))).sorted()
+    }
 
     /// 4 MiB: a 64 MiB ByteStream write runs as fast as with 8 or 16 MiB (about 0.9 GB/s on LRU storage
     /// here), and a 4 GiB write peaks at +45 MiB of server RSS instead of +63 MiB with 16 MiB.
@@ -107,20 +118,25 @@ public final class StrataServer: Service, Sendable {
         interceptors: [any ServerInterceptor] = [],
         addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
-        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
+        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
+        health: HealthStatus = HealthStatus(), accessLog: Logger? = nil
     ) throws(StrataError) {
+        self.health = health
         self.registry = registry
         self.uploads = uploads
         self.logger = logger
         self.shutdownTimeout = shutdownTimeout
         self.shutdownRequests = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let environment = ServerEnvironment(registry: registry, uploads: uploads, logger: logger)
-        let services = modules.flatMap { $0.rpcServices(environment) }
-        // The context first, so every interceptor after it reads it; the error mapping runs next to the
-        // handlers: a CancellationError they throw must become CANCELLED before anything else sees it
-        // (RequestHardeningTests proves the order).
+        var services = modules.flatMap { $0.rpcServices(environment) }
+        // The health service answers for every service the modules made, whatever they are.
+        services.append(HealthService(status: health, services: Self.serviceNames(services)))
+        // The context first, so every interceptor after it reads it; the access log next, so it sees the
+        // final status of every RPC; the error mapping runs next to the handlers: a CancellationError they
+        // throw must become CANCELLED before anything else sees it (RequestHardeningTests proves the order).
         let interceptors: [any ServerInterceptor] =
-            [RequestContextInterceptor()] + interceptors + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
+            [RequestContextInterceptor()] + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? []) + interceptors
+            + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
         var config = HTTP2ServerTransport.Posix.Config.defaults
         // Each method's request limit, answered with RESOURCE_EXHAUSTED (see RequestSizeLimits).
         let requestLimits = RequestSizeLimits(maxBatchTotalSizeBytes: registry.maxBatchTotalSizeBytes)
@@ -237,6 +253,7 @@ public final class StrataServer: Service, Sendable {
             try await withThrowingTaskGroup(of: Void.self) { housekeeping in
                 housekeeping.addTask { [uploads] in await uploads.runExpiry() }
                 housekeeping.addTask { [self] in await enforceShutdownDeadline() }
+                housekeeping.addTask { [health] in await health.monitor() }
                 housekeeping.addTask { [logger] in await Self.returnFreedMemory(every: Self.memoryReturnPeriod, logger: logger) }
                 try await withThrowingTaskGroup(of: Void.self) { serving in
                     for listener in listeners {
@@ -271,6 +288,7 @@ public final class StrataServer: Service, Sendable {
     /// Stops accepting RPCs and lets the ones in flight finish, for at most `shutdownTimeout`.
     public func beginGracefulShutdown() {
         logger.info("strata shutting down: finishing requests in flight (at most \(shutdownTimeout))")
+        health.beginDraining()
         for listener in listeners { listener.server.beginGracefulShutdown() }
         shutdownRequests.continuation.yield()
     }

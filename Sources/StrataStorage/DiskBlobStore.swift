@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOPosix
 import StrataCore
 import Synchronization
@@ -44,6 +45,10 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     private let threadPool: NIOThreadPool
     /// Maintained only with a budget.
     private let usage: Mutex<DiskUsage>
+    private let logger: Logger
+    /// Evictions and refusals are warned of once a minute at most: a full store sees one per write.
+    private let evictionWarnings = WarningRateLimit()
+    private let refusalWarnings = WarningRateLimit()
 
     /// Before refusing a write for lack of room, the store counts its files again if it last did
     /// longer ago than this: another process (`strata cleanup`, the janitor) may have deleted some.
@@ -59,7 +64,11 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     public static let staleTemporaryFileAge: Duration = .seconds(3600)
 
     /// Touches nothing on disk: `prepare()` does.
-    public init(path: String, sync: Bool = true, budget: Budget? = nil, threadPool: NIOThreadPool = .singleton) {
+    public init(
+        path: String, sync: Bool = true, budget: Budget? = nil, threadPool: NIOThreadPool = .singleton,
+        logger: Logger = Logger(label: "strata.disk")
+    ) {
+        self.logger = logger
         let root = URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL
         self.root = root
         self.casDirectory = root.appendingPathComponent("cas").path
@@ -481,6 +490,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             }
             if !outcome.victims.isEmpty {
                 let victims = outcome.victims
+                if let heldBack = evictionWarnings.admit() {
+                    logger.warning("disk storage \(root.path) is at its max-size (\(budget.maxBytes) bytes): evicting \(victims.count) least recently used blobs to store blob \(digest)\(heldBack > 0 ? " (and \(heldBack) evictions more since the last warning)" : "")")
+                }
                 let paths = victims.map(path(of:))
                 var failure: (any Error)?
                 do {
@@ -504,8 +516,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             guard let used = outcome.full else { return }
             let due = usage.withLock { ContinuousClock.now - $0.lastCount >= Self.recountInterval }
             if recounted || !due {
-                throw StrataError.resourceExhausted(
+                let refusal = StrataError.resourceExhausted(
                     "disk storage \(root.path) is at its budget (max-size \(budget.maxBytes) bytes, \(used) in use or being written): cannot store blob \(digest) (\(digest.sizeBytes) bytes)")
+                if let heldBack = refusalWarnings.admit() {
+                    logger.warning("\(refusal.message)\(heldBack > 0 ? " (and \(heldBack) refusals more since the last warning)" : "")")
+                }
+                throw refusal
             }
             let casDirectory = self.casDirectory
             let files = try await threadPool.runIfActive { Self.count(casDirectory) }

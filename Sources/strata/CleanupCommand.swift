@@ -31,15 +31,14 @@ struct Cleanup: AsyncParsableCommand {
     @Option(help: "Only the cleanup entries of this instance.")
     var instanceName: String?
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LogOptions
 
     func validate() throws {
         try validateSeconds(sleepInterval, "--sleep-interval")
     }
 
     func run() async throws {
-        let (configuration, targets) = try loadTargets(config, instanceName: instanceName, logLevel: logLevel)
+        let (configuration, targets) = try loadTargets(config, instanceName: instanceName, logging: logging)
         let loop = MaintenanceLoop(name: "cleanup", once: once || dryRun) { target, shouldStop in
             let output = ProgressOutput()
             let cleaner = IndexCleaner(index: target.index, policy: target.policy, progress: output.progress)
@@ -82,8 +81,7 @@ struct JanitorCommand: AsyncParsableCommand {
     @Flag(help: "Delete the orphans whatever their share of the storage (see --max-delete-share).")
     var force = false
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LogOptions
 
     func validate() throws {
         try validateSeconds(gracePeriod, "--grace-period")
@@ -94,7 +92,7 @@ struct JanitorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let (configuration, all) = try loadTargets(config, instanceName: nil, logLevel: logLevel)
+        let (configuration, all) = try loadTargets(config, instanceName: nil, logging: logging)
         var seen = Set<String>()
         var targets: [CleanupTarget] = []
         for target in all where seen.insert(target.indexIdentity).inserted {
@@ -124,8 +122,8 @@ private func fail(_ message: String) -> Never {
     Foundation.exit(1)
 }
 
-private func loadTargets(_ file: String, instanceName: String?, logLevel: Logger.Level) throws -> (Configuration, [CleanupTarget]) {
-    bootstrapLogging(logLevel)
+private func loadTargets(_ file: String, instanceName: String?, logging: LogOptions) throws -> (Configuration, [CleanupTarget]) {
+    logging.bootstrap()
     let configuration = loadConfigurationOrExit(file)
     let targets = configuration.cleanups.filter { instanceName == nil || $0.instanceName == instanceName }
     if targets.isEmpty {

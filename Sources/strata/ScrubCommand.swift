@@ -29,8 +29,7 @@ struct ScrubCommand: AsyncParsableCommand {
     @Option(help: "Read at most this many bytes per second (e.g. 50M; 0: no limit), to leave the storage to the server.")
     var bytesPerSecond: String = "100M"
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LogOptions
 
     func rate() throws -> Int64 {
         if bytesPerSecond.trimmingCharacters(in: .whitespaces) == "0" { return 0 }
@@ -43,7 +42,7 @@ struct ScrubCommand: AsyncParsableCommand {
     func validate() throws { _ = try rate() }
 
     func run() async throws {
-        bootstrapLogging(logLevel)
+        logging.bootstrap()
         let configuration = loadConfigurationOrExit(config)
         guard !configuration.scrubTargets.isEmpty else {
             FileHandle.standardError.write(Data("strata: \(config): no storage to scrub (!disk-storage, !s3-storage or !sql-storage)\n".utf8))

@@ -67,8 +67,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("address"), help: "Listen here instead of the config's !channel addresses (host:port); repeatable.")
     var addresses: [String] = []
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LogOptions
+
+    @Flag(inversion: .prefixedNo, help: "Log one line per RPC (at info level; the health service's at debug).")
+    var accessLog = true
 
     @Option(help: "Seconds a graceful shutdown (SIGTERM, SIGINT) waits for requests in flight before closing their connections.")
     var shutdownTimeout: Double = 30
@@ -81,7 +83,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileDescriptorLimit()
-        bootstrapLogging(logLevel)
+        logging.bootstrap()
         let logger = Logger(label: "strata")
         var configuration: Configuration
         do {
@@ -117,7 +119,9 @@ struct Serve: AsyncParsableCommand {
             server = try StrataServer(
                 registry: configuration.registry, modules: configuration.modules,
                 addresses: configuration.addresses, logger: logger,
-                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)))
+                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)),
+                health: HealthStatus(readiness: configuration.readiness),
+                accessLog: accessLog ? Logger(label: "strata.access") : nil)
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)
@@ -149,7 +153,6 @@ func raiseFileDescriptorLimit() {
     #endif
 }
 
-extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// Strata's version, as `strata --version` prints it and the start-up log says. The one place it is
 /// written; no commit is embedded (SwiftPM has no side-effect-free way to stamp one at build time).
@@ -165,15 +168,6 @@ func describeError(_ error: any Error) -> String {
     }
     guard let error = error as? StrataError else { return "\(error)" }
     return "\(error.message) (\(error.code.words))"
-}
-
-/// Sends every log line of a command to standard error at `level`; once, first thing in `run`.
-func bootstrapLogging(_ level: Logger.Level) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
 }
 
 /// Loads `file` as a command's configuration, or prints why it cannot (`strata: FILE:LINE: …`) and

@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import Logging
 import StrataAPI
 import StrataActionCache
 import StrataCore
@@ -11,6 +12,7 @@ typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
 typealias ActionCacheClient = Build_Bazel_Remote_Execution_V2_ActionCache.Client<HTTP2ClientTransport.Posix>
 typealias CapabilitiesClient = Build_Bazel_Remote_Execution_V2_Capabilities.Client<HTTP2ClientTransport.Posix>
+typealias HealthClient = Grpc_Health_V1_Health.Client<HTTP2ClientTransport.Posix>
 typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
 
 /// Clients of one running server on 127.0.0.1 with an ephemeral port.
@@ -19,6 +21,7 @@ struct Clients: Sendable {
     let byteStream: ByteStreamClient
     let actionCache: ActionCacheClient
     let capabilities: CapabilitiesClient
+    let health: HealthClient
     let server: StrataServer
     let port: Int
 }
@@ -26,14 +29,15 @@ struct Clients: Sendable {
 /// Runs `body` against a real server over loopback gRPC, then shuts the server down.
 func withServer<T: Sendable>(
     _ instances: [Instance], maxBatchTotalSizeBytes: Int64 = InstanceRegistry.defaultMaxBatchTotalSizeBytes,
-    uploads: UploadRegistry = UploadRegistry(),
+    uploads: UploadRegistry = UploadRegistry(), health: HealthStatus = HealthStatus(), accessLog: Logger? = nil,
     modules: [any ServiceModule] = StrataServer.storageModules, interceptors: [any ServerInterceptor] = [],
     _ body: @Sendable (Clients) async throws -> T
 ) async throws -> T {
     let registry = InstanceRegistry(instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
     let server = try StrataServer(
         registry: registry, modules: modules, interceptors: interceptors,
-        addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads)
+        addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads,
+        health: health, accessLog: accessLog)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await server.run()
@@ -46,7 +50,7 @@ func withServer<T: Sendable>(
             try await body(Clients(
                 cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
                 actionCache: ActionCacheClient(wrapping: client), capabilities: CapabilitiesClient(wrapping: client),
-                server: server, port: port))
+                health: HealthClient(wrapping: client), server: server, port: port))
         }
         server.beginGracefulShutdown()
         for try await _ in group {}

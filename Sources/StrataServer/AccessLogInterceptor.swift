@@ -1,0 +1,124 @@
+import GRPCCore
+import Logging
+import StrataAPI
+import StrataCore
+
+/// Writes one line per RPC once it is over (its response streamed, or its failure): method, instance,
+/// status, duration, bytes received and sent, peer, principal, and the client's tool invocation id and
+/// action mnemonic; a failure with its message. Runs right after `RequestContextInterceptor`, whose
+/// context it reads, so the duration covers everything the server did for the call.
+///
+/// Lines are at info level (`--log-level warning` hides them, `--no-access-log` turns them off); the
+/// health service's at debug, as probes call it every few seconds.
+struct AccessLogInterceptor: ServerInterceptor {
+    let logger: Logger
+
+    static let healthService = Grpc_Health_V1_Health.descriptor.fullyQualifiedService
+
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingServerRequest<Input>,
+        context: ServerContext,
+        next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
+    ) async throws -> StreamingServerResponse<Output> {
+        var response: StreamingServerResponse<Output>
+        do {
+            response = try await next(request, context)
+        } catch {
+            log(error)
+            throw error
+        }
+        switch response.accepted {
+        case .success(var contents):
+            let producer = contents.producer
+            contents.producer = { writer in
+                do {
+                    let trailers = try await producer(writer)
+                    log(nil)
+                    return trailers
+                } catch {
+                    log(error)
+                    throw error
+                }
+            }
+            response.accepted = .success(contents)
+        case .failure(let error):
+            log(error)
+        }
+        return response
+    }
+
+    /// The line of the current RPC, ended by `error` (nil: OK).
+    func log(_ error: (any Error)?) {
+        guard let request = RequestContext.current else { return }
+        let level: Logger.Level = request.service == Self.healthService ? .debug : .info
+        guard logger.logLevel <= level else { return }
+        let status = error.map { Self.statusName(Self.statusCode($0)) } ?? "OK"
+        logger.log(level: level, "\(request.method) \(status)", metadata: Self.fields(request, status: status, error: error))
+    }
+
+    static func fields(_ request: RequestContext, status: String, error: (any Error)?) -> Logger.Metadata {
+        let elapsed = ContinuousClock.now - request.started
+        var fields: Logger.Metadata = [
+            "rpc": "\(request.service)/\(request.method)",
+            "instance": "\(request.instanceName ?? "")",
+            "status": "\(status)",
+            "duration_ms": "\(milliseconds(elapsed))",
+            "bytes_received": "\(request.bytesReceived)",
+            "bytes_sent": "\(request.bytesSent)",
+            "peer": "\(request.peer)",
+            "principal": "\(request.principal)",
+        ]
+        if !request.metadata.toolInvocationID.isEmpty { fields["invocation"] = "\(request.metadata.toolInvocationID)" }
+        if !request.metadata.actionMnemonic.isEmpty { fields["mnemonic"] = "\(request.metadata.actionMnemonic)" }
+        if !request.metadata.toolName.isEmpty { fields["tool"] = "\(request.metadata.toolName) \(request.metadata.toolVersion)" }
+        if let error { fields["error"] = "\(message(error))" }
+        return fields
+    }
+
+    /// The status the client sees for `error`, as `ErrorStatusInterceptor` maps it.
+    static func statusCode(_ error: any Error) -> RPCError.Code {
+        switch ErrorStatusInterceptor.status(error) {
+        case let error as RPCError: error.code
+        case let error as any RPCErrorConvertible: error.rpcErrorCode
+        default: .unknown
+        }
+    }
+
+    /// Milliseconds with three decimals, e.g. `1.234`.
+    static func milliseconds(_ duration: Duration) -> String {
+        let micros = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
+        let fraction = String(micros % 1000)
+        return "\(micros / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    }
+
+    /// The code as the gRPC spec names it (`NOT_FOUND`), as grpcurl and other servers' logs write it.
+    static func statusName(_ code: RPCError.Code) -> String {
+        switch code {
+        case .cancelled: "CANCELLED"
+        case .unknown: "UNKNOWN"
+        case .invalidArgument: "INVALID_ARGUMENT"
+        case .deadlineExceeded: "DEADLINE_EXCEEDED"
+        case .notFound: "NOT_FOUND"
+        case .alreadyExists: "ALREADY_EXISTS"
+        case .permissionDenied: "PERMISSION_DENIED"
+        case .resourceExhausted: "RESOURCE_EXHAUSTED"
+        case .failedPrecondition: "FAILED_PRECONDITION"
+        case .aborted: "ABORTED"
+        case .outOfRange: "OUT_OF_RANGE"
+        case .unimplemented: "UNIMPLEMENTED"
+        case .internalError: "INTERNAL"
+        case .unavailable: "UNAVAILABLE"
+        case .dataLoss: "DATA_LOSS"
+        case .unauthenticated: "UNAUTHENTICATED"
+        default: "\(code)"
+        }
+    }
+
+    static func message(_ error: any Error) -> String {
+        switch ErrorStatusInterceptor.status(error) {
+        case let error as RPCError: error.message
+        case let error as any RPCErrorConvertible: error.rpcErrorMessage
+        default: "\(error)"
+        }
+    }
+}
