@@ -154,8 +154,9 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataConfig", "StrataServer", "StrataBench", "StrataCore",
+                "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataRemote",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
