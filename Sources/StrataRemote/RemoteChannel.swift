@@ -109,7 +109,8 @@ public final class RemoteChannel: Sendable {
             client = try makeClient()
         } catch let error as RuntimeError {
             // The TLS files were readable but are not what TLS needs (not PEM, a key that does not match).
-            throw .invalidArgument("\(endpoint): \(error.message)\(error.cause.map { ": \($0)" } ?? "")")
+            let message = error.message.hasSuffix(".") ? String(error.message.dropLast()) : error.message
+            throw .invalidArgument("\(endpoint): \(message)\(error.cause.map { ": \($0)" } ?? "")")
         } catch {
             throw .invalidArgument("\(endpoint): \(error)")
         }

@@ -132,8 +132,8 @@ import Testing
         - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-client-cert: /etc/hostname } }
         """), line: 4, "needs its private key")
         expectError(config(storage: """
-        - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-server-cert: /nonexistent/ca.pem } }
-        """), line: 4, "/nonexistent/ca.pem cannot be read")
+        - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-server-cert: /nonexistent-strata-test/ca.pem } }
+        """), line: 4, "/nonexistent-strata-test/ca.pem cannot be read")
         expectError(config(storage: """
         - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-client-keys: x } }
         """), line: 4, "unknown option \"tls-client-keys\"")

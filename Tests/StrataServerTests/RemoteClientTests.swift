@@ -99,8 +99,8 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
             do { _ = try RemoteChannel(url: url, options: options); return nil } catch { return error.message }
         }
         #expect(refusal("grpcs://x:1", RemoteCredentials(tlsClientCertFile: "/etc/hostname"))?.contains("private key") == true)
-        #expect(refusal("grpcs://x:1", RemoteCredentials(tlsCAFile: "/nonexistent/ca.pem"))?.contains("/nonexistent/ca.pem cannot be read") == true)
-        #expect(refusal("grpc://x:1", RemoteCredentials(tokenFile: "/nonexistent/token"))?.contains("token file") == true)
+        #expect(refusal("grpcs://x:1", RemoteCredentials(tlsCAFile: "/nonexistent-strata-test/ca.pem"))?.contains("/nonexistent-strata-test/ca.pem cannot be read") == true)
+        #expect(refusal("grpc://x:1", RemoteCredentials(tokenFile: "/nonexistent-strata-test/token"))?.contains("token file") == true)
         #expect(refusal("grpc://x:1", RemoteCredentials(tlsCAFile: "/etc/hostname"))?.contains("use grpcs://") == true)
         #expect(refusal("grpcs://x:1", RemoteCredentials(tlsCAFile: "/etc/hostname"))?.isEmpty == false)  // not a PEM certificate
         #expect(refusal("grpcs://x:1", RemoteCredentials()) == nil)  // the system's roots
