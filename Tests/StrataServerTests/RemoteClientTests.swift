@@ -166,6 +166,22 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
         }
     }
 
+    @Test func unixSocketEndpoint() async throws {
+        let folder = try TemporaryFolder()
+        let socket = folder.path + "/cas.sock"
+        let recorder = RecordingCapabilities()
+        let server = GRPCServer(
+            transport: HTTP2ServerTransport.Posix(address: .unixDomainSocket(path: socket), transportSecurity: .plaintext),
+            services: [recorder])
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await server.serve() }
+            defer { server.beginGracefulShutdown() }
+            _ = try await server.listeningAddress
+            try await withChannel("unix:\(socket)") { channel in try await capabilitiesCall(channel) }
+            #expect(recorder.calls.withLock { $0.count } == 1)
+        }
+    }
+
     @Test func capabilitiesAreAskedOnceForTheBatchLimit() async throws {
         let recorder = RecordingCapabilities(maxBatchTotalSizeBytes: 100_000)
         try await withRecordingServer(recorder) { port in
