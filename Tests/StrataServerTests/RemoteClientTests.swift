@@ -52,7 +52,7 @@ func withRecordingServer<T: Sendable>(
 }
 
 /// Runs `body` with a channel to `url`, open for its duration.
-func withChannel<T: Sendable>(
+func withRemoteChannel<T: Sendable>(
     _ url: String, _ options: RemoteChannel.Options = .init(), _ body: @Sendable (RemoteChannel) async throws -> T
 ) async throws -> T {
     let channel = try RemoteChannel(url: url, options: options)
@@ -109,14 +109,14 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
 
 @Suite struct RemoteChannelHeaderTests {
     @Test func bearerTokenFileIsReadAgainWhenItChanges() async throws {
-        let folder = try TemporaryFolder()
+        let folder = try ClientTestFolder()
         let tokenFile = folder.path + "/token"
         try "first-token\n".write(toFile: tokenFile, atomically: true, encoding: .utf8)
         let recorder = RecordingCapabilities()
         try await withRecordingServer(recorder) { port in
             var options = RemoteChannel.Options()
             options.credentials.tokenFile = tokenFile
-            try await withChannel("grpc://127.0.0.1:\(port)", options) { channel in
+            try await withRemoteChannel("grpc://127.0.0.1:\(port)", options) { channel in
                 try await capabilitiesCall(channel)
                 #expect(recorder.lastAuthorization == ["Bearer first-token"])
                 // Renewed on disk (a new file, as a token agent writes it): the next call sends it.
@@ -140,7 +140,7 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
         try await withRecordingServer(recorder) { port in
             var options = RemoteChannel.Options()
             options.requestMetadata = ClientCommandInput.requestMetadata(version: "9.9")
-            try await withChannel("grpc://127.0.0.1:\(port)", options) { channel in
+            try await withRemoteChannel("grpc://127.0.0.1:\(port)", options) { channel in
                 func sentMetadata() throws -> Build_Bazel_Remote_Execution_V2_RequestMetadata? {
                     guard let bytes = recorder.last?[binaryValues: RemoteCallHeadersInterceptor.requestMetadataKey].first(where: { _ in true })
                     else { return nil }
@@ -167,7 +167,7 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
     }
 
     @Test func unixSocketEndpoint() async throws {
-        let folder = try TemporaryFolder()
+        let folder = try ClientTestFolder()
         let socket = folder.path + "/cas.sock"
         let recorder = RecordingCapabilities()
         let server = GRPCServer(
@@ -177,7 +177,7 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
             group.addTask { try await server.serve() }
             defer { server.beginGracefulShutdown() }
             _ = try await server.listeningAddress
-            try await withChannel("unix:\(socket)") { channel in try await capabilitiesCall(channel) }
+            try await withRemoteChannel("unix:\(socket)") { channel in try await capabilitiesCall(channel) }
             #expect(recorder.calls.withLock { $0.count } == 1)
         }
     }
@@ -185,7 +185,7 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
     @Test func capabilitiesAreAskedOnceForTheBatchLimit() async throws {
         let recorder = RecordingCapabilities(maxBatchTotalSizeBytes: 100_000)
         try await withRecordingServer(recorder) { port in
-            try await withChannel("grpc://127.0.0.1:\(port)") { channel in
+            try await withRemoteChannel("grpc://127.0.0.1:\(port)") { channel in
                 #expect(await channel.batchLimit(configured: 2 << 20) == 100_000)
                 #expect(await channel.batchLimit(configured: 50_000) == 50_000)
                 #expect(recorder.calls.withLock { $0.count } == 1)
@@ -212,7 +212,7 @@ func capabilitiesCall(_ channel: RemoteChannel) async throws {
 }
 
 /// A folder under the system's temporary directory, removed when the value is released.
-final class TemporaryFolder: Sendable {
+final class ClientTestFolder: Sendable {
     let path: String
 
     init() throws {
@@ -225,8 +225,8 @@ final class TemporaryFolder: Sendable {
 
 /// Certificates made by `openssl` for a test: a CA, a server certificate for 127.0.0.1 and a client
 /// certificate, all signed by the CA, with EC keys (fast to make).
-struct TestCertificates {
-    let folder: TemporaryFolder
+struct ClientTestCertificates {
+    let folder: ClientTestFolder
     var ca: String { folder.path + "/ca.pem" }
     var serverCert: String { folder.path + "/server.pem" }
     var serverKey: String { folder.path + "/server.key" }
@@ -234,7 +234,7 @@ struct TestCertificates {
     var clientKey: String { folder.path + "/client.key" }
 
     init() throws {
-        folder = try TemporaryFolder()
+        folder = try ClientTestFolder()
         let dir = folder.path
         try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/server.ext", atomically: true, encoding: .utf8)
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -282,7 +282,7 @@ struct TestCertificates {
 
     static func succeeds(_ url: String, _ credentials: RemoteCredentials) async -> Bool {
         do {
-            try await withChannel(url, options(credentials)) { try await capabilitiesCall($0) }
+            try await withRemoteChannel(url, options(credentials)) { try await capabilitiesCall($0) }
             return true
         } catch {
             return false
@@ -290,7 +290,7 @@ struct TestCertificates {
     }
 
     @Test func tlsWithTheCAWorksAndPlaintextOrUnknownRootsFail() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try ClientTestCertificates()
         try await withRecordingServer(RecordingCapabilities(), security: certificates.serverTLS) { port in
             #expect(await Self.succeeds("grpcs://127.0.0.1:\(port)", RemoteCredentials(tlsCAFile: certificates.ca)))
             #expect(await Self.succeeds("https://127.0.0.1:\(port)", RemoteCredentials(tlsCAFile: certificates.ca)))
@@ -302,7 +302,7 @@ struct TestCertificates {
     }
 
     @Test func mutualTLSNeedsTheClientCertificate() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try ClientTestCertificates()
         let recorder = RecordingCapabilities()
         try await withRecordingServer(recorder, security: certificates.serverMutualTLS) { port in
             let url = "grpcs://127.0.0.1:\(port)"

@@ -68,7 +68,7 @@ import Testing
     }
 
     @Test func treeRoundTripsIdentically() async throws {
-        let folder = try TemporaryFolder()
+        let folder = try ClientTestFolder()
         let source = folder.path + "/source"
         try Self.makeTree(in: source)
         let tree = try LocalTree.scan(source)
@@ -93,7 +93,7 @@ import Testing
     }
 
     @Test func directoryMessagesAreBuiltAsClientsBuildThem() throws {
-        let folder = try TemporaryFolder()
+        let folder = try ClientTestFolder()
         let root = folder.path
         try Data("x".utf8).write(to: URL(fileURLWithPath: root + "/b"))
         try Data().write(to: URL(fileURLWithPath: root + "/a"))
@@ -121,7 +121,7 @@ import Testing
     }
 
     @Test func fileRoundTripsAndLargeFilesStream() async throws {
-        let folder = try TemporaryFolder()
+        let folder = try ClientTestFolder()
         let path = folder.path + "/large"
         let blob = Blob.random(size: 5 << 20)
         try blob.data.write(to: URL(fileURLWithPath: path))
@@ -145,7 +145,7 @@ import Testing
     }
 
     @Test func directoryEntriesThatLeaveTheDestinationAreRefused() async throws {
-        let folder = try TemporaryFolder()
+        let folder = try ClientTestFolder()
         let hostile = Build_Bazel_Remote_Execution_V2_Directory.with {
             $0.files = [.with { $0.name = "../escape"; $0.digest = Digest.emptySHA256.proto }]
         }
@@ -160,7 +160,7 @@ import Testing
     }
 
     @Test func actionResultFilesInJSONOrBinary() throws {
-        let result = ActionResultProto.with {
+        let result = ClientTestActionResult.with {
             $0.exitCode = 3
             $0.stdoutRaw = Data("out".utf8)
         }
@@ -172,4 +172,4 @@ import Testing
     }
 }
 
-typealias ActionResultProto = Build_Bazel_Remote_Execution_V2_ActionResult
+typealias ClientTestActionResult = Build_Bazel_Remote_Execution_V2_ActionResult
