@@ -160,8 +160,9 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataLogging",
+                "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataLogging", "StrataRemote",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

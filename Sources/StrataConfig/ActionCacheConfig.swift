@@ -75,12 +75,10 @@ extension Builder {
     }
 
     mutating func remoteActionCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
-        let options = try node.mapping(
-            allowed: ["url", "instance-name", "retries", "max-backoff", "request-timeout"],
-            unsupported: ["credentials", "channel-options"])
+        let options = try node.mapping(allowed: Self.remoteChannelKeys)
         guard let urlNode = options["url"] else { throw node.error("!remote-action-cache needs a url, e.g. grpc://cache:50051") }
-        let channelOptions = try remoteChannelOptions(options)
         let url = try urlNode.string()
+        let channelOptions = try remoteChannelOptions(options, url: url)
         let cache: RemoteActionCache
         do {
             cache = try RemoteActionCache(url: url, options: channelOptions)

@@ -72,13 +72,11 @@ extension Builder {
     }
 
     mutating func remoteStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
-        let options = try node.mapping(
-            allowed: ["url", "instance-name", "retries", "max-backoff", "request-timeout", "verify-reads"],
-            unsupported: ["credentials", "channel-options"])
+        let options = try node.mapping(allowed: Self.remoteChannelKeys.union(["verify-reads"]))
         guard let urlNode = options["url"] else { throw node.error("!remote-storage needs a url, e.g. grpc://storage:50051") }
-        var remoteOptions = RemoteBlobStore.Options()
-        remoteOptions.channel = try remoteChannelOptions(options)
         let url = try urlNode.string()
+        var remoteOptions = RemoteBlobStore.Options()
+        remoteOptions.channel = try remoteChannelOptions(options, url: url)
         let store: RemoteBlobStore
         do {
             store = try RemoteBlobStore(url: url, options: remoteOptions)
@@ -93,32 +91,9 @@ extension Builder {
         return (verified, "!remote-storage at \(store.endpoint)\(instance.isEmpty ? "" : " instance \(instance)")")
     }
 
-    /// The options `!remote-storage` and `!remote-action-cache` share.
-    func remoteChannelOptions(_ options: [String: ConfigNode]) throws(ConfigError) -> RemoteChannel.Options {
-        var channel = RemoteChannel.Options()
-        channel.instanceName = try options["instance-name"]?.string() ?? ""
-        channel.retries = try options["retries"]?.int() ?? 3
-        channel.maxBackoff = .seconds(try options["max-backoff"]?.int(minimum: 1) ?? 64)
-        if let timeout = options["request-timeout"] { channel.requestTimeout = .seconds(try timeout.int(minimum: 1)) }
-        return channel
-    }
-
     private mutating func ignoreThreadPoolSize(_ options: [String: ConfigNode]) {
         if let threads = options["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): \(threads.path) is ignored: Strata runs a storage's calls concurrently without a thread pool")
-        }
-    }
-}
-
-/// Keeps a remote storage's or action cache's gRPC channel while the server runs.
-struct RemoteChannelService: Service {
-    let channel: RemoteChannel
-
-    func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await channel.run()
-        } onGracefulShutdown: {
-            channel.shutdown()
         }
     }
 }

@@ -19,7 +19,12 @@ public final class RemoteActionCache: ActionCache {
         self.channel = try RemoteChannel(url: url, options: options)
     }
 
-    public var endpoint: String { channel.endpoint }
+    /// A cache on a channel shared with others (a client command's CAS).
+    public init(channel: RemoteChannel) {
+        self.channel = channel
+    }
+
+    public var endpoint: String { "\(channel.endpoint)" }
 
     public func get(_ action: Digest) async throws -> ActionResult? {
         do {

@@ -12,158 +12,6 @@ typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
 typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
 
-/// One gRPC channel to another REAPI server, shared by the remote storage and action cache: the
-/// address, the instance name, per-call deadlines, and retries of idempotent calls with backoff.
-///
-/// `run()` keeps the channel's connections; the server runs it as a background service.
-public final class RemoteChannel: Sendable {
-    public struct Options: Sendable {
-        public var instanceName = ""
-        public var retries = 3
-        public var maxBackoff: Duration = .seconds(64)
-        public var requestTimeout: Duration? = nil
-        public init() {}
-    }
-
-    public let endpoint: String
-    public let options: Options
-    typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
-    private let makeTransport: @Sendable () throws -> HTTP2ClientTransport.Posix
-    private let state: Mutex<(client: Client, shutDown: Bool)>
-    /// Clients that replaced a silent one, for `run()` to run.
-    private let replacements = AsyncStream<Client>.makeStream()
-
-    /// The client calls go through now.
-    var client: Client { state.withLock { $0.client } }
-    /// `url` is `grpc://HOST:PORT`, `http://HOST:PORT` or `HOST:PORT` (TLS is not supported yet).
-    public init(url: String, options: Options) throws(StrataError) {
-        var address = url
-        for scheme in ["grpc://", "http://"] where address.hasPrefix(scheme) { address.removeFirst(scheme.count) }
-        if address.hasPrefix("https://") || address.hasPrefix("grpcs://") {
-            throw .invalidArgument("\(url): TLS to a remote server is not supported by Strata yet")
-        }
-        while address.hasSuffix("/") { address.removeLast() }
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]),
-              (1...65535).contains(port), colon > address.startIndex else {
-            throw .invalidArgument("\(url): expected grpc://HOST:PORT")
-        }
-        var host = String(address[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        var config = HTTP2ClientTransport.Posix.Config.defaults
-        config.http2.targetWindowSize = 8 << 20
-        let makeTransport: @Sendable () throws -> HTTP2ClientTransport.Posix = { [config, host] in
-            try HTTP2ClientTransport.Posix(target: .dns(host: host, port: port), transportSecurity: .plaintext, config: config)
-        }
-        let transport: HTTP2ClientTransport.Posix
-        do {
-            transport = try makeTransport()
-        } catch {
-            throw .invalidArgument("\(url): \(error)")
-        }
-        self.endpoint = "\(host):\(port)"
-        self.options = options
-        self.makeTransport = makeTransport
-        self.state = Mutex((GRPCClient(transport: transport), false))
-    }
-
-    /// Keeps the channel open until `shutdown()`; requests made before it starts wait for it.
-    public func run() async throws {
-        // Each client runs until replaced (then it closes once its calls are over) or shut down.
-        try await withThrowingDiscardingTaskGroup { group in
-            let first = client
-            group.addTask { try await first.runConnections() }
-            for await replacement in replacements.stream {
-                group.addTask { try await replacement.runConnections() }
-            }
-        }
-    }
-
-    public func shutdown() {
-        let client = state.withLock { state in
-            state.shutDown = true
-            return state.client
-        }
-        replacements.continuation.finish()
-        client.beginGracefulShutdown()
-    }
-
-    /// `silent` got no answer within a call's timeout: its connection may have gone silent for good
-    /// (the remote hung, or the network path dropped it without a reset), and HTTP/2 would keep
-    /// sending every call into it. Calls move to a new client with a new connection; the old one
-    /// closes once its calls are over. A remote merely slow costs a reconnection.
-    func replace(_ silent: Client) {
-        let replacement: Client? = state.withLock { state in
-            guard state.client === silent, !state.shutDown, let transport = try? makeTransport() else { return nil }
-            state.client = GRPCClient(transport: transport)
-            return state.client
-        }
-        guard let replacement else { return }
-        replacements.continuation.yield(replacement)
-        silent.beginGracefulShutdown()
-    }
-
-    /// Whether a failed call timed out on our bound while the client still waited: a silent remote.
-    func timedOutSilently(_ error: any Error) -> Bool {
-        guard (error as? RPCError)?.code == .deadlineExceeded else { return false }
-        return RequestDeadline.remaining.map { $0 > .zero } ?? true
-    }
-
-    /// A call that takes longer has hung (the remote accepted it and went silent) when neither
-    /// `requestTimeout` nor the client's deadline bounds it sooner. Calls move at most a batch or a
-    /// read chunk (a few MiB), so this is generous.
-    public static let defaultCallTimeout: Duration = .seconds(20)
-
-    /// Options of a unary or ranged call: the configured timeout (else `defaultCallTimeout`),
-    /// shortened to the client's deadline.
-    var callOptions: CallOptions {
-        var callOptions = CallOptions.defaults
-        callOptions.timeout = RequestDeadline.bounded(options.requestTimeout ?? Self.defaultCallTimeout)
-        return callOptions
-    }
-
-    /// Options of a streamed upload, whose length has no bound: only the configured timeout and the
-    /// client's deadline apply.
-    var streamingCallOptions: CallOptions {
-        var callOptions = CallOptions.defaults
-        callOptions.timeout = RequestDeadline.bounded(optional: options.requestTimeout)
-        return callOptions
-    }
-
-    /// Runs an idempotent call, retrying it with backoff when the remote answers UNAVAILABLE (the one
-    /// status the gRPC and REAPI specs call transient), within `maxBackoff` pauses and the client's
-    /// deadline; maps the final error. Anything else, RESOURCE_EXHAUSTED ("too large") and timeouts
-    /// included, would fail again the same way.
-    func call<Value: Sendable>(_ name: String, _ body: @Sendable (Client) async throws -> Value) async throws -> Value {
-        let policy = RetryPolicy(
-            maxAttempts: options.retries + 1, baseDelay: .milliseconds(100), maxDelay: options.maxBackoff,
-            budget: options.requestTimeout ?? Self.defaultCallTimeout)
-        do {
-            return try await policy.run(isTransient: { ($0 as? RPCError)?.code == .unavailable }) { _ in
-                let client = self.client
-                do {
-                    return try await body(client)
-                } catch {
-                    if timedOutSilently(error) { replace(client) }
-                    throw error
-                }
-            }
-        } catch let error as RPCError {
-            throw mapped(error, name)
-        }
-    }
-
-    func mapped(_ error: RPCError, _ name: String) -> StrataError {
-        if error.code == .deadlineExceeded {
-            // Our own call deadline passed: the remote hung, which the client is told as for any
-            // backend that cannot serve now (its own deadline, if that was it, has passed anyway).
-            return .unavailable("remote \(endpoint): \(name) got no answer in time: \(error.message)")
-        }
-        // Both sides number their codes as google.rpc.Code does.
-        let code = StrataError.Code(rawValue: error.code.rawValue) ?? .unknown
-        return StrataError(code, "remote \(endpoint): \(name): \(error.message)")
-    }
-}
-
 /// Another REAPI server (Strata, BuildGrid, bb-storage…) used as a storage backend, through its CAS
 /// and ByteStream services on one gRPC channel.
 ///
@@ -192,7 +40,17 @@ public final class RemoteBlobStore: BlobStore {
         self.options = options
     }
 
-    public var endpoint: String { channel.endpoint }
+    /// A store on a channel shared with others (a client command's action cache); `options.channel`
+    /// is not used.
+    public init(channel: RemoteChannel, options: Options = Options()) {
+        self.channel = channel
+        self.options = options
+    }
+
+    public var endpoint: String { "\(channel.endpoint)" }
+
+    /// The most data bytes one batch call carries: `maxBatchBytes`, or the peer's smaller limit.
+    public func batchLimit() async -> Int64 { await channel.batchLimit(configured: options.maxBatchBytes) }
     private var instanceName: String { channel.options.instanceName }
     private var callOptions: CallOptions { channel.callOptions }
 
@@ -249,7 +107,8 @@ public final class RemoteBlobStore: BlobStore {
             for try await chunk in body.verifying(digest) where !chunk.isEmpty {}
             return
         }
-        if digest.sizeBytes <= options.maxBatchBytes / 2 {
+        let maxBatchBytes = await batchLimit()
+        if digest.sizeBytes <= maxBatchBytes / 2 {
             let data = try await body.verifying(digest).collect(limit: digest.sizeBytes)
             if case .failure(let error) = await writeBatch([(digest, data)])[0] { throw error }
             return
@@ -310,14 +169,15 @@ public final class RemoteBlobStore: BlobStore {
     }
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
+        let maxBatchBytes = await batchLimit()
         var results = [Result<Data, StrataError>?](repeating: nil, count: digests.count)
         var batches: [[Int]] = [[]]
         var batchBytes: Int64 = 0
         var large: [Int] = []
         for (index, digest) in digests.enumerated() {
             if digest.sizeBytes == 0 { results[index] = .success(Data()); continue }
-            if digest.sizeBytes > options.maxBatchBytes / 2 { large.append(index); continue }
-            if batchBytes + digest.sizeBytes > options.maxBatchBytes { batches.append([]); batchBytes = 0 }
+            if digest.sizeBytes > maxBatchBytes / 2 { large.append(index); continue }
+            if batchBytes + digest.sizeBytes > maxBatchBytes { batches.append([]); batchBytes = 0 }
             batches[batches.count - 1].append(index)
             batchBytes += digest.sizeBytes
         }
@@ -340,6 +200,7 @@ public final class RemoteBlobStore: BlobStore {
     }
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
+        let maxBatchBytes = await batchLimit()
         var results = [Result<Void, StrataError>?](repeating: nil, count: blobs.count)
         var batches: [[Int]] = [[]]
         var batchBytes: Int64 = 0
@@ -349,8 +210,8 @@ public final class RemoteBlobStore: BlobStore {
             // and this way the error is the same whichever path a blob takes.
             if let error = Self.verificationError(blob.digest, blob.data) { results[index] = .failure(error); continue }
             if blob.digest.sizeBytes == 0 { results[index] = .success(()); continue }
-            if blob.digest.sizeBytes > options.maxBatchBytes / 2 { large.append(index); continue }
-            if batchBytes + blob.digest.sizeBytes > options.maxBatchBytes { batches.append([]); batchBytes = 0 }
+            if blob.digest.sizeBytes > maxBatchBytes / 2 { large.append(index); continue }
+            if batchBytes + blob.digest.sizeBytes > maxBatchBytes { batches.append([]); batchBytes = 0 }
             batches[batches.count - 1].append(index)
             batchBytes += blob.digest.sizeBytes
         }

@@ -3,7 +3,6 @@ import GRPCNIOTransportHTTP2
 import StrataAPI
 import StrataCore
 
-typealias CapabilitiesClient = Build_Bazel_Remote_Execution_V2_Capabilities.Client<HTTP2ClientTransport.Posix>
 
 extension RemoteChannel: ReadinessCheckable {
     /// GetCapabilities for the configured instance: the cheapest call every REAPI server answers, and

@@ -18,7 +18,8 @@ struct Strata: AsyncParsableCommand {
         commandName: "strata",
         abstract: "A REAPI v2 remote cache server.",
         version: "strata \(strataVersion)",
-        subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, ScrubCommand.self, Bench.self])
+        subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, ScrubCommand.self, Bench.self,
+                      CASCommand.self, ACCommand.self, CapabilitiesCommand.self])
 
     static func main() async {
         limitMallocArenas()

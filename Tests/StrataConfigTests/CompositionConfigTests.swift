@@ -1,4 +1,5 @@
 import Foundation
+import StrataActionCache
 import StrataConfig
 import StrataCore
 import StrataRemote
@@ -69,6 +70,46 @@ import Testing
         #expect(configuration.backgroundServices.count == 1)
     }
 
+    /// BuildGrid's client `credentials` and `channel-options` on `!remote-storage` and
+    /// `!remote-action-cache`, mapped onto the one client layer; what changes nothing is named in a warning.
+    @Test func remoteCredentialsAndChannelOptions() throws {
+        let folder = NSTemporaryDirectory() + "strata-remote-config-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "token\n".write(toFile: folder + "/token", atomically: true, encoding: .utf8)
+        let configuration = try parse("""
+        server:
+          - !channel { address: "127.0.0.1:50051", insecure-mode: true }
+        storages:
+          - &cas !remote-storage
+            url: https://storage:50052/
+            credentials: { auth-token: \(folder)/token, token-refresh-seconds: 600, tls-server-key: /x/server.key }
+            channel-options: { lb-policy-name: round_robin, keepalive-time-ms: 30000, max-receive-message-length: -1 }
+        instances:
+          - name: ""
+            services:
+              - !cas { storage: *cas }
+              - !action-cache
+                cache: !remote-action-cache
+                  url: http://cache:50053
+                  credentials: { tls-server-cert: /etc/hostname, auth-token: \(folder)/token }
+        """)
+        let store = try #require((configuration.instances.first?.cas?.store as? VerifyingBlobStore<RemoteBlobStore>)?.backend)
+        #expect(store.channel.endpoint == RemoteEndpoint(address: .host("storage", port: 50052), schemeRequiresTLS: true))
+        #expect(store.channel.options.credentials == RemoteCredentials(tokenFile: folder + "/token"))
+        #expect(store.channel.options.keepaliveTime == .seconds(30))
+        #expect(store.channel.options.maxReceiveMessageBytes == Int.max)
+        let checked = try #require(configuration.instances.first?.actionCache as? CompletenessCheckingActionCache)
+        let cache = try #require(checked.base as? RemoteActionCache)
+        // TLS files on a plaintext URL are unused, as BuildGrid leaves them; the token is sent.
+        #expect(cache.channel.options.credentials == RemoteCredentials(tokenFile: folder + "/token"))
+        let warnings = configuration.warnings.joined(separator: "\n")
+        for fragment in ["token-refresh-seconds is ignored", "tls-server-key is a server's key", "lb-policy-name is ignored",
+                         "TLS files are ignored: http://cache:50053 is plaintext"] {
+            #expect(warnings.contains(fragment), "\(fragment) in \(warnings)")
+        }
+    }
+
     @Test func errorsNameTheLineAndKey() {
         expectError(config(storage: """
         - &cas !sharded-storage
@@ -85,11 +126,17 @@ import Testing
           size-limited-storages: [{ max-size: 1M, storage: !lru-storage { size: 1M } }]
         """), line: 4, "needs a fallback")
         expectError(config(storage: """
-        - &cas !remote-storage { url: "grpcs://storage:443" }
-        """), line: 4, "TLS")
+        - &cas !remote-storage { url: "ftp://storage:443" }
+        """), line: 4, "unknown scheme")
         expectError(config(storage: """
-        - &cas !remote-storage { url: "grpc://storage:1", credentials: {} }
-        """), line: 4, "credentials\" is not supported by Strata yet")
+        - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-client-cert: /etc/hostname } }
+        """), line: 4, "needs its private key")
+        expectError(config(storage: """
+        - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-server-cert: /nonexistent-strata-test/ca.pem } }
+        """), line: 4, "/nonexistent-strata-test/ca.pem cannot be read")
+        expectError(config(storage: """
+        - &cas !remote-storage { url: "grpcs://storage:1", credentials: { tls-client-keys: x } }
+        """), line: 4, "unknown option \"tls-client-keys\"")
         expectError(config(storage: """
         - &cas !with-cache-storage { cache: !lru-storage { size: 1M } }
         """), line: 4, "needs a fallback")

@@ -158,8 +158,10 @@ import Testing
         }
     }
 
-    @Test func refusesTLSAndBadURLs() {
-        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "grpcs://example:443") }
-        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "example") }
+    /// TLS is the client layer's (RemoteClientTests); a URL it cannot use is refused before connecting.
+    @Test func refusesBadURLs() {
+        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "ftp://example:443") }
+        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "grpc://example:0") }
+        #expect(throws: StrataError.self) { try RemoteBlobStore(url: "grpc://example:1/path") }
     }
 }

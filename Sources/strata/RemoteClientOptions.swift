@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import StrataCore
+import StrataRemote
+
+/// The options every client command (`strata cas`, `strata ac`, `strata capabilities`) shares: which
+/// server, which instance, TLS files and a token.
+struct RemoteClientOptions: ParsableArguments {
+    @Option(help: "The server: grpc://HOST:PORT, grpcs://HOST:PORT (TLS) or unix:/PATH.")
+    var remote = "grpc://127.0.0.1:50051"
+
+    @Option(help: "The instance name.")
+    var instance = ""
+
+    @Option(name: .customLong("tls-ca"), help: "PEM certificates that sign the server's (default: the system's roots).")
+    var tlsCA: String?
+
+    @Option(help: "PEM client certificate, for mutual TLS (with --tls-client-key).")
+    var tlsClientCert: String?
+
+    @Option(help: "PEM private key of the client certificate.")
+    var tlsClientKey: String?
+
+    @Option(help: "A bearer token, sent as 'authorization: Bearer TOKEN'.")
+    var token: String?
+
+    @Option(help: "A file holding the bearer token.")
+    var tokenFile: String?
+
+    /// Runs `body` with a channel to the server, open for its duration.
+    func withChannel<T: Sendable>(_ body: (RemoteChannel) async throws -> T) async throws -> T {
+        var options = RemoteChannel.Options()
+        options.instanceName = instance
+        options.credentials = RemoteCredentials(
+            tlsCAFile: tlsCA, tlsClientCertFile: tlsClientCert, tlsClientKeyFile: tlsClientKey, token: token, tokenFile: tokenFile)
+        options.requestMetadata = ClientCommandInput.requestMetadata(version: strataVersion)
+        // A command moves whole trees: its uploads and downloads are bounded by the transfer, not a timeout.
+        options.requestTimeout = .seconds(300)
+        let channel = try RemoteChannel(url: remote, options: options)
+        let running = Task { try await channel.run() }
+        defer {
+            channel.shutdown()
+            running.cancel()
+        }
+        return try await body(channel)
+    }
+}
+
+/// A progress bar on standard error, drawn only when standard error is a terminal and the transfer is
+/// long enough to want one; nothing otherwise, so scripts and logs see only the results.
+enum ProgressBar {
+    static let minimumBytes: Int64 = 16 << 20
+
+    static func make(_ label: String, totalBytes: Int64) -> TransferProgress? {
+        guard totalBytes >= minimumBytes, isatty(STDERR_FILENO) == 1 else { return nil }
+        let lastDrawn = LastDrawn()
+        return TransferProgress(totalBytes: totalBytes) { done, total in
+            let percent = Int(done * 100 / max(total, 1))
+            guard lastDrawn.advance(to: percent) else { return }
+            let width = 30, filled = width * percent / 100
+            let bar = String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled)
+            let line = "\r\(label) [\(bar)] \(percent)% \(done >> 20)/\(total >> 20) MiB" + (done >= total ? "\n" : "")
+            FileHandle.standardError.write(Data(line.utf8))
+        }
+    }
+
+    /// The last percentage drawn: the bar is redrawn when it changes, not for every chunk.
+    final class LastDrawn: @unchecked Sendable {
+        private let lock = NSLock()
+        private var percent = -1
+
+        func advance(to percent: Int) -> Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            guard percent != self.percent else { return false }
+            self.percent = percent
+            return true
+        }
+    }
+}
+
+func parseDigest(_ text: String) throws -> Digest {
+    do {
+        return try ClientCommandInput.digest(text)
+    } catch {
+        throw ValidationError(error.message)
+    }
+}
