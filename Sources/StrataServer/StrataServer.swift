@@ -103,7 +103,8 @@ public final class StrataServer: Service, Sendable {
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
-        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
+        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
+        metrics: RPCMetrics? = nil
     ) throws(StrataError) {
         self.registry = registry
         self.uploads = uploads
@@ -156,6 +157,12 @@ public final class StrataServer: Service, Sendable {
             }
             return config
         }
+        // The error mapping runs next to the handlers: a CancellationError they throw must become
+        // CANCELLED before anything else sees it (RequestHardeningTests proves the order). Metrics read
+        // the context and see the status the client gets.
+        var interceptors: [any ServerInterceptor] = [RequestContextInterceptor()]
+        if let metrics { interceptors.append(MetricsInterceptor(metrics: metrics)) }
+        interceptors += [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
         func listener(
             _ address: ListenAddress, index: Int = 0, socket: Int? = nil,
             _ bind: (MultiThreadedEventLoopGroup) -> HTTP2ServerTransport.Posix
@@ -165,9 +172,7 @@ public final class StrataServer: Service, Sendable {
             listeners.append(Listener(
                 address: address, server: GRPCServer(
                     transport: transport, services: services,
-                    // The error mapping runs next to the handlers: a CancellationError they throw must become
-                    // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-                    interceptors: [RequestContextInterceptor(), RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
+                    interceptors: interceptors),
                 transport: transport,
                 loop: loop, socket: socket))
         }

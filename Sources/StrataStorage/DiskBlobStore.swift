@@ -137,6 +137,11 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
 
     /// Bytes of the blobs stored, when the store has a budget.
     public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.files.totalCost } }
+    /// Bytes and blobs stored, read together (counted only with a budget).
+    var budgetState: (bytes: Int64, blobs: Int) { usage.withLock { ($0.files.totalCost, $0.files.count) } }
+    /// Blobs evicted to make room since start.
+    var evictionCount: Int64 { evicted.load(ordering: .relaxed) }
+    private let evicted = Atomic<Int64>(0)
 
     func path(of digest: Digest) -> String {
         let hash = digest.hash
@@ -481,6 +486,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             }
             if !outcome.victims.isEmpty {
                 let victims = outcome.victims
+                evicted.add(Int64(victims.count), ordering: .relaxed)
                 let paths = victims.map(path(of:))
                 var failure: (any Error)?
                 do {

@@ -116,15 +116,18 @@ struct Serve: AsyncParsableCommand {
         do {
             server = try StrataServer(
                 registry: configuration.registry, addresses: configuration.addresses, logger: logger,
-                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)))
+                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)),
+                metrics: configuration.monitoring?.rpcMetrics)
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)
         }
+        // Started with the server, stopped after it: the last requests' metrics are flushed.
+        let monitoring = configuration.monitoringServices(server: server, version: strataVersion, logger: logger).services
         let group = ServiceGroup(
             configuration: .init(
                 // Graceful shutdown runs in reverse order: the server stops before the connection pools it uses.
-                services: configuration.backgroundServices.map { .init(service: $0) } + [.init(service: server)],
+                services: (configuration.backgroundServices + monitoring).map { .init(service: $0) } + [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {
