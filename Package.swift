@@ -217,7 +217,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataTestSupport"],
+            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -26,11 +26,12 @@ struct Clients: Sendable {
 /// Runs `body` against a real server over loopback gRPC, then shuts the server down.
 func withServer<T: Sendable>(
     _ instances: [Instance], maxBatchTotalSizeBytes: Int64 = InstanceRegistry.defaultMaxBatchTotalSizeBytes,
-    uploads: UploadRegistry = UploadRegistry(),
+    uploads: UploadRegistry = UploadRegistry(), metrics: RPCMetrics? = nil,
     _ body: @Sendable (Clients) async throws -> T
 ) async throws -> T {
     let registry = InstanceRegistry(instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
-    let server = try StrataServer(registry: registry, addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads)
+    let server = try StrataServer(
+        registry: registry, addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads, metrics: metrics)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await server.run()
