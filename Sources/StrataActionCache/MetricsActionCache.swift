@@ -11,20 +11,21 @@ public struct MetricsActionCache: ActionCache {
 
     public init(_ base: any ActionCache, backend: String, name: String, factory: any MetricsFactory) {
         self.base = base
+        // Found by position: 0 get, 1 update, 2 remove.
         self.metrics = BackendMetrics(backend: backend, name: name, factory: factory, operations: ["get", "update", "remove"])
     }
 
     public var allowsUpdates: Bool { base.allowsUpdates }
 
     public func get(_ action: Digest) async throws -> ActionResult? {
-        try await metrics.measure("get") { try await base.get(action) }
+        try await metrics.measure(0) { try await base.get(action) }
     }
 
     public func update(_ action: Digest, _ result: ActionResult) async throws {
-        try await metrics.measure("update") { try await base.update(action, result) }
+        try await metrics.measure(1) { try await base.update(action, result) }
     }
 
     public func remove(_ action: Digest) async throws {
-        try await metrics.measure("remove") { try await base.remove(action) }
+        try await metrics.measure(2) { try await base.remove(action) }
     }
 }

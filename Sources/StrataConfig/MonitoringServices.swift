@@ -34,3 +34,25 @@ extension Configuration {
         return (listeners, listeners + monitoring.statsDWriters)
     }
 }
+
+extension Configuration {
+    /// The StatsD writers a maintenance command (`strata cleanup`, `strata janitor`) runs beside its
+    /// loop: the UDP outputs only. The others belong to the server the same file configures (its
+    /// HTTP port, its socket path, its file, its stdout).
+    public func maintenanceMonitoringServices() -> [any Service] {
+        monitoring?.monitoring.statsDWriters.filter { if case .udp = $0.endpoint { true } else { false } } ?? []
+    }
+
+    /// `strata_cleanup_deleted_blobs_total` and `strata_cleanup_deleted_bytes_total` (or the
+    /// janitor's `strata_janitor_…`) of each instance: what a maintenance pass deleted.
+    public func deletionCounters(job: String, instances: [String]) -> [String: (blobs: Counter, bytes: Counter)] {
+        guard let factory = monitoring?.monitoring.factory else { return [:] }
+        var counters: [String: (blobs: Counter, bytes: Counter)] = [:]
+        for instance in Set(instances) {
+            counters[instance] = (
+                Counter(label: "strata_\(job)_deleted_blobs_total", dimensions: [("instance", instance)], factory: factory),
+                Counter(label: "strata_\(job)_deleted_bytes_total", dimensions: [("instance", instance)], factory: factory))
+        }
+        return counters
+    }
+}

@@ -62,6 +62,14 @@ public final class HTTPListener: Service, Sendable {
         return boundPort.withLock { $0 }
     }
 
+    /// Hummingbird's own logger: its start-up line repeats this listener's, and per-request lines
+    /// would be an access log (which the gRPC side owns): warnings and above only.
+    static func quieter(_ logger: Logger) -> Logger {
+        var quieter = logger
+        quieter.logLevel = max(logger.logLevel, .warning)
+        return quieter
+    }
+
     public func run() async throws {
         let router = Router()
         for route in routes {
@@ -76,7 +84,7 @@ public final class HTTPListener: Service, Sendable {
                 bound.continuation.yield(actual)
                 logger.info("\(purpose) listening on http://\(host.contains(":") ? "[\(host)]" : host):\(actual) (\(routes.map(\.path).joined(separator: ", ")))")
             },
-            logger: logger)
+            logger: Self.quieter(logger))
         defer { bound.continuation.finish() }
         do {
             try await app.run()

@@ -63,21 +63,21 @@ public final class RPCMetrics: Sendable {
         let instance: String
         let code: Int
     }
+    /// The metrics one (method, instance, code) records to; the byte counters are shared by the codes
+    /// of one (method, instance).
     private struct Call {
         let count: Counter
         let duration: CoreMetrics.Timer
+        let received: Counter
+        let sent: Counter
     }
     private struct BytesKey: Hashable {
         let method: String
         let instance: String
     }
-    private struct Bytes {
-        let received: Counter
-        let sent: Counter
-    }
     private struct Handles {
         var calls: [CallKey: Call] = [:]
-        var bytes: [BytesKey: Bytes] = [:]
+        var bytes: [BytesKey: (received: Counter, sent: Counter)] = [:]
     }
     private let handles = Mutex(Handles())
     private struct ActionCacheTally {
@@ -106,33 +106,32 @@ public final class RPCMetrics: Sendable {
         // A request refused before its instance was looked up (a malformed name) has none.
         let instance = context.instanceName ?? ""
         let number = code?.rawValue ?? 0
-        let (call, bytes) = handles.withLock { handles in
+        let call = handles.withLock { handles in
             let callKey = CallKey(method: method, instance: instance, code: number)
-            let call = handles.calls[callKey] ?? {
-                let labels = [("method", method), ("instance", instance), ("code", Self.codeNames.indices.contains(number) ? Self.codeNames[number] : String(number))]
-                let made = Call(
-                    count: Counter(label: "strata_rpc_requests_total", dimensions: labels, factory: factory),
-                    duration: CoreMetrics.Timer(label: "strata_rpc_duration_seconds", dimensions: labels, factory: factory))
-                handles.calls[callKey] = made
-                return made
-            }()
+            if let call = handles.calls[callKey] { return call }
             let bytesKey = BytesKey(method: method, instance: instance)
             let bytes = handles.bytes[bytesKey] ?? {
                 let labels = [("method", method), ("instance", instance)]
-                let made = Bytes(
+                let made = (
                     received: Counter(label: "strata_rpc_received_bytes_total", dimensions: labels, factory: factory),
                     sent: Counter(label: "strata_rpc_sent_bytes_total", dimensions: labels, factory: factory))
                 handles.bytes[bytesKey] = made
                 return made
             }()
-            return (call, bytes)
+            let labels = [("method", method), ("instance", instance), ("code", Self.codeNames.indices.contains(number) ? Self.codeNames[number] : String(number))]
+            let call = Call(
+                count: Counter(label: "strata_rpc_requests_total", dimensions: labels, factory: factory),
+                duration: CoreMetrics.Timer(label: "strata_rpc_duration_seconds", dimensions: labels, factory: factory),
+                received: bytes.received, sent: bytes.sent)
+            handles.calls[callKey] = call
+            return call
         }
         call.count.increment()
         call.duration.recordNanoseconds(elapsed.nanosecondsForMetrics)
         let received = context.bytesReceived
-        if received > 0 { bytes.received.increment(by: received) }
+        if received > 0 { call.received.increment(by: received) }
         let sent = context.bytesSent
-        if sent > 0 { bytes.sent.increment(by: sent) }
+        if sent > 0 { call.sent.increment(by: sent) }
         if method == "GetActionResult" && (number == 0 || number == RPCError.Code.notFound.rawValue) {
             let counter = actionCache.withLock { tallies in
                 var tally = tallies[instance] ?? {

@@ -12,64 +12,78 @@ public struct MetricsBlobStore: BlobStore {
     public let base: any BlobStore
     private let metrics: BackendMetrics
 
+    /// The operations' label values, in the order `BackendMetrics` finds them by.
+    private enum Operation: Int, CaseIterable {
+        case findMissing, read, write, delete, readBatch, writeBatch
+
+        var label: String {
+            switch self {
+            case .findMissing: "find_missing"
+            case .read: "read"
+            case .write: "write"
+            case .delete: "delete"
+            case .readBatch: "read_batch"
+            case .writeBatch: "write_batch"
+            }
+        }
+    }
+
     public init(_ base: any BlobStore, backend: String, name: String, factory: any MetricsFactory) {
         self.base = base
-        self.metrics = BackendMetrics(
-            backend: backend, name: name, factory: factory,
-            operations: ["find_missing", "read", "write", "delete", "read_batch", "write_batch"])
+        self.metrics = BackendMetrics(backend: backend, name: name, factory: factory, operations: Operation.allCases.map(\.label))
     }
 
     public var maximumBlobSize: Int64? { base.maximumBlobSize }
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
-        try await metrics.measure("find_missing") { try await base.findMissing(digests) }
+        try await metrics.measure(Operation.findMissing.rawValue) { try await base.findMissing(digests) }
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
-        try await metrics.measure("read") { try await base.read(digest, offset: offset, limit: limit) }
+        try await metrics.measure(Operation.read.rawValue) { try await base.read(digest, offset: offset, limit: limit) }
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
-        try await metrics.measure("write") { try await base.write(digest, body: body) }
+        try await metrics.measure(Operation.write.rawValue) { try await base.write(digest, body: body) }
     }
 
     public func delete(_ digests: [Digest]) async throws {
-        try await metrics.measure("delete") { try await base.delete(digests) }
+        try await metrics.measure(Operation.delete.rawValue) { try await base.delete(digests) }
     }
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
-        await metrics.measureBatch("read_batch") { await base.readBatch(digests) }
+        await metrics.measureBatch(Operation.readBatch.rawValue) { await base.readBatch(digests) }
     }
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
-        await metrics.measureBatch("write_batch") { await base.writeBatch(blobs) }
+        await metrics.measureBatch(Operation.writeBatch.rawValue) { await base.writeBatch(blobs) }
     }
 }
 
 /// The operation metrics of one backend (a storage or an action cache): `strata_backend_operations_total`,
-/// `strata_backend_errors_total` and `strata_backend_duration_seconds`, made once per operation.
+/// `strata_backend_errors_total` and `strata_backend_duration_seconds`, made once per operation and
+/// found by its position in `operations` (a call costs no string hashing).
 public struct BackendMetrics: Sendable {
     struct Operation: Sendable {
         let count: Counter
         let errors: Counter
         let duration: CoreMetrics.Timer
     }
-    private let operations: [String: Operation]
+    private let operations: [Operation]
 
     public init(backend: String, name: String, factory: any MetricsFactory, operations names: [String]) {
-        var operations: [String: Operation] = [:]
-        for operation in names {
+        operations = names.map { operation in
             let labels = [("backend", backend), ("name", name), ("operation", operation)]
-            operations[operation] = Operation(
+            return Operation(
                 count: Counter(label: "strata_backend_operations_total", dimensions: labels, factory: factory),
                 errors: Counter(label: "strata_backend_errors_total", dimensions: labels, factory: factory),
                 duration: CoreMetrics.Timer(label: "strata_backend_duration_seconds", dimensions: labels, factory: factory))
         }
-        self.operations = operations
     }
 
-    public func measure<Value>(_ name: String, _ body: () async throws -> Value) async throws -> Value {
-        let operation = operations[name]!
+    /// Runs `body` as the operation at `index` of the names given to `init`.
+    public func measure<Value>(_ index: Int, _ body: () async throws -> Value) async throws -> Value {
+        let operation = operations[index]
         let start = ContinuousClock.now
         defer {
             operation.count.increment()
@@ -84,8 +98,8 @@ public struct BackendMetrics: Sendable {
     }
 
     /// A batch's errors are its entries that failed other than NOT_FOUND.
-    public func measureBatch<Value>(_ name: String, _ body: () async -> [Result<Value, StrataError>]) async -> [Result<Value, StrataError>] {
-        let operation = operations[name]!
+    public func measureBatch<Value>(_ index: Int, _ body: () async -> [Result<Value, StrataError>]) async -> [Result<Value, StrataError>] {
+        let operation = operations[index]
         let start = ContinuousClock.now
         let results = await body()
         operation.count.increment()

@@ -104,4 +104,23 @@ import Testing
               - {endpoint-type: stdout}
             """, line: 10, "given twice")
     }
+
+    @Test func maintenanceCommandsSendTheirDeletionsToTheUDPOutputsOnly() throws {
+        let configuration = try parse("""
+            monitoring:
+              - {endpoint-type: prometheus, endpoint-location: "127.0.0.1:9090"}
+              - {endpoint-type: file, endpoint-location: /tmp/strata-never-created/metrics}
+              - {endpoint-type: udp, endpoint-location: "127.0.0.1:8125"}
+            """)
+        let writers = configuration.maintenanceMonitoringServices().compactMap { $0 as? StatsDWriter }
+        #expect(writers.map(\.endpoint) == [.udp(host: "127.0.0.1", port: 8125)])
+        let counters = configuration.deletionCounters(job: "cleanup", instances: ["main", "main"])
+        #expect(counters.count == 1)
+        counters["main"]?.blobs.increment(by: 3)
+        counters["main"]?.bytes.increment(by: 300)
+        #expect(Set(writers[0].factory.drain()) == [
+            "strata_cleanup_deleted_blobs_total,instance=main:3|c", "strata_cleanup_deleted_bytes_total,instance=main:300|c",
+        ])
+        #expect(try parse("").deletionCounters(job: "janitor", instances: ["main"]).isEmpty)
+    }
 }
