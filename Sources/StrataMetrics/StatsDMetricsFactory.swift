@@ -63,37 +63,36 @@ extension String {
 /// counter that moved, not one per request); timers and recorders write one line per value, as StatsD
 /// servers expect to aggregate them; meters write their value at every flush.
 ///
-/// Lines wait in a bounded buffer until a `StatsDWriter` drains it: nothing is sent before `strata
-/// serve` runs the writer, and a writer that cannot keep up loses the newest lines (counted in
-/// `droppedLines`), never memory.
+/// Recording formats nothing: a request adds to an atomic or appends a number, and the lines are made
+/// when a `StatsDWriter` drains the factory. Nothing is sent before `strata serve` runs the writer,
+/// and values past `bufferLimit` per metric and flush are dropped (counted in `droppedLines`), so a
+/// writer that cannot keep up costs no memory.
 public final class StatsDMetricsFactory: MetricsFactory, Sendable {
     public let format: StatsDFormat
     /// Lines kept for the writer at most; past it new timer and recorder values are dropped.
     public let bufferLimit: Int
 
     private struct State {
-        var lines: [String] = []
-        var dropped = 0
         var counters: [ObjectIdentifier: CounterSlot] = [:]
         var meters: [ObjectIdentifier: MeterSlot] = [:]
+        var values: [ObjectIdentifier: ValuesSlot] = [:]
     }
+    private let dropped = Atomic<Int>(0)
     private let state = Mutex(State())
 
-    public init(format: StatsDFormat, bufferLimit: Int = 100_000) {
+    public init(format: StatsDFormat, bufferLimit: Int = 20_000) {
         self.format = format
         self.bufferLimit = bufferLimit
     }
 
-    /// Lines dropped because the buffer was full.
-    public var droppedLines: Int { state.withLock { $0.dropped } }
+    /// Values dropped because their metric had `bufferLimit` waiting.
+    public var droppedLines: Int { dropped.load(ordering: .relaxed) }
 
-    /// The lines written since the last call: counters that moved and every meter, then the buffered
-    /// timer and recorder lines.
+    /// The lines since the last call: counters that moved, every meter, and each timer and recorder
+    /// value.
     public func drain() -> [String] {
-        let (counters, meters, lines) = state.withLock { state in
-            let lines = state.lines
-            state.lines.removeAll(keepingCapacity: true)
-            return (Array(state.counters.values), Array(state.meters.values), lines)
+        let (counters, meters, values) = state.withLock { state in
+            (Array(state.counters.values), Array(state.meters.values), Array(state.values.values))
         }
         var result: [String] = []
         for slot in counters {
@@ -103,18 +102,13 @@ public final class StatsDMetricsFactory: MetricsFactory, Sendable {
         for slot in meters {
             if let value = slot.handler.value { result.append(slot.head + Self.number(value) + "|g" + slot.tail) }
         }
-        return result + lines
+        for slot in values {
+            for value in slot.handler.take() { result.append(slot.head + Self.number(value) + slot.tail) }
+        }
+        return result
     }
 
-    fileprivate func append(_ line: String) {
-        state.withLock { state in
-            guard state.lines.count < bufferLimit else {
-                state.dropped += 1
-                return
-            }
-            state.lines.append(line)
-        }
-    }
+    fileprivate func noteDropped() { dropped.add(1, ordering: .relaxed) }
 
     static func number(_ value: Double) -> String {
         value.rounded() == value && abs(value) < 1e15 ? String(Int64(value)) : String(value)
@@ -129,6 +123,19 @@ public final class StatsDMetricsFactory: MetricsFactory, Sendable {
         let handler: StatsDMeter
         let head: String
         let tail: String
+    }
+    private struct ValuesSlot {
+        let handler: StatsDValues
+        let head: String
+        /// The type (`|ms`, `|g`) and the tags that follow the value.
+        let tail: String
+    }
+
+    private func makeValues(label: String, dimensions: [(String, String)], type: String) -> StatsDValues {
+        let handler = StatsDValues(factory: self)
+        let (head, tail) = format.template(label: label, dimensions: dimensions)
+        state.withLock { $0.values[ObjectIdentifier(handler)] = ValuesSlot(handler: handler, head: head, tail: type + tail) }
+        return handler
     }
 
     public func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
@@ -146,15 +153,14 @@ public final class StatsDMetricsFactory: MetricsFactory, Sendable {
     }
 
     public func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
-        let (head, tail) = format.template(label: label, dimensions: dimensions)
         // A gauge (not aggregated) is a StatsD gauge; an aggregated recorder is a distribution, which
         // BuildGrid writes as a timer line.
-        return StatsDRecorder(factory: self, head: head, tail: aggregate ? "|ms" + tail : "|g" + tail)
+        makeValues(label: label, dimensions: dimensions, type: aggregate ? "|ms" : "|g")
     }
 
+    /// In milliseconds, as StatsD's `ms` type says and BuildGrid writes them.
     public func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
-        let (head, tail) = format.template(label: label, dimensions: dimensions)
-        return StatsDTimer(factory: self, head: head, tail: "|ms" + tail)
+        makeValues(label: label, dimensions: dimensions, type: "|ms")
     }
 
     public func destroyCounter(_ handler: any CounterHandler) {
@@ -165,8 +171,13 @@ public final class StatsDMetricsFactory: MetricsFactory, Sendable {
         state.withLock { _ = $0.meters.removeValue(forKey: ObjectIdentifier(handler)) }
     }
 
-    public func destroyRecorder(_ handler: any RecorderHandler) {}
-    public func destroyTimer(_ handler: any TimerHandler) {}
+    public func destroyRecorder(_ handler: any RecorderHandler) {
+        state.withLock { _ = $0.values.removeValue(forKey: ObjectIdentifier(handler)) }
+    }
+
+    public func destroyTimer(_ handler: any TimerHandler) {
+        state.withLock { _ = $0.values.removeValue(forKey: ObjectIdentifier(handler)) }
+    }
 }
 
 final class StatsDCounter: CounterHandler, Sendable {
@@ -185,30 +196,32 @@ final class StatsDMeter: MeterHandler, Sendable {
     func decrement(by amount: Double) { current.withLock { $0 = ($0 ?? 0) - amount } }
 }
 
-final class StatsDRecorder: RecorderHandler, Sendable {
+/// A timer's or recorder's values since the last flush (a timer's in milliseconds).
+final class StatsDValues: RecorderHandler, TimerHandler, Sendable {
     let factory: StatsDMetricsFactory
-    let head: String
-    let tail: String
-    init(factory: StatsDMetricsFactory, head: String, tail: String) {
-        self.factory = factory
-        self.head = head
-        self.tail = tail
-    }
-    func record(_ value: Int64) { factory.append(head + String(value) + tail) }
-    func record(_ value: Double) { factory.append(head + StatsDMetricsFactory.number(value) + tail) }
-}
+    private let values = Mutex<[Double]>([])
 
-final class StatsDTimer: TimerHandler, Sendable {
-    let factory: StatsDMetricsFactory
-    let head: String
-    let tail: String
-    init(factory: StatsDMetricsFactory, head: String, tail: String) {
+    init(factory: StatsDMetricsFactory) {
         self.factory = factory
-        self.head = head
-        self.tail = tail
     }
-    /// In milliseconds, as StatsD's `ms` type says and BuildGrid writes them.
-    func recordNanoseconds(_ duration: Int64) {
-        factory.append(head + StatsDMetricsFactory.number(Double(duration) / 1_000_000) + tail)
+
+    private func append(_ value: Double) {
+        let kept = values.withLock { values in
+            guard values.count < factory.bufferLimit else { return false }
+            values.append(value)
+            return true
+        }
+        if !kept { factory.noteDropped() }
+    }
+
+    func record(_ value: Int64) { append(Double(value)) }
+    func record(_ value: Double) { append(value) }
+    func recordNanoseconds(_ duration: Int64) { append(Double(duration) / 1_000_000) }
+
+    func take() -> [Double] {
+        values.withLock { values in
+            defer { values.removeAll(keepingCapacity: true) }
+            return values
+        }
     }
 }

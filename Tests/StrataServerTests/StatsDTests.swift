@@ -42,7 +42,7 @@ import Testing
         #expect(factory.drain() == ["size:42|g"])
     }
 
-    @Test func aFullBufferDropsLinesNotMemory() {
+    @Test func aFullBufferDropsValuesNotMemory() {
         let factory = StatsDMetricsFactory(format: StatsDFormat(), bufferLimit: 10)
         let timer = CoreMetrics.Timer(label: "t", factory: factory)
         for _ in 0..<25 { timer.recordNanoseconds(1_000_000) }
