@@ -1,5 +1,8 @@
 import CoreMetrics
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import StrataMetrics
 import Testing
@@ -67,5 +70,37 @@ import Testing
         run.cancel()
         try await run.value
         #expect(text == "strata.calls:7|c\n")
+    }
+
+    /// BuildGrid's `socket`: Strata listens on the path and every connected reader gets the lines;
+    /// the socket file is gone when the writer stops.
+    @Test func aSocketOutputServesItsReaders() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("strata-statsd-\(UUID().uuidString.prefix(8)).sock").path
+        let factory = StatsDMetricsFactory(format: StatsDFormat())
+        let writer = StatsDWriter(factory: factory, endpoint: .socket(path: path), interval: .milliseconds(50), logger: Logger(label: "test"))
+        let run = Task { try await writer.run() }
+        for _ in 0..<200 where !FileManager.default.fileExists(atPath: path) { try await Task.sleep(for: .milliseconds(25)) }
+        let reader = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        defer { close(reader) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(reader, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(connected == 0)
+        _ = fcntl(reader, F_SETFL, O_NONBLOCK)
+        Counter(label: "calls", dimensions: [("method", "Read")], factory: factory).increment(by: 2)
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        for _ in 0..<200 where !text.contains("calls,method=Read:2|c\n") {
+            try await Task.sleep(for: .milliseconds(25))
+            let count = buffer.withUnsafeMutableBytes { recv(reader, $0.baseAddress, $0.count, 0) }
+            if count > 0 { text += String(decoding: buffer[..<count], as: UTF8.self) }
+        }
+        #expect(text == "calls,method=Read:2|c\n")
+        run.cancel()
+        try await run.value
+        #expect(!FileManager.default.fileExists(atPath: path))
     }
 }
