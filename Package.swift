@@ -25,6 +25,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
     ],
     targets: [
         // Generated from Protos/strata-api.pb by tools/generate-protos.sh; never edited by hand.
@@ -49,6 +52,7 @@ let package = Package(
             dependencies: [
                 "StrataCore",
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -107,6 +111,7 @@ let package = Package(
             name: "StrataActionCache",
             dependencies: [
                 "StrataCore", "StrataAPI", "StrataStorage",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,6 +122,7 @@ let package = Package(
             name: "StrataServer",
             dependencies: [
                 "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
@@ -129,11 +135,36 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The metrics outputs of `monitoring:`: Prometheus's registry and a StatsD writer.
+        .target(
+            name: "StrataMetrics",
+            dependencies: [
+                "StrataCore", "StrataStorage",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // HTTP listeners (the monitoring endpoint's /metrics, /status, /healthz, /readyz).
+        .target(
+            name: "StrataHTTP",
+            dependencies: [
+                "StrataCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataConfig",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP",
                 "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -160,7 +191,7 @@ let package = Package(
         .executableTarget(
             name: "strata",
             dependencies: [
-                "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataLogging", "StrataRemote",
+                "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataLogging", "StrataRemote", "StrataMetrics", "StrataHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -193,7 +224,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataTestSupport"],
+            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -215,6 +246,7 @@ let package = Package(
             name: "StrataServerTests",
             dependencies: [
                 "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench", "StrataLogging",
+                "StrataMetrics", "StrataHTTP",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

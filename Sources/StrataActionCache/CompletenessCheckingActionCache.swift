@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import StrataAPI
@@ -19,6 +20,8 @@ public struct CompletenessCheckingActionCache: ActionCache {
     public let base: any ActionCache
     public let cas: any BlobStore
     private let logger: Logger
+    /// `strata_action_cache_incomplete_total`, when monitoring is on.
+    private let incompleteDropped: Counter?
 
     /// The largest Tree blob a check reads into memory; a larger one makes the entry unusable.
     public static let maxTreeBytes: Int64 = 64 << 20
@@ -27,10 +30,18 @@ public struct CompletenessCheckingActionCache: ActionCache {
     /// entry unusable, unread.
     public var maxDirectoryBytes: Int64 = DirectoryWalker.defaultMaxDirectoryBytes
 
-    public init(_ base: any ActionCache, cas: any BlobStore, logger: Logger = Logger(label: "strata.action-cache")) {
+    /// `metrics` counts the results dropped as incomplete, labelled with `name` (the cache's place in
+    /// the configuration).
+    public init(
+        _ base: any ActionCache, cas: any BlobStore, logger: Logger = Logger(label: "strata.action-cache"),
+        metrics: (factory: any MetricsFactory, name: String)? = nil
+    ) {
         self.base = base
         self.cas = cas
         self.logger = logger
+        self.incompleteDropped = metrics.map {
+            Counter(label: "strata_action_cache_incomplete_total", dimensions: [("cache", $0.name)], factory: $0.factory)
+        }
     }
 
     public var allowsUpdates: Bool { base.allowsUpdates }
@@ -39,6 +50,7 @@ public struct CompletenessCheckingActionCache: ActionCache {
         guard let result = try await base.get(action) else { return nil }
         if let problem = try await missingReference(result, function: action.function) {
             logger.info("dropping the cached result of action \(action): \(problem)")
+            incompleteDropped?.increment()
             try? await base.remove(action)
             return nil
         }

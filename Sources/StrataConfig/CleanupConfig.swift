@@ -39,7 +39,8 @@ extension Builder {
             guard let indexNode = options["index"] else {
                 throw entry.error("a cleanup entry needs index: an !redis-index (or !sql-index) storage, usually an alias such as *index")
             }
-            let store = try storage(indexNode)
+            // The index itself, not its metrics decorator: the janitor needs the index's own type.
+            let store = try unmonitoredStorage(indexNode)
             // Its janitor deletes what it does not know from its storage: that storage must have no other writer.
             storageUses.append(StorageUse(
                 storage: indexNode.identity, user: entry, description: "cleanup entry of instance \"\(instanceName)\"", writes: false))

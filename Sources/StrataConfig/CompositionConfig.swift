@@ -53,7 +53,8 @@ extension Builder {
         let writers = try options["fallback-writer-threads"]?.int(minimum: 1) ?? 20
         let store = WithCacheBlobStore(
             cache: try storage(cacheNode), fallback: try storage(fallbackNode),
-            deferFallbackWrites: deferWrites, fallbackWriters: writers)
+            deferFallbackWrites: deferWrites, fallbackWriters: writers, metrics: metricsFactory.map { ($0, node.path) })
+        withCacheStores[node.identity] = store
         if deferWrites { backgroundServices.append(DeferredWritesDrain(store: store)) }
         return (store, "!with-cache-storage\(deferWrites ? " (deferred fallback writes)" : "")")
     }

@@ -1,6 +1,9 @@
+import CoreMetrics
 import Foundation
+import Logging
 import StrataActionCache
 import StrataCore
+import StrataMetrics
 import StrataServer
 import ServiceLifecycle
 import StrataSQL
@@ -64,6 +67,10 @@ public struct Configuration: Sendable {
     }
     /// The listable persistent storages, for `strata scrub`.
     public var scrubTargets: [ScrubTarget] = []
+    /// What `monitoring:` asked for, nil when it is absent or disabled.
+    public var monitoring: MonitoringSetup?
+    /// The storages `/status` reports, by instance.
+    public var statusSources: StatusSources = StatusSources()
 
     public var registry: InstanceRegistry { InstanceRegistry(instances) }
 
@@ -128,11 +135,21 @@ struct Builder {
     var cacheSummary: [String] = []
     /// Verified listable storages (the wrapper, its backend, its name), for `strata scrub`.
     var scrubbable: [(store: any BlobStore, backend: any ListableBlobStore, name: String)] = []
+    /// What records, when monitoring is on: every storage and cache node is wrapped in a metrics
+    /// decorator (`monitoredStorages`, by node identity, so aliases share one).
+    var monitoringSetup: MonitoringSetup?
+    var metricsFactory: (any MetricsFactory)? { monitoringSetup?.monitoring.factory }
+    var monitoredStorages: [String: any BlobStore] = [:]
+    /// Storages that know how full they are, and with-cache storages, by node identity: for the gauges and `/status`.
+    var usageReporters: [String: any StorageUsageReporting] = [:]
+    var withCacheStores: [String: WithCacheBlobStore] = [:]
+    /// The storage nodes each instance's services name, by instance name.
+    var instanceStorageRoots: [String: [String]] = [:]
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
-            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup"],
-            unsupported: ["authorization", "monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
+            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup", "monitoring"],
+            unsupported: ["authorization", "maximum-concurrent-rpcs", "limiter", "server-reflection",
                           "grpc-compression", "grpc-server-options", "schedulers", "services"])
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
@@ -147,6 +164,17 @@ struct Builder {
         }
         guard !addresses.isEmpty else { throw server.error("at least one !channel is required") }
 
+        // Before the storages: with monitoring on, each is wrapped in a metrics decorator as it is built.
+        if let monitoringNode = top["monitoring"] {
+            let outputs = try monitoringOutputs(monitoringNode)
+            if !outputs.isEmpty {
+                let monitoring = Monitoring(
+                    prometheus: outputs.contains { if case .prometheus = $0 { true } else { false } },
+                    statsD: outputs.compactMap { if case .statsD(let endpoint, let format) = $0 { (endpoint, format) } else { nil } },
+                    logger: Logger(label: "strata.monitoring"))
+                monitoringSetup = MonitoringSetup(outputs: outputs, monitoring: monitoring, rpcMetrics: RPCMetrics(factory: monitoring.factory))
+            }
+        }
         // Top-level lists only declare (and anchor) objects; instances use them through aliases.
         for node in try top["connections"]?.sequence() ?? [] { try connection(node) }
         for node in try top["storages"]?.sequence() ?? [] { _ = try storage(node) }
@@ -172,7 +200,8 @@ struct Builder {
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
-            preparations: preparations, readiness: Readiness(backends: readinessChecks), scrubTargets: scrubTargets())
+            preparations: preparations, readiness: Readiness(backends: readinessChecks), scrubTargets: scrubTargets(), monitoring: monitoringSetup,
+            statusSources: statusSources(instances))
     }
 
     /// Registers `backend` (built from `node`) for the readiness checks, named `name`.
@@ -217,7 +246,28 @@ struct Builder {
         }
     }
 
+    /// The storage of `node`, built once; in a `MetricsBlobStore` when monitoring is on.
     mutating func storage(_ node: ConfigNode) throws(ConfigError) -> any BlobStore {
+        let store = try unmonitoredStorage(node)
+        guard let monitoringSetup else { return store }
+        if let wrapped = monitoredStorages[node.identity] { return wrapped }
+        let backend = Self.backendLabel(node)
+        let wrapped = MetricsBlobStore(store, backend: backend, name: node.path, factory: monitoringSetup.monitoring.factory)
+        monitoredStorages[node.identity] = wrapped
+        if let reporter = usageReporters[node.identity] {
+            monitoringSetup.monitoring.addStorageGauges(backend: backend, name: node.path, storage: reporter)
+        }
+        return wrapped
+    }
+
+    /// A node's tag without its "!", the `backend` label of its metrics.
+    static func backendLabel(_ node: ConfigNode) -> String {
+        String((node.applicationTag ?? "untagged").drop { $0 == "!" })
+    }
+
+    /// The storage of `node` itself, without a metrics decorator: what the configuration checks and a
+    /// cleanup entry inspect.
+    mutating func unmonitoredStorage(_ node: ConfigNode) throws(ConfigError) -> any BlobStore {
         if let parent = storageStack.last { shapes[parent]?.children.append(node.identity) }
         if let built = storages[node.identity] { return built.store }
         shapes[node.identity] = StorageShape(node: node)
@@ -229,7 +279,9 @@ struct Builder {
             let options = try node.mapping(allowed: ["size"])
             guard let size = options["size"] else { throw node.error("!lru-storage needs a size, e.g. size: 2048M") }
             let bytes = try size.size()
-            built = (LRUBlobStore(capacityBytes: bytes), "!lru-storage (\(bytes) bytes in memory)")
+            let store = LRUBlobStore(capacityBytes: bytes)
+            usageReporters[node.identity] = store
+            built = (store, "!lru-storage (\(bytes) bytes in memory)")
         case "!disk-storage": built = try diskStorage(node)
         case "!redis-index": built = try redisIndex(node)
         case "!sql-storage": built = try sqlStorage(node)
@@ -277,8 +329,11 @@ struct Builder {
                 "!mirrored-action-cache", "!remote-action-cache", "!redis-action-cache", "!s3action-cache",
             ])
         }
-        caches[node.identity] = built
-        return built
+        let cache: any ActionCache = metricsFactory.map {
+            MetricsActionCache(built, backend: Self.backendLabel(node), name: node.path, factory: $0)
+        } ?? built
+        caches[node.identity] = cache
+        return cache
     }
 
     func unknownTag(_ node: ConfigNode, kind: String, known: [String]) -> ConfigError {
@@ -341,7 +396,8 @@ struct Builder {
         // CAS, or the one the cache's `storage:` names.
         if let cache = instance.actionCache, let node = actionCacheNode {
             if let cas = instance.cas?.store ?? cacheStorages[node.identity] {
-                instance.actionCache = CompletenessCheckingActionCache(cache, cas: cas)
+                instance.actionCache = CompletenessCheckingActionCache(
+                    cache, cas: cas, metrics: metricsFactory.map { ($0, node.path) })
             } else {
                 warnings.append("\(node.file):\(node.line ?? 0): \(node.path): this instance has no !cas and the cache names no storage: cached results are handed out without checking that their outputs exist")
             }
@@ -359,6 +415,7 @@ struct Builder {
         guard let storageNode = options["storage"] else { throw node.error("\(node.applicationTag ?? "service") needs a storage") }
         let service = Instance.StorageService(
             store: try storage(storageNode), readOnly: try options["read-only"]?.bool() ?? false)
+        for name in instanceNames { instanceStorageRoots[name, default: []].append(storageNode.identity) }
         let names = instanceNames.map { "\"\($0)\"" }.joined(separator: ", ")
         storageUses.append(StorageUse(
             storage: storageNode.identity, user: node,

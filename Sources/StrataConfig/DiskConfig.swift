@@ -29,6 +29,7 @@ extension Builder {
         }
         // Creates and cleans nothing yet: `strata serve` prepares it (Configuration.prepare()).
         let store = DiskBlobStore(path: path, sync: sync, budget: budget)
+        if budget != nil { usageReporters[node.identity] = store }
         preparations.append(.init(backend: store, file: node.file, line: node.line, path: node.path))
         checkReadiness(of: store, "!disk-storage \(path)", node)
         var summary = "!disk-storage at \(path)"

@@ -38,6 +38,7 @@ public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable
     @usableFromInline var newest = LRUDictionary.none
     @usableFromInline var oldest = LRUDictionary.none
     @usableFromInline var storedCost: Int64 = 0
+    @usableFromInline var evictedCount: Int64 = 0
     public let capacity: Int64
 
     public init(capacity: Int64) {
@@ -48,6 +49,9 @@ public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable
     @inlinable public var count: Int { slotOfKey.count }
 
     @inlinable public var totalCost: Int64 { storedCost }
+
+    /// Entries `insert` evicted to make room (not those removed or replaced), for the eviction metrics.
+    @inlinable public var evictions: Int64 { evictedCount }
 
     @inlinable public func contains(_ key: Key) -> Bool { slotOfKey[key] != nil }
 
@@ -83,6 +87,7 @@ public struct LRUDictionary<Key: Hashable & Sendable, Value: Sendable>: Sendable
         while storedCost + cost > capacity, oldest != Self.none {
             slotOfKey[slots[oldest].key] = nil
             release(oldest)
+            evictedCount += 1
         }
         let slot: Int
         if let reused = freeSlots.popLast() {

@@ -2,6 +2,7 @@ import GRPCCore
 import StrataAPI
 import StrataActionCache
 import StrataCore
+import SwiftProtobuf
 
 public struct ActionCacheService: Build_Bazel_Remote_Execution_V2_ActionCache.SimpleServiceProtocol {
     let registry: InstanceRegistry
@@ -17,6 +18,7 @@ public struct ActionCacheService: Build_Bazel_Remote_Execution_V2_ActionCache.Si
         guard let result = try await cache.get(action) else {
             throw StrataError.notFound("no cached result for action \(action)")
         }
+        RequestContext.current?.addSent(Self.payloadBytes(result))
         return result
     }
 
@@ -30,8 +32,14 @@ public struct ActionCacheService: Build_Bazel_Remote_Execution_V2_ActionCache.Si
             throw StrataError.invalidArgument("UpdateActionResult for action \(action) carries no action_result")
         }
         try Self.validate(request.actionResult, function: function)
+        RequestContext.current?.addReceived(Self.payloadBytes(request.actionResult))
         try await cache.update(action, request.actionResult)
         return request.actionResult
+    }
+
+    /// The size of an ActionResult on the wire: the action cache's payload, for the byte metrics.
+    static func payloadBytes(_ result: ActionResult) -> Int {
+        ((try? result.serializedBytes()) as [UInt8]?)?.count ?? 0
     }
 
     /// Every digest an ActionResult references must be well formed, or a later hit would hand clients

@@ -38,12 +38,14 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         // Open before answering, so NOT_FOUND is the RPC's status rather than a broken stream.
         let body = try await storage.store.read(
             name.digest, offset: message.readOffset, limit: message.readLimit == 0 ? nil : message.readLimit)
+        let requestContext = RequestContext.current
         return StreamingServerResponse { writer in
             for try await chunk in body {
                 var start = chunk.startIndex
                 while start < chunk.endIndex {
                     let end = min(start + Self.readMessageBytes, chunk.endIndex)
                     try await writer.write(.with { $0.data = chunk[start..<end] })
+                    requestContext?.addSent(end - start)
                     start = end
                 }
             }
@@ -99,6 +101,7 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
                 if !message.data.isEmpty {
                     if await upload.chunks.send(message.data) {
                         upload.withState { $0.committed += Int64(message.data.count) }
+                        RequestContext.current?.addReceived(message.data.count)
                     } else if !upload.storeFinished {
                         // Not taken, and the store still reads: this stream was cancelled (or the upload
                         // abandoned). The chunk is not committed, so a resumed Write sends it again.

@@ -50,6 +50,7 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
             throw StrataError(.permissionDenied, "the CAS of instance \"\(StrataError.echo(request.instanceName))\" is read-only")
         }
         let total = request.entries.reduce(Int64(0)) { $0 + Int64($1.data.count) }
+        RequestContext.current?.addReceived(Int(total))
         guard total <= registry.maxBatchTotalSizeBytes else {
             throw StrataError.invalidArgument(
                 "BatchUpdateBlobs carries \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); upload large blobs with ByteStream")
@@ -115,6 +116,7 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
         }
         let read = await cas.store.readBatch(valid.map(\.digest))
         for (blob, result) in zip(valid, read) { results[blob.index] = result }
+        RequestContext.current?.addSent(read.reduce(0) { $0 + ((try? $1.get())?.count ?? 0) })
         return ReadBlobs(entries: zip(request.entries, results).map { ($0, $1) })
     }
 

@@ -72,7 +72,7 @@ public final class HealthStatus: Sendable {
         update { $0.draining = true }
     }
 
-    var isDraining: Bool { state.withLock { $0.draining } }
+    public var isDraining: Bool { state.withLock { $0.draining } }
 
     private func update(_ change: (inout State) -> Void) {
         let (serving, watchers) = state.withLock { state in

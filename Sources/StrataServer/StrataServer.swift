@@ -119,7 +119,7 @@ public final class StrataServer: Service, Sendable {
         addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
         policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
-        health: HealthStatus = HealthStatus(), accessLog: Logger? = nil
+        health: HealthStatus = HealthStatus(), accessLog: Logger? = nil, metrics: RPCMetrics? = nil
     ) throws(StrataError) {
         self.health = health
         self.registry = registry
@@ -134,8 +134,10 @@ public final class StrataServer: Service, Sendable {
         // The context first, so every interceptor after it reads it; the access log next, so it sees the
         // final status of every RPC; the error mapping runs next to the handlers: a CancellationError they
         // throw must become CANCELLED before anything else sees it (RequestHardeningTests proves the order).
+        // Metrics and the access log read the context and see the status the client gets.
         let interceptors: [any ServerInterceptor] =
-            [RequestContextInterceptor()] + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? []) + interceptors
+            [RequestContextInterceptor()] + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? [])
+            + (metrics.map { [MetricsInterceptor(metrics: $0)] } ?? []) + interceptors
             + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
         var config = HTTP2ServerTransport.Posix.Config.defaults
         // Each method's request limit, answered with RESOURCE_EXHAUSTED (see RequestSizeLimits).

@@ -146,6 +146,11 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
 
     /// Bytes of the blobs stored, when the store has a budget.
     public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.files.totalCost } }
+    /// Bytes and blobs stored, read together (counted only with a budget).
+    var budgetState: (bytes: Int64, blobs: Int) { usage.withLock { ($0.files.totalCost, $0.files.count) } }
+    /// Blobs evicted to make room since start.
+    var evictionCount: Int64 { evicted.load(ordering: .relaxed) }
+    private let evicted = Atomic<Int64>(0)
 
     func path(of digest: Digest) -> String {
         let hash = digest.hash
@@ -490,6 +495,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             }
             if !outcome.victims.isEmpty {
                 let victims = outcome.victims
+                evicted.add(Int64(victims.count), ordering: .relaxed)
                 if let heldBack = evictionWarnings.admit() {
                     logger.warning("disk storage \(root.path) is at its max-size (\(budget.maxBytes) bytes): evicting \(victims.count) least recently used blobs to store blob \(digest)\(heldBack > 0 ? " (and \(heldBack) evictions more since the last warning)" : "")")
                 }

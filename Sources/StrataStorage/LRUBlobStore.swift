@@ -19,6 +19,8 @@ public final class LRUBlobStore: BlobStore {
     public var maximumBlobSize: Int64? { capacityBytes }
     public var totalBytes: Int64 { blobs.withLock { $0.totalCost } }
     public var count: Int { blobs.withLock { $0.count } }
+    /// Bytes, blobs and evictions since start, read together.
+    var lruState: (bytes: Int64, blobs: Int, evictions: Int64) { blobs.withLock { ($0.totalCost, $0.count, $0.evictions) } }
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
         blobs.withLock { blobs in

@@ -1,6 +1,8 @@
+import CoreMetrics
 import Foundation
 import Logging
 import StrataCore
+import Synchronization
 
 /// A fast tier (`cache`) over an authoritative slow one (`fallback`).
 ///
@@ -21,12 +23,21 @@ public final class WithCacheBlobStore: BlobStore {
     public let fallback: any BlobStore
     public let smallBlobLimit: Int64
     private let deferred: DeferredWrites?
+    /// Blobs read, and those the fast tier did not have (read from the fallback), since start: the fast
+    /// tier's hit ratio, for `/status`.
+    private let readCount = Atomic<Int64>(0)
+    private let missCount = Atomic<Int64>(0)
+    private let readCounter: Counter?
+    private let missCounter: Counter?
 
     public init(
         cache: any BlobStore, fallback: any BlobStore, deferFallbackWrites: Bool = false,
         fallbackWriters: Int = 20, deferredBytesLimit: Int64 = 256 << 20, smallBlobLimit: Int64 = 4 << 20,
-        logger: Logger = Logger(label: "strata.with-cache-storage")
+        logger: Logger = Logger(label: "strata.with-cache-storage"),
+        metrics: (factory: any MetricsFactory, name: String)? = nil
     ) {
+        self.readCounter = metrics.map { Counter(label: "strata_with_cache_reads_total", dimensions: [("name", $0.name)], factory: $0.factory) }
+        self.missCounter = metrics.map { Counter(label: "strata_with_cache_fast_misses_total", dimensions: [("name", $0.name)], factory: $0.factory) }
         self.cache = cache
         self.fallback = fallback
         self.smallBlobLimit = smallBlobLimit
@@ -53,7 +64,21 @@ public final class WithCacheBlobStore: BlobStore {
         return missing.filter { !pending.contains($0) }
     }
 
+    /// Blobs read, and those of them the fast tier missed, since start.
+    public var fastTierReads: (reads: Int64, misses: Int64) {
+        (readCount.load(ordering: .relaxed), missCount.load(ordering: .relaxed))
+    }
+
+    private func countReads(_ count: Int, misses missed: Int) {
+        readCount.add(Int64(count), ordering: .relaxed)
+        readCounter?.increment(by: count)
+        guard missed > 0 else { return }
+        missCount.add(Int64(missed), ordering: .relaxed)
+        missCounter?.increment(by: missed)
+    }
+
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
+        countReads(1, misses: 0)
         do {
             // A cached copy found corrupt is removed by the cache (NOT_FOUND): when that happens before
             // the first byte went out, the read goes on as a miss, which also repairs the cache.
@@ -66,6 +91,7 @@ public final class WithCacheBlobStore: BlobStore {
     /// A read the cache could not serve: from the pending queue, or from the fallback, copying the blob
     /// into the cache on the way.
     private func readMiss(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
+        countReads(0, misses: 1)
         if let data = await deferred?.pendingData(digest) {
             let range = try validatedRange(digest, offset: offset, limit: limit)
             let start = data.startIndex + Int(range.lowerBound)
@@ -120,6 +146,7 @@ public final class WithCacheBlobStore: BlobStore {
         for (index, result) in results.enumerated() {
             if case .failure(let error) = result, error.code == .notFound { misses.append(index) }
         }
+        countReads(digests.count, misses: misses.count)
         guard !misses.isEmpty else { return results }
         var fromFallback: [Int] = []
         for index in misses {

@@ -39,10 +39,13 @@ struct Cleanup: AsyncParsableCommand {
 
     func run() async throws {
         let (configuration, targets) = try loadTargets(config, instanceName: instanceName, logging: logging)
+        let deletions = configuration.deletionCounters(job: "cleanup", instances: targets.map(\.instanceName))
         let loop = MaintenanceLoop(name: "cleanup", once: once || dryRun) { target, shouldStop in
             let output = ProgressOutput()
             let cleaner = IndexCleaner(index: target.index, policy: target.policy, progress: output.progress)
             let report = try await cleaner.runPass(dryRun: dryRun, shouldStop: shouldStop)
+            deletions[target.instanceName]?.blobs.increment(by: report.deletedBlobs)
+            deletions[target.instanceName]?.bytes.increment(by: report.deletedBytes)
             output.finish()
             for entry in report.wouldDelete {
                 print("would delete \(entry.digest) (last used \(ISO8601DateFormatter().string(from: entry.accessed)))")
@@ -107,11 +110,17 @@ struct JanitorCommand: AsyncParsableCommand {
             targets.append(target)
         }
         let grace = Duration(settingSeconds: gracePeriod) ?? .zero
+        let deletions = configuration.deletionCounters(job: "janitor", instances: targets.map(\.instanceName))
         let loop = MaintenanceLoop(name: "janitor", once: once || dryRun) { target, shouldStop in
             let janitor = try Janitor(
                 index: target.index as! any EnumerableIndex, gracePeriod: grace, retryLimit: target.policy.retryLimit,
                 maxDeleteShare: force ? nil : maxDeleteShare)
-            return try await janitor.runPass(dryRun: dryRun, shouldStop: shouldStop).summary
+            let report = try await janitor.runPass(dryRun: dryRun, shouldStop: shouldStop)
+            if !report.dryRun {
+                deletions[target.instanceName]?.blobs.increment(by: report.orphansDeleted)
+                deletions[target.instanceName]?.bytes.increment(by: report.orphanBytes)
+            }
+            return report.summary
         } sleep: { _ in Duration(settingSeconds: sleepInterval) ?? .seconds(3600) }
         try await runMaintenance(loop, targets: targets, configuration: configuration)
     }
@@ -137,7 +146,8 @@ private func loadTargets(_ file: String, instanceName: String?, logging: LogOpti
 private func runMaintenance(_ loop: MaintenanceLoop, targets: [CleanupTarget], configuration: Configuration) async throws {
     let logger = Logger(label: "strata.\(loop.name)")
     let group = ServiceGroup(configuration: .init(
-        services: configuration.backgroundServices.map { .init(service: $0) }
+        // The StatsD writers stop after the loop, sending its last pass's deletions.
+        services: (configuration.backgroundServices + configuration.maintenanceMonitoringServices()).map { .init(service: $0) }
             + [.init(service: LoopService(loop: loop, targets: targets), successTerminationBehavior: .gracefullyShutdownGroup,
                      failureTerminationBehavior: .gracefullyShutdownGroup)],
         gracefulShutdownSignals: [.sigterm, .sigint],

@@ -122,15 +122,28 @@ struct Serve: AsyncParsableCommand {
                 addresses: configuration.addresses, logger: logger,
                 policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)),
                 health: HealthStatus(readiness: configuration.readiness),
-                accessLog: accessLog ? Logger(label: "strata.access") : nil)
+                accessLog: accessLog ? Logger(label: "strata.access") : nil,
+                metrics: configuration.monitoring?.rpcMetrics)
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)
         }
+        // Started with the server, stopped after it: the last requests' metrics are flushed.
+        // `/readyz` asks every backend now (each within the readiness timeout) and fails while draining.
+        let readiness = configuration.readiness
+        let monitoring = configuration.monitoringServices(
+            server: server, version: strataVersion,
+            readiness: { [health = server.health] in
+                var answers: [String: String?] = [:]
+                for result in await readiness.check() { answers["\(result.name) (\(result.location))"] = .some(result.problem) }
+                if health.isDraining { answers["server"] = .some("shutting down") }
+                return answers
+            },
+            logger: logger).services
         let group = ServiceGroup(
             configuration: .init(
                 // Graceful shutdown runs in reverse order: the server stops before the connection pools it uses.
-                services: configuration.backgroundServices.map { .init(service: $0) } + [.init(service: server)],
+                services: (configuration.backgroundServices + monitoring).map { .init(service: $0) } + [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

@@ -119,9 +119,9 @@ import Testing
             """, line: 3, "not host:port")
         expectError("""
             server: [!channel {address: "127.0.0.1:1"}]
-            monitoring: {enabled: true}
+            grpc-compression: gzip
             instances: []
-            """, line: 2, "\"monitoring\" is not supported by Strata yet")
+            """, line: 2, "\"grpc-compression\" is not supported by Strata yet")
         expectError("""
             server: [!channel {address: "127.0.0.1:1"}]
             instances:

@@ -30,6 +30,7 @@ struct Clients: Sendable {
 func withServer<T: Sendable>(
     _ instances: [Instance], maxBatchTotalSizeBytes: Int64 = InstanceRegistry.defaultMaxBatchTotalSizeBytes,
     uploads: UploadRegistry = UploadRegistry(), health: HealthStatus = HealthStatus(), accessLog: Logger? = nil,
+    metrics: RPCMetrics? = nil,
     modules: [any ServiceModule] = StrataServer.storageModules, interceptors: [any ServerInterceptor] = [],
     _ body: @Sendable (Clients) async throws -> T
 ) async throws -> T {
@@ -37,7 +38,7 @@ func withServer<T: Sendable>(
     let server = try StrataServer(
         registry: registry, modules: modules, interceptors: interceptors,
         addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], uploads: uploads,
-        health: health, accessLog: accessLog)
+        health: health, accessLog: accessLog, metrics: metrics)
     return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask {
             try await server.run()

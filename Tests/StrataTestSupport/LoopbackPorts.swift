@@ -24,8 +24,10 @@ public func freeLoopbackPort() throws -> Int {
     return port
 }
 
-private func bindLoopback() throws -> (Int32, Int) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+/// A socket of `type` (a TCP one by default; `SOCK_DGRAM` for a UDP receiver) bound to a free port on
+/// 127.0.0.1, and the port.
+public func bindLoopback(type: Int32 = Int32(SOCK_STREAM.rawValue)) throws -> (Int32, Int) {
+    let fd = socket(AF_INET, type, 0)
     guard fd >= 0 else { throw MissingServiceError("socket() failed: errno \(errno)") }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)

@@ -1,0 +1,95 @@
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import StrataCore
+import Synchronization
+
+/// One HTTP route: a method, a path, and what answers it (Hummingbird's request and context, so a
+/// route can stream a body in or out).
+public struct HTTPRoute: Sendable {
+    public var method: HTTPRequest.Method
+    public var path: String
+    public var handler: @Sendable (Request, BasicRequestContext) async throws -> Response
+
+    public init(
+        _ method: HTTPRequest.Method, _ path: String,
+        handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response
+    ) {
+        self.method = method
+        self.path = path
+        self.handler = handler
+    }
+
+    /// A route answering with a whole text body.
+    public static func text(
+        _ path: String, _ reply: @escaping @Sendable () async -> (status: HTTPResponse.Status, contentType: String, body: String)
+    ) -> HTTPRoute {
+        HTTPRoute(.get, path) { _, _ in
+            let (status, contentType, body) = await reply()
+            return Response(
+                status: status, headers: [.contentType: contentType],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+        }
+    }
+}
+
+/// An HTTP/1.1 listener on `host:port` serving `routes` (404 for any other path), run as a
+/// swift-service-lifecycle `Service` beside the gRPC server: it binds when run, never before, and a
+/// port in use fails `run` naming the address.
+public final class HTTPListener: Service, Sendable {
+    public let host: String
+    public let port: Int
+    private let routes: [HTTPRoute]
+    private let logger: Logger
+    private let bound: (stream: AsyncStream<Int>, continuation: AsyncStream<Int>.Continuation)
+    private let boundPort = Mutex<Int?>(nil)
+    /// What the start-up log line says the listener serves, e.g. "monitoring".
+    public let purpose: String
+
+    public init(host: String, port: Int, routes: [HTTPRoute], purpose: String, logger: Logger) {
+        self.host = host
+        self.port = port
+        self.routes = routes
+        self.purpose = purpose
+        self.logger = logger
+        self.bound = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// The port it listens on (port 0 resolved), once it does; nil if it stopped first.
+    public func listeningPort() async -> Int? {
+        if let port = boundPort.withLock({ $0 }) { return port }
+        for await port in bound.stream { return port }
+        return boundPort.withLock { $0 }
+    }
+
+    /// Hummingbird's own logger: its start-up line repeats this listener's, and per-request lines
+    /// would be an access log (which the gRPC side owns): warnings and above only.
+    static func quieter(_ logger: Logger) -> Logger {
+        var quieter = logger
+        quieter.logLevel = max(logger.logLevel, .warning)
+        return quieter
+    }
+
+    public func run() async throws {
+        let router = Router()
+        for route in routes {
+            router.on(RouterPath(route.path), method: route.method, use: route.handler)
+        }
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: nil),
+            onServerRunning: { [self] channel in
+                let actual = channel.localAddress?.port ?? port
+                boundPort.withLock { $0 = actual }
+                bound.continuation.yield(actual)
+                logger.info("\(purpose) listening on http://\(host.contains(":") ? "[\(host)]" : host):\(actual) (\(routes.map(\.path).joined(separator: ", ")))")
+            },
+            logger: Self.quieter(logger))
+        defer { bound.continuation.finish() }
+        do {
+            try await app.run()
+        } catch {
+            throw StrataError.unavailable("\(purpose): cannot serve HTTP on \(host):\(port): \(error)")
+        }
+    }
+}
