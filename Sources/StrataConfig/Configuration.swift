@@ -11,7 +11,8 @@ import Yams
 ///
 /// Supported now: `server` (`!channel`), `storages` (`!lru-storage`, `!disk-storage`), `caches`
 /// (`!lru-action-cache`), `instances` with `!cas`, `!bytestream` and `!action-cache`. Anchors and aliases
-/// share one object. Anything else is refused with its file, line and key.
+/// share one object. Anything else is refused with its file, line and key: every problem of a file at
+/// once, a `ConfigErrors` when there are several.
 public struct Configuration: Sendable {
     public var addresses: [ListenAddress]
     /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
@@ -74,6 +75,8 @@ public struct Configuration: Sendable {
         return try parse(yaml: text, file: file, environment: environment)
     }
 
+    /// The configuration `yaml` describes, or its problems: the `ConfigError` when there is one, a
+    /// `ConfigErrors` of all of them in file order when there are several.
     public static func parse(
         yaml: String, file: String, environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> Configuration {
@@ -133,7 +136,7 @@ struct Builder {
     /// instance may then name that one, and says nothing.
     var instanceNamesComplete = true
     /// `grpc-server-options`' view of every channel's connection options, and the batch limit
-    /// (ServerOptionsConfig.swift).
+    /// (BuildGridOptionsConfig.swift).
     var serverConnectionPolicy = ConnectionPolicy.default
     var maxBatchTotalSizeBytes = InstanceRegistry.defaultMaxBatchTotalSizeBytes
     var cacheSummary: [String] = []
@@ -154,7 +157,7 @@ struct Builder {
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.keyLine ?? threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
         }
-        // BuildGrid's server-wide options (ServerOptionsConfig.swift), before the channels they apply to.
+        // BuildGrid's server-wide options (BuildGridOptionsConfig.swift), before the channels they apply to.
         buildServerOptions(top)
 
         var addresses: [ListenAddress] = []
