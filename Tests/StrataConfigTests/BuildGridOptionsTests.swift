@@ -97,6 +97,21 @@ import Testing
         #expect(configuration.connectionPolicies.values.first == ConnectionPolicy.default)
     }
 
+    @Test func valuesThatDifferFromStrataWarn() throws {
+        let configuration = try parse("""
+            server: [!channel {address: "127.0.0.1:50051"}]
+            grpc-server-options: {grpc.so_reuseport: 1}
+            grpc-compression: Deflate
+            storages: [!lru-storage &cas {size: 1M}]
+            instances: [{name: "", services: [!bytestream {storage: *cas, stream-blob: false}]}]
+            """)
+        #expect(configuration.warnings.sorted() == [
+            "bg.yml:2: grpc-server-options.grpc.so_reuseport is ignored: Strata never lets another server share its port",
+            "bg.yml:3: grpc-compression is ignored: Strata sends its responses uncompressed (clients accept that whatever they asked for)",
+            "bg.yml:5: instances[0].services[0].stream-blob is ignored: Strata always streams a blob from its storage",
+        ])
+    }
+
     @Test func valuesBuildGridWouldRefuseAreRefused() {
         let cases: [(yaml: String, line: Int, fragment: String)] = [
             ("grpc-compression: Brotli\n", 4, "unknown grpc-compression \"Brotli\"; BuildGrid's values are NoCompression, Deflate and Gzip"),
