@@ -121,7 +121,10 @@ extension Builder {
         let framing: Int64 = 1 << 20
         let current = maxBatchTotalSizeBytes + framing
         guard value != -1, Int64(value) < current else {
-            ignore(option, because: "Strata's \(key == "grpc.max_send_message_length" ? "responses are" : "requests are") at most \(current) bytes (the batch limit announced in Capabilities plus 1 MiB; FindMissingBlobs requests up to 16 MiB), which this allows")
+            let what = key == "grpc.max_send_message_length"
+                ? "responses are at most \(current) bytes (the batch limit announced in Capabilities plus 1 MiB)"
+                : "requests are at most \(current) bytes (the batch limit announced in Capabilities plus 1 MiB; FindMissingBlobs up to 16 MiB)"
+            ignore(option, because: "Strata's \(what), which this allows")
             return
         }
         guard Int64(value) >= 2 * framing else {

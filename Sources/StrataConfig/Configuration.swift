@@ -221,10 +221,23 @@ struct Builder {
         guard errors.isEmpty else { return nil }
         return Configuration(
             addresses: addresses, connectionPolicies: connectionPolicies, instances: instances,
-            storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
+            storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(),
+            warnings: inFileOrder(warnings),
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
             preparations: preparations, scrubTargets: scrubTargets(), maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
+    }
+
+    /// `warnings` (each "FILE:LINE: ...") by line, as the problems are: the builder meets items in its
+    /// own order (channels before connections), not the file's.
+    func inFileOrder(_ warnings: [String]) -> [String] {
+        func line(_ warning: String) -> Int {
+            warning.split(separator: ":", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
+        }
+        return warnings.enumerated().sorted { a, b in
+            let (lineA, lineB) = (line(a.element), line(b.element))
+            return lineA != lineB ? lineA < lineB : a.offset < b.offset
+        }.map(\.element)
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {

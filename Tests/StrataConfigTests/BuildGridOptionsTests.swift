@@ -59,8 +59,11 @@ import Testing
             (74, "instances[0].services[1].chunked-by-buildbox-allowed-subjects", "SpliceBlob"),
             (78, "instances[0].services[2].disable-overwrite-early-return", "completes at once"),
         ]
-        let warnings = configuration.warnings.sorted()
+        let warnings = configuration.warnings
         #expect(warnings.count == expected.count, "\(warnings.joined(separator: "\n"))")
+        // In file order, as problems are.
+        let lines = warnings.compactMap { Int($0.dropFirst(file.count + 1).prefix { $0 != ":" }) }
+        #expect(lines == expected.map(\.line).sorted(), "\(warnings.joined(separator: "\n"))")
         for (line, key, why) in expected {
             let prefix = "\(file):\(line): \(key) is ignored: "
             #expect(warnings.contains { $0.hasPrefix(prefix) && $0.contains(why) }, "no \(prefix)…\(why) in\n\(warnings.joined(separator: "\n"))")
