@@ -94,7 +94,7 @@ extension Builder {
             let value = try option.int(minimum: 0)
             guard value <= 1 else { throw option.error("expected 0 or 1") }
             serverConnectionPolicy.clientPingsWithoutCalls = value == 1
-        case "grpc.http2.min_recv_ping_interval_without_data_ms", "grpc.http2.min_ping_interval_without_data_ms":
+        case "grpc.http2.min_recv_ping_interval_without_data_ms":
             serverConnectionPolicy.clientPingMinimumInterval = try milliseconds() ?? .seconds(Duration.maximumSettingSeconds)
         case "grpc.so_reuseport":
             // 0 (a port no other server may share) is what Strata does: it refuses a port another
