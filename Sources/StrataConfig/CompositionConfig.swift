@@ -61,8 +61,12 @@ extension Builder {
 
     mutating func replicatedStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
         let options = try node.mapping(
-            allowed: ["storages", "replication-threads", "read-replication"], unsupported: ["replication-queue-size"])
+            allowed: ["storages", "replication-threads", "read-replication", "replication-queue-size"])
         guard let storagesNode = options["storages"] else { throw node.error("!replicated-storage needs storages: a list of at least two") }
+        if let queue = options["replication-queue-size"] {
+            _ = try queue.int(minimum: 0)
+            ignore(queue, because: "Strata always repairs a replica FindMissingBlobs finds lacking a blob, at most replication-threads copies at once; a repair skipped then is made on a later access")
+        }
         var replicas: [any BlobStore] = []
         for entry in try storagesNode.sequence() { replicas.append(try storage(entry)) }
         guard replicas.count >= 2 else { throw storagesNode.error("!replicated-storage needs at least two storages") }

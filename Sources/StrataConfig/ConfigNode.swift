@@ -9,6 +9,9 @@ struct ConfigNode {
     let file: String
     let path: String
     let environment: [String: String]
+    /// The line of the key this node is the value of, if it is one: where a warning about the option
+    /// points (a block value starts on the line after its key).
+    var keyLine: Int? = nil
 
     var line: Int? { node.mark?.line }
 
@@ -35,26 +38,44 @@ struct ConfigNode {
     }
 
     /// The mapping's entries, refusing keys outside `allowed` (or in `unsupported`, BuildGrid options
-    /// Strata does not implement, with a message saying so).
+    /// Strata does not implement, with a message saying so): the first such key is thrown.
     func mapping(allowed: Set<String>, unsupported: Set<String> = []) throws(ConfigError) -> [String: ConfigNode] {
+        var problems: [ConfigError] = []
+        let result = try mapping(allowed: allowed, unsupported: unsupported, problems: &problems)
+        if let first = problems.first { throw first }
+        return result
+    }
+
+    /// The mapping's entries; each key outside `allowed`, in `unsupported` or given twice is added to
+    /// `problems` and left out, so that every one of them is reported. Throws only if this is no mapping.
+    func mapping(
+        allowed: Set<String>, unsupported: Set<String> = [], problems: inout [ConfigError]
+    ) throws(ConfigError) -> [String: ConfigNode] {
         guard case .mapping(let mapping) = node else {
             throw error("expected a mapping of options\(applicationTag.map { " for \($0)" } ?? "")")
         }
         var result: [String: ConfigNode] = [:]
         for (keyNode, value) in mapping {
-            guard let key = keyNode.string else { throw child(keyNode, "?").error("keys must be strings") }
-            let entry = child(value, key)
+            guard let key = keyNode.string else {
+                problems.append(child(keyNode, "?").error("keys must be strings"))
+                continue
+            }
+            var entry = child(value, key)
+            entry.keyLine = keyNode.mark?.line
             if unsupported.contains(key) {
-                throw ConfigError(file: file, line: keyNode.mark?.line, path: entry.path,
-                                  message: "option \"\(key)\" is not supported by Strata yet")
+                problems.append(ConfigError(file: file, line: keyNode.mark?.line, path: entry.path,
+                                            message: "option \"\(key)\" is not supported by Strata yet"))
+                continue
             }
             guard allowed.contains(key) else {
                 let suggestion = closestMatch(to: key, among: allowed).map { " (did you mean \"\($0)\"?)" } ?? ""
-                throw ConfigError(file: file, line: keyNode.mark?.line, path: entry.path,
-                                  message: "unknown option \"\(key)\"\(suggestion); expected one of: \(allowed.sorted().joined(separator: ", "))")
+                problems.append(ConfigError(file: file, line: keyNode.mark?.line, path: entry.path,
+                                            message: "unknown option \"\(key)\"\(suggestion); expected one of: \(allowed.sorted().joined(separator: ", "))"))
+                continue
             }
             guard result[key] == nil else {
-                throw ConfigError(file: file, line: keyNode.mark?.line, path: entry.path, message: "option \"\(key)\" is given twice")
+                problems.append(ConfigError(file: file, line: keyNode.mark?.line, path: entry.path, message: "option \"\(key)\" is given twice"))
+                continue
             }
             result[key] = entry
         }

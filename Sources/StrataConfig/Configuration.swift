@@ -14,7 +14,8 @@ import Yams
 ///
 /// Supported now: `server` (`!channel`), `storages` (`!lru-storage`, `!disk-storage`), `caches`
 /// (`!lru-action-cache`), `instances` with `!cas`, `!bytestream` and `!action-cache`. Anchors and aliases
-/// share one object. Anything else is refused with its file, line and key.
+/// share one object. Anything else is refused with its file, line and key: every problem of a file at
+/// once, a `ConfigErrors` when there are several.
 public struct Configuration: Sendable {
     public var addresses: [ListenAddress]
     /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
@@ -72,7 +73,11 @@ public struct Configuration: Sendable {
     /// The storages `/status` reports, by instance.
     public var statusSources: StatusSources = StatusSources()
 
-    public var registry: InstanceRegistry { InstanceRegistry(instances) }
+    /// The largest BatchUpdateBlobs/BatchReadBlobs, announced in Capabilities: 4 MiB, or lower under a
+    /// smaller `grpc.max_receive_message_length`.
+    public var maxBatchTotalSizeBytes = InstanceRegistry.defaultMaxBatchTotalSizeBytes
+
+    public var registry: InstanceRegistry { InstanceRegistry(instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes) }
 
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Configuration {
         let text: String
@@ -83,6 +88,8 @@ public struct Configuration: Sendable {
         return try parse(yaml: text, file: file, environment: environment)
     }
 
+    /// The configuration `yaml` describes, or its problems: the `ConfigError` when there is one, a
+    /// `ConfigErrors` of all of them in file order when there are several.
     public static func parse(
         yaml: String, file: String, environment: [String: String] = ProcessInfo.processInfo.environment
     ) throws -> Configuration {
@@ -96,7 +103,12 @@ public struct Configuration: Sendable {
             throw ConfigError(file: file, line: Self.line(of: error), path: "", message: "not valid YAML: \(error)")
         }
         var builder = Builder()
-        return try builder.build(ConfigNode(node: root, file: file, path: "", environment: environment))
+        let configuration = builder.build(ConfigNode(node: root, file: file, path: "", environment: environment))
+        if let problems = ConfigErrors.combining(builder.errors) { throw problems }
+        guard let configuration else {
+            throw ConfigError(file: file, line: nil, path: "", message: "the configuration could not be built")
+        }
+        return configuration
     }
 
     private static func line(of error: YamlError) -> Int? {
@@ -132,6 +144,16 @@ struct Builder {
     var storageStack: [String] = []
     var storageUses: [StorageUse] = []
     var warnings: [String] = []
+    /// Every problem found so far, and the shared nodes that failed (ErrorCollection.swift).
+    var errors: [ConfigError] = []
+    var failed: Set<String> = []
+    /// False when an instance failed before its names were known: a cleanup entry naming an unknown
+    /// instance may then name that one, and says nothing.
+    var instanceNamesComplete = true
+    /// `grpc-server-options`' view of every channel's connection options, and the batch limit
+    /// (BuildGridOptionsConfig.swift).
+    var serverConnectionPolicy = ConnectionPolicy.default
+    var maxBatchTotalSizeBytes = InstanceRegistry.defaultMaxBatchTotalSizeBytes
     var cacheSummary: [String] = []
     /// Verified listable storages (the wrapper, its backend, its name), for `strata scrub`.
     var scrubbable: [(store: any BlobStore, backend: any ListableBlobStore, name: String)] = []
@@ -146,27 +168,45 @@ struct Builder {
     /// The storage nodes each instance's services name, by instance name.
     var instanceStorageRoots: [String: [String]] = [:]
 
-    mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
-        let top = try root.mapping(
-            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup", "monitoring"],
-            unsupported: ["authorization", "maximum-concurrent-rpcs", "limiter", "server-reflection",
-                          "grpc-compression", "grpc-server-options", "schedulers", "services"])
+    /// Builds everything `root` describes, recording each item's problem in `errors` and going on
+    /// (ErrorCollection.swift); the result is only meant to be used when `errors` stays empty.
+    mutating func build(_ root: ConfigNode) -> Configuration? {
+        guard let top = check({ builder throws(ConfigError) in
+            try root.mapping(
+                allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup",
+                          "description", "server-reflection", "grpc-compression", "grpc-server-options", "metering",
+                          "schedulers", "services", "monitoring"],
+                unsupported: ["authorization", "maximum-concurrent-rpcs", "limiter"],
+                problems: &builder.errors)
+        }) else { return nil }
         if let threads = top["thread-pool-size"] {
-            warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
+            warnings.append("\(threads.file):\(threads.keyLine ?? threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
         }
-        guard let server = top["server"] else { throw root.error("\"server\" is required: a list of !channel entries") }
+        // BuildGrid's server-wide options (BuildGridOptionsConfig.swift), before the channels they apply to.
+        buildServerOptions(top)
+
         var addresses: [ListenAddress] = []
         var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
-        for channel in try server.sequence() {
-            let (address, policy) = try self.channel(channel)
-            addresses.append(address)
-            connectionPolicies[address] = policy
+        var channelsFailed = false
+        if let server = top["server"] {
+            for channel in check({ builder throws(ConfigError) in try server.sequence() }) ?? [] {
+                guard let (address, policy) = check({ builder throws(ConfigError) in try builder.channel(channel) }) else {
+                    channelsFailed = true
+                    continue
+                }
+                addresses.append(address)
+                connectionPolicies[address] = policy
+            }
+            if addresses.isEmpty, !channelsFailed, case .sequence = server.node {
+                record(server.error("at least one !channel is required"))
+            }
+        } else {
+            record(root.error("\"server\" is required: a list of !channel entries"))
         }
-        guard !addresses.isEmpty else { throw server.error("at least one !channel is required") }
 
         // Before the storages: with monitoring on, each is wrapped in a metrics decorator as it is built.
-        if let monitoringNode = top["monitoring"] {
-            let outputs = try monitoringOutputs(monitoringNode)
+        if let monitoringNode = top["monitoring"],
+           let outputs = check({ builder throws(ConfigError) in try builder.monitoringOutputs(monitoringNode) }) {
             if !outputs.isEmpty {
                 let monitoring = Monitoring(
                     prometheus: outputs.contains { if case .prometheus = $0 { true } else { false } },
@@ -176,37 +216,70 @@ struct Builder {
             }
         }
         // Top-level lists only declare (and anchor) objects; instances use them through aliases.
-        for node in try top["connections"]?.sequence() ?? [] { try connection(node) }
-        for node in try top["storages"]?.sequence() ?? [] { _ = try storage(node) }
-        for node in try top["caches"]?.sequence() ?? [] { _ = try cache(node) }
+        for node in top["connections"].flatMap({ node in check { _ throws(ConfigError) in try node.sequence() } }) ?? [] {
+            _ = check { builder throws(ConfigError) in try builder.connection(node) }
+        }
+        for node in top["storages"].flatMap({ node in check { _ throws(ConfigError) in try node.sequence() } }) ?? [] {
+            _ = check { builder throws(ConfigError) in try builder.storage(node) }
+        }
+        for node in top["caches"].flatMap({ node in check { _ throws(ConfigError) in try node.sequence() } }) ?? [] {
+            _ = check { builder throws(ConfigError) in try builder.cache(node) }
+        }
 
-        guard let instancesNode = top["instances"] else { throw root.error("\"instances\" is required") }
         var instances: [Instance] = []
         var names: Set<String> = []
-        for node in try instancesNode.sequence() {
-            for instance in try self.instances(node) {
-                guard names.insert(instance.name).inserted else {
-                    throw node.error("instance name \"\(instance.name)\" is used twice")
+        if let instancesNode = top["instances"] {
+            var instancesFailed = false
+            for node in check({ _ throws(ConfigError) in try instancesNode.sequence() }) ?? [] {
+                guard let built = check({ builder throws(ConfigError) in try builder.instances(node) }) else {
+                    instancesFailed = true
+                    continue
                 }
-                instances.append(instance)
+                for instance in built {
+                    guard names.insert(instance.name).inserted else {
+                        record(node.error("instance name \"\(instance.name)\" is used twice"))
+                        continue
+                    }
+                    instances.append(instance)
+                }
             }
+            if instances.isEmpty, !instancesFailed, case .sequence = instancesNode.node {
+                record(instancesNode.error("at least one instance is required"))
+            }
+            instanceNamesComplete = !instancesFailed
+        } else {
+            record(root.error("\"instances\" is required"))
         }
-        guard !instances.isEmpty else { throw instancesNode.error("at least one instance is required") }
         var cleanups: [CleanupTarget] = []
-        if let cleanupNode = top["cleanup"] { cleanups = try cleanupTargets(cleanupNode, instanceNames: names) }
-        try refuseWritesPastTheJanitorsIndex()
+        if let cleanupNode = top["cleanup"] { cleanups = cleanupTargets(cleanupNode, instanceNames: names) }
+        // The graph checks see the storages and uses that were built; a failed one is reported already.
+        _ = check { builder throws(ConfigError) in try builder.refuseWritesPastTheJanitorsIndex() }
+        guard errors.isEmpty else { return nil }
         return Configuration(
             addresses: addresses, connectionPolicies: connectionPolicies, instances: instances,
-            storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
+            storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(),
+            warnings: inFileOrder(warnings),
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
-            preparations: preparations, readiness: Readiness(backends: readinessChecks), scrubTargets: scrubTargets(), monitoring: monitoringSetup,
-            statusSources: statusSources(instances))
+            preparations: preparations, readiness: Readiness(backends: readinessChecks), scrubTargets: scrubTargets(),
+            monitoring: monitoringSetup, statusSources: statusSources(instances), maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
     }
 
     /// Registers `backend` (built from `node`) for the readiness checks, named `name`.
     mutating func checkReadiness(of backend: any ReadinessCheckable, _ name: String, _ node: ConfigNode) {
         readinessChecks.append(.init(backend: backend, name: name, location: "\(node.file):\(node.line ?? 0): \(node.path)"))
+    }
+
+    /// `warnings` (each "FILE:LINE: ...") by line, as the problems are: the builder meets items in its
+    /// own order (channels before connections), not the file's.
+    func inFileOrder(_ warnings: [String]) -> [String] {
+        func line(_ warning: String) -> Int {
+            warning.split(separator: ":", maxSplits: 2).dropFirst().first.flatMap { Int($0) } ?? 0
+        }
+        return warnings.enumerated().sorted { a, b in
+            let (lineA, lineB) = (line(a.element), line(b.element))
+            return lineA != lineB ? lineA < lineB : a.offset < b.offset
+        }.map(\.element)
     }
 
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
@@ -224,7 +297,7 @@ struct Builder {
         if let insecure = options["insecure-mode"], try !insecure.bool() {
             throw insecure.error("TLS is not supported by Strata yet: set insecure-mode: true and put a TLS proxy in front")
         }
-        var policy = ConnectionPolicy.default
+        var policy = serverConnectionPolicy
         if let idle = options["idle-timeout"] { policy.idleTimeout = try idle.seconds() }
         if let preface = options["preface-timeout"] { policy.prefaceTimeout = try preface.seconds() }
         if let limit = options["max-connections"] { policy.maxConnections = try limit.int(minimum: 1) }
@@ -242,7 +315,10 @@ struct Builder {
         case "!redis-connection": _ = try redisConnection(node)
         case "!sql-connection": _ = try sqlConnection(node)
         default:
-            throw unknownTag(node, kind: "connection", known: ["!redis-connection", "!sql-connection"])
+            // Remembered as failed: a storage naming it through an alias says nothing more.
+            try once(node) { builder throws(ConfigError) -> Void in
+                throw builder.unknownTag(node, kind: "connection", known: ["!redis-connection", "!sql-connection"])
+            }
         }
     }
 
@@ -273,6 +349,10 @@ struct Builder {
         shapes[node.identity] = StorageShape(node: node)
         storageStack.append(node.identity)
         defer { storageStack.removeLast() }
+        return try once(node) { builder throws(ConfigError) in try builder.buildStorage(node) }
+    }
+
+    private mutating func buildStorage(_ node: ConfigNode) throws(ConfigError) -> any BlobStore {
         let built: (store: any BlobStore, summary: String)
         switch node.applicationTag {
         case "!lru-storage":
@@ -306,6 +386,10 @@ struct Builder {
 
     mutating func cache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
         if let built = caches[node.identity] { return built }
+        return try once(node) { builder throws(ConfigError) in try builder.buildCache(node) }
+    }
+
+    private mutating func buildCache(_ node: ConfigNode) throws(ConfigError) -> any ActionCache {
         let built: any ActionCache
         switch node.applicationTag {
         case "!lru-action-cache":
@@ -348,7 +432,7 @@ struct Builder {
     }
 
     mutating func instances(_ node: ConfigNode) throws(ConfigError) -> [Instance] {
-        let options = try node.mapping(allowed: ["name", "services", "storages", "caches"], unsupported: ["schedulers"])
+        let options = try node.mapping(allowed: ["name", "description", "services", "storages", "caches"], unsupported: ["schedulers"])
         guard let nameNode = options["name"] else { throw node.error("an instance needs a name (\"\" for the default)") }
         let names: [String]
         if case .sequence = nameNode.node {
@@ -364,33 +448,24 @@ struct Builder {
                 throw nameNode.error("instance name \"\(name)\" has an empty path segment")
             }
         }
-        for storage in try options["storages"]?.sequence() ?? [] { _ = try self.storage(storage) }
-        for cache in try options["caches"]?.sequence() ?? [] { _ = try self.cache(cache) }
+        // Documentation, as in BuildGrid: a string, used by nothing.
+        _ = try options["description"]?.string()
+        // From here on, each storage, cache and service is an item of its own: all their problems are reported.
+        for storage in try options["storages"]?.sequence() ?? [] {
+            _ = check { builder throws(ConfigError) in try builder.storage(storage) }
+        }
+        for cache in try options["caches"]?.sequence() ?? [] {
+            _ = check { builder throws(ConfigError) in try builder.cache(cache) }
+        }
 
         var instance = Instance(name: "")
         var actionCacheNode: ConfigNode?
+        var servicesFailed = false
         for service in try options["services"]?.sequence() ?? [] {
-            switch service.applicationTag {
-            case "!cas":
-                let serviceOptions = try service.mapping(
-                    allowed: ["storage", "read-only"],
-                    unsupported: ["tree-cache-size", "tree-cache-ttl-minutes", "enable-chunking"])
-                guard instance.cas == nil else { throw service.error("an instance has one !cas") }
-                instance.cas = try storageService(service, serviceOptions, of: names)
-            case "!bytestream":
-                let serviceOptions = try service.mapping(
-                    allowed: ["storage", "read-only"], unsupported: ["disable-overwrite-early-return"])
-                guard instance.byteStream == nil else { throw service.error("an instance has one !bytestream") }
-                instance.byteStream = try storageService(service, serviceOptions, of: names)
-            case "!action-cache":
-                let serviceOptions = try service.mapping(allowed: ["cache"])
-                guard let cacheNode = serviceOptions["cache"] else { throw service.error("!action-cache needs a cache") }
-                guard instance.actionCache == nil else { throw service.error("an instance has one !action-cache") }
-                instance.actionCache = try cache(cacheNode)
-                actionCacheNode = cacheNode
-            default:
-                throw unknownTag(service, kind: "service", known: ["!cas", "!bytestream", "!action-cache"])
+            let built: Void? = check { builder throws(ConfigError) in
+                try builder.service(service, into: &instance, actionCacheNode: &actionCacheNode, of: names)
             }
+            if built == nil { servicesFailed = true }
         }
         // GetActionResult hands out only entries whose outputs are all in the CAS: the instance's own
         // CAS, or the one the cache's `storage:` names.
@@ -398,7 +473,7 @@ struct Builder {
             if let cas = instance.cas?.store ?? cacheStorages[node.identity] {
                 instance.actionCache = CompletenessCheckingActionCache(
                     cache, cas: cas, metrics: metricsFactory.map { ($0, node.path) })
-            } else {
+            } else if !servicesFailed {
                 warnings.append("\(node.file):\(node.line ?? 0): \(node.path): this instance has no !cas and the cache names no storage: cached results are handed out without checking that their outputs exist")
             }
         }
@@ -406,6 +481,35 @@ struct Builder {
             var named = instance
             named.name = name
             return named
+        }
+    }
+
+    /// One entry of an instance's `services`, added to `instance`.
+    mutating func service(
+        _ service: ConfigNode, into instance: inout Instance, actionCacheNode: inout ConfigNode?, of names: [String]
+    ) throws(ConfigError) {
+        switch service.applicationTag {
+        case "!cas":
+            let serviceOptions = try service.mapping(
+                allowed: ["storage", "read-only", "enable-chunking", "chunked-by-buildbox-allowed-subjects",
+                          "tree-cache-size", "tree-cache-ttl-minutes", "tree-cache-redis"])
+            guard instance.cas == nil else { throw service.error("an instance has one !cas") }
+            try casBuildGridOptions(serviceOptions)
+            instance.cas = try storageService(service, serviceOptions, of: names)
+        case "!bytestream":
+            let serviceOptions = try service.mapping(
+                allowed: ["storage", "read-only", "disable-overwrite-early-return", "stream-blob"])
+            guard instance.byteStream == nil else { throw service.error("an instance has one !bytestream") }
+            try byteStreamBuildGridOptions(serviceOptions)
+            instance.byteStream = try storageService(service, serviceOptions, of: names)
+        case "!action-cache":
+            let serviceOptions = try service.mapping(allowed: ["cache"])
+            guard let cacheNode = serviceOptions["cache"] else { throw service.error("!action-cache needs a cache") }
+            guard instance.actionCache == nil else { throw service.error("an instance has one !action-cache") }
+            instance.actionCache = try cache(cacheNode)
+            actionCacheNode = cacheNode
+        default:
+            throw unknownTag(service, kind: "service", known: ["!cas", "!bytestream", "!action-cache"])
         }
     }
 

@@ -7,6 +7,10 @@ extension Builder {
     /// `!redis-connection`: one client (a pool of connections) per YAML node, shared through aliases.
     mutating func redisConnection(_ node: ConfigNode) throws(ConfigError) -> RedisClient {
         if let built = objects[node.identity] as? RedisClient { return built }
+        return try once(node) { builder throws(ConfigError) in try builder.buildRedisConnection(node) }
+    }
+
+    private mutating func buildRedisConnection(_ node: ConfigNode) throws(ConfigError) -> RedisClient {
         try requireTag(node, "!redis-connection")
         let options = try node.mapping(
             allowed: ["host", "port", "password", "db", "retries", "protocol", "pool-size", "timeout"],

@@ -11,11 +11,15 @@ extension Builder {
     mutating func sqlConnection(_ node: ConfigNode, readOnly: Bool = false) throws(ConfigError) -> SQLConnection {
         let key = readOnly ? "\(node.identity):read-only" : node.identity
         if let built = objects[key] as? SQLConnection { return built }
+        // Both variants parse the same options: when one failed, the other says nothing more.
+        return try once(node) { builder throws(ConfigError) in try builder.buildSQLConnection(node, readOnly: readOnly, key: key) }
+    }
+
+    private mutating func buildSQLConnection(_ node: ConfigNode, readOnly: Bool, key: String) throws(ConfigError) -> SQLConnection {
         try requireTag(node, "!sql-connection")
         let options = try node.mapping(
             allowed: ["connection-string", "connection-timeout", "lock-timeout", "statement-timeout", "pool-size", "pool-timeout",
-                      "max-overflow", "pool-pre-ping", "connect-args"],
-            unsupported: ["pool-recycle"])
+                      "max-overflow", "pool-pre-ping", "connect-args", "pool-recycle"])
         guard let stringNode = options["connection-string"] else {
             throw node.error("!sql-connection needs a connection-string, e.g. postgresql://user:password@host:5432/database")
         }
@@ -34,6 +38,10 @@ extension Builder {
         if let size = options["pool-size"] { settings.poolSize = try size.int(minimum: 1) }
         if let overflow = options["max-overflow"] { settings.maxOverflow = try overflow.int(minimum: 0) }
         if let prePing = options["pool-pre-ping"], try !prePing.bool() { settings.keepAlive = nil }
+        // SQLAlchemy's default, -1, never recycles: what Strata's pool does.
+        if let recycle = options["pool-recycle"], try recycle.secondsNumber() >= 0 {
+            ignore(recycle, because: "Strata keeps a busy connection until it fails and closes one idle for 60 s; pool-pre-ping's keep-alive query finds one the database dropped")
+        }
         if let argsNode = options["connect-args"] {
             var arguments: [String: String] = [:]
             for (name, value) in try argsNode.mapping(allowed: SQLConnectionString.parameters) {

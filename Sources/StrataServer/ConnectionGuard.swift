@@ -1,3 +1,4 @@
+import GRPCNIOTransportHTTP2
 import NIOCore
 import Synchronization
 #if canImport(Glibc)
@@ -17,6 +18,18 @@ public struct ConnectionPolicy: Sendable, Hashable {
     /// Connections accepted beyond this many (across every listener of the server) are closed at once,
     /// so that clients can never use up the process's file descriptors.
     public var maxConnections: Int
+    /// A connection older than this is asked to go away (GOAWAY) once its RPCs end, so that clients
+    /// reconnect and spread over servers behind a load balancer; nil: no limit.
+    public var maxAge: Duration?
+    /// How long RPCs of a connection past `maxAge` may still run before it is closed; nil: no limit.
+    public var maxAgeGrace: Duration?
+    /// The server's keepalive pings (nil: the transport's defaults, a ping after 2 hours of silence,
+    /// answered within 20 s) and the pings it accepts from clients (nil: at most one per 5 minutes,
+    /// only while calls run).
+    public var keepaliveTime: Duration?
+    public var keepaliveTimeout: Duration?
+    public var clientPingsWithoutCalls: Bool?
+    public var clientPingMinimumInterval: Duration?
 
     public init(idleTimeout: Duration = .seconds(300), prefaceTimeout: Duration = .seconds(10), maxConnections: Int? = nil) {
         self.idleTimeout = idleTimeout
@@ -150,5 +163,17 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         prefaceTimer?.cancel()
         silenceTimer?.cancel()
+    }
+}
+
+extension ConnectionPolicy {
+    /// The options the gRPC transport enforces itself (BuildGrid's `grpc-server-options` that map onto it).
+    func apply(to connection: inout HTTP2ServerTransport.Config.Connection) {
+        if let maxAge { connection.maxAge = maxAge }
+        if let maxAgeGrace { connection.maxGraceTime = maxAgeGrace }
+        if let keepaliveTime { connection.keepalive.time = keepaliveTime }
+        if let keepaliveTimeout { connection.keepalive.timeout = keepaliveTimeout }
+        if let clientPingsWithoutCalls { connection.keepalive.clientBehavior.allowWithoutCalls = clientPingsWithoutCalls }
+        if let clientPingMinimumInterval { connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = clientPingMinimumInterval }
     }
 }

@@ -171,6 +171,7 @@ public final class StrataServer: Service, Sendable {
             var config = config
             // Graceful (GOAWAY) for a client with no RPC; `ConnectionGuard` closes silent ones outright.
             config.connection.maxIdleTime = policy.idleTimeout
+            policy.apply(to: &config.connection)
             config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(

@@ -101,7 +101,7 @@ struct Serve: AsyncParsableCommand {
                     configuration.addresses.map { ($0, policy ?? .default) }, uniquingKeysWith: { first, _ in first })
             }
         } catch {
-            FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
+            printConfigurationProblems(error, prefix: "strata: ")
             throw ExitCode(1)
         }
         for warning in configuration.warnings { logger.warning("\(warning)") }
@@ -190,9 +190,20 @@ func loadConfigurationOrExit(_ file: String) -> Configuration {
     do {
         return try Configuration.load(file: file)
     } catch {
-        FileHandle.standardError.write(Data("strata: \(describeError(error))\n".utf8))
+        printConfigurationProblems(error, prefix: "strata: ")
         Foundation.exit(1)
     }
+}
+
+/// Prints why a configuration was refused to standard error: each problem on a line of its own
+/// ("FILE:LINE: PATH: WHAT", after `prefix`), then how many there are when there are several.
+func printConfigurationProblems(_ error: any Error, prefix: String = "") {
+    guard let problems = error as? ConfigErrors else {
+        FileHandle.standardError.write(Data("\(prefix)\(describeError(error))\n".utf8))
+        return
+    }
+    let lines = problems.errors.map { "\(prefix)\($0)\n" }.joined()
+    FileHandle.standardError.write(Data((lines + "\(prefix)\(problems.errors.count) problems in \(problems.errors.first?.file ?? "the configuration")\n").utf8))
 }
 
 /// A `StrataError` or `RPCError` that reached the top of a command, worded by `describeError`.
@@ -215,7 +226,7 @@ struct ConfigCommand: AsyncParsableCommand {
 
     struct Check: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Load CONFIG as `strata serve` would, report the first problem with its file and line, and exit.")
+            abstract: "Load CONFIG as `strata serve` would, report every problem with its file and line (exit 1) or its warnings, and exit.")
 
         @Argument(help: "The configuration file.")
         var config: String
@@ -230,7 +241,7 @@ struct ConfigCommand: AsyncParsableCommand {
                     print("cleanup of instance \"\(cleanup.instanceName)\": \(cleanup.indexSummary)")
                 }
             } catch {
-                FileHandle.standardError.write(Data("\(describeError(error))\n".utf8))
+                printConfigurationProblems(error)
                 throw ExitCode(1)
             }
         }

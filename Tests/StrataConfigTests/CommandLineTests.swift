@@ -64,6 +64,31 @@ import Testing
         #expect(result.status == 1)
         #expect(result.error.hasPrefix("\(file):1: server[0].adress: unknown option \"adress\" (did you mean \"address\"?)"), "\(result.error)")
     }
+
+    /// `config check` and `serve` both print every problem of a file, a line each, then the count; the
+    /// service naming the storage that failed adds nothing.
+    @Test func configCheckAndServeReportEveryProblem() throws {
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let file = "\(scratch)/three.yml"
+        try Data("""
+            server: [!channel {address: "127.0.0.1:0", idle-timeout: never}]
+            storages: [!lru-storage &cas {size: lots}]
+            instances: [{name: "", services: [!cas {storage: *cas}, !action-cache {}]}]
+            """.utf8).write(to: URL(fileURLWithPath: file))
+        let expected = [
+            "\(file):1: server[0].idle-timeout: expected a number of seconds",
+            "\(file):2: storages[0].size: \"lots\" is not a size: use bytes or a number with K, M, G or T (binary), e.g. 2048M",
+            "\(file):3: instances[0].services[1]: !action-cache needs a cache",
+            "3 problems in \(file)",
+        ]
+        let check = try strata(["config", "check", file])
+        #expect(check.status == 1)
+        #expect(check.error.split(separator: "\n").map(String.init) == expected, "\(check.error)")
+        let serve = try strata(["serve", file])
+        #expect(serve.status == 1)
+        #expect(serve.error.split(separator: "\n").map(String.init) == expected.map { "strata: \($0)" }, "\(serve.error)")
+    }
 }
 
 struct CommandLineTestError: Error, CustomStringConvertible {

@@ -101,7 +101,7 @@ import Testing
         expectError(head + "      - !cas\n        storage: !lru-storage {sise: 1G}\n", line: 8, "unknown option \"sise\"")
         expectError(head + "      - !cas\n        storage: !lru-storage {size: lots}\n", line: 8, "\"lots\" is not a size")
         expectError(head + "      - !cas\n        storage: *nothing\n", line: 8, "not valid YAML")
-        expectError(head + "      - !cas\n        tree-cache-size: 10\n", line: 8, "instances[0].services[0].tree-cache-size")
+        expectError(head + "      - !cas\n        enable-chunking: true\n", line: 8, "instances[0].services[0].enable-chunking: enable-chunking: true (SplitBlob and SpliceBlob) is not built yet")
         expectError(head + "      - !execution {}\n", line: 7, "!execution is not supported by Strata yet")
         expectError(head + "      - !cas {}\n", line: 7, "!cas needs a storage")
         expectError("""
@@ -109,19 +109,14 @@ import Testing
               - !channel
                 address: "127.0.0.1:50051"
                 insecure-mode: false
-            instances: []
+            instances: [{name: "", services: []}]
             """, line: 4, "TLS is not supported")
         expectError("""
             server:
               - !channel
                 address: "nowhere"
-            instances: []
+            instances: [{name: "", services: []}]
             """, line: 3, "not host:port")
-        expectError("""
-            server: [!channel {address: "127.0.0.1:1"}]
-            grpc-compression: gzip
-            instances: []
-            """, line: 2, "\"grpc-compression\" is not supported by Strata yet")
         expectError("""
             server: [!channel {address: "127.0.0.1:1"}]
             instances:

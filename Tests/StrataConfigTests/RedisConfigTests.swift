@@ -91,7 +91,7 @@ import Testing
               - !redis-connection
 
             """
-        let tail = "instances: []\n"
+        let tail = "instances: [{name: \"\", services: []}]\n"
         expectError(head + "    host: h\n    dns-srv-record: _redis._tcp.example\n" + tail, line: 5,
                     "connections[0].dns-srv-record: option \"dns-srv-record\" is not supported by Strata yet")
         expectError(head + "    host: h\n    sentinel-master-name: main\n" + tail, line: 5, "\"sentinel-master-name\" is not supported")

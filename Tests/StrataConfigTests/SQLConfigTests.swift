@@ -98,8 +98,8 @@ import Testing
     }
 
     @Test func errorsNameFileLineAndKey() {
-        expectError(config(connection: "    pool-recycle: 3600", storage: "  - !sql-storage &store\n    sql: *sql\n"),
-                    line: 7, "connections[0].pool-recycle: option \"pool-recycle\" is not supported by Strata yet")
+        expectError(config(connection: "    pool-recycle: hourly", storage: "  - !sql-storage &store\n    sql: *sql\n"),
+                    line: 7, "connections[0].pool-recycle: expected a number of seconds")
         expectError(config(connection: "    pool-size: 0", storage: "  - !sql-storage &store\n    sql: *sql\n"),
                     line: 7, "connections[0].pool-size: must be at least 1")
         expectError(config(connection: "    lock-timeout: soon", storage: "  - !sql-storage &store\n    sql: *sql\n"),
@@ -122,7 +122,7 @@ import Testing
             connections:
               - !sql-connection
                 connection-string: mysql://bgd@db/bgd
-            instances: []
+            instances: [{name: "", services: []}]
             """, line: 6, "connections[0].connection-string: connection string \"mysql://bgd@db/bgd\": Strata's SQL backends use PostgreSQL only")
     }
 }

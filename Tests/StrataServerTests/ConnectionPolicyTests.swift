@@ -63,6 +63,33 @@ private final class RawConnection: @unchecked Sendable {  // `fd` never changes;
         }
     }
 
+    /// Whether the server sent an HTTP/2 GOAWAY frame within `seconds` (on a thread of its own, as
+    /// `closedByServer`): reads the server's frames, which start with its SETTINGS.
+    func receivesGoAway(within seconds: Double) async -> Bool {
+        await withCheckedContinuation { continuation in
+            Thread {
+                let end = Date().addingTimeInterval(seconds)
+                var received: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while Date() < end {
+                    var pollfd = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
+                    guard poll(&pollfd, 1, Int32(max(1, min(200, end.timeIntervalSinceNow * 1000)))) > 0 else { continue }
+                    let count = recv(self.fd, &buffer, buffer.count, 0)
+                    guard count > 0 else { break }
+                    received += buffer[..<count]
+                    // Frames: 3 bytes length, 1 byte type (7 is GOAWAY), flags, stream id, payload.
+                    while received.count >= 9 {
+                        let length = Int(received[0]) << 16 | Int(received[1]) << 8 | Int(received[2])
+                        if received[3] == 7 { continuation.resume(returning: true); return }
+                        guard received.count >= 9 + length else { break }
+                        received.removeFirst(9 + length)
+                    }
+                }
+                continuation.resume(returning: false)
+            }.start()
+        }
+    }
+
     private func waitForClose(within seconds: Double) -> Bool {
         let end = Date().addingTimeInterval(seconds)
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -114,6 +141,20 @@ private func withPolicyServer(
             let quiet = try RawConnection(port: port)
             quiet.sendPreface()
             #expect(await quiet.closedByServer(within: 20))
+        }
+    }
+
+    /// A connection older than `maxAge` (BuildGrid's grpc.max_connection_age_ms) is asked to go away
+    /// (GOAWAY), long before its idle timeout; clients then reconnect, e.g. to another server behind
+    /// a load balancer.
+    @Test func connectionPastItsMaximumAgeIsAskedToGoAway() async throws {
+        var policy = ConnectionPolicy(idleTimeout: .seconds(600), prefaceTimeout: .seconds(600))
+        policy.maxAge = .milliseconds(300)
+        policy.maxAgeGrace = .milliseconds(300)
+        try await withPolicyServer(policy) { port, _ in
+            let old = try RawConnection(port: port)
+            old.sendPreface()
+            #expect(await old.receivesGoAway(within: 20))
         }
     }
 
