@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     ],
     targets: [
         // Generated from Protos/strata-api.pb by tools/generate-protos.sh; never edited by hand.
@@ -62,6 +64,29 @@ let package = Package(
             name: "CStrataCurl",
             linkerSettings: [.linkedLibrary("curl")]
         ),
+        // libcurl's HTTP client, shared by S3 and the JWKS fetch of authorization.
+        .target(
+            name: "StrataHTTP",
+            dependencies: [
+                "CStrataCurl",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // `authorization:`: who a request comes from (JWT, trusted headers, client certificate) and
+        // what the ACL lets it do.
+        .target(
+            name: "StrataAuth",
+            dependencies: [
+                "StrataCore", "StrataHTTP",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataRedis",
             dependencies: [
@@ -74,7 +99,7 @@ let package = Package(
         .target(
             name: "StrataS3",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "CStrataCurl",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataHTTP",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -116,7 +141,8 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache",
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
@@ -133,7 +159,7 @@ let package = Package(
             name: "StrataConfig",
             dependencies: [
                 "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer",
-                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote",
+                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -172,6 +198,15 @@ let package = Package(
         .testTarget(
             name: "StrataCoreTests",
             dependencies: ["StrataCore"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataAuthTests",
+            dependencies: [
+                "StrataAuth", "StrataConfig", "StrataServer",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "X509", package: "swift-certificates"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -1,5 +1,6 @@
 import Foundation
 import StrataActionCache
+import StrataAuth
 import StrataCore
 import StrataServer
 import ServiceLifecycle
@@ -17,6 +18,9 @@ public struct Configuration: Sendable {
     /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
     public var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
     public var instances: [Instance]
+    /// `authorization:`: how requests authenticate (for the server's interceptor) and the access policy
+    /// the registry applies; nil when the section is absent or `method: none` without an ACL.
+    public var authentication: Authentication?
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
     /// One line per action cache that keeps results itself (memory, disk), for the start-up log.
@@ -59,7 +63,9 @@ public struct Configuration: Sendable {
     /// The listable persistent storages, for `strata scrub`.
     public var scrubTargets: [ScrubTarget] = []
 
-    public var registry: InstanceRegistry { InstanceRegistry(instances) }
+    public var registry: InstanceRegistry {
+        InstanceRegistry(instances, accessPolicy: authentication.map { AccessPolicy(settings: $0.settings) })
+    }
 
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Configuration {
         let text: String
@@ -123,8 +129,8 @@ struct Builder {
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
-            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup"],
-            unsupported: ["authorization", "monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
+            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup", "authorization"],
+            unsupported: ["monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
                           "grpc-compression", "grpc-server-options", "schedulers", "services"])
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
@@ -159,8 +165,14 @@ struct Builder {
         var cleanups: [CleanupTarget] = []
         if let cleanupNode = top["cleanup"] { cleanups = try cleanupTargets(cleanupNode, instanceNames: names) }
         try refuseWritesPastTheJanitorsIndex()
+        var authentication: Authentication?
+        if let authorizationNode = top["authorization"] {
+            let authorization = try AuthorizationConfig.parse(authorizationNode, instanceNames: names, warnings: &warnings)
+            if authorization.settings.isEnforced { authentication = authorization.authentication }
+            if let keySet = authorization.keySet { backgroundServices.append(keySet) }
+        }
         return Configuration(
-            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances,
+            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances, authentication: authentication,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },

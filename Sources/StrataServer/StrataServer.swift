@@ -8,6 +8,7 @@ import Glibc
 #endif
 import Logging
 import ServiceLifecycle
+import StrataAuth
 import StrataCore
 
 /// Where a server listens: `host:port`, `[v6]:port` or `unix:/path`.
@@ -63,7 +64,8 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 ///
 /// Runs as a swift-service-lifecycle `Service`: on graceful shutdown (SIGTERM/SIGINT in `strata serve`)
 /// it stops accepting RPCs, lets the ones in flight finish for at most `shutdownTimeout`, closes the
-/// connections still open, then abandons parked uploads. Every connection passes a `ConnectionGuard`
+/// connections still open, then abandons parked uploads. With `authentication`, an
+/// `AuthenticationInterceptor` establishes each request's principal (the registry's access policy judges it). Every connection passes a `ConnectionGuard`
 /// (timeouts, connection limit) and a `FinishedStreamResetFilter` first.
 public final class StrataServer: Service, Sendable {
     public let registry: InstanceRegistry
@@ -103,7 +105,8 @@ public final class StrataServer: Service, Sendable {
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
-        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
+        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
+        authentication: Authentication? = nil
     ) throws(StrataError) {
         self.registry = registry
         self.uploads = uploads
@@ -167,7 +170,9 @@ public final class StrataServer: Service, Sendable {
                     transport: transport, services: services,
                     // The error mapping runs next to the handlers: a CancellationError they throw must become
                     // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-                    interceptors: [RequestContextInterceptor(), RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
+                    interceptors: [RequestContextInterceptor()]
+                        + (authentication.map { [AuthenticationInterceptor(authentication: $0)] } ?? [])
+                        + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
                 transport: transport,
                 loop: loop, socket: socket))
         }

@@ -116,7 +116,8 @@ struct Serve: AsyncParsableCommand {
         do {
             server = try StrataServer(
                 registry: configuration.registry, addresses: configuration.addresses, logger: logger,
-                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)))
+                policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)),
+                authentication: configuration.authentication)
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)
