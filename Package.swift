@@ -203,9 +203,12 @@ let package = Package(
         .testTarget(
             name: "StrataAuthTests",
             dependencies: [
-                "StrataAuth", "StrataConfig", "StrataServer",
+                "StrataAuth", "StrataConfig", "StrataServer", "StrataAPI",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings
         ),
@@ -221,7 +224,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataTestSupport"],
+            dependencies: ["StrataConfig", "StrataTestSupport", "StrataAuth", .product(name: "JWTKit", package: "jwt-kit")],
             swiftSettings: strictSettings
         ),
         .testTarget(

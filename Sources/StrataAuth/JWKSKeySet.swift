@@ -25,7 +25,8 @@ public final class JWKSKeySet: Service, Sendable {
     private struct State {
         var keys: JWTKeyCollection?
         var kids: Set<String> = []
-        var lastAttempt: ContinuousClock.Instant?
+        /// When a token's unknown key id last made a fetch.
+        var lastUnknownKeyFetch: ContinuousClock.Instant?
         var lastFailure: String?
     }
     private let state = Mutex(State())
@@ -62,24 +63,20 @@ public final class JWKSKeySet: Service, Sendable {
             + (failure.map { " (last fetch failed: \($0))" } ?? "")
     }
 
-    /// Fetches now unless a fetch started less than `unknownKeyRefetchInterval` ago.
+    /// Fetches now unless an unknown key id made a fetch less than `unknownKeyRefetchInterval` ago
+    /// (the scheduled fetches do not count: a key rotated just after one is picked up at once).
     func refetchForUnknownKey() async {
         let now = ContinuousClock.now
         let due = state.withLock { state in
-            if let last = state.lastAttempt, now - last < Self.unknownKeyRefetchInterval { return false }
-            state.lastAttempt = now
+            if let last = state.lastUnknownKeyFetch, now - last < Self.unknownKeyRefetchInterval { return false }
+            state.lastUnknownKeyFetch = now
             return true
         }
-        if due { await fetchAll() }
+        if due { await refetch() }
     }
 
     /// Fetches every URL now and replaces the keys when all succeed.
     public func refetch() async {
-        state.withLock { $0.lastAttempt = .now }
-        await fetchAll()
-    }
-
-    private func fetchAll() async {
         let collection = JWTKeyCollection()
         var kids: Set<String> = []
         do {

@@ -15,6 +15,7 @@ public final class JWTAuthenticator: Sendable {
     private let secretKeyAdded = Atomic<Bool>(false)
     /// `jwks-url:` the fetched key sets.
     public let keySet: JWKSKeySet?
+    public static let minimumHS256SecretBytes = 32
 
     private enum SecretKey: Sendable {
         case hmac(HMACKey)
@@ -29,7 +30,11 @@ public final class JWTAuthenticator: Sendable {
         case .secret(let secret):
             switch settings.algorithm {
             case .hs256:
-                guard !secret.isEmpty else { throw .invalidArgument("the secret file is empty") }
+                // RFC 7518 §3.2: an HS256 key at least as long as the hash (jwt-kit asserts it, too).
+                guard secret.utf8.count >= Self.minimumHS256SecretBytes else {
+                    throw .invalidArgument(
+                        "the hs256 secret is \(secret.utf8.count) bytes; it must be at least \(Self.minimumHS256SecretBytes) (RFC 7518 section 3.2)")
+                }
                 secretKey = .hmac(HMACKey(from: secret))
             case .rs256:
                 do {
