@@ -12,7 +12,8 @@ import Synchronization
 /// so that tokens with made-up key ids cannot make the server hammer the issuer). Loading the
 /// configuration fetches nothing.
 ///
-/// A failed fetch keeps the keys of the last good one.
+/// A URL that fails (unreachable, not a JWK Set) keeps the keys of its last good fetch; a key jwt-kit
+/// cannot use (no `kid`, an unsupported type) is skipped with a warning, not the whole set.
 public final class JWKSKeySet: Service, Sendable {
     public typealias Fetch = @Sendable (_ url: String) async throws -> Data
 
@@ -23,11 +24,15 @@ public final class JWKSKeySet: Service, Sendable {
     public static let unknownKeyRefetchInterval: Duration = .seconds(30)
 
     private struct State {
+        /// The last good JWK Set of each URL: one URL failing keeps its last keys and loses no other's.
+        var sets: [String: JWKS] = [:]
+        /// Why each URL's last fetch failed, if it did.
+        var failures: [String: String] = [:]
+        /// Every set's keys, rebuilt after each fetch.
         var keys: JWTKeyCollection?
         var kids: Set<String> = []
         /// When a token's unknown key id last made a fetch.
         var lastUnknownKeyFetch: ContinuousClock.Instant?
-        var lastFailure: String?
     }
     private let state = Mutex(State())
 
@@ -57,7 +62,8 @@ public final class JWKSKeySet: Service, Sendable {
     }
 
     func unknownKeyMessage(kid: String?) -> String {
-        let (kids, failure) = state.withLock { ($0.kids, $0.lastFailure) }
+        let (kids, failures) = state.withLock { ($0.kids, $0.failures) }
+        let failure = failures.isEmpty ? nil : failures.keys.sorted().map { "\($0): \(failures[$0]!)" }.joined(separator: "; ")
         let known = kids.isEmpty ? "no keys" : "key ids \(kids.sorted().map { "\"\($0)\"" }.joined(separator: ", "))"
         return "unknown key id \(kid.map { "\"\(StrataError.echo($0))\"" } ?? "(none)"): the JWKS at \(urls.joined(separator: ", ")) has \(known)"
             + (failure.map { " (last fetch failed: \($0))" } ?? "")
@@ -77,37 +83,57 @@ public final class JWKSKeySet: Service, Sendable {
 
     /// Fetches every URL now and replaces the keys when all succeed.
     public func refetch() async {
+        var fetched: [String: JWKS] = [:]
+        var failures: [String: String] = [:]
+        for url in urls {
+            let data: Data
+            do {
+                data = try await fetch(url)
+            } catch {
+                failures[url] = "cannot fetch it: \((error as? StrataError)?.message ?? (error as? CurlFailure)?.message ?? "\(error)")"
+                continue
+            }
+            do {
+                fetched[url] = try JSONDecoder().decode(JWKS.self, from: data)
+            } catch {
+                failures[url] = "not a JWK Set: \(error)"
+            }
+        }
+        let sets = state.withLock { state in
+            for (url, set) in fetched {
+                state.sets[url] = set
+                state.failures[url] = nil
+            }
+            state.failures.merge(failures) { _, new in new }
+            return state.sets
+        }
+        for (url, failure) in failures.sorted(by: { $0.key < $1.key }) {
+            logger.warning("jwks-url \(url): \(failure); keeping its keys of the last good fetch")
+        }
+
         let collection = JWTKeyCollection()
         var kids: Set<String> = []
-        do {
-            for url in urls {
-                let data: Data
-                do {
-                    data = try await fetch(url)
-                } catch {
-                    throw StrataError.unavailable("cannot fetch \(url): \(error)")
+        for url in urls {
+            for key in sets[url]?.keys ?? [] {
+                guard let kid = key.keyIdentifier?.string else {
+                    logger.warning("jwks-url \(url): a key without kid is skipped (tokens select keys by kid)")
+                    continue
                 }
-                let jwks: JWKS
                 do {
-                    jwks = try JSONDecoder().decode(JWKS.self, from: data)
-                    try await collection.add(jwks: jwks)
+                    try await collection.add(jwk: key)
+                    kids.insert(kid)
                 } catch {
-                    throw StrataError.invalidArgument("\(url) is not a JWK Set: \(error)")
+                    logger.warning("jwks-url \(url): key \"\(kid)\" is skipped: \(error)")
                 }
-                for key in jwks.keys { if let kid = key.keyIdentifier?.string { kids.insert(kid) } }
             }
-        } catch {
-            let message = (error as? StrataError)?.message ?? "\(error)"
-            logger.warning("jwks-url: \(message); keeping the keys of the last good fetch")
-            state.withLock { $0.lastFailure = message }
-            return
         }
         state.withLock {
             $0.keys = collection
             $0.kids = kids
-            $0.lastFailure = nil
         }
-        logger.info("jwks-url: \(kids.count) key(s) from \(urls.joined(separator: ", "))")
+        if !fetched.isEmpty {
+            logger.info("jwks-url: \(kids.count) key(s) from \(urls.joined(separator: ", "))")
+        }
     }
 
     /// GET over HTTP(S) with the shared libcurl client; a JWK Set is small (at most 1 MiB accepted).

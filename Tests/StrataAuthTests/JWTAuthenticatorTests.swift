@@ -110,4 +110,37 @@ import Testing
         }
         #expect(fetches.load(ordering: .relaxed) == 2, "\(fetches.load(ordering: .relaxed)) fetches")
     }
+
+    /// One of two JWKS URLs failing costs only its own keys, and only until it answered once: later
+    /// failures (down, or answering something that is not a JWK Set) keep its last good keys.
+    @Test func aFailingJWKSURLKeepsItsLastKeysAndLosesNoOthers() async throws {
+        struct Down: Error {}
+        let answers = Mutex<[String: String?]>([
+            "http://a/jwks": TestKeys.jwks([("first", TestKeys.firstModulus)]),
+            "http://b/jwks": nil,
+        ])
+        let keySet = JWKSKeySet(urls: ["http://a/jwks", "http://b/jwks"], refresh: .seconds(3600)) { url in
+            guard let answer = answers.withLock({ $0[url] ?? nil }) else { throw Down() }
+            return Data(answer.utf8)
+        }
+        let jwt = JWTSettings(algorithm: .rs256, keys: .jwks(urls: keySet.urls, refresh: keySet.refresh), audiences: ["strata"])
+        let auth = Authentication(settings: AuthorizationSettings(method: .jwt(jwt)), tokens: try JWTAuthenticator(settings: jwt, keySet: keySet))
+        let first = try await TokenMaker.rs256(TestClaims(sub: "a", aud: ["strata"]), kid: "first")
+        let second = try await TokenMaker.rs256(TestClaims(sub: "b", aud: ["strata"]), privatePEM: TestKeys.secondPrivatePEM, kid: "second")
+
+        await keySet.refetch()
+        #expect(try await auth.authenticate(RequestCredentials(authorization: "Bearer \(first)")).get().subject == "a")
+
+        answers.withLock { $0["http://b/jwks"] = TestKeys.jwks([("second", TestKeys.secondModulus)]) }
+        await keySet.refetch()
+        #expect(try await auth.authenticate(RequestCredentials(authorization: "Bearer \(second)")).get().subject == "b")
+
+        answers.withLock {
+            $0["http://a/jwks"] = "<html>maintenance</html>"
+            $0["http://b/jwks"] = nil
+        }
+        await keySet.refetch()
+        #expect(try await auth.authenticate(RequestCredentials(authorization: "Bearer \(first)")).get().subject == "a")
+        #expect(try await auth.authenticate(RequestCredentials(authorization: "Bearer \(second)")).get().subject == "b")
+    }
 }
