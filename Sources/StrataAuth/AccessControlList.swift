@@ -37,12 +37,15 @@ public struct AccessControlList: Sendable {
     /// for the whole string, so `alice` does not also admit `alice-admin`).
     public struct Pattern: Sendable, CustomStringConvertible {
         public let source: String
+        /// Not Sendable only because of its output type; matching reads it and never changes it.
         private nonisolated(unsafe) let regex: Regex<AnyRegexOutput>
 
         /// Fails with the regex engine's message when `source` is not a regular expression.
         public init(_ source: String) throws {
             self.source = source
             self.regex = try Regex(source)
+            // Regex compiles its matcher on first use: once here, before requests share it.
+            _ = try? regex.wholeMatch(in: "")
         }
 
         public func matches(_ text: String) -> Bool {
