@@ -28,6 +28,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
     ],
     targets: [
         // Generated from Protos/strata-api.pb by tools/generate-protos.sh; never edited by hand.
@@ -66,6 +68,29 @@ let package = Package(
             name: "CStrataCurl",
             linkerSettings: [.linkedLibrary("curl")]
         ),
+        // libcurl's HTTP client, shared by S3 and the JWKS fetch of authorization.
+        .target(
+            name: "StrataHTTPClient",
+            dependencies: [
+                "CStrataCurl",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // `authorization:`: who a request comes from (JWT, trusted headers, client certificate) and
+        // what the ACL lets it do.
+        .target(
+            name: "StrataAuth",
+            dependencies: [
+                "StrataCore", "StrataHTTPClient",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataRedis",
             dependencies: [
@@ -78,7 +103,7 @@ let package = Package(
         .target(
             name: "StrataS3",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "CStrataCurl",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataHTTPClient",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -121,8 +146,9 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache",
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
@@ -163,7 +189,7 @@ let package = Package(
             name: "StrataConfig",
             dependencies: [
                 "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP",
-                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote",
+                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -213,6 +239,18 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "StrataAuthTests",
+            dependencies: [
+                "StrataAuth", "StrataConfig", "StrataServer", "StrataAPI",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "StrataStorageTests",
             dependencies: ["StrataStorage", "StrataTestSupport"],
             swiftSettings: strictSettings
@@ -224,7 +262,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport"],
+            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport", "StrataAuth", .product(name: "JWTKit", package: "jwt-kit")],
             swiftSettings: strictSettings
         ),
         .testTarget(

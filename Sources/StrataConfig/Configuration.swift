@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import Logging
 import StrataActionCache
+import StrataAuth
 import StrataCore
 import StrataMetrics
 import StrataServer
@@ -23,6 +24,9 @@ public struct Configuration: Sendable {
     public var instances: [Instance]
     /// The service modules the server registers (storage services and Capabilities; later execution).
     public var modules: [any ServiceModule] = StrataServer.storageModules
+    /// `authorization:`: how requests authenticate (for the server's interceptor) and the access policy
+    /// the registry applies; nil when the section is absent or `method: none` without an ACL.
+    public var authentication: Authentication?
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
     /// One line per action cache that keeps results itself (memory, disk), for the start-up log.
@@ -77,7 +81,11 @@ public struct Configuration: Sendable {
     /// smaller `grpc.max_receive_message_length`.
     public var maxBatchTotalSizeBytes = InstanceRegistry.defaultMaxBatchTotalSizeBytes
 
-    public var registry: InstanceRegistry { InstanceRegistry(instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes) }
+    public var registry: InstanceRegistry {
+        InstanceRegistry(
+            instances, maxBatchTotalSizeBytes: maxBatchTotalSizeBytes,
+            accessPolicy: authentication.map { AccessPolicy(settings: $0.settings) })
+    }
 
     public static func load(file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Configuration {
         let text: String
@@ -175,8 +183,8 @@ struct Builder {
             try root.mapping(
                 allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup",
                           "description", "server-reflection", "grpc-compression", "grpc-server-options", "metering",
-                          "schedulers", "services", "monitoring"],
-                unsupported: ["authorization", "maximum-concurrent-rpcs", "limiter"],
+                          "schedulers", "services", "monitoring", "authorization"],
+                unsupported: ["maximum-concurrent-rpcs", "limiter"],
                 problems: &builder.errors)
         }) else { return nil }
         if let threads = top["thread-pool-size"] {
@@ -254,9 +262,17 @@ struct Builder {
         if let cleanupNode = top["cleanup"] { cleanups = cleanupTargets(cleanupNode, instanceNames: names) }
         // The graph checks see the storages and uses that were built; a failed one is reported already.
         _ = check { builder throws(ConfigError) in try builder.refuseWritesPastTheJanitorsIndex() }
+        var authentication: Authentication?
+        if let authorizationNode = top["authorization"],
+           let authorization = check({ builder throws(ConfigError) in
+               try AuthorizationConfig.parse(authorizationNode, instanceNames: names, warnings: &builder.warnings)
+           }) {
+            if authorization.settings.isEnforced { authentication = authorization.authentication }
+            if let keySet = authorization.keySet { backgroundServices.append(keySet) }
+        }
         guard errors.isEmpty else { return nil }
         return Configuration(
-            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances,
+            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances, authentication: authentication,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(),
             warnings: inFileOrder(warnings),
             backgroundServices: backgroundServices, cleanups: cleanups,

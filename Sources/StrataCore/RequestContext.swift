@@ -80,6 +80,7 @@ public final class RequestContext: Sendable {
     private struct State {
         var instanceName: String?
         var principal: Principal = .anonymous
+        var authenticationFailure: String?
     }
     private let state: Mutex<State>
     private let received = Atomic<Int64>(0)
@@ -108,6 +109,13 @@ public final class RequestContext: Sendable {
     public var principal: Principal { state.withLock { $0.principal } }
 
     public func setPrincipal(_ principal: Principal) { state.withLock { $0.principal = principal } }
+
+    /// Why the credentials the request brought were refused (a bad token, say), while the principal
+    /// stays `anonymous`: authentication runs before the instance is known, and an instance that
+    /// allows unauthenticated requests serves it anyway; any other answers UNAUTHENTICATED with this.
+    public var authenticationFailure: String? { state.withLock { $0.authenticationFailure } }
+
+    public func setAuthenticationFailure(_ reason: String) { state.withLock { $0.authenticationFailure = reason } }
 
     /// Payload bytes of the request's messages read so far.
     public var bytesReceived: Int64 { received.load(ordering: .relaxed) }

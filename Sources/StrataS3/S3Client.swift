@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOPosix
 import StrataCore
+import StrataHTTPClient
 
 /// An S3 key pair (and a session token for temporary credentials).
 public struct S3Credentials: Sendable, Equatable {
@@ -121,8 +122,8 @@ public final class S3Client: Sendable {
         while base.hasSuffix("/") { base.removeLast() }
         self.baseURL = base
         self.transport = CurlTransport(
-            region: configuration.region, accessKey: configuration.credentials.accessKey,
-            secretKey: configuration.credentials.secretKey,
+            signing: .init(region: configuration.region, accessKey: configuration.credentials.accessKey,
+                           secretKey: configuration.credentials.secretKey),
             connectTimeoutSeconds: configuration.connectTimeoutSeconds, threadPool: threadPool)
     }
 

@@ -18,7 +18,9 @@ public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.
             $0.cacheCapabilities = .with {
                 $0.digestFunctions = DigestFunction.supported.map(\.proto)
                 $0.actionCacheUpdateCapabilities = .with {
-                    $0.updateEnabled = instance.actionCache?.allowsUpdates ?? false
+                    // Per caller: false when the ACL does not let this one write results here.
+                    $0.updateEnabled = (instance.actionCache?.allowsUpdates ?? false)
+                        && registry.permits("UpdateActionResult", on: request.instanceName)
                 }
                 $0.maxBatchTotalSizeBytes = registry.maxBatchTotalSizeBytes
                 $0.maxCasBlobSizeBytes = instance.maximumBlobSize ?? 0

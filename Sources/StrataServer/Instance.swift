@@ -1,4 +1,5 @@
 import StrataActionCache
+import StrataAuth
 import StrataCore
 import StrataStorage
 
@@ -90,11 +91,25 @@ public struct InstanceRegistry: Sendable {
     /// Capabilities and enforced, with gRPC's message limit set above it.
     public let maxBatchTotalSizeBytes: Int64
 
+    /// `authorization:`: checked on every lookup, the one place every request's instance becomes known.
+    public let accessPolicy: AccessPolicy?
+
     public static let defaultMaxBatchTotalSizeBytes: Int64 = 4 << 20
 
-    public init(_ instances: [Instance], maxBatchTotalSizeBytes: Int64 = InstanceRegistry.defaultMaxBatchTotalSizeBytes) {
+    public init(
+        _ instances: [Instance], maxBatchTotalSizeBytes: Int64 = InstanceRegistry.defaultMaxBatchTotalSizeBytes,
+        accessPolicy: AccessPolicy? = nil
+    ) {
         self.instances = Dictionary(instances.map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
         self.maxBatchTotalSizeBytes = maxBatchTotalSizeBytes
+        self.accessPolicy = accessPolicy
+    }
+
+    /// Whether the current request may call `method` on `name` (Capabilities' `update_enabled`).
+    public func permits(_ method: String, on name: String) -> Bool {
+        guard let accessPolicy else { return true }
+        guard let context = RequestContext.current else { return false }
+        return accessPolicy.permits(context, instance: name, method: method)
     }
 
     /// Whether any instance has a service of `key`'s kind: the server registers only those.
@@ -109,7 +124,13 @@ public struct InstanceRegistry: Sendable {
             let known = instances.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
             throw .invalidArgument("unknown instance name \"\(StrataError.echo(name))\"; this server serves \(known)")
         }
-        RequestContext.current?.setInstanceName(name)
+        let context = RequestContext.current
+        context?.setInstanceName(name)
+        if let accessPolicy {
+            // A server always sets the context; without one there is no caller to authorize.
+            guard let context else { throw StrataError(.permissionDenied, "no request context to authorize") }
+            try accessPolicy.authorize(context, instance: name, method: context.method)
+        }
         return instance
     }
 

@@ -9,6 +9,7 @@ import Glibc
 import Logging
 import ServiceLifecycle
 import StrataAPI
+import StrataAuth
 import StrataCore
 
 /// Where a server listens: `host:port`, `[v6]:port` or `unix:/path`.
@@ -64,7 +65,8 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
 ///
 /// Runs as a swift-service-lifecycle `Service`: on graceful shutdown (SIGTERM/SIGINT in `strata serve`)
 /// it stops accepting RPCs, lets the ones in flight finish for at most `shutdownTimeout`, closes the
-/// connections still open, then abandons parked uploads. Every connection passes a `ConnectionGuard`
+/// connections still open, then abandons parked uploads. With `authentication`, an
+/// `AuthenticationInterceptor` establishes each request's principal (the registry's access policy judges it). Every connection passes a `ConnectionGuard`
 /// (timeouts, connection limit) and a `FinishedStreamResetFilter` first.
 public final class StrataServer: Service, Sendable {
     public let registry: InstanceRegistry
@@ -119,7 +121,8 @@ public final class StrataServer: Service, Sendable {
         addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
         policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
-        health: HealthStatus = HealthStatus(), accessLog: Logger? = nil, metrics: RPCMetrics? = nil
+        health: HealthStatus = HealthStatus(), accessLog: Logger? = nil, metrics: RPCMetrics? = nil,
+        authentication: Authentication? = nil
     ) throws(StrataError) {
         self.health = health
         self.registry = registry
@@ -134,9 +137,11 @@ public final class StrataServer: Service, Sendable {
         // The context first, so every interceptor after it reads it; the access log next, so it sees the
         // final status of every RPC; the error mapping runs next to the handlers: a CancellationError they
         // throw must become CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-        // Metrics and the access log read the context and see the status the client gets.
+        // Authentication records the principal (the registry decides, so health needs no token); metrics
+        // and the access log read the context and see the status the client gets.
         let interceptors: [any ServerInterceptor] =
-            [RequestContextInterceptor()] + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? [])
+            [RequestContextInterceptor()] + (authentication.map { [AuthenticationInterceptor(authentication: $0)] } ?? [])
+            + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? [])
             + (metrics.map { [MetricsInterceptor(metrics: $0)] } ?? []) + interceptors
             + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
         var config = HTTP2ServerTransport.Posix.Config.defaults

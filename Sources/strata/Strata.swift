@@ -123,7 +123,8 @@ struct Serve: AsyncParsableCommand {
                 policies: configuration.connectionPolicies, shutdownTimeout: .milliseconds(Int64(shutdownTimeout * 1000)),
                 health: HealthStatus(readiness: configuration.readiness),
                 accessLog: accessLog ? Logger(label: "strata.access") : nil,
-                metrics: configuration.monitoring?.rpcMetrics)
+                metrics: configuration.monitoring?.rpcMetrics,
+                authentication: configuration.authentication)
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)

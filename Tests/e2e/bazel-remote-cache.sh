@@ -36,6 +36,10 @@
 #                               to 120 s) for PREFIX.go before build 2: the caller
 #                               restarts the server meanwhile, so build 2's hits
 #                               prove the cache survives a restart
+#   BAZEL_E2E_REMOTE_HEADER=H   a server with `authorization:`: first a build without
+#                               the header must fail with UNAUTHENTICATED, then every
+#                               build passes --remote_header=H (e.g.
+#                               "authorization=Bearer <JWT>")
 #   BAZEL_E2E_DISK_CACHE=DIR    self-test mode only: use --disk_cache=DIR instead
 #                               of a remote cache (HOST:PORT is then not needed)
 set -euo pipefail
@@ -215,6 +219,23 @@ output_file() { # NAME -> path of the target-configuration output NAME
 echo "bazel e2e: $($BAZEL "${STARTUP[@]}" --version 2>/dev/null | head -n 1 || echo bazel), $CACHE_DESC" >&2
 echo "bazel e2e: temp dir $TMP" >&2
 START=$SECONDS
+
+# ------------------------------------------------- without credentials --
+# The server refuses a client without its token: Bazel must fail, saying UNAUTHENTICATED (it asks
+# for the server's Capabilities before building). The clean that follows removes anything it built.
+if [[ -n "${BAZEL_E2E_REMOTE_HEADER:-}" ]]; then
+    echo "bazel e2e: build without --remote_header (must fail with UNAUTHENTICATED)..." >&2
+    rc=0
+    (cd "$WS" && timeout "$TIMEOUT" "$BAZEL" "${STARTUP[@]}" build "${BUILD_FLAGS[@]}" //...) \
+        >"$LOGS/unauthenticated.log" 2>&1 || rc=$?
+    if [[ $rc -eq 0 ]] || ! grep -q UNAUTHENTICATED "$LOGS/unauthenticated.log"; then
+        tail -n 40 "$LOGS/unauthenticated.log" >&2
+        die "a build without the remote header did not fail with UNAUTHENTICATED (exit $rc)"
+    fi
+    echo "bazel e2e: $(grep -m1 -o 'UNAUTHENTICATED.*' "$LOGS/unauthenticated.log")" >&2
+    run_bazel "$LOGS/clean-unauthenticated.log" clean --expunge --color=no --curses=no
+    BUILD_FLAGS+=("--remote_header=$BAZEL_E2E_REMOTE_HEADER")
+fi
 
 # ----------------------------------------------------------------- build 1 --
 echo "bazel e2e: build 1 (cold, uploads to the cache)..." >&2

@@ -4,38 +4,64 @@ import NIOPosix
 import Synchronization
 
 /// One HTTP exchange, with the whole request body in memory (callers keep it to one part or chunk).
-struct HTTPRequest: Sendable {
-    var method: String
+public struct HTTPRequest: Sendable {
+    public var method: String
     /// Scheme, host, and an already percent-encoded path and query: libcurl signs them as written.
-    var url: String
-    var headers: [(name: String, value: String)] = []
-    var body: Data?
+    public var url: String
+    public var headers: [(name: String, value: String)] = []
+    public var body: Data?
     /// Bound on the whole exchange: the configured transfer timeout, shortened to the client's deadline.
-    var timeoutSeconds: Double
+    public var timeoutSeconds: Double
     /// The exchange fails when no byte moves either way for this long: a hung S3 (connection accepted,
     /// nothing answered) is found in seconds, while a multi-GiB transfer that keeps moving goes on.
-    var stallTimeoutSeconds: Double = 10
+    public var stallTimeoutSeconds: Double = 10
     /// Whether `timeoutSeconds` is the client's deadline rather than S3's bound: timing out on it says
     /// the client gave up, not that S3 went silent.
-    var boundedByClientDeadline = false
+    public var boundedByClientDeadline = false
     /// The largest response body this request accepts; more is a broken or hostile reply.
-    var responseLimit: Int = 1 << 20
+    public var responseLimit: Int = 1 << 20
+
+    public init(
+        method: String, url: String, headers: [(name: String, value: String)] = [], body: Data? = nil,
+        timeoutSeconds: Double, stallTimeoutSeconds: Double = 10, boundedByClientDeadline: Bool = false,
+        responseLimit: Int = 1 << 20
+    ) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.timeoutSeconds = timeoutSeconds
+        self.stallTimeoutSeconds = stallTimeoutSeconds
+        self.boundedByClientDeadline = boundedByClientDeadline
+        self.responseLimit = responseLimit
+    }
 }
 
-struct HTTPResponse: Sendable {
-    var status: Int
+public struct HTTPResponse: Sendable {
+    public var status: Int
     /// Lower-cased names.
-    var headers: [String: String]
-    var body: Data
+    public var headers: [String: String]
+    public var body: Data
+
+    public init(status: Int, headers: [String: String], body: Data) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
 }
 
 /// A libcurl failure before an HTTP status arrived (connect, send, receive, timeout).
-struct CurlFailure: Error, Sendable {
-    let code: UInt32
-    let message: String
+public struct CurlFailure: Error, Sendable {
+    public let code: UInt32
+    public let message: String
+
+    public init(code: UInt32, message: String) {
+        self.code = code
+        self.message = message
+    }
 
     /// Failures worth another attempt: the network or the server, not this request.
-    var isTransient: Bool {
+    public var isTransient: Bool {
         switch CURLcode(rawValue: code) {
         case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_OPERATION_TIMEDOUT,
              CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_SSL_CONNECT_ERROR,
@@ -48,41 +74,50 @@ struct CurlFailure: Error, Sendable {
         }
     }
 
-    var isCancellation: Bool { CURLcode(rawValue: code) == CURLE_ABORTED_BY_CALLBACK }
+    public var isCancellation: Bool { CURLcode(rawValue: code) == CURLE_ABORTED_BY_CALLBACK }
 
     /// A timeout: no progress for the stall time, or the transfer or connect bound reached.
-    var isTimeout: Bool { CURLcode(rawValue: code) == CURLE_OPERATION_TIMEDOUT }
+    public var isTimeout: Bool { CURLcode(rawValue: code) == CURLE_OPERATION_TIMEDOUT }
 }
 
 /// Runs requests on libcurl easy handles, blocking calls on a thread pool.
 ///
 /// Handles are kept in a small pool between requests: `curl_easy_reset` keeps a handle's live
 /// connections, so consecutive requests to one endpoint reuse a kept-alive connection.
-final class CurlTransport: Sendable {
+public final class CurlTransport: Sendable {
+    /// AWS Signature Version 4, done by libcurl (`CURLOPT_AWS_SIGV4`): S3's requests.
+    public struct AWSSigning: Sendable {
+        public var region: String
+        public var accessKey: String
+        public var secretKey: String
+
+        public init(region: String, accessKey: String, secretKey: String) {
+            self.region = region
+            self.accessKey = accessKey
+            self.secretKey = secretKey
+        }
+    }
+
     private let idleHandles = Mutex<[CurlHandle]>([])
     private let maxIdleHandles: Int
     private let threadPool: NIOThreadPool
-    private let signing: String
-    private let accessKey: String
-    private let secretKey: String
+    private let signing: AWSSigning?
     private let connectTimeoutSeconds: Double
 
     /// libcurl's global initialisation is not thread-safe; a `static let` runs it exactly once.
     private static let globalInit: CURLcode = strata_curl_global_init()
 
-    init(region: String, accessKey: String, secretKey: String, connectTimeoutSeconds: Double,
-         threadPool: NIOThreadPool, maxIdleHandles: Int = 32) {
+    /// `signing` signs every request (S3); nil sends them as they are.
+    public init(signing: AWSSigning?, connectTimeoutSeconds: Double, threadPool: NIOThreadPool, maxIdleHandles: Int = 32) {
         _ = Self.globalInit
-        self.signing = "aws:amz:\(region):s3"
-        self.accessKey = accessKey
-        self.secretKey = secretKey
+        self.signing = signing
         self.connectTimeoutSeconds = connectTimeoutSeconds
         self.threadPool = threadPool
         self.maxIdleHandles = maxIdleHandles
     }
 
     /// Performs `request` once. A cancelled task aborts the transfer at libcurl's next progress call.
-    func perform(_ request: HTTPRequest) async throws -> HTTPResponse {
+    public func perform(_ request: HTTPRequest) async throws -> HTTPResponse {
         let state = TransferState(upload: request.body ?? Data(), responseLimit: request.responseLimit)
         return try await withTaskCancellationHandler {
             try await threadPool.runIfActive { () throws -> HTTPResponse in
@@ -146,9 +181,11 @@ final class CurlTransport: Sendable {
             // Below 1 byte/s for the stall time (whole seconds for libcurl): no progress, the request fails.
             set(strata_curl_setopt_long(curl, CURLOPT_LOW_SPEED_LIMIT, 1))
             set(strata_curl_setopt_long(curl, CURLOPT_LOW_SPEED_TIME, Int(max(1, request.stallTimeoutSeconds.rounded(.up)))))
-            set(strata_curl_setopt_string(curl, CURLOPT_AWS_SIGV4, signing))
-            set(strata_curl_setopt_string(curl, CURLOPT_USERNAME, accessKey))
-            set(strata_curl_setopt_string(curl, CURLOPT_PASSWORD, secretKey))
+            if let signing {
+                set(strata_curl_setopt_string(curl, CURLOPT_AWS_SIGV4, "aws:amz:\(signing.region):s3"))
+                set(strata_curl_setopt_string(curl, CURLOPT_USERNAME, signing.accessKey))
+                set(strata_curl_setopt_string(curl, CURLOPT_PASSWORD, signing.secretKey))
+            }
             set(strata_curl_setopt_slist(curl, CURLOPT_HTTPHEADER, headerList))
             set(strata_curl_setopt_pointer(curl, CURLOPT_HEADERDATA, context))
             set(strata_curl_setopt_data_callback(curl, CURLOPT_HEADERFUNCTION) { buffer, size, count, context in

@@ -1,0 +1,95 @@
+// Test keys made with `openssl genrsa 2048` for these tests only; they protect nothing.
+enum TestKeys {
+    static let firstPrivatePEM = """
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDInSvTcJa5UECt
+a+9kk8CSHrjrDKD2OXC0U2I+8ShIeB0y+efoKSs/EUs5YtiRBYRa0DYTT2DTE3WO
+4fjhvcbVjwUXjbcan96/KNqmsxyntw2tMP+bx0eXFHmno47JNP1g5PIltHfr/5qd
+pXyd72PTAEaULl0JSJQEQJs0a9WWPwSsyeizejvgDx1WcA0BOhOnxy7wyQOcqDxL
+yP44PwuJ0Luavsdm5LmncgThzQHDJh6ObvlFAgLZFyo2OCqWfOTq7+Loz57T8zdo
+zapWDgNDgkwL/cRZ8qkdGYFJRvsPgvGgNI31gm75qL2K4HW0G+NLRyYo6MkceeoB
+BHVkDQbBAgMBAAECggEAUomTs/DxGjpB+ffb7Pn7M0MPmqk9+j/ktlROKg5HIBXH
+EaeO+c4iXFbNp8UazAPEkiZy8Rvp/r3VUp13K81MJqYqlqe4K2yWFPkGiKpNglVG
+e7iamalyM175tHaO8wppqvlXBRtMcZzerLie3k3VOMU2xJWUspKZT2yTToyFOkRl
+kUW3IEMzqXiqDqd1mj+1ukm/2lXpsywY5dh2Bb6fdfZiwURRedsmc46/fyMfoPkn
+x24FgLGr7bncwcWxVRCfvvHiWId6ir4F7F5ETOSfwYbdWQBR1jo/925BiAZnMKDw
+JKx0uM720kbpK/BEVhq2kORYOnY0vrw5HpJWqcM3JwKBgQDsM+mCUx5kD/EZFckj
+dtNMDT9JQmxZvdimOchSMS+VtYhSKUbUZqOYZp12YJwPPvb92yIh3qLEMV/VAwGU
+8LSR48bRVCpQOq+GRybhlmpDrCWXYt+TCtEM7Mv2zQLvDp62tqAHWeBaQqBeCfu2
+EiOu/csH4WGdliAlfLUpytZBIwKBgQDZbaWX0+f+fIV9ekq15PIgxP/H1IWX3RNK
+HcgbKU4VNGtEqSqQQPKOh+Xqn9U9PFaAxccqtKpPdgeVbE7KEWkWsOEsyZU8unES
+u+sIT7/1l+915lOCbZfNklgF5jy79hrR4p6x+bhUYa5spSJJwdnaps7nH79YjpF7
+TuBKT6EgywKBgFjHtlgm18BygYOVPbHXwtnODOCDV+hvRBROma3TEPirb9655waE
+wa7RuxO4gk/0sa9/AxhJ71Hg4Q1WgOyzgJtpStx5TyIyvLCy47lc6PogpUx+fFxv
+b131T0CnlBe4ng09HW9F597lNhPCmtq3fLQUbpC6tQ8fU1vjwNBBjkCTAoGBALRU
+l1nUW/6aolCOo/Y2m4cIPKgtIFvy9LOs/bFhUayOnEUHFREtfL8wAUXWKJKwP4Jw
+Bp7p1rMuzl1kxfgb9o/mRevSiR8j9vI1v1pWYnw79lRPooVzhcrvDGhgK5EtLdNT
+5JDx76q0lWjwkP6hc6FAZiwVDatSG2Es6yNW5el/AoGAXJ3ZG0P9VNqaUFTYQ++9
+FcH7tkje5hgq9RLM0ChAoQGoYaPJ8p6kMqr8SmD3afibuqM1RuAWO19rax3lLblj
+nS1jwxG+y/aALEjbPGu4FYLBQrH1+Zo8RSGqVD1NE17hIZ4KrXCZpAz6nf/393bN
+2s24SApD0UeSvAZgVidrWeU=
+-----END PRIVATE KEY-----
+"""
+    static let firstPublicPEM = """
+-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAyJ0r03CWuVBArWvvZJPA
+kh646wyg9jlwtFNiPvEoSHgdMvnn6CkrPxFLOWLYkQWEWtA2E09g0xN1juH44b3G
+1Y8FF423Gp/evyjaprMcp7cNrTD/m8dHlxR5p6OOyTT9YOTyJbR36/+anaV8ne9j
+0wBGlC5dCUiUBECbNGvVlj8ErMnos3o74A8dVnANAToTp8cu8MkDnKg8S8j+OD8L
+idC7mr7HZuS5p3IE4c0BwyYejm75RQIC2RcqNjgqlnzk6u/i6M+e0/M3aM2qVg4D
+Q4JMC/3EWfKpHRmBSUb7D4LxoDSN9YJu+ai9iuB1tBvjS0cmKOjJHHnqAQR1ZA0G
+wQIDAQAB
+-----END PUBLIC KEY-----
+"""
+    /// The public key's modulus, base64url, for a JWK.
+    static let firstModulus = "yJ0r03CWuVBArWvvZJPAkh646wyg9jlwtFNiPvEoSHgdMvnn6CkrPxFLOWLYkQWEWtA2E09g0xN1juH44b3G1Y8FF423Gp_evyjaprMcp7cNrTD_m8dHlxR5p6OOyTT9YOTyJbR36_-anaV8ne9j0wBGlC5dCUiUBECbNGvVlj8ErMnos3o74A8dVnANAToTp8cu8MkDnKg8S8j-OD8LidC7mr7HZuS5p3IE4c0BwyYejm75RQIC2RcqNjgqlnzk6u_i6M-e0_M3aM2qVg4DQ4JMC_3EWfKpHRmBSUb7D4LxoDSN9YJu-ai9iuB1tBvjS0cmKOjJHHnqAQR1ZA0GwQ"
+    static let secondPrivatePEM = """
+-----BEGIN PRIVATE KEY-----
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCUHfpNypYpYl6b
+H2eKQs7vz3wo4tugFHDp7Nd7PHK/DDJVeyK8nuLk/UjvSip1k4088a+Rxpp+HEzh
+ekhP/cSECd3fZ5XJEG8gddubDWmnSD6rXp7Ni4aGBTR9mG6hvbBSV9RRx9SMcpvr
+pYjUMFtXbxwDV1F54UCqE2kJb8xh83lyEgw0a7H279J7WxeO+Gmn8kq3ACgTIrZv
+wYK4YLokqhOG6RpIIw/DvctvA8rrqk0jjsZa41aG4N0V1G/n3batr0BAzFS9SSVe
+Uowo3FkvvGcXHHUoQL1f81RcGycckGTLE9OZX/vSNDfVD39LGa0Aww69XBPWcbgN
+1kAWyNFxAgMBAAECggEANgMKhDSUdonnGuUkUjBTmvKMAbLcSO87T6ps14UvCMjv
+T+mjvKmp7rwITS479n00e11c2ylTrBow1OZNGVJeR5H7hRyWa+ggxfMEfnGxLe2z
+4LUT7rtq9lNOlWAxM6zi79wUUjAvK3odrpxCHbJ2lJcxXWyJiwrflEWYv3azzqG2
+/9GU07u9Xc8PGpfvKAlM+y2iEwGaN1vFM17a7QI6LqemenkQ6f8riXEKLzW5pJIB
+NHs7QrEF74P0OXbb66o3Sheu4+GZREosL0xQOweqjPWmwuXlnJFv9Kdrzn7E71Ws
+3eM6459FzdZUGH746MLF78fWDyly8uu1s0sPPY8T+wKBgQDHhCpjybo8Wzr9vWSi
+iZL5jNkJJASfEvyJ6Y+LsUCLT3EYXbargk87LH+uzuEvMhnSwHhfanbm7ijU8Cqy
+PleOh3h/mAuIzD94LEwavF5KVd8Bj6HppgR5INqBLDiYKkPvT1L7aeHrOIYAWYaS
+HYaNML7jTinufLxFQawyXF8YhwKBgQC+DK9VMS4PWetrj0C1tgKiyM7emXNg14IP
+gQPtVb/7Z+99ffyz4r5XhEKcB/DEX6WCEVQ+vOraFBb9qTXjBRrFE4mwr9xRyJAy
+nmBzOEBRlzJckBFoKNwNKh/PQFUYzDYJX0ekFCdc6qPiwLTpLLMhKAXdJrwTz5u+
+Zw57DEPcRwKBgEF34/UEn+DoSs4yVJBlNl4+0oUGVaHhOA8FHf5HtpdABStqrONQ
+ijEvo+I3rnqvJPwb/iPJKqUSZ0GgYVJF1LNHTsoHmVlVNEp5tqtbPlGEJf48JHQn
+7vXUSv7yBMwhqlMfo2ouT1zBGm+I8PiHSbyQz0KFRoskUR8ksp1/5BCHAoGBAJ2e
+BZgBFrMynzXwc/mAP0Vkh3VEDNWnRj23gVtHv9YwyAXrBDboeXY5wciIKV2j+a8a
+0iTKJ3jAKqUrvf5PEHmcD5jS8UV+smDYyyMj5uwEGod8EIOzR3U/l2wabbkIPFSf
+idoBwPelvk/kBOZR5So9eEeGxXsktoU+EVtpu6onAoGAQLm6QGYaZaJsgEbe8xBP
+YbtiPL63Nb/NGbH7fl2JpiNKvkG8jMNc+OFI5O1XrkOXSpPWAzyWyize7BILRSoY
+C5HKesRhaW+y6/XHfP93uaB6rtp/DtzeMWsDI1pD1F7ZGUjVHBbLFd6Ui03vIYGl
+NAE95LbgeyOQkF6QsKL/xyg=
+-----END PRIVATE KEY-----
+"""
+    static let secondPublicPEM = """
+-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAlB36TcqWKWJemx9nikLO
+7898KOLboBRw6ezXezxyvwwyVXsivJ7i5P1I70oqdZONPPGvkcaafhxM4XpIT/3E
+hAnd32eVyRBvIHXbmw1pp0g+q16ezYuGhgU0fZhuob2wUlfUUcfUjHKb66WI1DBb
+V28cA1dReeFAqhNpCW/MYfN5chIMNGux9u/Se1sXjvhpp/JKtwAoEyK2b8GCuGC6
+JKoThukaSCMPw73LbwPK66pNI47GWuNWhuDdFdRv5922ra9AQMxUvUklXlKMKNxZ
+L7xnFxx1KEC9X/NUXBsnHJBkyxPTmV/70jQ31Q9/SxmtAMMOvVwT1nG4DdZAFsjR
+cQIDAQAB
+-----END PUBLIC KEY-----
+"""
+    /// The public key's modulus, base64url, for a JWK.
+    static let secondModulus = "lB36TcqWKWJemx9nikLO7898KOLboBRw6ezXezxyvwwyVXsivJ7i5P1I70oqdZONPPGvkcaafhxM4XpIT_3EhAnd32eVyRBvIHXbmw1pp0g-q16ezYuGhgU0fZhuob2wUlfUUcfUjHKb66WI1DBbV28cA1dReeFAqhNpCW_MYfN5chIMNGux9u_Se1sXjvhpp_JKtwAoEyK2b8GCuGC6JKoThukaSCMPw73LbwPK66pNI47GWuNWhuDdFdRv5922ra9AQMxUvUklXlKMKNxZL7xnFxx1KEC9X_NUXBsnHJBkyxPTmV_70jQ31Q9_SxmtAMMOvVwT1nG4DdZAFsjRcQ"
+
+    /// A JWK Set of the given keys (kid, modulus), as an issuer publishes it.
+    static func jwks(_ keys: [(kid: String, modulus: String)]) -> String {
+        let entries = keys.map { #"{"kty":"RSA","alg":"RS256","use":"sig","kid":"\#($0.kid)","n":"\#($0.modulus)","e":"AQAB"}"# }
+        return #"{"keys":[\#(entries.joined(separator: ","))]}"#
+    }
+}
