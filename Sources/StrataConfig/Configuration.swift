@@ -16,6 +16,12 @@ public struct Configuration: Sendable {
     public var addresses: [ListenAddress]
     /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
     public var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
+    /// The `!channel`s served over TLS (`insecure-mode: false`), by address; the others are plaintext.
+    public var tls: [ListenAddress: TLSCredentials] = [:]
+    /// Where each TLS channel's `credentials` are, for `checkTLSFiles`.
+    var tlsLocations: [ListenAddress: ConfigLocation] = [:]
+    /// `maximum-concurrent-rpcs` and `limiter: {concurrent-request-limit}`.
+    public var concurrencyLimits: [ConcurrencyLimit] = []
     public var instances: [Instance]
     /// One line per storage, for the start-up log.
     public var storageSummary: [String]
@@ -123,8 +129,9 @@ struct Builder {
 
     mutating func build(_ root: ConfigNode) throws(ConfigError) -> Configuration {
         let top = try root.mapping(
-            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup"],
-            unsupported: ["authorization", "monitoring", "maximum-concurrent-rpcs", "limiter", "server-reflection",
+            allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup",
+                      "maximum-concurrent-rpcs", "limiter"],
+            unsupported: ["authorization", "monitoring", "server-reflection",
                           "grpc-compression", "grpc-server-options", "schedulers", "services"])
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
@@ -132,10 +139,14 @@ struct Builder {
         guard let server = top["server"] else { throw root.error("\"server\" is required: a list of !channel entries") }
         var addresses: [ListenAddress] = []
         var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
-        for channel in try server.sequence() {
-            let (address, policy) = try self.channel(channel)
-            addresses.append(address)
-            connectionPolicies[address] = policy
+        var tls: [ListenAddress: TLSCredentials] = [:]
+        var tlsLocations: [ListenAddress: ConfigLocation] = [:]
+        for node in try server.sequence() {
+            let channel = try self.channel(node)
+            addresses.append(channel.address)
+            connectionPolicies[channel.address] = channel.policy
+            tls[channel.address] = channel.tls
+            tlsLocations[channel.address] = channel.credentialsLocation
         }
         guard !addresses.isEmpty else { throw server.error("at least one !channel is required") }
 
@@ -160,7 +171,8 @@ struct Builder {
         if let cleanupNode = top["cleanup"] { cleanups = try cleanupTargets(cleanupNode, instanceNames: names) }
         try refuseWritesPastTheJanitorsIndex()
         return Configuration(
-            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances,
+            addresses: addresses, connectionPolicies: connectionPolicies, tls: tls, tlsLocations: tlsLocations,
+            concurrencyLimits: try concurrencyLimits(top), instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
@@ -170,27 +182,6 @@ struct Builder {
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
         guard node.applicationTag == expected else {
             throw node.error("expected \(expected), found \(node.applicationTag ?? "an untagged value")")
-        }
-    }
-
-    func channel(_ node: ConfigNode) throws(ConfigError) -> (ListenAddress, ConnectionPolicy) {
-        try requireTag(node, "!channel")
-        let options = try node.mapping(
-            allowed: ["address", "insecure-mode", "idle-timeout", "preface-timeout", "max-connections"],
-            unsupported: ["credentials"])
-        guard let addressNode = options["address"] else { throw node.error("!channel needs an address, e.g. \"127.0.0.1:50051\"") }
-        if let insecure = options["insecure-mode"], try !insecure.bool() {
-            throw insecure.error("TLS is not supported by Strata yet: set insecure-mode: true and put a TLS proxy in front")
-        }
-        var policy = ConnectionPolicy.default
-        if let idle = options["idle-timeout"] { policy.idleTimeout = try idle.seconds() }
-        if let preface = options["preface-timeout"] { policy.prefaceTimeout = try preface.seconds() }
-        if let limit = options["max-connections"] { policy.maxConnections = try limit.int(minimum: 1) }
-        let address = try addressNode.string()
-        do {
-            return (try ListenAddress(parsing: address), policy)
-        } catch {
-            throw addressNode.error(error.message)
         }
     }
 

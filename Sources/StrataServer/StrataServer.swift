@@ -7,6 +7,7 @@ import Synchronization
 import Glibc
 #endif
 import Logging
+import NIOCertificateReloading
 import ServiceLifecycle
 import StrataCore
 
@@ -77,6 +78,8 @@ public final class StrataServer: Service, Sendable {
         let socket: Int?
     }
     private let listeners: [Listener]
+    /// What keeps each TLS address's certificate current, run while serving.
+    private let certificateReloaders: [TimedCertificateReloader]
     /// The open connections of each address, shared by its listeners.
     private let connections: [ConnectionRegistry]
     /// How long a graceful shutdown waits for RPCs in flight before closing their connections.
@@ -91,19 +94,18 @@ public final class StrataServer: Service, Sendable {
     /// here), and a 4 GiB write peaks at +45 MiB of server RSS instead of +63 MiB with 16 MiB.
     static let http2WindowBytes = 4 << 20
     static let http2MaxFrameBytes = 1 << 20
-    /// swift-nio-http2's own limit; with the 4 MiB window, what one connection's clients can send
-    /// ahead of the server stays within 400 MiB.
-    static let http2MaxConcurrentStreams = 100
 
     /// Binds every address now: one already in use is an error here, naming it.
     ///
     /// `policies` names each address's `ConnectionPolicy` (`ConnectionPolicy.default` for the others);
     /// `shutdownTimeout` bounds a graceful shutdown: RPCs still running then are ended by closing their
-    /// connections.
+    /// connections. `tls` names the addresses served over TLS (the others are plaintext): their files
+    /// are read here, a missing or bad one is an error naming it. `concurrencyLimits` refuse RPCs past them.
     public init(
         registry: InstanceRegistry, addresses: [ListenAddress], uploads: UploadRegistry = UploadRegistry(),
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
-        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30)
+        policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
+        tls: [ListenAddress: TLSCredentials] = [:], concurrencyLimits: [ConcurrencyLimit] = []
     ) throws(StrataError) {
         self.registry = registry
         self.uploads = uploads
@@ -126,13 +128,12 @@ public final class StrataServer: Service, Sendable {
         // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64
         // frames, each parsed, flow-accounted and copied into the message separately.
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
-        // swift-nio-http2 refuses a client's 101st concurrent stream with a connection error (GOAWAY
-        // PROTOCOL_ERROR, failing every call on the connection) unless the server announces its limit,
-        // which grpc-swift does only when set: announced, clients queue their calls beyond it instead.
-        config.http2.maxConcurrentStreams = Self.http2MaxConcurrentStreams
 
         var listeners: [Listener] = []
         var connections: [ConnectionRegistry] = []
+        var certificateReloaders: [TimedCertificateReloader] = []
+        // One count per limit across every listener.
+        let limitInterceptors: [any ServerInterceptor] = concurrencyLimits.map(ConcurrencyLimitInterceptor.init)
         /// `config` for one address: its connections go through a `ConnectionGuard` of its registry.
         func addressConfig(for address: ListenAddress) -> HTTP2ServerTransport.Posix.Config {
             var policy = policies[address] ?? .default
@@ -146,6 +147,10 @@ public final class StrataServer: Service, Sendable {
             let registry = ConnectionRegistry(policy: policy)
             connections.append(registry)
             var config = config
+            // swift-nio-http2 refuses a client's 101st concurrent stream with a connection error (GOAWAY
+            // PROTOCOL_ERROR, failing every call on the connection) unless the server announces its limit,
+            // which grpc-swift does only when set: announced, clients queue their calls beyond it instead.
+            config.http2.maxConcurrentStreams = policy.maxConcurrentStreams
             // Graceful (GOAWAY) for a client with no RPC; `ConnectionGuard` closes silent ones outright.
             config.connection.maxIdleTime = policy.idleTimeout
             config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
@@ -167,25 +172,32 @@ public final class StrataServer: Service, Sendable {
                     transport: transport, services: services,
                     // The error mapping runs next to the handlers: a CancellationError they throw must become
                     // CANCELLED before anything else sees it (RequestHardeningTests proves the order).
-                    interceptors: [RequestContextInterceptor(), RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
+                    interceptors: [RequestContextInterceptor()] + limitInterceptors
+                        + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]),
                 transport: transport,
                 loop: loop, socket: socket))
         }
         do throws(StrataError) {
             for address in addresses {
                 let config = addressConfig(for: address)
+                var security = HTTP2ServerTransport.Posix.TransportSecurity.plaintext
+                if let credentials = tls[address] {
+                    let secured = try credentials.transportSecurity(for: address, logger: logger)
+                    security = secured.security
+                    certificateReloaders.append(secured.reloader)
+                }
                 if case .tcp(let host, let port) = address.kind, let ip = Self.ipAddress(host) {
                     let sockets = try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops))
                     for (index, socket) in sockets.enumerated() {
                         listener(address, index: index, socket: socket) { loop in
                             HTTP2ServerTransport.Posix(
-                                listeningSocketDescriptor: socket, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
+                                listeningSocketDescriptor: socket, transportSecurity: security, config: config, eventLoopGroup: loop)
                         }
                     }
                 } else {
                     listener(address) { loop in
                         HTTP2ServerTransport.Posix(
-                            address: address.socketAddress, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
+                            address: address.socketAddress, transportSecurity: security, config: config, eventLoopGroup: loop)
                     }
                 }
             }
@@ -195,6 +207,7 @@ public final class StrataServer: Service, Sendable {
         }
         self.listeners = listeners
         self.connections = connections
+        self.certificateReloaders = certificateReloaders
     }
 
     deinit {
@@ -237,6 +250,10 @@ public final class StrataServer: Service, Sendable {
                 housekeeping.addTask { [uploads] in await uploads.runExpiry() }
                 housekeeping.addTask { [self] in await enforceShutdownDeadline() }
                 housekeeping.addTask { [logger] in await Self.returnFreedMemory(every: Self.memoryReturnPeriod, logger: logger) }
+                for reloader in certificateReloaders {
+                    // Ends only when cancelled; a failed read is logged by the reloader's callback.
+                    housekeeping.addTask { try? await reloader.run() }
+                }
                 try await withThrowingTaskGroup(of: Void.self) { serving in
                     for listener in listeners {
                         serving.addTask {
