@@ -136,6 +136,7 @@ struct Builder {
         if let threads = top["thread-pool-size"] {
             warnings.append("\(threads.file):\(threads.line ?? 0): thread-pool-size is ignored: Strata sizes its own thread pools")
         }
+        let concurrencyLimits = try concurrencyLimits(top)
         guard let server = top["server"] else { throw root.error("\"server\" is required: a list of !channel entries") }
         var addresses: [ListenAddress] = []
         var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
@@ -172,7 +173,7 @@ struct Builder {
         try refuseWritesPastTheJanitorsIndex()
         return Configuration(
             addresses: addresses, connectionPolicies: connectionPolicies, tls: tls, tlsLocations: tlsLocations,
-            concurrencyLimits: try concurrencyLimits(top), instances: instances,
+            concurrencyLimits: concurrencyLimits, instances: instances,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(), warnings: warnings,
             backgroundServices: backgroundServices, cleanups: cleanups,
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },

@@ -66,7 +66,7 @@ final class ConcurrencyLimitInterceptor: ServerInterceptor {
 
     /// A place under the limit, or nil when every place is taken.
     private func acquire() -> Permit? {
-        let (admitted, _) = inFlight.wrappingAdd(1, ordering: .acquiringAndReleasing)
+        let admitted = inFlight.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue
         guard admitted <= limit.maxInFlight else {
             inFlight.wrappingSubtract(1, ordering: .acquiringAndReleasing)
             return nil
