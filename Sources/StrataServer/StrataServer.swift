@@ -8,6 +8,7 @@ import Glibc
 #endif
 import Logging
 import NIOCertificateReloading
+import NIOSSL
 import ServiceLifecycle
 import StrataCore
 
@@ -155,8 +156,13 @@ public final class StrataServer: Service, Sendable {
             config.connection.maxIdleTime = policy.idleTimeout
             config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        [ConnectionGuard(registry: registry), FinishedStreamResetFilter()], position: .first)
+                    let pipeline = channel.pipeline.syncOperations
+                    // The reset filter reads HTTP/2 frames: on a TLS connection, after the handler that
+                    // decrypts them (before it, it would parse ciphertext as frames).
+                    let tls = try? pipeline.handler(type: NIOSSLServerHandler.self)
+                    try pipeline.addHandler(FinishedStreamResetFilter(), position: tls.map { .after($0) } ?? .first)
+                    // The guard counts bytes and silence, which TLS does not change: first, as always.
+                    try pipeline.addHandler(ConnectionGuard(registry: registry), position: .first)
                 }
             }
             return config

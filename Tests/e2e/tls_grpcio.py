@@ -9,6 +9,10 @@ Certificates are made by `openssl` here: a CA, a server certificate for 127.0.0.
    stop reading hold the server's RSS to at most 1 MiB each (TLS adds no buffering beyond the HTTP/2
    flow-control window); the 41st call gets RESOURCE_EXHAUSTED at once naming the limit; once the
    reads are cancelled, calls are served again.
+4. reset_flood.py's busy honest client over mutual TLS for 5 s (30 Writes in flight, under the limit; half of blobs
+   the server holds, which C-core resets after the early answer): zero failed calls. The filter that
+   keeps those resets from counting as a flood reads HTTP/2 frames; before it was put behind TLS it
+   read ciphertext, the resets counted, and the client got GOAWAY ENHANCE_YOUR_CALM.
 
     Tests/e2e/tls_grpcio.py      (needs grpcio and openssl; STRATA_BINARY, default .build/debug/strata)
 """
@@ -20,6 +24,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "faults"))
+import reset_flood  # noqa: E402
 import strata_process as sp  # noqa: E402
 
 MiB = 1 << 20
@@ -155,6 +160,9 @@ def main():
                 time.sleep(0.1)
             if not served:
                 failures.append("calls were still refused 10 s after the stalled reads were cancelled")
+            if not reset_flood.soak(server.address, tls_channel(server.address, path), seconds=5,
+                                    label="busy client over mutual TLS", in_flight_max=LIMIT - 10):
+                failures.append("the busy client's calls over mutual TLS failed")
             channel.close()
         finally:
             status = server.terminate(30)
