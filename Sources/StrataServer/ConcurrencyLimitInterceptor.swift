@@ -29,8 +29,6 @@ final class ConcurrencyLimitInterceptor: ServerInterceptor {
 
     init(_ limit: ConcurrencyLimit) { self.limit = limit }
 
-    var count: Int { inFlight.load(ordering: .relaxed) }
-
     func intercept<Input: Sendable, Output: Sendable>(
         request: StreamingServerRequest<Input>,
         context: ServerContext,

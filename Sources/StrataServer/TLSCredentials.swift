@@ -48,8 +48,10 @@ public struct TLSCredentials: Sendable, Hashable {
     func transportSecurity(for address: ListenAddress, logger: Logger) throws(StrataError)
         -> (security: HTTP2ServerTransport.Posix.TransportSecurity, reloader: TimedCertificateReloader)
     {
-        _ = try serverCertificateChain()
+        let chain = try serverCertificateChain()
         let authorities = try clientCertificateAuthorities()
+        let mutual = clientCertificateAuthoritiesPath.map { ", client certificates required from the CAs in \($0)" } ?? ""
+        logger.info("\(address): TLS with \(serverCertificatePath) (subject \(chain[0].subject), valid until \(chain[0].notValidAfter))\(mutual)")
         let failures = WarningRateLimit()
         let configuration = TimedCertificateReloader.Configuration(
             refreshInterval: reloadInterval,
