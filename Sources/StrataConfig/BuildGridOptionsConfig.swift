@@ -105,8 +105,10 @@ extension Builder {
         case "grpc.max_receive_message_length", "grpc.max_send_message_length":
             try messageLengthLimit(key, option)
         case "grpc.max_concurrent_streams":
-            _ = try option.int(minimum: 1)
-            ignore(option, because: "Strata announces 100 concurrent streams per connection; clients queue calls beyond them")
+            // What `max-concurrent-streams` on a `!channel` sets (HTTP/2's setting is 31 bits).
+            let streams = try option.int(minimum: 1)
+            guard streams <= Int(Int32.max) else { throw option.error("must be at most \(Int32.max)") }
+            serverConnectionPolicy.maxConcurrentStreams = streams
         default:
             ignore(option, because: "Strata's gRPC transport has no equivalent of this channel argument")
         }

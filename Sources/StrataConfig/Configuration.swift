@@ -21,6 +21,12 @@ public struct Configuration: Sendable {
     public var addresses: [ListenAddress]
     /// The connection options of each `!channel` that sets any (`idle-timeout`, ...).
     public var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
+    /// The `!channel`s served over TLS (`insecure-mode: false`), by address; the others are plaintext.
+    public var tls: [ListenAddress: TLSCredentials] = [:]
+    /// Where each TLS channel's `credentials` are, for `checkTLSFiles`.
+    var tlsLocations: [ListenAddress: ConfigLocation] = [:]
+    /// `maximum-concurrent-rpcs` and `limiter: {concurrent-request-limit}`.
+    public var concurrencyLimits: [ConcurrencyLimit] = []
     public var instances: [Instance]
     /// The service modules the server registers (storage services and Capabilities; later execution).
     public var modules: [any ServiceModule] = StrataServer.storageModules
@@ -183,8 +189,7 @@ struct Builder {
             try root.mapping(
                 allowed: ["server", "connections", "storages", "caches", "instances", "thread-pool-size", "cleanup",
                           "description", "server-reflection", "grpc-compression", "grpc-server-options", "metering",
-                          "schedulers", "services", "monitoring", "authorization"],
-                unsupported: ["maximum-concurrent-rpcs", "limiter"],
+                          "schedulers", "services", "monitoring", "authorization", "maximum-concurrent-rpcs", "limiter"],
                 problems: &builder.errors)
         }) else { return nil }
         if let threads = top["thread-pool-size"] {
@@ -192,18 +197,23 @@ struct Builder {
         }
         // BuildGrid's server-wide options (BuildGridOptionsConfig.swift), before the channels they apply to.
         buildServerOptions(top)
+        let concurrencyLimits = check({ builder throws(ConfigError) in try builder.concurrencyLimits(top) }) ?? []
 
         var addresses: [ListenAddress] = []
         var connectionPolicies: [ListenAddress: ConnectionPolicy] = [:]
+        var tls: [ListenAddress: TLSCredentials] = [:]
+        var tlsLocations: [ListenAddress: ConfigLocation] = [:]
         var channelsFailed = false
         if let server = top["server"] {
-            for channel in check({ builder throws(ConfigError) in try server.sequence() }) ?? [] {
-                guard let (address, policy) = check({ builder throws(ConfigError) in try builder.channel(channel) }) else {
+            for node in check({ builder throws(ConfigError) in try server.sequence() }) ?? [] {
+                guard let channel = check({ builder throws(ConfigError) in try builder.channel(node) }) else {
                     channelsFailed = true
                     continue
                 }
-                addresses.append(address)
-                connectionPolicies[address] = policy
+                addresses.append(channel.address)
+                connectionPolicies[channel.address] = channel.policy
+                tls[channel.address] = channel.tls
+                tlsLocations[channel.address] = channel.credentialsLocation
             }
             if addresses.isEmpty, !channelsFailed, case .sequence = server.node {
                 record(server.error("at least one !channel is required"))
@@ -272,7 +282,8 @@ struct Builder {
         }
         guard errors.isEmpty else { return nil }
         return Configuration(
-            addresses: addresses, connectionPolicies: connectionPolicies, instances: instances, authentication: authentication,
+            addresses: addresses, connectionPolicies: connectionPolicies, tls: tls, tlsLocations: tlsLocations,
+            concurrencyLimits: concurrencyLimits, instances: instances, authentication: authentication,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(),
             warnings: inFileOrder(warnings),
             backgroundServices: backgroundServices, cleanups: cleanups,
@@ -301,27 +312,6 @@ struct Builder {
     func requireTag(_ node: ConfigNode, _ expected: String) throws(ConfigError) {
         guard node.applicationTag == expected else {
             throw node.error("expected \(expected), found \(node.applicationTag ?? "an untagged value")")
-        }
-    }
-
-    func channel(_ node: ConfigNode) throws(ConfigError) -> (ListenAddress, ConnectionPolicy) {
-        try requireTag(node, "!channel")
-        let options = try node.mapping(
-            allowed: ["address", "insecure-mode", "idle-timeout", "preface-timeout", "max-connections"],
-            unsupported: ["credentials"])
-        guard let addressNode = options["address"] else { throw node.error("!channel needs an address, e.g. \"127.0.0.1:50051\"") }
-        if let insecure = options["insecure-mode"], try !insecure.bool() {
-            throw insecure.error("TLS is not supported by Strata yet: set insecure-mode: true and put a TLS proxy in front")
-        }
-        var policy = serverConnectionPolicy
-        if let idle = options["idle-timeout"] { policy.idleTimeout = try idle.seconds() }
-        if let preface = options["preface-timeout"] { policy.prefaceTimeout = try preface.seconds() }
-        if let limit = options["max-connections"] { policy.maxConnections = try limit.int(minimum: 1) }
-        let address = try addressNode.string()
-        do {
-            return (try ListenAddress(parsing: address), policy)
-        } catch {
-            throw addressNode.error(error.message)
         }
     }
 

@@ -7,7 +7,8 @@ import Glibc
 import Darwin
 #endif
 
-/// How long a client connection may stay silent or unfinished, and how many the server keeps at once.
+/// How long a client connection may stay silent or unfinished, how many the server keeps at once, and
+/// how many calls each carries at once.
 public struct ConnectionPolicy: Sendable, Hashable {
     /// A connection with no RPC for this long is closed gracefully (HTTP/2 GOAWAY); one from which
     /// nothing at all arrives (no frame, no window update, no ping) for twice this long is closed at once.
@@ -30,12 +31,23 @@ public struct ConnectionPolicy: Sendable, Hashable {
     public var keepaliveTimeout: Duration?
     public var clientPingsWithoutCalls: Bool?
     public var clientPingMinimumInterval: Duration?
+    /// The HTTP/2 streams (calls) a connection may have open at once, announced to the client, which
+    /// queues its calls beyond it.
+    public var maxConcurrentStreams: Int
 
-    public init(idleTimeout: Duration = .seconds(300), prefaceTimeout: Duration = .seconds(10), maxConnections: Int? = nil) {
+    public init(
+        idleTimeout: Duration = .seconds(300), prefaceTimeout: Duration = .seconds(10), maxConnections: Int? = nil,
+        maxConcurrentStreams: Int = Self.defaultMaxConcurrentStreams
+    ) {
         self.idleTimeout = idleTimeout
         self.prefaceTimeout = prefaceTimeout
         self.maxConnections = maxConnections ?? Self.defaultMaxConnections
+        self.maxConcurrentStreams = maxConcurrentStreams
     }
+
+    /// swift-nio-http2's own limit; with the 4 MiB window, what one connection's clients can send
+    /// ahead of the server stays within 400 MiB.
+    public static let defaultMaxConcurrentStreams = 100
 
     public static let `default` = ConnectionPolicy()
 

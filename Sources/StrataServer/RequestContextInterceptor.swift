@@ -1,4 +1,5 @@
 import GRPCCore
+import GRPCNIOTransportHTTP2
 import StrataAPI
 import StrataCore
 import SwiftProtobuf
@@ -17,6 +18,10 @@ struct RequestContextInterceptor: ServerInterceptor {
         let requestContext = RequestContext(
             service: context.descriptor.service.fullyQualifiedService, method: context.descriptor.method,
             peer: context.remotePeer, metadata: Self.clientMetadata(request.metadata))
+        // Only a mutual-TLS channel asks for a client certificate, and its handshake verified this one.
+        if let certificate = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?.peerCertificate {
+            requestContext.setPrincipal(Principal(source: .clientCertificate, actor: certificate.subject.description))
+        }
         var response = try await RequestContext.$current.withValue(requestContext) {
             try await next(request, context)
         }

@@ -7,6 +7,8 @@ import Synchronization
 import Glibc
 #endif
 import Logging
+import NIOCertificateReloading
+import NIOSSL
 import ServiceLifecycle
 import StrataAPI
 import StrataAuth
@@ -80,6 +82,8 @@ public final class StrataServer: Service, Sendable {
         let socket: Int?
     }
     private let listeners: [Listener]
+    /// What keeps each TLS address's certificate current, run while serving.
+    private let certificateReloaders: [TimedCertificateReloader]
     /// The open connections of each address, shared by its listeners.
     private let connections: [ConnectionRegistry]
     /// How long a graceful shutdown waits for RPCs in flight before closing their connections.
@@ -104,9 +108,6 @@ public final class StrataServer: Service, Sendable {
     /// here), and a 4 GiB write peaks at +45 MiB of server RSS instead of +63 MiB with 16 MiB.
     static let http2WindowBytes = 4 << 20
     static let http2MaxFrameBytes = 1 << 20
-    /// swift-nio-http2's own limit; with the 4 MiB window, what one connection's clients can send
-    /// ahead of the server stays within 400 MiB.
-    static let http2MaxConcurrentStreams = 100
 
     /// Binds every address now: one already in use is an error here, naming it.
     ///
@@ -114,7 +115,8 @@ public final class StrataServer: Service, Sendable {
     /// `interceptors` run on every RPC, in order, after the one that sets `RequestContext.current` and
     /// before the deadline and error-status ones next to the handlers. `policies` names each address's `ConnectionPolicy` (`ConnectionPolicy.default` for the others);
     /// `shutdownTimeout` bounds a graceful shutdown: RPCs still running then are ended by closing their
-    /// connections.
+    /// connections. `tls` names the addresses served over TLS (the others are plaintext): their files
+    /// are read here, a missing or bad one is an error naming it. `concurrencyLimits` refuse RPCs past them.
     public init(
         registry: InstanceRegistry, modules: [any ServiceModule] = StrataServer.storageModules,
         interceptors: [any ServerInterceptor] = [],
@@ -122,7 +124,8 @@ public final class StrataServer: Service, Sendable {
         logger: Logger = Logger(label: "strata"), eventLoops: Int = System.coreCount,
         policies: [ListenAddress: ConnectionPolicy] = [:], shutdownTimeout: Duration = .seconds(30),
         health: HealthStatus = HealthStatus(), accessLog: Logger? = nil, metrics: RPCMetrics? = nil,
-        authentication: Authentication? = nil
+        authentication: Authentication? = nil,
+        tls: [ListenAddress: TLSCredentials] = [:], concurrencyLimits: [ConcurrencyLimit] = []
     ) throws(StrataError) {
         self.health = health
         self.registry = registry
@@ -142,7 +145,9 @@ public final class StrataServer: Service, Sendable {
         let interceptors: [any ServerInterceptor] =
             [RequestContextInterceptor()] + (authentication.map { [AuthenticationInterceptor(authentication: $0)] } ?? [])
             + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? [])
-            + (metrics.map { [MetricsInterceptor(metrics: $0)] } ?? []) + interceptors
+            + (metrics.map { [MetricsInterceptor(metrics: $0)] } ?? [])
+            // One count per limit across every listener; refusals are logged and counted above.
+            + concurrencyLimits.map(ConcurrencyLimitInterceptor.init) + interceptors
             + [RequestDeadlineInterceptor(), ErrorStatusInterceptor()]
         var config = HTTP2ServerTransport.Posix.Config.defaults
         // Each method's request limit, answered with RESOURCE_EXHAUSTED (see RequestSizeLimits).
@@ -154,13 +159,11 @@ public final class StrataServer: Service, Sendable {
         // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64
         // frames, each parsed, flow-accounted and copied into the message separately.
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
-        // swift-nio-http2 refuses a client's 101st concurrent stream with a connection error (GOAWAY
-        // PROTOCOL_ERROR, failing every call on the connection) unless the server announces its limit,
-        // which grpc-swift does only when set: announced, clients queue their calls beyond it instead.
-        config.http2.maxConcurrentStreams = Self.http2MaxConcurrentStreams
 
         var listeners: [Listener] = []
         var connections: [ConnectionRegistry] = []
+        var certificateReloaders: [TimedCertificateReloader] = []
+        // One count per limit across every listener.
         /// `config` for one address: its connections go through a `ConnectionGuard` of its registry.
         func addressConfig(for address: ListenAddress) -> HTTP2ServerTransport.Posix.Config {
             var policy = policies[address] ?? .default
@@ -174,13 +177,22 @@ public final class StrataServer: Service, Sendable {
             let registry = ConnectionRegistry(policy: policy)
             connections.append(registry)
             var config = config
+            // swift-nio-http2 refuses a client's 101st concurrent stream with a connection error (GOAWAY
+            // PROTOCOL_ERROR, failing every call on the connection) unless the server announces its limit,
+            // which grpc-swift does only when set: announced, clients queue their calls beyond it instead.
+            config.http2.maxConcurrentStreams = policy.maxConcurrentStreams
             // Graceful (GOAWAY) for a client with no RPC; `ConnectionGuard` closes silent ones outright.
             config.connection.maxIdleTime = policy.idleTimeout
             policy.apply(to: &config.connection)
             config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        [ConnectionGuard(registry: registry), FinishedStreamResetFilter()], position: .first)
+                    let pipeline = channel.pipeline.syncOperations
+                    // The reset filter reads HTTP/2 frames: on a TLS connection, after the handler that
+                    // decrypts them (before it, it would parse ciphertext as frames).
+                    let tls = try? pipeline.handler(type: NIOSSLServerHandler.self)
+                    try pipeline.addHandler(FinishedStreamResetFilter(), position: tls.map { .after($0) } ?? .first)
+                    // The guard counts bytes and silence, which TLS does not change: first, as always.
+                    try pipeline.addHandler(ConnectionGuard(registry: registry), position: .first)
                 }
             }
             return config
@@ -199,18 +211,24 @@ public final class StrataServer: Service, Sendable {
         do throws(StrataError) {
             for address in addresses {
                 let config = addressConfig(for: address)
+                var security = HTTP2ServerTransport.Posix.TransportSecurity.plaintext
+                if let credentials = tls[address] {
+                    let secured = try credentials.transportSecurity(for: address, logger: logger)
+                    security = secured.security
+                    certificateReloaders.append(secured.reloader)
+                }
                 if case .tcp(let host, let port) = address.kind, let ip = Self.ipAddress(host) {
                     let sockets = try ReusePortSockets.make(host: ip, port: port, count: max(1, eventLoops))
                     for (index, socket) in sockets.enumerated() {
                         listener(address, index: index, socket: socket) { loop in
                             HTTP2ServerTransport.Posix(
-                                listeningSocketDescriptor: socket, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
+                                listeningSocketDescriptor: socket, transportSecurity: security, config: config, eventLoopGroup: loop)
                         }
                     }
                 } else {
                     listener(address) { loop in
                         HTTP2ServerTransport.Posix(
-                            address: address.socketAddress, transportSecurity: .plaintext, config: config, eventLoopGroup: loop)
+                            address: address.socketAddress, transportSecurity: security, config: config, eventLoopGroup: loop)
                     }
                 }
             }
@@ -220,6 +238,7 @@ public final class StrataServer: Service, Sendable {
         }
         self.listeners = listeners
         self.connections = connections
+        self.certificateReloaders = certificateReloaders
     }
 
     deinit {
@@ -263,6 +282,10 @@ public final class StrataServer: Service, Sendable {
                 housekeeping.addTask { [self] in await enforceShutdownDeadline() }
                 housekeeping.addTask { [health] in await health.monitor() }
                 housekeeping.addTask { [logger] in await Self.returnFreedMemory(every: Self.memoryReturnPeriod, logger: logger) }
+                for reloader in certificateReloaders {
+                    // Ends only when cancelled; a failed read is logged by the reloader's callback.
+                    housekeeping.addTask { try? await reloader.run() }
+                }
                 try await withThrowingTaskGroup(of: Void.self) { serving in
                     for listener in listeners {
                         serving.addTask {

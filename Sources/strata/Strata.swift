@@ -94,11 +94,14 @@ struct Serve: AsyncParsableCommand {
                 configuration = try Configuration.parse(yaml: embeddedDefaultConfiguration, file: "<embedded default>")
             }
             if !addresses.isEmpty {
-                // The addresses replace the channels' ones; the first !channel's connection options stay.
+                // The addresses replace the channels' ones; the first !channel's connection options and TLS stay.
                 let policy = configuration.addresses.first.flatMap { configuration.connectionPolicies[$0] }
+                let tls = configuration.addresses.first.flatMap { configuration.tls[$0] }
                 configuration.addresses = try addresses.map { try ListenAddress(parsing: $0) }
                 configuration.connectionPolicies = Dictionary(
                     configuration.addresses.map { ($0, policy ?? .default) }, uniquingKeysWith: { first, _ in first })
+                configuration.tls = Dictionary(
+                    configuration.addresses.compactMap { address in tls.map { (address, $0) } }, uniquingKeysWith: { first, _ in first })
             }
         } catch {
             printConfigurationProblems(error, prefix: "strata: ")
@@ -124,7 +127,8 @@ struct Serve: AsyncParsableCommand {
                 health: HealthStatus(readiness: configuration.readiness),
                 accessLog: accessLog ? Logger(label: "strata.access") : nil,
                 metrics: configuration.monitoring?.rpcMetrics,
-                authentication: configuration.authentication)
+                authentication: configuration.authentication,
+                tls: configuration.tls, concurrencyLimits: configuration.concurrencyLimits)
         } catch {
             logger.critical("\(describeError(error))")
             throw ExitCode(1)
@@ -236,11 +240,17 @@ struct ConfigCommand: AsyncParsableCommand {
             do {
                 let configuration = try Configuration.load(file: config)
                 for warning in configuration.warnings { print("warning: \(warning)") }
+                // `serve` reads the certificate files when it starts; say now whether it could.
+                let tlsProblems = configuration.checkTLSFiles()
+                for problem in tlsProblems { FileHandle.standardError.write(Data("\(problem)\n".utf8)) }
+                guard tlsProblems.isEmpty else { throw ExitCode(1) }
                 let names = configuration.instances.map { "\"\($0.name)\"" }.joined(separator: ", ")
                 print("\(config): OK: listening on \(configuration.addresses.map(\.description).joined(separator: ", ")); instances \(names)")
                 for cleanup in configuration.cleanups {
                     print("cleanup of instance \"\(cleanup.instanceName)\": \(cleanup.indexSummary)")
                 }
+            } catch let exit as ExitCode {
+                throw exit
             } catch {
                 printConfigurationProblems(error)
                 throw ExitCode(1)

@@ -49,7 +49,6 @@ import Testing
             (13, "grpc-compression", "uncompressed"),
             (25, "grpc-server-options.grpc.max_receive_message_length", "requests are at most 5242880 bytes"),
             (26, "grpc-server-options.grpc.max_send_message_length", "responses are at most 5242880 bytes"),
-            (27, "grpc-server-options.grpc.max_concurrent_streams", "100 concurrent streams"),
             (28, "grpc-server-options.grpc.enable_retries", "no equivalent"),
             (43, "metering", "throttles remote execution"),
             (35, "connections[0].pool-recycle", "closes one idle for 60 s"),
@@ -74,6 +73,7 @@ import Testing
         #expect(policy.idleTimeout == .seconds(600))
         #expect(policy.keepaliveTime == .seconds(60) && policy.keepaliveTimeout == .seconds(10))
         #expect(policy.clientPingsWithoutCalls == true && policy.clientPingMinimumInterval == .seconds(30))
+        #expect(policy.maxConcurrentStreams == 200)
         // A larger message limit than Strata needs keeps its batch limit.
         #expect(configuration.maxBatchTotalSizeBytes == 4 << 20)
         #expect(configuration.instances.map(\.name) == ["main"])
@@ -187,7 +187,7 @@ import Testing
     }
 
     @Test func everyUnknownTopLevelKeyIsReported() {
-        let found = problems(minimal + "limiter: {concurrent-request-limit: 10}\nsentry: {}\nsevrer: []\n")
+        let found = problems(minimal + "rate-limiter: {concurrent-request-limit: 10}\nsentry: {}\nsevrer: []\n")
         #expect(found.map(\.line) == [4, 5, 6], "\(found)")
         #expect(found.last?.description.contains("(did you mean \"server\"?)") == true, "\(found)")
     }

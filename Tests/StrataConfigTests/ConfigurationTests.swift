@@ -110,7 +110,7 @@ import Testing
                 address: "127.0.0.1:50051"
                 insecure-mode: false
             instances: [{name: "", services: []}]
-            """, line: 4, "TLS is not supported")
+            """, line: 4, "insecure-mode: false needs credentials")
         expectError("""
             server:
               - !channel

@@ -90,6 +90,39 @@ private final class RawConnection: @unchecked Sendable {  // `fd` never changes;
         }
     }
 
+    /// The parameters of the server's first frame, its SETTINGS (RFC 9113 §6.5), or nil if none came
+    /// within `seconds`. Blocks a thread of its own, as `closedByServer`.
+    func serverSettings(within seconds: Double) async -> [UInt16: UInt32]? {
+        await withCheckedContinuation { continuation in
+            Thread {
+                let end = Date().addingTimeInterval(seconds)
+                var received: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while Date() < end {
+                    if received.count >= 9 {
+                        let length = Int(received[0]) << 16 | Int(received[1]) << 8 | Int(received[2])
+                        guard received[3] == 4 else { break }
+                        if received.count >= 9 + length {
+                            var settings: [UInt16: UInt32] = [:]
+                            for offset in stride(from: 9, to: 9 + length, by: 6) {
+                                let identifier = UInt16(received[offset]) << 8 | UInt16(received[offset + 1])
+                                settings[identifier] = received[(offset + 2)..<(offset + 6)].reduce(0) { $0 << 8 | UInt32($1) }
+                            }
+                            continuation.resume(returning: settings)
+                            return
+                        }
+                    }
+                    var pollfd = pollfd(fd: self.fd, events: Int16(POLLIN), revents: 0)
+                    guard poll(&pollfd, 1, 200) > 0 else { continue }
+                    let count = recv(self.fd, &buffer, buffer.count, 0)
+                    guard count > 0 else { break }
+                    received += buffer[0..<count]
+                }
+                continuation.resume(returning: nil)
+            }.start()
+        }
+    }
+
     private func waitForClose(within seconds: Double) -> Bool {
         let end = Date().addingTimeInterval(seconds)
         var buffer = [UInt8](repeating: 0, count: 4096)
@@ -183,6 +216,19 @@ private func withPolicyServer(
                     #expect(answered, "round \(round) after an idle close")
                     try await Task.sleep(for: .seconds(1))
                 }
+            }
+        }
+    }
+
+    /// `maxConcurrentStreams` (`max-concurrent-streams`) is what the server announces in its SETTINGS
+    /// as SETTINGS_MAX_CONCURRENT_STREAMS (0x3), so clients queue their calls beyond it.
+    @Test func maxConcurrentStreamsIsAnnounced() async throws {
+        for streams in [7, ConnectionPolicy.defaultMaxConcurrentStreams] {
+            try await withPolicyServer(ConnectionPolicy(maxConcurrentStreams: streams)) { port, _ in
+                let connection = try RawConnection(port: port)
+                connection.sendPreface()
+                let settings = await connection.serverSettings(within: 20)
+                #expect(settings?[0x3] == UInt32(streams), "\(settings.map { "\($0)" } ?? "no SETTINGS")")
             }
         }
     }

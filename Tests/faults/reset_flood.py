@@ -29,8 +29,9 @@ import strata_process as sp  # noqa: E402
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "20"))
 
 
-def soak(address):
-    channel = sp.channel(address)
+def soak(address, channel=None, seconds=SOAK_SECONDS, label="honest C-core client", in_flight_max=150):
+    """The busy honest client of part 1, on `channel` (by default a plaintext one to `address`)."""
+    channel = channel or sp.channel(address)
     write = sp.byte_stream_write(channel)
     rng = random.Random(12)
     stored = [rng.randbytes(3_000_000) for _ in range(8)]
@@ -39,9 +40,9 @@ def soak(address):
     ok = failed = 0
     failures = {}
     in_flight = []
-    end = time.monotonic() + SOAK_SECONDS
+    end = time.monotonic() + seconds
     while time.monotonic() < end or in_flight:
-        while time.monotonic() < end and len(in_flight) < 150:
+        while time.monotonic() < end and len(in_flight) < in_flight_max:
             data = rng.choice(stored) if rng.random() < 0.5 else rng.randbytes(rng.choice([100, 5000, 60000]))
             in_flight.append((len(data), write.future(sp.write_requests(data), timeout=60)))
         size, future = in_flight.pop(0)
@@ -56,7 +57,7 @@ def soak(address):
             key = f"{error.code()}: {error.details()}"
             failures[key] = failures.get(key, 0) + 1
     channel.close()
-    print(f"reset_flood: honest C-core client: {ok} writes acknowledged, {failed} failed in {SOAK_SECONDS:.0f} s")
+    print(f"reset_flood: {label}: {ok} writes acknowledged, {failed} failed in {seconds:.0f} s")
     if failed:
         for key, count in failures.items():
             print(f"  {count} x {key}")
