@@ -17,6 +17,19 @@ public final class JWTAuthenticator: Sendable {
     public let keySet: JWKSKeySet?
     public static let minimumHS256SecretBytes = 32
 
+    /// Tokens verified recently, with what they proved: a client sends the same token with every call,
+    /// and verifying it (base64, JSON, the signature) costs about as much as a small RPC. A cached
+    /// token is still checked against its time claims on each use, and verified afresh once its entry
+    /// is `verifiedTokenLifetime` old, so a key withdrawn from a JWKS stops working within that time.
+    private let verifiedTokens = Mutex(LRUDictionary<String, VerifiedToken>(capacity: JWTAuthenticator.verifiedTokenCapacity))
+    static let verifiedTokenCapacity: Int64 = 4096
+    static let verifiedTokenLifetime: Duration = .seconds(60)
+
+    private struct VerifiedToken: Sendable {
+        let claims: Claims
+        let verifiedAt: ContinuousClock.Instant
+    }
+
     private enum SecretKey: Sendable {
         case hmac(HMACKey)
         case rsa(Insecure.RSA.PublicKey)
@@ -53,13 +66,20 @@ public final class JWTAuthenticator: Sendable {
 
     /// The principal of a valid token; UNAUTHENTICATED saying what is wrong with any other.
     public func principal(token: String) async throws(StrataError) -> Principal {
+        let now = ContinuousClock.now
+        let cached = verifiedTokens.withLock { tokens in
+            tokens.get(token).flatMap { now - $0.verifiedAt < Self.verifiedTokenLifetime ? $0.claims : nil }
+        }
+        if let cached { return try check(cached) }
         let header = try Self.header(of: token)
         guard header.alg == settings.algorithm.headerName else {
             throw .unauthenticated(
                 "token signed with \(header.alg.map { "\"\(StrataError.echo($0))\"" } ?? "no alg"); this server accepts \(settings.algorithm.headerName) only")
         }
         let claims = try await verifiedClaims(token, kid: header.kid)
-        return try check(claims)
+        let principal = try check(claims)
+        verifiedTokens.withLock { _ = $0.insert(token, VerifiedToken(claims: claims, verifiedAt: now), cost: 1) }
+        return principal
     }
 
     private func verifiedClaims(_ token: String, kid: String?) async throws(StrataError) -> Claims {

@@ -49,6 +49,8 @@ public struct BenchmarkOptions: Sendable, Codable {
     public var serverPID: Int32?
     /// Stop after this many operations (for very large blobs), even before `duration`.
     public var maxOperations: Int?
+    /// Headers sent with every call (`authorization: Bearer …` for a server that asks for a token).
+    public var headers: [String: String] = [:]
 
     public init() {}
 
@@ -113,7 +115,7 @@ public enum Benchmark {
     private static func measure(
         _ options: BenchmarkOptions, transport: HTTP2ClientTransport.Posix
     ) async throws -> BenchmarkResult {
-        try await withGRPCClient(transport: transport) { client in
+        try await withGRPCClient(transport: transport, interceptors: [HeaderInterceptor(headers: options.headers)]) { client in
             let clients = Clients(
                 grpc: client, cas: CASClient(wrapping: client), byteStream: ByteStreamClient(wrapping: client),
                 actionCache: ActionCacheClient(wrapping: client), capabilities: CapabilitiesClient(wrapping: client),
@@ -160,3 +162,18 @@ public enum Benchmark {
     }
 }
 
+
+/// Adds the benchmark's fixed headers to every call.
+struct HeaderInterceptor: ClientInterceptor {
+    let headers: [String: String]
+
+    func intercept<Input: Sendable, Output: Sendable>(
+        request: StreamingClientRequest<Input>,
+        context: ClientContext,
+        next: (StreamingClientRequest<Input>, ClientContext) async throws -> StreamingClientResponse<Output>
+    ) async throws -> StreamingClientResponse<Output> {
+        var request = request
+        for (key, value) in headers { request.metadata.addString(value, forKey: key) }
+        return try await next(request, context)
+    }
+}

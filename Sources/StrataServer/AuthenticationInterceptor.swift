@@ -1,8 +1,6 @@
 import GRPCCore
-import GRPCNIOTransportHTTP2
 import StrataAuth
 import StrataCore
-import X509
 
 /// Establishes who sent the request, by `authorization:`'s method, and records it in
 /// `RequestContext.current`: the principal, or why its credentials were refused. It rejects nothing:
@@ -29,16 +27,11 @@ struct AuthenticationInterceptor: ServerInterceptor {
 
     static func credentials(_ metadata: Metadata, context: ServerContext) -> RequestCredentials {
         func first(_ key: String) -> String? { metadata[stringValues: key].first(where: { _ in true }) }
-        let certificate = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?.peerCertificate
+        // RequestContextInterceptor has read the verified client certificate of a mutual-TLS connection.
+        let principal = RequestContext.current?.principal
         return RequestCredentials(
             authorization: first("authorization"), actorHeader: first("x-request-actor"),
             subjectHeader: first("x-request-subject"), workflowHeader: first("x-request-workflow"),
-            clientCertificateSubject: certificate.map { subject(of: $0) })
-    }
-
-    /// The certificate's subject as an RFC 4514 string (most specific attribute first), e.g.
-    /// `CN=builder-7,O=Example`: what the ACL's `actor` patterns match.
-    static func subject(of certificate: Certificate) -> String {
-        String(describing: certificate.subject)
+            clientCertificateSubject: principal?.source == .clientCertificate ? principal?.actor : nil)
     }
 }

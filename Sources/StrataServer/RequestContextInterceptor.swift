@@ -3,6 +3,7 @@ import GRPCNIOTransportHTTP2
 import StrataAPI
 import StrataCore
 import SwiftProtobuf
+import X509
 
 /// Sets `RequestContext.current` for the whole RPC: the handler and the producer of its streamed
 /// response (which runs after the handler returns). The first interceptor, so every one after it
@@ -20,7 +21,7 @@ struct RequestContextInterceptor: ServerInterceptor {
             peer: context.remotePeer, metadata: Self.clientMetadata(request.metadata))
         // Only a mutual-TLS channel asks for a client certificate, and its handshake verified this one.
         if let certificate = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?.peerCertificate {
-            requestContext.setPrincipal(Principal(source: .clientCertificate, actor: certificate.subject.description))
+            requestContext.setPrincipal(Principal(source: .clientCertificate, actor: Self.subject(of: certificate)))
         }
         var response = try await RequestContext.$current.withValue(requestContext) {
             try await next(request, context)
@@ -33,6 +34,12 @@ struct RequestContextInterceptor: ServerInterceptor {
             response.accepted = .success(contents)
         }
         return response
+    }
+
+    /// The certificate's subject as an RFC 4514 string (most specific attribute first), e.g.
+    /// `CN=builder-7,O=Example`: the actor an ACL's patterns match.
+    static func subject(of certificate: Certificate) -> String {
+        String(describing: certificate.subject)
     }
 
     /// The client's RequestMetadata header, decoded; empty when absent or not a RequestMetadata (a

@@ -20,6 +20,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Stop after this many operations.") var maxOperations: Int?
     @Option(help: "The server's pid: report its CPU time and peak RSS from /proc.") var serverPid: Int32?
     @Flag(help: "Print JSON instead of a table line.") var json = false
+    @Option(help: "A header sent with every call, NAME=VALUE (e.g. authorization=Bearer TOKEN); repeatable.")
+    var header: [String] = []
 
     func run() async throws {
         var options = BenchmarkOptions()
@@ -37,6 +39,12 @@ struct Bench: AsyncParsableCommand {
         options.blobSize = size
         options.maxOperations = maxOperations
         options.serverPID = serverPid
+        for field in header {
+            guard let equals = field.firstIndex(of: "="), equals != field.startIndex else {
+                throw ValidationError("--header \(field) is not NAME=VALUE")
+            }
+            options.headers[field[..<equals].lowercased()] = String(field[field.index(after: equals)...])
+        }
         let result = try await Benchmark.run(options)
         if json {
             let encoder = JSONEncoder()

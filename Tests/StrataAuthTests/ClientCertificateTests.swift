@@ -24,7 +24,7 @@ import X509
             OrganizationName("Example")
             CommonName("builder-7")
         }
-        let text = AuthenticationInterceptor.subject(of: try certificate(subject: subject))
+        let text = RequestContextInterceptor.subject(of: try certificate(subject: subject))
         #expect(text == "CN=builder-7,O=Example")
 
         let acl = AccessControlList(rules: ["": .entries([.init(actor: try .init("CN=builder-[0-9]+,O=Example"), requests: ["Read"])])])

@@ -37,6 +37,20 @@ import Testing
         #expect(bob.actor == "bob")
     }
 
+    /// A token verified once is served from the cache of verified tokens, which still applies its time
+    /// claims: it is refused once it expires, with the same message as an uncached one.
+    @Test func aCachedTokenStillExpires() async throws {
+        let auth = try hs256(audiences: ["strata"])
+        let token = try await TokenMaker.hs256(TestClaims(exp: ExpirationClaim(value: Date().addingTimeInterval(2)), aud: ["strata"]))
+        for _ in 0..<3 { _ = try await auth.authenticate(RequestCredentials(authorization: "Bearer \(token)")).get() }
+        // The same claims under another signature are another token: verified, and refused.
+        let parts = token.split(separator: ".")
+        let forged = "\(parts[0]).\(parts[1]).\(String(parts[2].reversed()))"
+        #expect(try await refusal(auth, "Bearer \(forged)").contains("signature") )
+        try await Task.sleep(for: .milliseconds(2600))
+        #expect(try await refusal(auth, "Bearer \(token)").contains("expired"))
+    }
+
     @Test func eachRefusalSaysWhich() async throws {
         let auth = try hs256(audiences: ["strata"])
         #expect(try await refusal(auth, nil).contains("no token"))

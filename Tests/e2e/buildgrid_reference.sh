@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # BuildGrid's own reference configuration, as the buildgrid==0.9.1 wheel packages it, through
 # `strata config check`: every problem of the file is reported (one line each, FILE:LINE: PATH: WHAT,
-# then the count), nothing crashes, and the execution and scheduler parts are among the refusals,
-# each named. The script lists every refusal it sees; the other sections BuildGrid's file sets
-# (authorization, monitoring, TLS credentials, maximum-concurrent-rpcs) are refused until Strata has
-# them, and are listed rather than asserted for now.
+# then the count), nothing crashes, and the only refusals are the execution and scheduler parts,
+# each named, and its `authorization:` giving both `secret` and `jwks-url`, which BuildGrid 0.9.1
+# refuses too ("Exactly one of `secret` or `jwks_url` must be set"). Any other refusal fails.
 # Then Tests/e2e/buildgrid-options.yml, every BuildGrid option Strata accepts without an equivalent,
 # must pass with its warnings.
 #
@@ -57,8 +56,8 @@ echo "buildgrid_reference: $count refusals of BuildGrid's reference.yml:"
 while IFS= read -r line; do
   case "$line" in
     *"!sql-scheduler"*|*"!execution"*|*"!quota-service"*) kind="execution/scheduler (expected)" ;;
-    *authorization*|*monitoring*|*credentials*|*maximum-concurrent-rpcs*) kind="not built yet (other work)" ;;
-    *) kind="UNEXPECTED" ;;
+    *"authorization: give either secret or jwks-url, not both"*) kind="refused by BuildGrid too (expected)" ;;
+    *) kind="UNEXPECTED"; fail=1 ;;
   esac
   echo "  [$kind] ${line#"$reference":}"
 done <<<"$problems"
