@@ -19,7 +19,8 @@
 # On success the last line is: bgd e2e: OK
 #
 # Environment (optional): STRATA (the strata binary, default .build/debug/strata), BGD (default:
-# pyenv 3.13.0's bgd).
+# pyenv 3.13.0's bgd); TLS_CA (a CA file: the server speaks TLS, both clients trust that CA) and
+# TOKEN_FILE (a bearer token both clients send: bgd's --auth-token, strata's --token-file).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 address=${1:?usage: Tests/e2e/bgd_client.sh HOST:PORT}
@@ -29,6 +30,15 @@ bgd=${BGD:-$(dirname "$python")/bgd}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail() { echo "bgd e2e: FAIL: $*"; exit 1; }
+# How both clients reach the server: plaintext, or TLS trusting TLS_CA; with TOKEN_FILE's token.
+bgd_scheme=http strata_scheme=grpc bgd_options=() strata_options=()
+if [ -n "${TLS_CA:-}" ]; then
+  bgd_scheme=https strata_scheme=grpcs
+  bgd_options+=(--server-cert "$TLS_CA"); strata_options+=(--tls-ca "$TLS_CA")
+fi
+if [ -n "${TOKEN_FILE:-}" ]; then
+  bgd_options+=(--auth-token "$TOKEN_FILE"); strata_options+=(--token-file "$TOKEN_FILE")
+fi
 # Each command bounded in time: a hung client fails the test rather than the run.
 run() { timeout 120 "$@"; }
 
@@ -54,22 +64,22 @@ same_tree() {
 }
 
 # --- 2. strata cas (first, so that it uploads every blob) -------------------------------------
-strata_root=$(run "$strata" cas upload --remote "grpc://$address" "$tree" 2>"$work/strata-upload.log") \
+strata_root=$(run "$strata" cas upload --remote "$strata_scheme://$address" "${strata_options[@]}" "$tree" 2>"$work/strata-upload.log") \
   || { cat "$work/strata-upload.log"; fail "strata cas upload"; }
 grep -q "^$tree: [1-9][0-9]* blobs uploaded" "$work/strata-upload.log" || { cat "$work/strata-upload.log"; fail "strata cas upload sent nothing"; }
-run "$strata" cas download --remote "grpc://$address" "$strata_root" "$work/strata-copy" 2>"$work/strata-download.log" \
+run "$strata" cas download --remote "$strata_scheme://$address" "${strata_options[@]}" "$strata_root" "$work/strata-copy" 2>"$work/strata-download.log" \
   || { cat "$work/strata-download.log"; fail "strata cas download"; }
 same_tree "$tree" "$work/strata-copy"
 large_digest="$(sha256sum "$tree/src/large.bin" | cut -d' ' -f1)/$((20 << 20))"
-run "$strata" cas download --remote "grpc://$address" "$large_digest" "$work/large.bin" 2>/dev/null || fail "strata cas download of a file"
+run "$strata" cas download --remote "$strata_scheme://$address" "${strata_options[@]}" "$large_digest" "$work/large.bin" 2>/dev/null || fail "strata cas download of a file"
 cmp -s "$tree/src/large.bin" "$work/large.bin" || fail "the downloaded 20 MiB file differs"
 unknown="$(printf 'not uploaded' | sha256sum | cut -d' ' -f1)/12"
-missing=$(run "$strata" cas missing --remote "grpc://$address" "$strata_root" "$large_digest" "$unknown")
+missing=$(run "$strata" cas missing --remote "$strata_scheme://$address" "${strata_options[@]}" "$strata_root" "$large_digest" "$unknown")
 [ "$missing" = "$unknown" ] || fail "strata cas missing printed '$missing', expected only $unknown"
 echo "bgd e2e: strata cas upload/download round trip identical ($strata_root); cas missing right"
 
 # --- 2. bgd round trip -------------------------------------------------------------------------
-bgd_cas=("$bgd" cas --remote "http://$address")
+bgd_cas=("$bgd" cas --remote "$bgd_scheme://$address" "${bgd_options[@]}")
 run "${bgd_cas[@]}" upload-dir "$tree" > "$work/bgd-upload.log" 2>&1 || { cat "$work/bgd-upload.log"; fail "bgd cas upload-dir"; }
 grep -q '^Error' "$work/bgd-upload.log" && { cat "$work/bgd-upload.log"; fail "bgd cas upload-dir reported an error"; }
 # The root is the last directory pushed: the tree itself.
@@ -93,10 +103,10 @@ PY
 action="$(printf 'action %s' "$RANDOM$RANDOM" | sha256sum | cut -d' ' -f1)/20"
 result_digest="$(sha256sum "$work/result.bin" | cut -d' ' -f1)/$(stat -c %s "$work/result.bin")"
 run "${bgd_cas[@]}" upload-file "$work/result.bin" > "$work/bgd-upload-file.log" 2>&1 || { cat "$work/bgd-upload-file.log"; fail "bgd cas upload-file"; }
-bgd_ac=("$bgd" actioncache --remote "http://$address")
+bgd_ac=("$bgd" actioncache --remote "$bgd_scheme://$address" "${bgd_options[@]}")
 run "${bgd_ac[@]}" update "$action" "$result_digest" > "$work/bgd-update.log" 2>&1 || { cat "$work/bgd-update.log"; fail "bgd actioncache update"; }
 run "${bgd_ac[@]}" get --json "$action" > "$work/bgd-get.json" 2>&1 || { cat "$work/bgd-get.json"; fail "bgd actioncache get"; }
-run "$strata" ac get --remote "grpc://$address" "$action" > "$work/strata-get.json" || fail "strata ac get"
+run "$strata" ac get --remote "$strata_scheme://$address" "${strata_options[@]}" "$action" > "$work/strata-get.json" || fail "strata ac get"
 # The same ActionResult, whatever each tool's JSON spelling: compared as messages.
 compare_results() {
   "$python" - "$@" <<'PY'
@@ -119,15 +129,15 @@ compare_results "$work/bgd-get.json" "$work/strata-get.json" "$work/result.bin" 
 # strata ac put (JSON), read back by bgd.
 action2="$(printf 'action %s' "$RANDOM$RANDOM-2" | sha256sum | cut -d' ' -f1)/21"
 printf '{"exitCode": 3, "stderrRaw": "%s"}\n' "$(printf 'put by strata' | base64)" > "$work/put.json"
-run "$strata" ac put --remote "grpc://$address" "$action2" "$work/put.json" || fail "strata ac put"
+run "$strata" ac put --remote "$strata_scheme://$address" "${strata_options[@]}" "$action2" "$work/put.json" || fail "strata ac put"
 run "${bgd_ac[@]}" get --json "$action2" > "$work/bgd-get2.json" 2>&1 || { cat "$work/bgd-get2.json"; fail "bgd actioncache get of strata's result"; }
 compare_results "$work/bgd-get2.json" "$work/put.json" || fail "bgd read another result than strata put"
 echo "bgd e2e: bgd actioncache update/get and strata ac get/put agree"
 
 # --- 5. capabilities ---------------------------------------------------------------------------
-run "$bgd" capabilities --remote "http://$address" > "$work/bgd-capabilities.log" 2>&1 || { cat "$work/bgd-capabilities.log"; fail "bgd capabilities"; }
+run "$bgd" capabilities --remote "$bgd_scheme://$address" "${bgd_options[@]}" > "$work/bgd-capabilities.log" 2>&1 || { cat "$work/bgd-capabilities.log"; fail "bgd capabilities"; }
 grep -qi "max_batch_total_size_bytes\|maxBatchTotalSizeBytes" "$work/bgd-capabilities.log" || { cat "$work/bgd-capabilities.log"; fail "bgd capabilities shows no cache capabilities"; }
-run "$strata" capabilities --remote "grpc://$address" > "$work/strata-capabilities.json" || fail "strata capabilities"
+run "$strata" capabilities --remote "$strata_scheme://$address" "${strata_options[@]}" > "$work/strata-capabilities.json" || fail "strata capabilities"
 "$python" -c 'import json,sys; c=json.load(open(sys.argv[1])); assert int(c["cacheCapabilities"]["maxBatchTotalSizeBytes"]) > 0' \
   "$work/strata-capabilities.json" || fail "strata capabilities: $(cat "$work/strata-capabilities.json")"
 echo "bgd e2e: bgd capabilities and strata capabilities answer"
