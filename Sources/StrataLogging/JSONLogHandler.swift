@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 
-/// How the commands write their log lines: `text` (swift-log's `LEVEL label: message key=value`) or
+/// How the commands write their log lines: `text` (swift-log's stream layout, `TIME LEVEL label : key=value [Module] message`) or
 /// `json` (one JSON object per line, for log collectors).
 public enum LogFormat: String, Sendable, CaseIterable {
     case text
@@ -21,18 +21,7 @@ public struct JSONLogHandler: LogHandler {
 
     /// Writes to standard error, one `write(2)` per line so lines of concurrent tasks do not mix.
     public static func standardError(label: String) -> JSONLogHandler {
-        JSONLogHandler(label: label) { line in
-            var bytes = Array(line.utf8)
-            bytes.append(UInt8(ascii: "\n"))
-            bytes.withUnsafeBytes { buffer in
-                var offset = 0
-                while offset < buffer.count {
-                    let written = Foundation.write(2, buffer.baseAddress! + offset, buffer.count - offset)
-                    if written <= 0 { break }
-                    offset += written
-                }
-            }
-        }
+        JSONLogHandler(label: label) { line in writeToStandardError(line + "\n") }
     }
 
     /// `write` receives each line, without its newline.
@@ -113,7 +102,7 @@ public func bootstrapLogging(level: Logger.Level, format: LogFormat) {
     LoggingSystem.bootstrap { label in
         switch format {
         case .text:
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = TextLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         case .json:

@@ -3,7 +3,7 @@ import GRPCCore
 import Logging
 import StrataAPI
 import StrataCore
-import StrataLogging
+@testable import StrataLogging
 import StrataServer
 import StrataStorage
 import StrataTestSupport
@@ -221,5 +221,33 @@ func preparedDiskStore() async throws -> (store: DiskBlobStore, folder: URL) {
         #expect(object["list"] as? [String] == ["a", "b"])
         let time = try #require(object["time"] as? String)
         #expect(time.count == "2026-12-05T14:27:29.123Z".count && time.hasSuffix("Z"), "\(time)")
+    }
+}
+
+@Suite struct TextLogHandlerTests {
+    /// swift-log's stream layout: time, level, label, the metadata sorted as key=value (the call's over
+    /// the logger's), the source module, the message; one line per entry, ending in its newline.
+    @Test func writesSwiftLogsStreamLayout() throws {
+        let lines = Mutex<[String]>([])
+        var logger = Logger(label: "strata.access") { label in
+            TextLogHandler(label: label) { line in lines.withLock { $0.append(line) } }
+        }
+        logger.logLevel = .info
+        logger[metadataKey: "status"] = "UNSET"
+        logger.info("FindMissingBlobs OK", metadata: ["status": "OK", "instance": "main", "bytes_sent": "42"])
+        logger.debug("below the level")
+        logger.warning("plain")
+        let written = lines.withLock { $0 }
+        try #require(written.count == 2)
+        let first = written[0]
+        #expect(first.hasSuffix(" info strata.access : bytes_sent=42 instance=main status=OK [StrataServerTests] FindMissingBlobs OK\n"), "\(first)")
+        // 2026-12-05T15:40:00+0000: the local time and its offset, as swift-log's stream handler writes it.
+        let time = String(first.prefix { $0 != " " })
+        #expect(time.count == "2026-12-05T15:40:00+0000".count && time.dropFirst(10).first == "T", "\(time)")
+        #expect(written[1].hasSuffix(" warning strata.access : status=UNSET [StrataServerTests] plain\n"), "\(written[1])")
+        // The second's text is reused, never stale: a later second is formatted anew.
+        let now = time_t(Date().timeIntervalSince1970)
+        #expect(TextLogHandler.timestamp(now) == TextLogHandler.timestamp(now))
+        #expect(TextLogHandler.timestamp(now) != TextLogHandler.timestamp(now + 1))
     }
 }
