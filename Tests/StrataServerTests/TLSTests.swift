@@ -67,7 +67,7 @@ private func findMissingStatus(port: Int, _ security: HTTP2ClientTransport.Posix
 }
 
 /// A client trusting the CA `authority` only, presenting `certificate` (`NAME.pem`/`NAME.key`) if given.
-private func clientSecurity(
+func clientSecurity(
     _ certificates: TestCertificates, trusting authority: String, presenting certificate: String? = nil
 ) -> HTTP2ClientTransport.Posix.TransportSecurity {
     .tls { tls in

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""grpc.health.v1 of `strata serve`, asked by grpcio-health-checking (PyPI), with Redis stopped and
-restarted under a Redis-backed configuration, and a Watch across a SIGTERM drain.
+"""grpc.health.v1 of `strata serve`, asked by grpcio-health-checking (PyPI), and the monitoring
+endpoint's /readyz and /healthz, with Redis stopped and restarted under a Redis-backed configuration,
+and a Watch across a SIGTERM drain.
 
     STRATA_BINARY=.build/debug/strata python3 Tests/e2e/health.py
 
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -74,9 +77,40 @@ def check(stub, service):
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
+def http_get(port, path):
+    """(status, body) of GET http://127.0.0.1:PORT/PATH; a 503 is an answer, not an error."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def wait_for_readyz(port, status, seconds, when):
+    """The body of the first /readyz answering `status` within `seconds` (each call asks every backend)."""
+    deadline = time.monotonic() + seconds
+    answer = None
+    while time.monotonic() < deadline:
+        try:
+            answer = http_get(port, "/readyz")
+        except OSError as error:  # the listener not open yet
+            answer = (None, str(error))
+        if answer[0] == status:
+            return answer[1]
+        time.sleep(0.1)
+    fail(f"waited {seconds} s for /readyz to answer {status} {when}; last answer {answer}")
+
+
+def expect_healthz(port, when):
+    status, body = http_get(port, "/healthz")
+    if status != 200:
+        fail(f"/healthz answered {status} {body!r} {when} instead of 200")
+
+
 def main():
     folder = tempfile.mkdtemp()
     redis_port = free_port()
+    monitoring_port = free_port()
     server = None
     try:
         start_redis(folder, redis_port)
@@ -107,6 +141,9 @@ instances:
       - !action-cache
         cache: !lru-action-cache
           max-cached-refs: 100
+monitoring:
+  endpoint-type: prometheus
+  endpoint-location: 127.0.0.1:{monitoring_port}
 """)
         log_path = f"{folder}/server.log"
         log = open(log_path, "w")
@@ -136,6 +173,12 @@ instances:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 fail(f"Check of an unknown service: {error.code()} instead of NOT_FOUND")
         print("health e2e: every service SERVING; an unknown one NOT_FOUND", flush=True)
+        # The monitoring listener may open just after the gRPC one.
+        body = wait_for_readyz(monitoring_port, 200, 10, "with Redis up")
+        if body != "ready\n":
+            fail(f"/readyz answered 200 with {body!r} instead of 'ready'")
+        expect_healthz(monitoring_port, "with Redis up")
+        print("health e2e: /readyz 200 and /healthz 200 with Redis up", flush=True)
 
         stop_redis(redis_port)
         # Asked every 5 s, each backend within 2 s.
@@ -146,10 +189,21 @@ instances:
         if "backend not ready: !redis-connection 127.0.0.1:%d" % redis_port not in lines:
             fail(f"no warning naming the Redis connection in the log:\n{lines}")
         print("health e2e: NOT_SERVING with Redis stopped, and a warning naming it", flush=True)
+        redis_backend = "!redis-connection 127.0.0.1:%d" % redis_port
+        body = wait_for_readyz(monitoring_port, 503, 20, "with Redis stopped")
+        if not body.startswith("not ready:\n") or redis_backend not in body:
+            fail(f"/readyz's 503 does not name {redis_backend}: {body!r}")
+        if "!disk-storage" in body:
+            fail(f"/readyz's 503 names the disk storage, which still answers: {body!r}")
+        expect_healthz(monitoring_port, "with Redis stopped")
+        print(f"health e2e: /readyz 503 ({body.strip()!r}), /healthz 200, with Redis stopped", flush=True)
 
         start_redis(folder, redis_port)
         wait_until(20, "SERVING with Redis restarted", lambda: check(stub, "") == SERVING)
         print("health e2e: SERVING again with Redis restarted", flush=True)
+        wait_for_readyz(monitoring_port, 200, 20, "with Redis restarted")
+        expect_healthz(monitoring_port, "with Redis restarted")
+        print("health e2e: /readyz 200 again and /healthz 200 with Redis restarted", flush=True)
 
         # A Watch sees SERVING, then NOT_SERVING when SIGTERM starts the drain, then its stream ends.
         updates = queue.Queue()
