@@ -81,10 +81,15 @@ public struct TLSCredentials: Sendable, Hashable {
             let roots = try authorities.map { certificate throws in
                 TLSConfig.CertificateSource.bytes(try certificate.serializeAsPEM().derBytes, format: .der)
             }
+            let clientAuthorities = ClientCertificateAuthorities(
+                path: clientCertificateAuthoritiesPath ?? "", authorities: authorities, logger: logger)
             let security = try HTTP2ServerTransport.Posix.TransportSecurity.mTLS(certificateReloader: reloader) { tls in
-                // Client certificates are verified against these CAs only, never the system's.
+                // Client certificates are verified against these CAs only, never the system's: the
+                // file's, read again when it changes (ClientCertificateAuthorities). The trust roots
+                // given here only name the acceptable CAs in the handshake.
                 tls.trustRoots = .certificates(roots)
                 tls.clientCertificateVerification = .noHostnameVerification
+                tls.customVerificationCallback = { certificates, promise in clientAuthorities.verify(certificates, promise) }
             }
             return (security, reloader)
         } catch {
@@ -113,7 +118,7 @@ public struct TLSCredentials: Sendable, Hashable {
         return try Self.certificates(option: "tls-client-certs", path: path)
     }
 
-    private static func certificates(option: String, path: String) throws(StrataError) -> [Certificate] {
+    static func certificates(option: String, path: String) throws(StrataError) -> [Certificate] {
         let text = try readText(option: option, path: path)
         let certificates: [Certificate]
         do {

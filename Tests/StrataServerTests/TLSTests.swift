@@ -148,6 +148,36 @@ func clientSecurity(
         }
     }
 
+    /// `tls-client-certs` replaced on disk (a rotated client CA bundle) is what new connections are
+    /// verified against, without a restart: clients of the new CA are accepted, those of the old refused.
+    @Test func clientAuthoritiesReplacedOnDiskAreUsedWithoutRestart() async throws {
+        let certificates = try TestCertificates()
+        try certificates.makeAuthority("ca")
+        try certificates.makeAuthority("clients-ca")
+        try certificates.makeAuthority("next-clients-ca")
+        try certificates.makeServer("server", signedBy: "ca")
+        try certificates.makeClient("ci", signedBy: "clients-ca", subject: "/CN=ci-runner")
+        try certificates.makeClient("next-ci", signedBy: "next-clients-ca", subject: "/CN=next-ci-runner")
+        try certificates.replace("trusted-clients", with: "clients-ca")
+        let tls = TLSCredentials(
+            serverKeyPath: certificates.path("server.key"), serverCertificatePath: certificates.path("server.pem"),
+            clientCertificateAuthoritiesPath: certificates.path("trusted-clients.pem"))
+        try await withTLSServer(tls) { port in
+            let current = clientSecurity(certificates, trusting: "ca", presenting: "ci")
+            let next = clientSecurity(certificates, trusting: "ca", presenting: "next-ci")
+            #expect(await findMissingStatus(port: port, current) == nil)
+            #expect(await findMissingStatus(port: port, next) == .unavailable)
+            try certificates.replace("trusted-clients", with: "next-clients-ca")
+            // Read again by the next handshake: no waiting for a reload period.
+            #expect(await findMissingStatus(port: port, next) == nil)
+            #expect(await findMissingStatus(port: port, current) == .unavailable)
+            // A file that no longer parses keeps the CAs read before.
+            try Data("not a certificate".utf8).write(to: URL(fileURLWithPath: certificates.path("trusted-clients.pem")))
+            #expect(await findMissingStatus(port: port, next) == nil)
+            #expect(await findMissingStatus(port: port, current) == .unavailable)
+        }
+    }
+
     /// A missing or mismatched file stops the server from starting, naming the option and the file.
     @Test func badCredentialsAreRefusedAtStart() throws {
         let certificates = try TestCertificates()
