@@ -27,10 +27,9 @@ struct AccessLogInterceptor: ServerInterceptor {
             log(error)
             throw error
         }
-        switch response.accepted {
-        case .success(var contents):
-            let producer = contents.producer
-            contents.producer = { writer in
+        if case .failure(let error) = response.accepted { log(error) }
+        response.wrapProducer { producer in
+            { writer in
                 do {
                     let trailers = try await producer(writer)
                     log(nil)
@@ -40,9 +39,6 @@ struct AccessLogInterceptor: ServerInterceptor {
                     throw error
                 }
             }
-            response.accepted = .success(contents)
-        case .failure(let error):
-            log(error)
         }
         return response
     }

@@ -49,16 +49,13 @@ final class ConcurrencyLimitInterceptor: ServerInterceptor {
             permit.release()
             throw error
         }
-        guard case .success(var contents) = response.accepted else {
-            permit.release()
-            return response
+        let accepted = response.wrapProducer { producer in
+            { writer in
+                defer { permit.release() }
+                return try await producer(writer)
+            }
         }
-        let producer = contents.producer
-        contents.producer = { writer in
-            defer { permit.release() }
-            return try await producer(writer)
-        }
-        response.accepted = .success(contents)
+        if !accepted { permit.release() }
         return response
     }
 

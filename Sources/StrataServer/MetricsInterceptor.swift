@@ -27,12 +27,9 @@ struct MetricsInterceptor: ServerInterceptor {
             metrics.record(method: method, code: Self.code(of: error))
             throw error
         }
-        switch response.accepted {
-        case .failure(let error):
-            metrics.record(method: method, code: error.code)
-        case .success(var contents):
-            let producer = contents.producer
-            contents.producer = { [metrics] writer in
+        if case .failure(let error) = response.accepted { metrics.record(method: method, code: error.code) }
+        response.wrapProducer { [metrics] producer in
+            { writer in
                 do {
                     let trailers = try await producer(writer)
                     metrics.record(method: method, code: nil)
@@ -42,7 +39,6 @@ struct MetricsInterceptor: ServerInterceptor {
                     throw error
                 }
             }
-            response.accepted = .success(contents)
         }
         return response
     }

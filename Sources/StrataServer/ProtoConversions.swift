@@ -84,16 +84,14 @@ struct ErrorStatusInterceptor: ServerInterceptor {
         } catch {
             throw Self.status(error)
         }
-        if case .success(var contents) = response.accepted {
-            let producer = contents.producer
-            contents.producer = { writer in
+        response.wrapProducer { producer in
+            { writer in
                 do {
                     return try await producer(writer)
                 } catch {
                     throw Self.status(error)
                 }
             }
-            response.accepted = .success(contents)
         }
         return response
     }

@@ -26,12 +26,8 @@ struct RequestContextInterceptor: ServerInterceptor {
         var response = try await RequestContext.$current.withValue(requestContext) {
             try await next(request, context)
         }
-        if case .success(var contents) = response.accepted {
-            let producer = contents.producer
-            contents.producer = { writer in
-                try await RequestContext.$current.withValue(requestContext) { try await producer(writer) }
-            }
-            response.accepted = .success(contents)
+        response.wrapProducer { producer in
+            { writer in try await RequestContext.$current.withValue(requestContext) { try await producer(writer) } }
         }
         return response
     }

@@ -23,16 +23,13 @@ struct RequestDeadlineInterceptor: ServerInterceptor {
             scope.end()
             throw error
         }
-        guard case .success(var contents) = response.accepted else {
-            scope.end()
-            return response
+        let accepted = response.wrapProducer { producer in
+            { writer in
+                defer { scope.end() }
+                return try await RequestDeadline.within(scope) { try await producer(writer) }
+            }
         }
-        let producer = contents.producer
-        contents.producer = { writer in
-            defer { scope.end() }
-            return try await RequestDeadline.within(scope) { try await producer(writer) }
-        }
-        response.accepted = .success(contents)
+        if !accepted { scope.end() }
         return response
     }
 }
