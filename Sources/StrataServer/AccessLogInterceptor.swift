@@ -48,11 +48,12 @@ struct AccessLogInterceptor: ServerInterceptor {
         guard let request = RequestContext.current else { return }
         let level: Logger.Level = request.service == Self.healthService ? .debug : .info
         guard logger.logLevel <= level else { return }
-        let status = error.map { Self.statusName(Self.statusCode($0)) } ?? "OK"
-        logger.log(level: level, "\(request.method) \(status)", metadata: Self.fields(request, status: status, error: error))
+        let failure = error.map(ErrorStatusInterceptor.codeAndMessage)
+        let status = failure?.code.statusName ?? "OK"
+        logger.log(level: level, "\(request.method) \(status)", metadata: Self.fields(request, status: status, error: failure?.message))
     }
 
-    static func fields(_ request: RequestContext, status: String, error: (any Error)?) -> Logger.Metadata {
+    static func fields(_ request: RequestContext, status: String, error: String?) -> Logger.Metadata {
         let elapsed = ContinuousClock.now - request.started
         var fields: Logger.Metadata = [
             "rpc": "\(request.service)/\(request.method)",
@@ -67,17 +68,8 @@ struct AccessLogInterceptor: ServerInterceptor {
         if !request.metadata.toolInvocationID.isEmpty { fields["invocation"] = "\(request.metadata.toolInvocationID)" }
         if !request.metadata.actionMnemonic.isEmpty { fields["mnemonic"] = "\(request.metadata.actionMnemonic)" }
         if !request.metadata.toolName.isEmpty { fields["tool"] = "\(request.metadata.toolName) \(request.metadata.toolVersion)" }
-        if let error { fields["error"] = "\(message(error))" }
+        if let error { fields["error"] = "\(error)" }
         return fields
-    }
-
-    /// The status the client sees for `error`, as `ErrorStatusInterceptor` maps it.
-    static func statusCode(_ error: any Error) -> RPCError.Code {
-        switch ErrorStatusInterceptor.status(error) {
-        case let error as RPCError: error.code
-        case let error as any RPCErrorConvertible: error.rpcErrorCode
-        default: .unknown
-        }
     }
 
     /// Milliseconds with three decimals, e.g. `1.234`.
@@ -85,36 +77,5 @@ struct AccessLogInterceptor: ServerInterceptor {
         let micros = duration.components.seconds * 1_000_000 + duration.components.attoseconds / 1_000_000_000_000
         let fraction = String(micros % 1000)
         return "\(micros / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
-    }
-
-    /// The code as the gRPC spec names it (`NOT_FOUND`), as grpcurl and other servers' logs write it.
-    static func statusName(_ code: RPCError.Code) -> String {
-        switch code {
-        case .cancelled: "CANCELLED"
-        case .unknown: "UNKNOWN"
-        case .invalidArgument: "INVALID_ARGUMENT"
-        case .deadlineExceeded: "DEADLINE_EXCEEDED"
-        case .notFound: "NOT_FOUND"
-        case .alreadyExists: "ALREADY_EXISTS"
-        case .permissionDenied: "PERMISSION_DENIED"
-        case .resourceExhausted: "RESOURCE_EXHAUSTED"
-        case .failedPrecondition: "FAILED_PRECONDITION"
-        case .aborted: "ABORTED"
-        case .outOfRange: "OUT_OF_RANGE"
-        case .unimplemented: "UNIMPLEMENTED"
-        case .internalError: "INTERNAL"
-        case .unavailable: "UNAVAILABLE"
-        case .dataLoss: "DATA_LOSS"
-        case .unauthenticated: "UNAUTHENTICATED"
-        default: "\(code)"
-        }
-    }
-
-    static func message(_ error: any Error) -> String {
-        switch ErrorStatusInterceptor.status(error) {
-        case let error as RPCError: error.message
-        case let error as any RPCErrorConvertible: error.rpcErrorMessage
-        default: "\(error)"
-        }
     }
 }

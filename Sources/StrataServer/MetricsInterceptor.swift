@@ -24,7 +24,7 @@ struct MetricsInterceptor: ServerInterceptor {
         do {
             response = try await next(request, context)
         } catch {
-            metrics.record(method: method, code: Self.code(of: error))
+            metrics.record(method: method, code: ErrorStatusInterceptor.codeAndMessage(error).code)
             throw error
         }
         if case .failure(let error) = response.accepted { metrics.record(method: method, code: error.code) }
@@ -35,18 +35,12 @@ struct MetricsInterceptor: ServerInterceptor {
                     metrics.record(method: method, code: nil)
                     return trailers
                 } catch {
-                    metrics.record(method: method, code: Self.code(of: error))
+                    metrics.record(method: method, code: ErrorStatusInterceptor.codeAndMessage(error).code)
                     throw error
                 }
             }
         }
         return response
-    }
-
-    static func code(of error: any Error) -> RPCError.Code {
-        if let error = error as? RPCError { return error.code }
-        if let error = error as? any RPCErrorConvertible { return error.rpcErrorCode }
-        return .unknown
     }
 }
 
@@ -89,12 +83,6 @@ public final class RPCMetrics: Sendable {
     }
 
     /// gRPC's names of its status codes, by number.
-    static let codeNames = [
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
-    ]
-
     /// Records the RPC of `RequestContext.current` that ended with `code` (nil: OK).
     func record(method: String, code: RPCError.Code?) {
         guard let context = RequestContext.current else { return }
@@ -114,7 +102,7 @@ public final class RPCMetrics: Sendable {
                 handles.bytes[bytesKey] = made
                 return made
             }()
-            let labels = [("method", method), ("instance", instance), ("code", Self.codeNames.indices.contains(number) ? Self.codeNames[number] : String(number))]
+            let labels = [("method", method), ("instance", instance), ("code", code?.statusName ?? "OK")]
             let call = Call(
                 count: Counter(label: "strata_rpc_requests_total", dimensions: labels, factory: factory),
                 duration: CoreMetrics.Timer(label: "strata_rpc_duration_seconds", dimensions: labels, factory: factory),

@@ -100,4 +100,39 @@ struct ErrorStatusInterceptor: ServerInterceptor {
         if error is RPCError || error is any RPCErrorConvertible { return error }
         return StrataError.from(error)
     }
+
+    /// The status code and message a client gets for `error`: what the access log and metrics record.
+    static func codeAndMessage(_ error: any Error) -> (code: RPCError.Code, message: String) {
+        switch status(error) {
+        case let error as RPCError: (error.code, error.message)
+        case let error as any RPCErrorConvertible: (error.rpcErrorCode, error.rpcErrorMessage)
+        default: (.unknown, "\(error)")
+        }
+    }
+}
+
+extension RPCError.Code {
+    /// The code as the gRPC spec names it (`NOT_FOUND`), as grpcurl, Prometheus exporters and other
+    /// servers' logs write it.
+    var statusName: String {
+        switch self {
+        case .cancelled: "CANCELLED"
+        case .unknown: "UNKNOWN"
+        case .invalidArgument: "INVALID_ARGUMENT"
+        case .deadlineExceeded: "DEADLINE_EXCEEDED"
+        case .notFound: "NOT_FOUND"
+        case .alreadyExists: "ALREADY_EXISTS"
+        case .permissionDenied: "PERMISSION_DENIED"
+        case .resourceExhausted: "RESOURCE_EXHAUSTED"
+        case .failedPrecondition: "FAILED_PRECONDITION"
+        case .aborted: "ABORTED"
+        case .outOfRange: "OUT_OF_RANGE"
+        case .unimplemented: "UNIMPLEMENTED"
+        case .internalError: "INTERNAL"
+        case .unavailable: "UNAVAILABLE"
+        case .dataLoss: "DATA_LOSS"
+        case .unauthenticated: "UNAUTHENTICATED"
+        default: "\(rawValue)"
+        }
+    }
 }

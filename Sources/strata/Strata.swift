@@ -134,14 +134,18 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         // Started with the server, stopped after it: the last requests' metrics are flushed.
-        // `/readyz` asks every backend now (each within the readiness timeout) and fails while draining.
-        let readiness = configuration.readiness
+        // `/readyz` answers what the health service serves: the backends' last check (every 5 s), so
+        // probes of both never ask the backends twice, and not ready while draining.
         let monitoring = configuration.monitoringServices(
             server: server, version: strataVersion,
             readiness: { [health = server.health] in
                 var answers: [String: String?] = [:]
-                for result in await readiness.check() { answers["\(result.name) (\(result.location))"] = .some(result.problem) }
-                if health.isDraining { answers["server"] = .some("shutting down") }
+                for result in health.lastResults { answers["\(result.name) (\(result.location))"] = .some(result.problem) }
+                if health.isDraining {
+                    answers["server"] = .some("shutting down")
+                } else if !health.isServing, answers.values.allSatisfy({ $0 == nil }) {
+                    answers["server"] = .some("the backends have not been checked yet")
+                }
                 return answers
             },
             logger: logger).services

@@ -87,7 +87,7 @@ def http_get(port, path):
 
 
 def wait_for_readyz(port, status, seconds, when):
-    """The body of the first /readyz answering `status` within `seconds` (each call asks every backend)."""
+    """The body of the first /readyz answering `status` within `seconds` (the backends as last checked, every 5 s)."""
     deadline = time.monotonic() + seconds
     answer = None
     while time.monotonic() < deadline:
