@@ -148,7 +148,7 @@ public enum TreeTransfer {
             return true
         case .automatic:
             if digest.sizeBytes > 0 && digest.sizeBytes <= directoryProbeLimit {
-                let data = try await store.readAll(digest)
+                let data = try await readVerified(digest, from: store)
                 if let directory = directoryMessage(data) {
                     try await downloadTree(directory, to: destination, from: store, progress: progress)
                     return true
@@ -163,7 +163,7 @@ public enum TreeTransfer {
     }
 
     static func readDirectory(_ digest: Digest, from store: RemoteBlobStore) async throws -> Build_Bazel_Remote_Execution_V2_Directory {
-        let data = try await store.readAll(digest)
+        let data = try await readVerified(digest, from: store)
         do {
             let directory = try Build_Bazel_Remote_Execution_V2_Directory(serializedBytes: data)
             for name in directory.files.map(\.name) + directory.directories.map(\.name) + directory.symlinks.map(\.name)
@@ -187,10 +187,40 @@ public enum TreeTransfer {
         } catch {
             throw StrataError.failedPrecondition("\(path): cannot create the directory: \(error.localizedDescription)")
         }
+        // Small files in BatchReadBlobs calls within the peer's batch limit (one round trip for many),
+        // large ones streamed one by one.
+        let limit = await store.batchLimit()
+        var batch: [(digest: Digest, path: String, executable: Bool)] = []
+        var batchBytes: Int64 = 0
+        func fetchBatch() async throws {
+            guard !batch.isEmpty else { return }
+            var unique: [Digest] = []
+            for file in batch where !unique.contains(file.digest) { unique.append(file.digest) }
+            var received: [Digest: Data] = [:]
+            for (digest, result) in zip(unique, await store.readBatch(unique)) {
+                let data = try result.get()
+                try verify(data, digest)
+                received[digest] = data
+            }
+            for file in batch {
+                try write(received[file.digest]!, to: file.path, executable: file.executable)
+                progress?.add(file.digest.sizeBytes)
+            }
+            batch = []
+            batchBytes = 0
+        }
         for file in directory.files {
             let digest = try Digest(hash: file.digest.hash, sizeBytes: file.digest.sizeBytes)
-            try await downloadFile(digest, to: path + "/" + file.name, executable: file.isExecutable, from: store, progress: progress)
+            let filePath = path + "/" + file.name
+            guard digest.sizeBytes <= limit / 4 else {
+                try await downloadFile(digest, to: filePath, executable: file.isExecutable, from: store, progress: progress)
+                continue
+            }
+            if batchBytes + digest.sizeBytes > limit { try await fetchBatch() }
+            batch.append((digest, filePath, file.isExecutable))
+            batchBytes += digest.sizeBytes
         }
+        try await fetchBatch()
         for link in directory.symlinks {
             do {
                 try FileManager.default.createSymbolicLink(atPath: path + "/" + link.name, withDestinationPath: link.target)
@@ -214,11 +244,14 @@ public enum TreeTransfer {
         }
         let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
         do {
+            var hasher = digest.function.makeHasher()
             for try await chunk in try await store.read(digest, offset: 0, limit: nil) {
+                hasher.update(chunk)
                 try handle.write(contentsOf: chunk)
                 progress?.add(Int64(chunk.count))
             }
             try handle.close()
+            if let problem = mismatch(digest, hasher) { throw received(digest, problem) }
         } catch {
             try? handle.close()
             try? FileManager.default.removeItem(atPath: path)
@@ -226,6 +259,30 @@ public enum TreeTransfer {
         }
         // The mode asked for, whatever the umask.
         chmod(path, executable ? 0o755 : 0o644)
+    }
+
+    /// A whole blob, checked against its digest.
+    private static func readVerified(_ digest: Digest, from store: RemoteBlobStore) async throws -> Data {
+        let data = try await store.readAll(digest)
+        try verify(data, digest)
+        return data
+    }
+
+    /// Nothing the server sends is written or parsed unless it hashes to the digest asked for.
+    private static func verify(_ data: Data, _ digest: Digest) throws(StrataError) {
+        var hasher = digest.function.makeHasher()
+        hasher.update(data)
+        if let problem = mismatch(digest, hasher) { throw received(digest, problem) }
+    }
+
+    private static func mismatch(_ digest: Digest, _ hasher: BlobHasher) -> String? {
+        guard hasher.byteCount == digest.sizeBytes else { return "\(hasher.byteCount) bytes received" }
+        let actual = hasher.finalizeDigest()
+        return actual == digest ? nil : "the bytes received hash to \(actual.hash)"
+    }
+
+    private static func received(_ digest: Digest, _ problem: String) -> StrataError {
+        StrataError(.dataLoss, "blob \(digest) from the server does not match its digest (\(problem)); nothing was kept of it")
     }
 
     private static func write(_ data: Data, to path: String, executable: Bool) throws {

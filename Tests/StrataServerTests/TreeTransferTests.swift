@@ -5,14 +5,17 @@ import StrataCore
 import StrataServer
 import StrataStorage
 import StrataTestSupport
+import Synchronization
 import Testing
 
 /// `strata cas upload` / `download`'s core against an in-process server: trees built as REAPI
 /// clients build them, and restored byte for byte with their modes, symlinks and empty entries.
 @Suite struct TreeTransferTests {
     /// Runs `body` with a remote store on a fresh server whose batch limit is `maxBatch`.
-    func withRemote(maxBatch: Int64 = 1 << 20, _ body: @Sendable (RemoteBlobStore, any BlobStore) async throws -> Void) async throws {
-        let backing = LRUBlobStore(capacityBytes: 256 << 20)
+    func withRemote(
+        maxBatch: Int64 = 1 << 20, backing: any BlobStore = LRUBlobStore(capacityBytes: 256 << 20),
+        _ body: @Sendable (RemoteBlobStore, any BlobStore) async throws -> Void
+    ) async throws {
         let instance = Instance(name: "", cas: .init(store: backing, readOnly: false), byteStream: .init(store: backing, readOnly: false))
         try await withServer([instance], maxBatchTotalSizeBytes: maxBatch) { clients in
             let remote = try RemoteBlobStore(url: "grpc://127.0.0.1:\(clients.port)")
@@ -89,6 +92,36 @@ import Testing
             #expect(try LocalTree.scan(restored).root == tree.root)
             // An existing destination is refused, not merged into.
             await #expect(throws: StrataError.self) { try await TreeTransfer.download(tree.root, to: restored, from: remote) }
+        }
+    }
+
+    /// A server handing out bytes that do not match the digest (a damaged store, a broken proxy) gets
+    /// DATA_LOSS, and nothing of that blob is left on disk: neither a small file fetched in a batch nor
+    /// a large one streamed to its file first.
+    @Test func bytesThatDoNotMatchTheirDigestAreNotKept() async throws {
+        let folder = try ClientTestFolder()
+        let source = folder.path + "/source"
+        try Self.makeTree(in: source)
+        let tree = try LocalTree.scan(source)
+        let small = Blob(Data("hello\n".utf8)).digest
+        let large = try #require(tree.blobs.keys.first { $0.sizeBytes == 3 << 20 })
+        let damaging = DamagingStore()
+        try await withRemote(backing: damaging) { remote, _ in
+            _ = try await TreeTransfer.upload(tree, to: remote)
+            // The server's copy of the large file is damaged (a byte flipped).
+            damaging.damage(large)
+            let refused = await #expect(throws: StrataError.self) {
+                try await TreeTransfer.download(large, to: folder.path + "/large", kind: .file, from: remote)
+            }
+            #expect(refused?.code == .dataLoss && refused?.message.contains("does not match its digest") == true, "\(String(describing: refused))")
+            #expect(!FileManager.default.fileExists(atPath: folder.path + "/large"))
+            // The README's copy is damaged: the tree download fails before writing that file.
+            damaging.damage(small)
+            let treeRefused = await #expect(throws: StrataError.self) {
+                try await TreeTransfer.download(tree.root, to: folder.path + "/restored", from: remote)
+            }
+            #expect(treeRefused?.code == .dataLoss, "\(String(describing: treeRefused))")
+            #expect(!FileManager.default.fileExists(atPath: folder.path + "/restored/README"))
         }
     }
 
@@ -173,3 +206,31 @@ import Testing
 }
 
 typealias ClientTestActionResult = Build_Bazel_Remote_Execution_V2_ActionResult
+
+/// An LRU store that hands out its copies of the digests `damage` names with their first byte flipped:
+/// what a server with a damaged store (and no read verification) would send.
+private final class DamagingStore: BlobStore {
+    let base = LRUBlobStore(capacityBytes: 256 << 20)
+    private let damaged = Mutex<Set<Digest>>([])
+
+    func damage(_ digest: Digest) { damaged.withLock { _ = $0.insert(digest) } }
+
+    private func flipped(_ data: Data, _ digest: Digest) -> Data {
+        guard damaged.withLock({ $0.contains(digest) }), !data.isEmpty else { return data }
+        var data = Data(data)
+        data[data.startIndex] ^= 0xFF
+        return data
+    }
+
+    func findMissing(_ digests: [Digest]) async throws -> [Digest] { try await base.findMissing(digests) }
+    func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
+        let data = flipped(try await base.readAll(digest), digest)
+        let start = Int(offset), end = limit.map { min(data.count, start + Int($0)) } ?? data.count
+        return BlobBody(data: data.subdata(in: start..<end))
+    }
+    func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
+        zip(digests, await base.readBatch(digests)).map { digest, result in result.map { flipped($0, digest) } }
+    }
+    func write(_ digest: Digest, body: BlobBody) async throws { try await base.write(digest, body: body) }
+    func delete(_ digests: [Digest]) async throws { try await base.delete(digests) }
+}
