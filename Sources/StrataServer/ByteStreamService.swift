@@ -61,13 +61,14 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
             throw StrataError.invalidArgument("Write stream carried no request")
         }
         let name = try ResourceName.parseWrite(first.resourceName)
-        let storage = try registry.byteStream(name.instanceName)
+        let instance = try registry.instance(name.instanceName)
+        let storage = try registry.service(Instance.ByteStream.self, in: instance)
         try requireIdentity(name)
         guard !storage.readOnly else {
             throw StrataError(.permissionDenied, "the storage of instance \"\(StrataError.echo(name.instanceName))\" is read-only")
         }
         let digest = name.digest
-        if let limit = try registry.instance(name.instanceName).maximumBlobSize, digest.sizeBytes > limit {
+        if let limit = instance.maximumBlobSize, digest.sizeBytes > limit {
             throw StrataError.invalidArgument("blob \(digest) is larger than max_cas_blob_size_bytes (\(limit))")
         }
 

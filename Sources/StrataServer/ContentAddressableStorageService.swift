@@ -45,7 +45,7 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
 
     func update(_ request: BlobsUploadRequest) async throws -> BlobsUploadStatuses {
         let instance = try registry.instance(request.instanceName)
-        let cas = try registry.cas(request.instanceName)
+        let cas = try registry.service(Instance.ContentAddressableStorage.self, in: instance)
         guard !cas.readOnly else {
             throw StrataError(.permissionDenied, "the CAS of instance \"\(StrataError.echo(request.instanceName))\" is read-only")
         }

@@ -136,8 +136,13 @@ public struct InstanceRegistry: Sendable {
 
     /// What serves `key`'s kind for the instance `name`; UNIMPLEMENTED when it has none.
     public func service<Key: InstanceServiceKey>(_ key: Key.Type, of name: String) throws(StrataError) -> Key.Value {
-        guard let service = try instance(name)[key] else {
-            throw .unimplemented("instance \"\(StrataError.echo(name))\" has no \(Key.serviceName) service")
+        try service(key, in: try instance(name))
+    }
+
+    /// What serves `key`'s kind for `instance`, already looked up (and authorized) with `instance(_:)`.
+    public func service<Key: InstanceServiceKey>(_ key: Key.Type, in instance: Instance) throws(StrataError) -> Key.Value {
+        guard let service = instance[key] else {
+            throw .unimplemented("instance \"\(StrataError.echo(instance.name))\" has no \(Key.serviceName) service")
         }
         return service
     }
