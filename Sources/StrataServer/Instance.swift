@@ -119,17 +119,24 @@ public struct InstanceRegistry: Sendable {
 
     /// The instance a request names; the one place every service resolves it, which records it in the
     /// request's context (for logs, metrics and authorization).
+    ///
+    /// With an access policy the caller is authorized first, so a caller without valid credentials (or
+    /// not allowed there) learns nothing of which instances exist: UNAUTHENTICATED or PERMISSION_DENIED,
+    /// never the list of instance names.
     public func instance(_ name: String) throws(StrataError) -> Instance {
-        guard let instance = instances[name] else {
-            let known = instances.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
-            throw .invalidArgument("unknown instance name \"\(StrataError.echo(name))\"; this server serves \(known)")
-        }
         let context = RequestContext.current
-        context?.setInstanceName(name)
+        let instance = instances[name]
+        // Only a name the server has is recorded (logs and metrics label by it; a made-up one would
+        // add a label per request).
+        if instance != nil { context?.setInstanceName(name) }
         if let accessPolicy {
             // A server always sets the context; without one there is no caller to authorize.
             guard let context else { throw StrataError(.permissionDenied, "no request context to authorize") }
             try accessPolicy.authorize(context, instance: name, method: context.method)
+        }
+        guard let instance else {
+            let known = instances.keys.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
+            throw .invalidArgument("unknown instance name \"\(StrataError.echo(name))\"; this server serves \(known)")
         }
         return instance
     }

@@ -113,6 +113,14 @@ import Testing
             let badToken = try await bearer("x", secret: "a wrong secret that is long enough for HS256")
             let withBadToken = await Self.status { _ = try await cas.findMissingBlobs(open, metadata: badToken) }
             #expect(withBadToken == nil, "\(String(describing: withBadToken))")
+
+            // An instance name the server does not have: the caller is authenticated and authorized
+            // first, so one without a valid token learns nothing of which instances exist.
+            let unknown = Build_Bazel_Remote_Execution_V2_FindMissingBlobsRequest.with { $0.instanceName = "secret-project" }
+            let probe = await Self.status { _ = try await cas.findMissingBlobs(unknown) }
+            #expect(probe?.0 == .unauthenticated && probe?.1.contains("\"main\"") == false, "\(String(describing: probe))")
+            let readerProbe = await Self.status { _ = try await cas.findMissingBlobs(unknown, metadata: reader) }
+            #expect(readerProbe?.0 == .permissionDenied && readerProbe?.1.contains("\"main\"") == false, "\(String(describing: readerProbe))")
         }
     }
 
