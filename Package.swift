@@ -273,7 +273,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataRedisTests",
-            dependencies: ["StrataRedis", "StrataTestSupport"],
+            dependencies: ["StrataRedis", "StrataTestSupport", .product(name: "CoreMetrics", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -51,7 +51,13 @@ public struct Janitor: Sendable {
         index: any EnumerableIndex, gracePeriod: Duration, retryLimit: Int = 10, pageSize: Int = 1000,
         maxDeleteShare: Double? = Janitor.defaultMaxDeleteShare, clock: @escaping @Sendable () -> Date = Date.init
     ) throws(StrataError) {
-        guard let storage = index.backingStore as? any ListableBlobStore else {
+        // The outermost layer that can list: through decorators that only observe (metrics) to the
+        // storage, or the verifying store around it.
+        var backing = index.backingStore
+        while !(backing is any ListableBlobStore), let transparent = backing as? any TransparentBlobStore {
+            backing = transparent.wrapped
+        }
+        guard let storage = backing as? any ListableBlobStore else {
             throw .internal("the janitor needs a storage that can list its blobs (!disk-storage, !s3-storage, !sql-storage); \(type(of: index.backingStore)) cannot")
         }
         self.index = index

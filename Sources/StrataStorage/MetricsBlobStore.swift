@@ -63,6 +63,12 @@ public struct MetricsBlobStore: BlobStore {
 /// The operation metrics of one backend (a storage or an action cache): `strata_backend_operations_total`,
 /// `strata_backend_errors_total` and `strata_backend_duration_seconds`, made once per operation and
 /// found by its position in `operations` (a call costs no string hashing).
+/// Counting changes nothing of what the store holds: what looks through transparent decorators (the
+/// janitor listing an index's storage, the configuration's checks) sees the store beneath.
+extension MetricsBlobStore: TransparentBlobStore {
+    public var wrapped: any BlobStore { base }
+}
+
 public struct BackendMetrics: Sendable {
     struct Operation: Sendable {
         let count: Counter

@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import StrataCore
 import StrataRedis
@@ -12,6 +13,25 @@ import Glibc
 /// The janitor against the shared Redis, over a disk storage.
 @Suite(.enabled(if: TestServices.available("STRATA_TEST_REDIS")))
 struct JanitorTests {
+    /// With `monitoring:` on, an index's storage is behind a metrics decorator (and a disk storage
+    /// behind read verification): the janitor lists the storage beneath them.
+    @Test func listsTheStorageBehindMetricsAndVerification() async throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-janitor-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try await withSharedRedis { client in
+            let disk = DiskBlobStore(path: root, sync: false)
+            let decorated = MetricsBlobStore(
+                VerifyingBlobStore(disk, name: "disk storage \(root)"), backend: "disk-storage", name: "storages[0]",
+                factory: NOOPMetricsHandler.instance)
+            let index = RedisIndex(backingStore: decorated, client: client, prefix: TestServices.uniqueName("janitor") + ":")
+            let orphan = Blob.random(size: 200)
+            try await disk.write(orphan.digest, data: orphan.data)
+            try age(disk.root.path, orphan.digest, seconds: 7200)
+            let janitor = try Janitor(index: index, gracePeriod: .seconds(3600), maxDeleteShare: nil)
+            #expect(try await janitor.runPass(dryRun: true).orphansDeleted == 1)
+        }
+    }
+
     @Test func deletesOrphansPastTheGracePeriodAndEntriesWithoutBlobs() async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-janitor-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: root) }
