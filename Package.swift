@@ -51,6 +51,15 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // FastCDC 2020 content-defined chunking (SplitBlob, SpliceBlob).
+        .target(
+            name: "StrataChunking",
+            dependencies: [
+                "StrataCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataStorage",
             dependencies: [
@@ -148,7 +157,7 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth",
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataChunking",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -195,7 +204,7 @@ let package = Package(
             name: "StrataConfig",
             dependencies: [
                 "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP",
-                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth",
+                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth", "StrataChunking",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -242,6 +251,11 @@ let package = Package(
         .testTarget(
             name: "StrataCoreTests",
             dependencies: ["StrataCore"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataChunkingTests",
+            dependencies: ["StrataChunking", "StrataCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strictSettings
         ),
         .testTarget(
