@@ -282,7 +282,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport", "StrataAuth", .product(name: "JWTKit", package: "jwt-kit")],
+            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport", "StrataAuth", "StrataChunking", .product(name: "JWTKit", package: "jwt-kit")],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -304,7 +304,7 @@ let package = Package(
             name: "StrataServerTests",
             dependencies: [
                 "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench", "StrataLogging",
-                "StrataMetrics", "StrataHTTP",
+                "StrataMetrics", "StrataHTTP", "StrataChunking", "StrataAuth",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
