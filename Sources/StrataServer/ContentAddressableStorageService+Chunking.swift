@@ -29,8 +29,17 @@ extension ContentAddressableStorageService {
         // error instead of an answer whose chunks do not make up the blob.
         let body = try await cas.store.read(blob, offset: 0, limit: nil).verifying(blob)
         var chunks: [Digest] = []
+        // The answer is bounded like every other message of this server (a batch): so is the list of
+        // chunks held here, whatever the blob's size.
+        var answerBytes = 0
+        let answerLimit = Int(clamping: registry.maxBatchTotalSizeBytes)
         try await chunker.split(body) { data in
             let chunk = Digest.of(data, function: function)
+            answerBytes += ProtobufWire.lengthDelimitedSize(chunk.requestDigest.wireSize)
+            guard answerBytes <= answerLimit else {
+                throw StrataError.resourceExhausted(
+                    "blob \(blob) makes more than \(chunks.count) chunks of about \(chunker.parameters.averageSize) bytes: SplitBlob's answer would be larger than max_batch_total_size_bytes (\(answerLimit)); a larger average-chunk-size makes fewer")
+            }
             chunks.append(chunk)
             // Chunks already stored are not written again.
             guard try await !cas.store.findMissing([chunk]).isEmpty else { return }

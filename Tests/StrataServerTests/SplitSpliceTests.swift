@@ -132,6 +132,18 @@ final class DamagedCopies: BlobStore {
         }
     }
 
+    /// The list of chunks is bounded like any answer: by the batch limit.
+    @Test func aSplitAnswerLargerThanABatchIsRefused() async throws {
+        try await withServer([chunkingInstance()], maxBatchTotalSizeBytes: 2048) { clients in
+            let data = Blob.random(size: 4 << 20).data
+            let blob = Digest.of(data)
+            _ = try await clients.byteStream.upload("uploads/u1/blobs/\(blob.hash)/\(blob.sizeBytes)", data)
+            let failure = await rpcFailure { _ = try await clients.cas.splitBlob(.with { $0.blobDigest = blob.proto }) }
+            #expect(failure?.code == .resourceExhausted && failure?.message.contains("max_batch_total_size_bytes (2048)") == true,
+                    "\(String(describing: failure))")
+        }
+    }
+
     @Test func splitOfAnAbsentBlobIsNotFound() async throws {
         try await withServer([chunkingInstance()]) { clients in
             let absent = Blob.random(size: 500_000).digest
