@@ -62,8 +62,10 @@ public struct FastCDC2020Parameters: Sendable, Hashable, CustomStringConvertible
 /// Storage Systems", TPDS 2020) as REAPI's `FAST_CDC_2020` fixes it: Gear hash rolled two bytes per
 /// step, cut-point skipping below the minimum, normalized chunking at level 2 (a stricter mask before the
 /// average, a looser one after it), and a cut forced at the maximum. A client splitting the same bytes
-/// with the same parameters gets the same chunks: the spec's test vectors (fastcdc2020_test_vectors.txt,
-/// produced by the implementations the proto names) are checked by `FastCDC2020Tests`.
+/// with the same parameters gets the same chunks. It reproduces the spec's test vectors
+/// (fastcdc2020_test_vectors.txt, both seeds, on the image they name, which is not in this repository);
+/// `FastCDC2020Tests` checks it against the chunks of an implementation we did not write on generated
+/// bytes, and Tests/e2e/split_splice.py does so through the server.
 public struct FastCDC2020: Sendable {
     public let parameters: FastCDC2020Parameters
 

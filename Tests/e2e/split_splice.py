@@ -5,7 +5,8 @@ from BuildGrid's wheel) against an implementation of FastCDC 2020 we did not wri
 
 1. Capabilities: split_blob_support, splice_blob_support and fast_cdc_2020_params only on the
    instance whose !cas has enable-chunking; SplitBlob there answers UNIMPLEMENTED saying so.
-2. SplitBlob of an 8 MiB blob: the chunks are pyfastcdc's, in order, stored, and make up the blob.
+2. SplitBlob of an 8 MiB blob: the chunks are pyfastcdc's, in order, stored, and make up the blob;
+   and a split and a splice under each digest function Capabilities advertises (hashlib, blake3).
 3. A client edits the blob, cuts it with pyfastcdc, uploads only the chunks the server lacks (most are
    there already: the server's and the client's cuts agree) and splices it; the blob reads back.
 4. SpliceBlob refuses a wrong blob digest (INVALID_ARGUMENT, nothing stored) and a missing chunk
@@ -135,6 +136,52 @@ def upload_missing(cas, instance, chunks):
     return len(missing)
 
 
+# Hashers of the digest functions a server may advertise (hashlib, and PyPI's blake3 for BLAKE3).
+def _blake3(data):
+    import blake3
+    return blake3.blake3(data)
+
+
+HASHERS = {
+    re_pb2.DigestFunction.SHA256: hashlib.sha256,
+    re_pb2.DigestFunction.SHA1: hashlib.sha1,
+    re_pb2.DigestFunction.SHA384: hashlib.sha384,
+    re_pb2.DigestFunction.SHA512: hashlib.sha512,
+    re_pb2.DigestFunction.BLAKE3: _blake3,
+}
+
+
+def round_trip_with(cas, function, rng):
+    """Split and splice of 2 MiB under `function`, through the batch calls, which name the function."""
+    name = re_pb2.DigestFunction.Value.Name(function)
+    hasher = HASHERS.get(function)
+    expect(hasher is not None, f"Capabilities advertises {name}, which this test cannot hash")
+
+    def d(data):
+        return re_pb2.Digest(hash=hasher(data).hexdigest(), size_bytes=len(data))
+
+    def store(blobs):
+        response = cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(
+            requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=d(b), data=b) for b in blobs],
+            digest_function=function), timeout=60)
+        expect(all(r.status.code == 0 for r in response.responses), f"{name} BatchUpdateBlobs: {response}")
+
+    data = rng.randbytes(2 * MiB)
+    store([data])
+    split = cas.SplitBlob(re_pb2.SplitBlobRequest(blob_digest=d(data), digest_function=function), timeout=60)
+    expected = reference_chunks(data, AVERAGE)
+    expect([(c.hash, c.size_bytes) for c in split.chunk_digests] == [(d(c).hash, len(c)) for c in expected],
+           f"{name}: the server's chunks differ from pyfastcdc's")
+    other = rng.randbytes(2 * MiB)
+    chunks = reference_chunks(other, AVERAGE)
+    store(chunks)
+    spliced = cas.SpliceBlob(re_pb2.SpliceBlobRequest(
+        blob_digest=d(other), chunk_digests=[d(c) for c in chunks], digest_function=function), timeout=60)
+    expect(spliced.blob_digest == d(other), f"{name} SpliceBlob answered {spliced.blob_digest}")
+    read = cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digests=[d(other)], digest_function=function), timeout=60)
+    expect(read.responses[0].data == other, f"{name}: the spliced blob reads back different")
+
+
 def rpc_error(call):
     try:
         call()
@@ -210,6 +257,10 @@ def main():
             expect([r.data for r in read.responses] == expected[:20], "stored chunks differ from the reference")
             missing = cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(blob_digests=split.chunk_digests), timeout=30)
             expect(not missing.missing_blob_digests, f"{len(missing.missing_blob_digests)} chunks were not stored")
+
+            # Every advertised digest function, named in the requests.
+            for function in on.digest_functions:
+                round_trip_with(cas, function, rng)
 
             # 3. Edit, cut on the client, upload what is missing, splice.
             edited = data[:3 * MiB] + rng.randbytes(1000) + data[3 * MiB + 10:]
