@@ -51,6 +51,15 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // FastCDC 2020 content-defined chunking (SplitBlob, SpliceBlob).
+        .target(
+            name: "StrataChunking",
+            dependencies: [
+                "StrataCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataStorage",
             dependencies: [
@@ -148,7 +157,7 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth",
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataChunking",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -195,7 +204,7 @@ let package = Package(
             name: "StrataConfig",
             dependencies: [
                 "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP",
-                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth",
+                "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth", "StrataChunking",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -245,6 +254,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "StrataChunkingTests",
+            dependencies: ["StrataChunking", "StrataCore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "StrataAuthTests",
             dependencies: [
                 "StrataAuth", "StrataConfig", "StrataServer", "StrataAPI",
@@ -268,7 +282,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport", "StrataAuth", .product(name: "JWTKit", package: "jwt-kit")],
+            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport", "StrataAuth", "StrataChunking", .product(name: "JWTKit", package: "jwt-kit")],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -290,7 +304,7 @@ let package = Package(
             name: "StrataServerTests",
             dependencies: [
                 "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench", "StrataLogging",
-                "StrataMetrics", "StrataHTTP",
+                "StrataMetrics", "StrataHTTP", "StrataChunking", "StrataAuth",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -137,13 +137,9 @@ extension Builder {
 
     /// `!cas` options of BuildGrid that Strata accepts without implementing.
     mutating func casBuildGridOptions(_ options: [String: ConfigNode]) throws(ConfigError) {
-        let chunking = try options["enable-chunking"]?.bool() ?? false
-        if chunking, let node = options["enable-chunking"] {
-            throw node.error("enable-chunking: true (SplitBlob and SpliceBlob) is not built yet: remove it or set it to false")
-        }
         if let subjects = options["chunked-by-buildbox-allowed-subjects"] {
             _ = try subjects.sequence().map { node throws(ConfigError) in try node.string() }
-            ignore(subjects, because: "it applies to SpliceBlob, which Strata does not serve (enable-chunking is false)")
+            ignore(subjects, because: "Strata's SpliceBlob verifies every spliced blob, whoever the client, and keeps no chunk mappings")
         }
         for key in ["tree-cache-size", "tree-cache-ttl-minutes", "tree-cache-redis"] {
             guard let node = options[key] else { continue }

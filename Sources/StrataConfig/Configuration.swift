@@ -497,11 +497,12 @@ struct Builder {
         switch service.applicationTag {
         case "!cas":
             let serviceOptions = try service.mapping(
-                allowed: ["storage", "read-only", "enable-chunking", "chunked-by-buildbox-allowed-subjects",
+                allowed: ["storage", "read-only", "enable-chunking", "average-chunk-size", "chunked-by-buildbox-allowed-subjects",
                           "tree-cache-size", "tree-cache-ttl-minutes", "tree-cache-redis"])
             guard instance.cas == nil else { throw service.error("an instance has one !cas") }
             try casBuildGridOptions(serviceOptions)
             instance.cas = try storageService(service, serviceOptions, of: names)
+            instance[Instance.BlobChunking.self] = try chunking(serviceOptions)
         case "!bytestream":
             let serviceOptions = try service.mapping(
                 allowed: ["storage", "read-only", "disable-overwrite-early-return", "stream-blob"])

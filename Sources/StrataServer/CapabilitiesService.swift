@@ -28,8 +28,16 @@ public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.
                 $0.symlinkAbsolutePathStrategy = .allowed
                 $0.supportedCompressors = []
                 $0.supportedBatchUpdateCompressors = []
-                $0.splitBlobSupport = false
-                $0.spliceBlobSupport = false
+                // Only where the instance's !cas has enable-chunking; splicing also needs it writable.
+                let chunker = instance[Instance.BlobChunking.self]
+                $0.splitBlobSupport = chunker != nil
+                $0.spliceBlobSupport = chunker != nil && instance.cas?.readOnly == false
+                if let parameters = chunker?.parameters {
+                    $0.fastCdc2020Params = .with {
+                        $0.avgChunkSizeBytes = UInt64(parameters.averageSize)
+                        $0.seed = parameters.seed
+                    }
+                }
             }
         }
     }

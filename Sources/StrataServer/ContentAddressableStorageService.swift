@@ -173,18 +173,6 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
 
     static let defaultTreePageSize = 1000
     static let maxTreeResponseBytes = 2 << 20
-
-    public func splitBlob(
-        request: Build_Bazel_Remote_Execution_V2_SplitBlobRequest, context: ServerContext
-    ) async throws -> Build_Bazel_Remote_Execution_V2_SplitBlobResponse {
-        throw StrataError.unimplemented("SplitBlob is not supported (Capabilities: split_blob_support false)")
-    }
-
-    public func spliceBlob(
-        request: Build_Bazel_Remote_Execution_V2_SpliceBlobRequest, context: ServerContext
-    ) async throws -> Build_Bazel_Remote_Execution_V2_SpliceBlobResponse {
-        throw StrataError.unimplemented("SpliceBlob is not supported (Capabilities: splice_blob_support false)")
-    }
 }
 
 /// The page token of GetTree: the position of the next directory in the walk's order, which is the

@@ -1,4 +1,5 @@
 import Foundation
+import StrataChunking
 import StrataConfig
 import StrataServer
 import Testing
@@ -131,18 +132,45 @@ import Testing
         }
     }
 
-    @Test func enableChunkingIsNotBuiltYet() {
-        let found = problems("""
-            server: [!channel {address: "127.0.0.1:50051"}]
-            storages: [!lru-storage &cas {size: 1M}]
-            instances:
-              - name: ""
-                services:
-                  - !cas {storage: *cas, enable-chunking: true}
-            """)
-        #expect(found.map(\.description) == [
-            "bg.yml:6: instances[0].services[0].enable-chunking: enable-chunking: true (SplitBlob and SpliceBlob) is not built yet: remove it or set it to false",
-        ])
+    @Test func enableChunkingTurnsOnSplitAndSpliceWithTheSpecsParameters() throws {
+        func chunker(_ options: String) throws -> FastCDC2020? {
+            let configuration = try parse("""
+                server: [!channel {address: "127.0.0.1:50051"}]
+                storages: [!lru-storage &cas {size: 1M}]
+                instances: [{name: "", services: [!cas {storage: *cas\(options)}]}]
+                """)
+            #expect(configuration.warnings.isEmpty, "\(configuration.warnings)")
+            return configuration.instances[0][Instance.BlobChunking.self]
+        }
+        #expect(try chunker("") == nil)
+        #expect(try chunker(", enable-chunking: false") == nil)
+        let recommended = try #require(try chunker(", enable-chunking: true")).parameters
+        #expect(recommended.averageSize == 512 << 10 && recommended.minimumSize == 128 << 10 && recommended.maximumSize == 2 << 20)
+        #expect(recommended.seed == 0)
+        let configured = try #require(try chunker(", enable-chunking: true, average-chunk-size: 64K")).parameters
+        #expect(configured.averageSize == 64 << 10 && configured.minimumSize == 16 << 10 && configured.maximumSize == 256 << 10)
+    }
+
+    @Test func averageChunkSizeIsCheckedAgainstTheSpec() {
+        let cases: [(String, String)] = [
+            ("enable-chunking: true, average-chunk-size: 512", "outside 1024...1048576 bytes"),
+            ("enable-chunking: true, average-chunk-size: 2M", "outside 1024...1048576 bytes"),
+            ("enable-chunking: true, average-chunk-size: 3000", "not a power of two"),
+            ("enable-chunking: true, average-chunk-size: lots", "is not a size"),
+            ("average-chunk-size: 64K", "set enable-chunking: true"),
+        ]
+        for (options, fragment) in cases {
+            let found = problems("""
+                server: [!channel {address: "127.0.0.1:50051"}]
+                storages: [!lru-storage &cas {size: 1M}]
+                instances:
+                  - name: ""
+                    services:
+                      - !cas {storage: *cas, \(options)}
+                """)
+            #expect(found.count == 1 && found.first?.line == 6 && found.first?.description.contains("average-chunk-size") == true
+                && found.first?.description.contains(fragment) == true, "\(found)")
+        }
     }
 
     @Test func aSmallerMessageLimitLowersTheBatchLimit() throws {
