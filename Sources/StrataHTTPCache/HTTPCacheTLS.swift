@@ -1,0 +1,18 @@
+import NIOSSL
+import StrataCore
+import StrataServer
+
+extension HTTPCache {
+    /// NIOSSL's server settings for an `!http-channel`'s `credentials`, with the files checked as
+    /// `!channel`'s are (`TLSCredentials.check`): an error names the option and the file.
+    public static func tlsConfiguration(_ credentials: TLSCredentials) throws(StrataError) -> TLSConfiguration {
+        try credentials.check()
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(credentials.serverCertificatePath).map { NIOSSLCertificateSource.certificate($0) }
+            let key = try NIOSSLPrivateKey(file: credentials.serverKeyPath, format: .pem)
+            return TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        } catch {
+            throw .invalidArgument("tls-server-key \"\(credentials.serverKeyPath)\" and tls-server-cert \"\(credentials.serverCertificatePath)\": \(error)")
+        }
+    }
+}
