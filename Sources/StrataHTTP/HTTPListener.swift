@@ -132,7 +132,7 @@ public final class HTTPListener: Service, Sendable {
                 let actual = channel.localAddress?.port ?? port
                 boundPort.withLock { $0 = actual }
                 bound.continuation.yield(actual)
-                logger.info("\(purpose) listening on \(scheme)://\(host.contains(":") ? "[\(host)]" : host):\(actual) (\(routes.map(\.path).joined(separator: ", ")))")
+                logger.info("\(purpose) listening on \(scheme)://\(host.contains(":") ? "[\(host)]" : host):\(actual) (\(routes.map(\.path).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }.joined(separator: ", ")))")
             },
             logger: Self.quieter(logger))
         defer { bound.continuation.finish() }

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Hummingbird
 import HummingbirdBcrypt
@@ -21,17 +22,26 @@ import Testing
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
     }
 
-    static func yaml(storage: String = "!lru-storage\n    size: 16M", cache: String? = nil, authorization: String = "") -> String {
-        """
+    /// `storage` and `cache`: a tag, then its options' lines.
+    static func yaml(
+        storage: String = "!lru-storage\n    size: 16M",
+        cache: String = "!lru-action-cache\n    storage: *cas\n    max-cached-refs: 100\n    allow-updates: true",
+        authorization: String = ""
+    ) -> String {
+        func anchored(_ item: String, _ anchor: String) -> String {
+            item.replacingOccurrences(of: "\n", with: " &\(anchor)\n", options: [], range: item.range(of: "\n"))
+                .replacingOccurrences(of: "\n", with: "\n  ")
+        }
+        return """
         server:
           - !channel
             address: 127.0.0.1:0
           - !http-channel
             address: 127.0.0.1:0
         storages:
-          - \(storage.replacingOccurrences(of: "\n", with: "\n  ")) &cas
+          - \(anchored(storage, "cas"))
         caches:
-          - \((cache ?? "!lru-action-cache\n    storage: *cas\n    max-cached-refs: 100\n    allow-updates: true").replacingOccurrences(of: "\n", with: "\n  ")) &results
+          - \(anchored(cache, "results"))
         instances:
           - name: ""
             services:
@@ -230,11 +240,11 @@ import Testing
         let yaml = Self.yaml(
             storage: "!disk-storage\n    path: \(scratch)/cas\n    max-size: 16M",
             cache: "!disk-action-cache\n    path: \(scratch)/ac\n    max-size: 1M\n    storage: *cas\n    allow-updates: true")
-        try await withCache(yaml) { _, client in
+        try await withCache(yaml) { _, client async throws in
             #expect(try await client.execute(uri: "/cas/\(Self.sha256(output))", method: .put, headers: [:], body: Self.body(output)).status == .ok)
             #expect(try await client.execute(uri: "/ac/\(action)", method: .put, headers: [:], body: Self.body(result)).status == .ok)
         }
-        try await withCache(yaml) { _, client in
+        try await withCache(yaml) { _, client async throws in
             #expect(try await client.execute(uri: "/cas/\(Self.sha256(output))", method: .get).status == .notFound)
             #expect(try await client.execute(uri: "/ac/\(action)", method: .get).status == .ok)
             let get = try await client.execute(uri: "/cas/\(Self.sha256(output))", method: .get)
