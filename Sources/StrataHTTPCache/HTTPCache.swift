@@ -291,11 +291,12 @@ public struct HTTPCache: Sendable {
         guard cache.allowsUpdates else {
             throw StrataError(.permissionDenied, "the action cache of instance \"\(StrataError.echo(instance.name))\" does not accept updates")
         }
-        if let lengthText = request.headers[.contentLength], let length = Int64(lengthText) {
-            try checkBodySize(min(length, Settings.maxActionResultBytes + 1), instance: instance)
+        let limit = min(settings.maxBodyBytes, Settings.maxActionResultBytes)
+        if let lengthText = request.headers[.contentLength], let length = Int64(lengthText), length > limit {
+            throw StrataError.resourceExhausted("the body has \(length) bytes; an ActionResult here has at most \(limit)")
         }
         let body = try Self.requestDecoding(Self.blobBody(request.body), contentEncoding: request.headers[.contentEncoding])
-        let bytes = try await body.collect(limit: min(settings.maxBodyBytes, Settings.maxActionResultBytes))
+        let bytes = try await body.collect(limit: limit)
         let result: ActionResult
         do {
             result = try ActionResult(serializedBytes: bytes)

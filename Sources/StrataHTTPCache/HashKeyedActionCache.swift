@@ -7,7 +7,8 @@ import StrataCore
 ///
 /// An entry written over HTTP is stored under the hash with size 0 (`hashOnlyKey`): no Action
 /// serializes to zero bytes with a non-empty hash, so that key can never be a gRPC client's. Here:
-/// - `update` of a gRPC key also stores the entry under its hash-only key (`GET /ac/{hash}` finds it);
+/// - `update` of a gRPC key also stores the entry under its hash-only key (`GET /ac/{hash}` finds it;
+///   best effort);
 /// - `get` of a gRPC key that has no entry answers the hash-only key's (an upload over HTTP);
 /// - `remove` drops both.
 /// With the completeness check below this decorator, each key's result is checked as it is handed out.
@@ -39,7 +40,9 @@ public struct HashKeyedActionCache: ActionCache {
 
     public func update(_ action: Digest, _ result: ActionResult) async throws {
         try await base.update(action, result)
-        if action.sizeBytes != 0 { try await base.update(try Self.hashOnlyKey(action), result) }
+        // The copy for HTTP clients is best effort: the update the client asked for is done, and a
+        // write-once cache may hold an equivalent entry there already (one hash is one action).
+        if action.sizeBytes != 0 { try? await base.update(try Self.hashOnlyKey(action), result) }
         index.record(BlobSizeIndex.digests(of: result, function: action.function))
     }
 

@@ -26,7 +26,7 @@ import Testing
     static func yaml(
         storage: String = "!lru-storage\n    size: 16M",
         cache: String = "!lru-action-cache\n    storage: *cas\n    max-cached-refs: 100\n    allow-updates: true",
-        authorization: String = ""
+        authorization: String = "", httpOptions: String = ""
     ) -> String {
         func anchored(_ item: String, _ anchor: String) -> String {
             item.replacingOccurrences(of: "\n", with: " &\(anchor)\n", options: [], range: item.range(of: "\n"))
@@ -38,6 +38,7 @@ import Testing
             address: 127.0.0.1:0
           - !http-channel
             address: 127.0.0.1:0
+            \(httpOptions)
         storages:
           - \(anchored(storage, "cas"))
         caches:
@@ -143,6 +144,17 @@ import Testing
             let zstd = try await client.execute(
                 uri: "/cas/\(absent)", method: .put, headers: [.contentEncoding: "zstd"], body: ByteBuffer(string: "x"))
             #expect(zstd.status == .unsupportedMediaType)
+        }
+    }
+
+    @Test func bodiesPastTheLimitAreRefused() async throws {
+        let blob = Data(repeating: 7, count: 2000)
+        try await withCache(Self.yaml(httpOptions: "max-body-size: 1K")) { _, client async throws in
+            let put = try await client.execute(uri: "/cas/\(Self.sha256(blob))", method: .put, headers: [:], body: Self.body(blob))
+            #expect(put.status == .contentTooLarge)
+            let ac = try await client.execute(uri: "/ac/\(Self.sha256(blob))", method: .put, headers: [:], body: Self.body(blob))
+            #expect(ac.status == .contentTooLarge)
+            #expect(try await client.execute(uri: "/cas/\(Self.sha256(blob))", method: .get).status == .notFound)
         }
     }
 

@@ -252,9 +252,10 @@ fi
 if [[ -n "${BAZEL_E2E_HTTP_REFUSED:-}" ]]; then
     echo "bazel e2e: build with --remote_cache=$BAZEL_E2E_HTTP_REFUSED (must be refused with 401)..." >&2
     run_bazel "$LOGS/unauthenticated.log" build "${BUILD_FLAGS[@]}" "--remote_cache=$BAZEL_E2E_HTTP_REFUSED" //...
-    grep -qE '^WARNING:.*(401|Unauthorized)' "$LOGS/unauthenticated.log" \
+    # Bazel 4.2 writes "WARNING: Reading from Remote Cache:" and the status on the next line.
+    grep -A1 -E '^WARNING: (Reading from|Writing to) Remote Cache' "$LOGS/unauthenticated.log" | grep -q '^401 Unauthorized' \
         || { tail -n 40 "$LOGS/unauthenticated.log" >&2; die "a build without credentials was not refused with 401"; }
-    echo "bazel e2e: $(grep -m1 -E '^WARNING:.*(401|Unauthorized)' "$LOGS/unauthenticated.log" | cut -c1-160)" >&2
+    echo "bazel e2e: refused: $(grep -m1 -A1 '^401 Unauthorized' "$LOGS/unauthenticated.log" | tail -n 1 | cut -c1-160)" >&2
     run_bazel "$LOGS/clean-unauthenticated.log" clean --expunge --color=no --curses=no
 fi
 
