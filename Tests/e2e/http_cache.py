@@ -10,6 +10,7 @@ http.client, curl and grpcio (REAPI messages from BuildGrid's generated `_pb2` m
 2. `authorization: {method: htpasswd}` with a file made by Apache's `htpasswd` (bcrypt -B and {SHA}
    -s): 401 with WWW-Authenticate without or with wrong credentials, 200 with them, 403 for a write
    the ACL refuses; the same Basic credentials over gRPC.
+3. `insecure-mode: false` with credentials (openssl's self-signed certificate): PUT and GET over HTTPS.
 
     python3 Tests/e2e/http_cache.py        (STRATA_BINARY: the strata executable to test)
 """
@@ -19,6 +20,7 @@ import http.client
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -290,6 +292,39 @@ def authorization(folder):
         server.terminate(10)
 
 
+def https(folder):
+    """`insecure-mode: false` with credentials: the same protocol over TLS, checked against its certificate."""
+    key, certificate = f"{folder}/server.key", f"{folder}/server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate], check=True, capture_output=True)
+    server = Server(config(
+        "!lru-storage &cas\n    size: 16M",
+        http_options=f"insecure-mode: false\n    credentials:\n      tls-server-key: {key}\n      tls-server-cert: {certificate}"),
+        folder, log_name="https.log").start()
+    try:
+        found = None
+        for _ in range(200):
+            found = re.findall(r"listening on https://127\.0\.0\.1:(\d+)", server.log())
+            if found:
+                break
+            time.sleep(0.05)
+        expect(found, f"no HTTPS listener:\n{server.log()}")
+        context = ssl.create_default_context(cafile=certificate)
+        blob = os.urandom(4000)
+        for method, body, want in [("PUT", blob, 200), ("GET", None, 200)]:
+            connection = http.client.HTTPSConnection("127.0.0.1", int(found[-1]), context=context, timeout=30)
+            connection.request(method, f"/cas/{sha256(blob)}", body=body)
+            response = connection.getresponse()
+            data = response.read()
+            connection.close()
+            expect(response.status == want, f"{method} over HTTPS: {response.status}")
+        expect(data == blob, "GET over HTTPS returned other bytes")
+        print("http_cache: PUT and GET over HTTPS")
+    finally:
+        server.terminate(10)
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="strata-http-cache-") as folder:
         monitoring_port = free_port()
@@ -306,6 +341,7 @@ def main():
         finally:
             server.terminate(10)
         authorization(folder)
+        https(folder)
     print("http_cache: all checks passed")
 
 
