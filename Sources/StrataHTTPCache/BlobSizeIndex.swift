@@ -15,7 +15,7 @@ import Synchronization
 /// a restart a blob of a cached action is found again through its action. A hash it does not know is
 /// answered 404, as a cache miss: never a wrong byte, since the storage verifies hash and size.
 ///
-/// Bounded: the least recently used hashes are forgotten past `capacity` entries (about 100 bytes each).
+/// Bounded: the least recently used hashes are forgotten past `capacity` entries (roughly 150 bytes each).
 public final class BlobSizeIndex: Sendable {
     private let sizes: Mutex<LRUDictionary<DigestKey, Int64>>
     public let capacity: Int

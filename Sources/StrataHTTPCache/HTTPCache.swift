@@ -153,7 +153,7 @@ public struct HTTPCache: Sendable {
         let hashOnly = try Digest(hash: target.hash, sizeBytes: 0, function: function)
         switch (target.kind, request.method) {
         case (.cas, .put): return try await putBlob(request, hash: hashOnly, instance: instance)
-        case (.cas, _): return try await getBlob(hash: hashOnly, headOnly: request.method == .head, instance: instance)
+        case (.cas, _): return try await getBlob(request, hash: hashOnly, headOnly: request.method == .head, instance: instance)
         case (.ac, .put): return try await putActionResult(request, action: hashOnly, instance: instance)
         case (.ac, _): return try await getActionResult(action: hashOnly, headOnly: request.method == .head, instance: instance)
         }
@@ -168,7 +168,7 @@ public struct HTTPCache: Sendable {
 
     func sizeIndex(_ instance: Instance) -> BlobSizeIndex? { sizeIndexes[instance.name] }
 
-    func getBlob(hash: Digest, headOnly: Bool, instance: Instance) async throws -> Response {
+    func getBlob(_ request: Request, hash: Digest, headOnly: Bool, instance: Instance) async throws -> Response {
         let store = try casStore(instance).store
         guard let digest = sizeIndex(instance)?.digest(hash: hash.hash, function: hash.function) else {
             throw StrataError.notFound("blob \(hash.hash) is not in the CAS of instance \"\(StrataError.echo(instance.name))\" (or its size is not known here)")
@@ -179,7 +179,7 @@ public struct HTTPCache: Sendable {
             return Response(status: .ok, headers: headers, body: ResponseBody())
         }
         let blob = try await store.read(digest, offset: 0, limit: nil)
-        let encoded = Self.responseEncoding(blob, digest: digest)
+        let encoded = Self.responseEncoding(blob, digest: digest, acceptEncoding: request.headers[.acceptEncoding])
         if let encoding = encoded.contentEncoding {
             headers[.contentEncoding] = encoding
             headers[.contentLength] = nil
@@ -245,9 +245,12 @@ public struct HTTPCache: Sendable {
             "Content-Encoding \"\(StrataError.echo(encoding))\" is not supported: send the body unencoded (identity)"))
     }
 
-    /// The bytes to send for a blob and the `Content-Encoding` that names them (nil: identity): the
-    /// place where zstd (for a client whose `Accept-Encoding` names it) will compress the stream.
-    static func responseEncoding(_ blob: BlobBody, digest: Digest) -> (body: BlobBody, contentEncoding: String?) {
+    /// The bytes to send for a blob and the `Content-Encoding` that names them (nil: identity, with
+    /// the blob's size as `Content-Length`): the place where zstd, for a client whose `Accept-Encoding`
+    /// names it, will compress the stream (as bazel-remote does). Identity only for now.
+    static func responseEncoding(
+        _ blob: BlobBody, digest: Digest, acceptEncoding: String?
+    ) -> (body: BlobBody, contentEncoding: String?) {
         (blob, nil)
     }
 

@@ -332,6 +332,23 @@ import Testing
 
     // MARK: Configuration
 
+    @Test func htpasswdIsConfiguredWithItsMethod() throws {
+        try "alice:{SHA}\(Data(Insecure.SHA1.hash(data: Data("x".utf8))).base64EncodedString())\n"
+            .write(toFile: "\(scratch)/htpasswd", atomically: true, encoding: .utf8)
+        func problem(_ authorization: String) -> String? {
+            do {
+                _ = try Configuration.parse(yaml: Self.yaml(authorization: authorization), file: "strata.yml")
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(problem("authorization:\n  method: htpasswd\n  htpasswd: \(scratch)/htpasswd") == nil)
+        #expect(problem("authorization:\n  method: htpasswd")?.contains("method htpasswd needs htpasswd") == true)
+        #expect(problem("authorization:\n  method: headers\n  htpasswd: \(scratch)/htpasswd")?.contains("applies to method: htpasswd only") == true)
+        #expect(problem("authorization:\n  method: htpasswd\n  htpasswd: \(scratch)/absent")?.contains("cannot read the htpasswd file") == true)
+    }
+
     @Test func anHTTPChannelNamesAConfiguredInstance() throws {
         let yaml = Self.yaml().replacingOccurrences(
             of: "  - !http-channel\n    address: 127.0.0.1:0", with: "  - !http-channel\n    address: 127.0.0.1:0\n    instance-name: missing")
