@@ -12,6 +12,8 @@ public struct HTTPCacheChannel: Sendable {
     public var settings: HTTPCache.Settings
     /// `insecure-mode: false` with `credentials`: served over TLS (HTTPS).
     public var tls: TLSCredentials?
+    /// Where `credentials` is, for `checkTLSFiles`' messages.
+    var credentialsLocation: ConfigLocation?
 }
 
 extension Builder {
@@ -60,6 +62,7 @@ extension Builder {
             throw credentialsNode.error("TLS needs tls-server-key and tls-server-cert (PEM files)")
         }
         channel.tls = TLSCredentials(serverKeyPath: try key.string(), serverCertificatePath: try certificate.string())
+        channel.credentialsLocation = ConfigLocation(file: credentialsNode.file, line: credentialsNode.line, path: credentialsNode.path)
         return channel
     }
 
@@ -95,6 +98,19 @@ extension Builder {
 }
 
 extension Configuration {
+    /// What is wrong with the `!http-channel`s' TLS files, located at their `credentials` (`checkTLSFiles`).
+    func checkHTTPTLSFiles() -> [ConfigError] {
+        httpCaches.compactMap { channel in
+            guard let credentials = channel.tls, let location = channel.credentialsLocation else { return nil }
+            do throws(StrataError) {
+                _ = try HTTPCache.tlsConfiguration(credentials)
+                return nil
+            } catch {
+                return ConfigError(file: location.file, line: location.line, path: location.path, message: error.message)
+            }
+        }
+    }
+
     /// The listeners of the `!http-channel`s, serving the instances of `registry` (the gRPC server's).
     /// Reads the TLS files: a missing or bad one is an error naming it.
     public func httpCacheListeners(accessLog: Logger?, logger: Logger) throws(StrataError) -> [HTTPListener] {

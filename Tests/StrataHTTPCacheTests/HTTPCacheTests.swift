@@ -349,6 +349,14 @@ import Testing
         #expect(problem("authorization:\n  method: htpasswd\n  htpasswd: \(scratch)/absent")?.contains("cannot read the htpasswd file") == true)
     }
 
+    @Test func configCheckReadsAnHTTPChannelsTLSFiles() throws {
+        let yaml = Self.yaml(httpOptions: "insecure-mode: false\n    credentials:\n      tls-server-key: \(scratch)/absent.key\n      tls-server-cert: \(scratch)/absent.pem")
+        let configuration = try Configuration.parse(yaml: yaml, file: "strata.yml")
+        let problems = configuration.checkTLSFiles()
+        #expect(problems.count == 1)
+        #expect(problems.first.map { "\($0)".contains("absent.pem") } == true, "\(problems)")
+    }
+
     @Test func anHTTPChannelNamesAConfiguredInstance() throws {
         let yaml = Self.yaml().replacingOccurrences(
             of: "  - !http-channel\n    address: 127.0.0.1:0", with: "  - !http-channel\n    address: 127.0.0.1:0\n    instance-name: missing")
