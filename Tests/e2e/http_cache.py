@@ -10,7 +10,8 @@ http.client, curl and grpcio (REAPI messages from BuildGrid's generated `_pb2` m
 2. `authorization: {method: htpasswd}` with a file made by Apache's `htpasswd` (bcrypt -B and {SHA}
    -s): 401 with WWW-Authenticate without or with wrong credentials, 200 with them, 403 for a write
    the ACL refuses; the same Basic credentials over gRPC.
-3. `insecure-mode: false` with credentials (openssl's self-signed certificate): PUT and GET over HTTPS.
+3. `method: jwt`: PyJWT's tokens over HTTP (401 with a Bearer challenge without or with an expired one).
+4. `insecure-mode: false` with credentials (openssl's self-signed certificate): PUT and GET over HTTPS.
 
     python3 Tests/e2e/http_cache.py        (STRATA_BINARY: the strata executable to test)
 """
@@ -292,6 +293,33 @@ def authorization(folder):
         server.terminate(10)
 
 
+def bearer_tokens(folder):
+    """`method: jwt`: the same bearer tokens as gRPC (made with PyJWT), and a Bearer challenge."""
+    import jwt
+    secret = "an HTTP cache e2e secret, longer than thirty-two bytes"
+    with open(f"{folder}/jwt-secret", "w") as f:
+        f.write(secret + "\n")
+    server = Server(config(
+        "!lru-storage &cas\n    size: 16M",
+        f"authorization:\n  method: jwt\n  secret: {folder}/jwt-secret\n  algorithm: hs256\n"),
+        folder, log_name="jwt.log").start()
+    try:
+        port = http_port(server)
+        blob = os.urandom(1000)
+        status, headers, _ = Client(port).request("PUT", f"/cas/{sha256(blob)}", blob)
+        expect(status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer "), f"PUT without a token: {status} {headers}")
+        token = jwt.encode({"sub": "ci", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+        expired = jwt.encode({"sub": "ci", "exp": int(time.time()) - 600}, secret, algorithm="HS256")
+        status, _, body = Client(port, {"Authorization": f"Bearer {expired}"}).request("PUT", f"/cas/{sha256(blob)}", blob)
+        expect(status == 401 and b"expired" in body, f"PUT with an expired token: {status} {body!r}")
+        client = Client(port, {"Authorization": f"Bearer {token}"})
+        expect(client.request("PUT", f"/cas/{sha256(blob)}", blob)[0] == 200, "PUT with a token")
+        expect(client.request("GET", f"/cas/{sha256(blob)}")[2] == blob, "GET with a token")
+        print("http_cache: JWT bearer tokens over HTTP: 401 with a Bearer challenge, 200 with a valid token")
+    finally:
+        server.terminate(10)
+
+
 def https(folder):
     """`insecure-mode: false` with credentials: the same protocol over TLS, checked against its certificate."""
     key, certificate = f"{folder}/server.key", f"{folder}/server.pem"
@@ -341,6 +369,7 @@ def main():
         finally:
             server.terminate(10)
         authorization(folder)
+        bearer_tokens(folder)
         https(folder)
     print("http_cache: all checks passed")
 
