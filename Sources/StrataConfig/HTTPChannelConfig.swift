@@ -55,13 +55,15 @@ extension Builder {
             return channel
         }
         guard let credentialsNode else {
-            throw (options["insecure-mode"] ?? node).error("insecure-mode: false needs credentials: {tls-server-key, tls-server-cert}")
+            throw (options["insecure-mode"] ?? node).error("insecure-mode: false needs credentials: {tls-server-key, tls-server-cert} (and tls-client-certs for mutual TLS)")
         }
-        let credentials = try credentialsNode.mapping(allowed: ["tls-server-key", "tls-server-cert"])
+        let credentials = try credentialsNode.mapping(allowed: ["tls-server-key", "tls-server-cert", "tls-client-certs"])
         guard let key = credentials["tls-server-key"], let certificate = credentials["tls-server-cert"] else {
             throw credentialsNode.error("TLS needs tls-server-key and tls-server-cert (PEM files)")
         }
-        channel.tls = TLSCredentials(serverKeyPath: try key.string(), serverCertificatePath: try certificate.string())
+        channel.tls = TLSCredentials(
+            serverKeyPath: try key.string(), serverCertificatePath: try certificate.string(),
+            clientCertificateAuthoritiesPath: try credentials["tls-client-certs"]?.string())
         channel.credentialsLocation = ConfigLocation(file: credentialsNode.file, line: credentialsNode.line, path: credentialsNode.path)
         return channel
     }

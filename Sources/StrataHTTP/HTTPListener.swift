@@ -104,6 +104,10 @@ public final class HTTPListener: Service, Sendable {
         return quieter
     }
 
+    /// The subject of a mutual-TLS connection's verified client certificate, set by the listener
+    /// (`ClientCertificateHandler`), never by a client.
+    public static let verifiedClientCertificateHeader = HTTPFields.Element.Name("x-strata-verified-client-certificate")!
+
     /// The router of `routes`, also what tests drive without a socket.
     public static func router(_ routes: [HTTPRoute]) -> Router<PeerRequestContext> {
         let router = Router(context: PeerRequestContext.self)
@@ -115,8 +119,9 @@ public final class HTTPListener: Service, Sendable {
 
     public func run() async throws {
         let router = Self.router(routes)
-        let http1: HTTPServerBuilder = answersExpectContinue
-            ? .http1(additionalChannelHandlers: [ExpectContinueHandler()]) : .http1()
+        let expectContinue = answersExpectContinue
+        let http1: HTTPServerBuilder = .http1(
+            additionalChannelHandlers: [ClientCertificateHandler()] + (expectContinue ? [ExpectContinueHandler()] : []))
         let server: HTTPServerBuilder
         do {
             server = try tls.map { try .tls(http1, tlsConfiguration: $0) } ?? http1

@@ -144,7 +144,8 @@ public struct HTTPCache: Sendable {
         func header(_ name: String) -> String? { HTTPFields.Element.Name(name).flatMap { headers[$0] } }
         return RequestCredentials(
             authorization: headers[.authorization], actorHeader: header("x-request-actor"),
-            subjectHeader: header("x-request-subject"), workflowHeader: header("x-request-workflow"))
+            subjectHeader: header("x-request-subject"), workflowHeader: header("x-request-workflow"),
+            clientCertificateSubject: headers[HTTPListener.verifiedClientCertificateHeader])
     }
 
     func respond(_ request: Request, target: Target, instance: Instance) async throws -> Response {

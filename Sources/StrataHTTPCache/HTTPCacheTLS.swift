@@ -10,9 +10,15 @@ extension HTTPCache {
         do {
             let chain = try NIOSSLCertificate.fromPEMFile(credentials.serverCertificatePath).map { NIOSSLCertificateSource.certificate($0) }
             let key = try NIOSSLPrivateKey(file: credentials.serverKeyPath, format: .pem)
-            return TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+            var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+            if let authorities = credentials.clientCertificateAuthoritiesPath {
+                // Mutual TLS: a client certificate is required and verified against these CAs only.
+                configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(authorities))
+                configuration.certificateVerification = .noHostnameVerification
+            }
+            return configuration
         } catch {
-            throw .invalidArgument("tls-server-key \"\(credentials.serverKeyPath)\" and tls-server-cert \"\(credentials.serverCertificatePath)\": \(error)")
+            throw .invalidArgument("tls-server-key \"\(credentials.serverKeyPath)\", tls-server-cert \"\(credentials.serverCertificatePath)\"\(credentials.clientCertificateAuthoritiesPath.map { " and tls-client-certs \"\($0)\"" } ?? ""): \(error)")
         }
     }
 }

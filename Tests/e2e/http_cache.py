@@ -11,7 +11,9 @@ http.client, curl and grpcio (REAPI messages from BuildGrid's generated `_pb2` m
    -s): 401 with WWW-Authenticate without or with wrong credentials, 200 with them, 403 for a write
    the ACL refuses; the same Basic credentials over gRPC.
 3. `method: jwt`: PyJWT's tokens over HTTP (401 with a Bearer challenge without or with an expired one).
-4. `insecure-mode: false` with credentials (openssl's self-signed certificate): PUT and GET over HTTPS.
+4. `insecure-mode: false` with credentials (openssl's self-signed certificate): PUT and GET over HTTPS;
+   with `tls-client-certs`, a client without a certificate is refused and the certificate's subject is
+   the actor an ACL judges.
 
     python3 Tests/e2e/http_cache.py        (STRATA_BINARY: the strata executable to test)
 """
@@ -349,6 +351,67 @@ def https(folder):
             expect(response.status == want, f"{method} over HTTPS: {response.status}")
         expect(data == blob, "GET over HTTPS returned other bytes")
         print("http_cache: PUT and GET over HTTPS")
+    finally:
+        server.terminate(10)
+
+    # Mutual TLS: a client certificate from the configured CA is required, and its subject is the
+    # actor the ACL judges (`method: none` with `acl-config`).
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=e2e CA",
+            "-keyout", f"{folder}/ca.key", "-out", f"{folder}/ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=Example/CN=builder",
+            "-keyout", f"{folder}/client.key", "-out", f"{folder}/client.csr")
+    openssl("x509", "-req", "-in", f"{folder}/client.csr", "-CA", f"{folder}/ca.pem", "-CAkey", f"{folder}/ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{folder}/client.pem")
+    with open(f"{folder}/mtls-acl.yml", "w") as f:
+        f.write('"":\n  allow:\n    - actor: "CN=builder,O=Example"\n      requests: [Read, GetActionResult, FindMissingBlobs]\n')
+    server = Server(config(
+        "!lru-storage &cas\n    size: 16M",
+        f"authorization:\n  method: none\n  acl-config: {folder}/mtls-acl.yml\n",
+        http_options=f"insecure-mode: false\n    credentials:\n      tls-server-key: {key}\n      tls-server-cert: {certificate}\n"
+                     f"      tls-client-certs: {folder}/ca.pem"),
+        folder, log_name="mtls.log").start()
+    try:
+        found = None
+        for _ in range(200):
+            found = re.findall(r"listening on https://127\.0\.0\.1:(\d+)", server.log())
+            if found:
+                break
+            time.sleep(0.05)
+        expect(found, f"no HTTPS listener:\n{server.log()}")
+        port = int(found[-1])
+        anonymous = ssl.create_default_context(cafile=certificate)
+        try:
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=anonymous, timeout=30)
+            connection.request("GET", f"/cas/{'ab' * 32}")
+            connection.getresponse().read()
+            raise AssertionError("a client without a certificate was served")
+        except (ssl.SSLError, ConnectionError, OSError):
+            pass
+        context = ssl.create_default_context(cafile=certificate)
+        context.load_cert_chain(f"{folder}/client.pem", f"{folder}/client.key")
+        results = {}
+        for method, body in [("PUT", blob), ("GET", None)]:
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+            connection.request(method, f"/cas/{sha256(blob)}", body=body)
+            response = connection.getresponse()
+            results[method] = (response.status, response.read())
+            connection.close()
+        expect(results["PUT"][0] == 403 and b"client-certificate:CN=builder,O=Example" in results["PUT"][1],
+               f"mutual TLS PUT: {results['PUT']}")
+        expect(results["GET"][0] == 404, f"mutual TLS GET: {results['GET']}")
+        print("http_cache: mutual TLS: no certificate refused; the certificate's subject is the ACL's actor")
+    finally:
+        server.terminate(10)
+
+    # The header that carries a verified subject to the handlers cannot be forged by a client.
+    server = Server(config("!lru-storage &cas\n    size: 16M", f"authorization:\n  method: none\n  acl-config: {folder}/mtls-acl.yml\n"),
+                    folder, log_name="forged.log").start()
+    try:
+        status, _, body = Client(http_port(server), {"X-Strata-Verified-Client-Certificate": "CN=builder,O=Example"}).request(
+            "GET", f"/cas/{'ab' * 32}")
+        expect(status == 401 and b"no client certificate" in body, f"a forged certificate header: {status} {body!r}")
     finally:
         server.terminate(10)
 
