@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
     ],
     targets: [
         // Generated from Protos/strata-api.pb by tools/generate-protos.sh; never edited by hand.
@@ -95,6 +96,8 @@ let package = Package(
             dependencies: [
                 "StrataCore", "StrataHTTPClient",
                 .product(name: "JWTKit", package: "jwt-kit"),
+                // `method: htpasswd`: bcrypt password hashes.
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -195,7 +198,25 @@ let package = Package(
             dependencies: [
                 "StrataCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Bazel's HTTP cache protocol (`!http-channel`): GET/HEAD/PUT of /ac/ and /cas/ on an instance.
+        .target(
+            name: "StrataHTTPCache",
+            dependencies: [
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataServer", "StrataHTTP",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
@@ -203,7 +224,7 @@ let package = Package(
         .target(
             name: "StrataConfig",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP", "StrataHTTPCache",
                 "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth", "StrataChunking",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
@@ -267,6 +288,16 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataHTTPCacheTests",
+            dependencies: [
+                "StrataHTTPCache", "StrataConfig", "StrataTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings
         ),

@@ -59,6 +59,14 @@ public struct Authentication: Sendable {
             return .success(Principal(
                 source: .headers, actor: credentials.actorHeader, subject: credentials.subjectHeader,
                 workflow: credentials.workflowHeader))
+        case .htpasswd(let file):
+            guard let header = credentials.authorization else {
+                return .failure(.unauthenticated("no credentials: the request has no \"authorization: Basic base64(user:password)\" header"))
+            }
+            guard header.hasPrefix("Basic ") else {
+                return .failure(.unauthenticated("malformed authorization header: expected \"Basic base64(user:password)\""))
+            }
+            return await file.principal(basicAuthorization: String(header.dropFirst("Basic ".count)))
         case .none:
             guard let subject = credentials.clientCertificateSubject else {
                 return .failure(.unauthenticated("no client certificate: the connection is not mutual TLS"))

@@ -12,6 +12,8 @@ public struct AuthorizationSettings: Sendable {
         case jwt(JWTSettings)
         /// `x-request-actor`, `x-request-subject`, `x-request-workflow`, set by a trusted proxy.
         case headers
+        /// HTTP basic credentials (`authorization: Basic …`) checked against an htpasswd file.
+        case htpasswd(HtpasswdFile)
     }
 
     public var method: Method

@@ -15,13 +15,19 @@ struct AuthorizationConfig {
 
     static func parse(_ node: ConfigNode, instanceNames: Set<String>, warnings: inout [String]) throws(ConfigError) -> AuthorizationConfig {
         let options = try node.mapping(
-            allowed: Set(["method", "acl-config", "allow-unauthenticated-instances", "allow-localhost-requests"]).union(jwtOnlyKeys),
+            allowed: Set(["method", "acl-config", "allow-unauthenticated-instances", "allow-localhost-requests", "htpasswd"]).union(jwtOnlyKeys),
             unsupported: ["url", "request-timeout", "credentials"])
-        guard let methodNode = options["method"] else { throw node.error("\"method\" is required: none, jwt or headers") }
+        guard let methodNode = options["method"] else { throw node.error("\"method\" is required: none, jwt, headers or htpasswd") }
         let methodName = try methodNode.string()
         let method: AuthorizationSettings.Method
         var keySet: JWKSKeySet?
+        if methodName != "htpasswd", let htpasswd = options["htpasswd"] { throw htpasswd.error("\"htpasswd\" applies to method: htpasswd only") }
         switch methodName {
+        case "htpasswd":
+            if let key = jwtOnlyKeys.sorted().first(where: { options[$0] != nil }), let entry = options[key] {
+                throw entry.error("\"\(key)\" applies to method: jwt only")
+            }
+            method = .htpasswd(try htpasswdFile(node, options))
         case "none", "headers":
             if let key = jwtOnlyKeys.sorted().first(where: { options[$0] != nil }), let entry = options[key] {
                 throw entry.error("\"\(key)\" applies to method: jwt only")
@@ -36,7 +42,7 @@ struct AuthorizationConfig {
         case "server":
             throw methodNode.error("method \"server\" (an external auth server) is not supported by Strata yet")
         default:
-            throw methodNode.error("unknown method \"\(methodName)\"; expected none, jwt or headers")
+            throw methodNode.error("unknown method \"\(methodName)\"; expected none, jwt, headers or htpasswd")
         }
         var settings = AuthorizationSettings(method: method)
         if let aclNode = options["acl-config"] {
@@ -97,6 +103,22 @@ struct AuthorizationConfig {
             throw node.error("give either secret or jwks-url, not both")
         case (nil, nil):
             throw node.error("method jwt needs a secret (a file) or a jwks-url")
+        }
+    }
+
+    /// `method: htpasswd`'s `htpasswd:` file (bcrypt or {SHA} hashes), read and parsed now.
+    private static func htpasswdFile(_ node: ConfigNode, _ options: [String: ConfigNode]) throws(ConfigError) -> HtpasswdFile {
+        guard let fileNode = options["htpasswd"] else { throw node.error("method htpasswd needs htpasswd: the path of an htpasswd file") }
+        let path = try fileNode.string()
+        switch readTextFile(atPath: path) {
+        case .success(let contents):
+            do throws(StrataError) {
+                return try HtpasswdFile(path: path, contents: contents)
+            } catch {
+                throw fileNode.error(error.message)
+            }
+        case .failure(let failure):
+            throw fileNode.error("cannot read the htpasswd file \(path): \(failure.reason)")
         }
     }
 

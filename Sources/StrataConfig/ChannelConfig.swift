@@ -30,7 +30,7 @@ extension Configuration {
             } catch {
                 return ConfigError(file: location.file, line: location.line, path: location.path, message: error.message)
             }
-        }
+        } + checkHTTPTLSFiles()
     }
 }
 

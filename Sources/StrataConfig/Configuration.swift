@@ -4,6 +4,7 @@ import Logging
 import StrataActionCache
 import StrataAuth
 import StrataCore
+import StrataHTTPCache
 import StrataMetrics
 import StrataServer
 import ServiceLifecycle
@@ -82,6 +83,10 @@ public struct Configuration: Sendable {
     public var monitoring: MonitoringSetup?
     /// The storages `/status` reports, by instance.
     public var statusSources: StatusSources = StatusSources()
+    /// The `!http-channel`s (Bazel's HTTP cache protocol) and each instance's blob sizes by hash, which
+    /// they share with the instance's decorated CAS (HTTPChannelConfig.swift).
+    public var httpCaches: [HTTPCacheChannel] = []
+    public var blobSizeIndexes: [String: BlobSizeIndex] = [:]
 
     /// The largest BatchUpdateBlobs/BatchReadBlobs, announced in Capabilities: 4 MiB, or lower under a
     /// smaller `grpc.max_receive_message_length`.
@@ -181,6 +186,10 @@ struct Builder {
     var withCacheStores: [String: WithCacheBlobStore] = [:]
     /// The storage nodes each instance's services name, by instance name.
     var instanceStorageRoots: [String: [String]] = [:]
+    /// `!http-channel`s' `instance-name`s, checked once the instances are known, and the largest
+    /// `blob-size-index-entries` (HTTPChannelConfig.swift).
+    var httpInstanceNodes: [(name: String, node: ConfigNode)] = []
+    var blobSizeIndexEntries: Int?
 
     /// Builds everything `root` describes, recording each item's problem in `errors` and going on
     /// (ErrorCollection.swift); the result is only meant to be used when `errors` stays empty.
@@ -204,8 +213,13 @@ struct Builder {
         var tls: [ListenAddress: TLSCredentials] = [:]
         var tlsLocations: [ListenAddress: ConfigLocation] = [:]
         var channelsFailed = false
+        var httpCaches: [HTTPCacheChannel] = []
         if let server = top["server"] {
             for node in check({ builder throws(ConfigError) in try server.sequence() }) ?? [] {
+                if node.applicationTag == "!http-channel" {
+                    if let http = check({ builder throws(ConfigError) in try builder.httpChannel(node) }) { httpCaches.append(http) }
+                    continue
+                }
                 guard let channel = check({ builder throws(ConfigError) in try builder.channel(node) }) else {
                     channelsFailed = true
                     continue
@@ -268,6 +282,10 @@ struct Builder {
         } else {
             record(root.error("\"instances\" is required"))
         }
+        var blobSizeIndexes: [String: BlobSizeIndex] = [:]
+        if !httpCaches.isEmpty {
+            (instances, blobSizeIndexes) = servingHTTPCache(instances, complete: instanceNamesComplete)
+        }
         var cleanups: [CleanupTarget] = []
         if let cleanupNode = top["cleanup"] { cleanups = cleanupTargets(cleanupNode, instanceNames: names) }
         // The graph checks see the storages and uses that were built; a failed one is reported already.
@@ -281,7 +299,7 @@ struct Builder {
             if let keySet = authorization.keySet { backgroundServices.append(keySet) }
         }
         guard errors.isEmpty else { return nil }
-        return Configuration(
+        var configuration = Configuration(
             addresses: addresses, connectionPolicies: connectionPolicies, tls: tls, tlsLocations: tlsLocations,
             concurrencyLimits: concurrencyLimits, instances: instances, authentication: authentication,
             storageSummary: storages.values.map(\.summary).sorted(), cacheSummary: cacheSummary.sorted(),
@@ -290,6 +308,9 @@ struct Builder {
             sqlConnections: objects.values.compactMap { $0 as? SQLConnection }.filter { !$0.settings.readOnly },
             preparations: preparations, readiness: Readiness(backends: readinessChecks), scrubTargets: scrubTargets(),
             monitoring: monitoringSetup, statusSources: statusSources(instances), maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
+        configuration.httpCaches = httpCaches
+        configuration.blobSizeIndexes = blobSizeIndexes
+        return configuration
     }
 
     /// Registers `backend` (built from `node`) for the readiness checks, named `name`.

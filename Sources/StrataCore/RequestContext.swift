@@ -12,6 +12,8 @@ public struct Principal: Sendable, Hashable, CustomStringConvertible {
         case clientCertificate = "client-certificate"
         /// Headers set by a trusted proxy (`authorization: {method: headers}`).
         case headers
+        /// HTTP basic credentials checked against an htpasswd file (`authorization: {method: htpasswd}`).
+        case htpasswd
         /// A request from the loopback interface, trusted by `allow-localhost-requests`.
         case localhost
     }

@@ -1,4 +1,7 @@
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+import NIOCore
 import Logging
 import ServiceLifecycle
 import StrataCore
@@ -9,11 +12,11 @@ import Synchronization
 public struct HTTPRoute: Sendable {
     public var method: HTTPRequest.Method
     public var path: String
-    public var handler: @Sendable (Request, BasicRequestContext) async throws -> Response
+    public var handler: @Sendable (Request, PeerRequestContext) async throws -> Response
 
     public init(
         _ method: HTTPRequest.Method, _ path: String,
-        handler: @escaping @Sendable (Request, BasicRequestContext) async throws -> Response
+        handler: @escaping @Sendable (Request, PeerRequestContext) async throws -> Response
     ) {
         self.method = method
         self.path = path
@@ -33,6 +36,28 @@ public struct HTTPRoute: Sendable {
     }
 }
 
+/// Hummingbird's request context with the client's address (for logs and `allow-localhost-requests`).
+public struct PeerRequestContext: Hummingbird.RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.remoteAddress = source.channel.remoteAddress
+    }
+
+    /// The address as gRPC's transport writes a peer (`ipv4:127.0.0.1:51234`), which
+    /// `RequestContext.isFromLoopback` reads.
+    public var peer: String {
+        switch remoteAddress {
+        case .v4(let address)?: "ipv4:\(address.host):\(remoteAddress?.port ?? 0)"
+        case .v6(let address)?: "ipv6:[\(address.host)]:\(remoteAddress?.port ?? 0)"
+        case .unixDomainSocket?: "unix:\(remoteAddress?.pathname ?? "")"
+        case nil: "unknown"
+        }
+    }
+}
+
 /// An HTTP/1.1 listener on `host:port` serving `routes` (404 for any other path), run as a
 /// swift-service-lifecycle `Service` beside the gRPC server: it binds when run, never before, and a
 /// port in use fails `run` naming the address.
@@ -45,13 +70,22 @@ public final class HTTPListener: Service, Sendable {
     private let boundPort = Mutex<Int?>(nil)
     /// What the start-up log line says the listener serves, e.g. "monitoring".
     public let purpose: String
+    /// TLS settings (nil: plaintext).
+    private let tls: TLSConfiguration?
+    /// Answers `Expect: 100-continue` before a request's body is read (curl waits for it).
+    private let answersExpectContinue: Bool
 
-    public init(host: String, port: Int, routes: [HTTPRoute], purpose: String, logger: Logger) {
+    public init(
+        host: String, port: Int, routes: [HTTPRoute], purpose: String, logger: Logger, tls: TLSConfiguration? = nil,
+        answersExpectContinue: Bool = false
+    ) {
         self.host = host
         self.port = port
         self.routes = routes
         self.purpose = purpose
         self.logger = logger
+        self.tls = tls
+        self.answersExpectContinue = answersExpectContinue
         self.bound = AsyncStream.makeStream(of: Int.self, bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -70,19 +104,40 @@ public final class HTTPListener: Service, Sendable {
         return quieter
     }
 
-    public func run() async throws {
-        let router = Router()
+    /// The subject of a mutual-TLS connection's verified client certificate, set by the listener
+    /// (`ClientCertificateHandler`), never by a client.
+    public static let verifiedClientCertificateHeader = HTTPFields.Element.Name("x-strata-verified-client-certificate")!
+
+    /// The router of `routes`, also what tests drive without a socket.
+    public static func router(_ routes: [HTTPRoute]) -> Router<PeerRequestContext> {
+        let router = Router(context: PeerRequestContext.self)
         for route in routes {
             router.on(RouterPath(route.path), method: route.method, use: route.handler)
         }
+        return router
+    }
+
+    public func run() async throws {
+        let router = Self.router(routes)
+        let expectContinue = answersExpectContinue
+        let http1: HTTPServerBuilder = .http1(
+            additionalChannelHandlers: [ClientCertificateHandler()] + (expectContinue ? [ExpectContinueHandler()] : []))
+        let server: HTTPServerBuilder
+        do {
+            server = try tls.map { try .tls(http1, tlsConfiguration: $0) } ?? http1
+        } catch {
+            throw StrataError.unavailable("\(purpose): cannot set up TLS on \(host):\(port): \(error)")
+        }
+        let scheme = tls == nil ? "http" : "https"
         let app = Application(
             router: router,
+            server: server,
             configuration: .init(address: .hostname(host, port: port), serverName: nil),
             onServerRunning: { [self] channel in
                 let actual = channel.localAddress?.port ?? port
                 boundPort.withLock { $0 = actual }
                 bound.continuation.yield(actual)
-                logger.info("\(purpose) listening on http://\(host.contains(":") ? "[\(host)]" : host):\(actual) (\(routes.map(\.path).joined(separator: ", ")))")
+                logger.info("\(purpose) listening on \(scheme)://\(host.contains(":") ? "[\(host)]" : host):\(actual) (\(routes.map(\.path).reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }.joined(separator: ", ")))")
             },
             logger: Self.quieter(logger))
         defer { bound.continuation.finish() }

@@ -10,12 +10,14 @@ import StrataCore
 ///
 /// Lines are at info level (`--log-level warning` hides them, `--no-access-log` turns them off); the
 /// health service's at debug, as probes call it every few seconds.
-struct AccessLogInterceptor: ServerInterceptor {
+public struct AccessLogInterceptor: ServerInterceptor {
     let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
 
     static let healthService = Grpc_Health_V1_Health.descriptor.fullyQualifiedService
 
-    func intercept<Input: Sendable, Output: Sendable>(
+    public func intercept<Input: Sendable, Output: Sendable>(
         request: StreamingServerRequest<Input>,
         context: ServerContext,
         next: @Sendable (StreamingServerRequest<Input>, ServerContext) async throws -> StreamingServerResponse<Output>
@@ -43,8 +45,8 @@ struct AccessLogInterceptor: ServerInterceptor {
         return response
     }
 
-    /// The line of the current RPC, ended by `error` (nil: OK).
-    func log(_ error: (any Error)?) {
+    /// The line of the current RPC (or HTTP cache request), ended by `error` (nil: OK).
+    public func log(_ error: (any Error)?) {
         guard let request = RequestContext.current else { return }
         let level: Logger.Level = request.service == Self.healthService ? .debug : .info
         guard logger.logLevel <= level else { return }

@@ -44,7 +44,7 @@ public struct ActionCacheService: Build_Bazel_Remote_Execution_V2_ActionCache.Si
 
     /// Every digest an ActionResult references must be well formed, or a later hit would hand clients
     /// digests they cannot fetch.
-    static func validate(_ result: ActionResult, function: DigestFunction) throws(StrataError) {
+    public static func validate(_ result: ActionResult, function: DigestFunction) throws(StrataError) {
         func check(_ digest: ProtoDigest, _ what: @autoclosure () -> String) throws(StrataError) {
             do {
                 _ = try Digest(digest, function: function)

@@ -116,7 +116,7 @@ public final class RPCMetrics: Sendable {
         if received > 0 { call.received.increment(by: received) }
         let sent = context.bytesSent
         if sent > 0 { call.sent.increment(by: sent) }
-        if method == "GetActionResult" && (number == 0 || number == RPCError.Code.notFound.rawValue) {
+        if (method == "GetActionResult" || method == "GET /ac") && (number == 0 || number == RPCError.Code.notFound.rawValue) {
             let counter = actionCache.withLock { tallies in
                 var tally = tallies[instance] ?? {
                     let labels = [("instance", instance)]
@@ -130,6 +130,12 @@ public final class RPCMetrics: Sendable {
             }
             counter.increment()
         }
+    }
+
+    /// Records a request of Bazel's HTTP cache protocol (`method` such as `GET /ac`) as an RPC, with
+    /// the status its outcome maps to (nil: OK).
+    public func record(request method: String, error: StrataError?) {
+        record(method: method, code: error.map { ErrorStatusInterceptor.codeAndMessage($0).code })
     }
 
     /// GetActionResult's hits and misses since start, by instance (for `/status`).

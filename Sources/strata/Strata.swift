@@ -10,6 +10,7 @@ import NIOPosix
 import ServiceLifecycle
 import StrataConfig
 import StrataCore
+import StrataHTTP
 import StrataServer
 
 @main
@@ -149,10 +150,18 @@ struct Serve: AsyncParsableCommand {
                 return answers
             },
             logger: logger).services
+        // `!http-channel`s: Bazel's HTTP cache protocol on the same instances, stopped with the server.
+        let httpCaches: [any Service]
+        do {
+            httpCaches = try configuration.httpCacheListeners(accessLog: accessLog ? Logger(label: "strata.access") : nil, logger: logger)
+        } catch {
+            logger.critical("\(describeError(error))")
+            throw ExitCode(1)
+        }
         let group = ServiceGroup(
             configuration: .init(
                 // Graceful shutdown runs in reverse order: the server stops before the connection pools it uses.
-                services: (configuration.backgroundServices + monitoring).map { .init(service: $0) } + [.init(service: server)],
+                services: (configuration.backgroundServices + monitoring + [server] + httpCaches).map { .init(service: $0) },
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

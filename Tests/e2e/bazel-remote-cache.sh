@@ -2,8 +2,10 @@
 # End-to-end test: a real Bazel client against a REAPI remote cache.
 #
 # Usage: Tests/e2e/bazel-remote-cache.sh HOST:PORT
+#        Tests/e2e/bazel-remote-cache.sh http://[USER:PASSWORD@]HOST:PORT[/PREFIX]
 #
-# A REAPI gRPC cache server must already be listening on HOST:PORT; this script
+# A REAPI gRPC cache server must already be listening on HOST:PORT (or, given an
+# http:// URL, a server speaking Bazel's HTTP cache protocol there); this script
 # never starts or stops it. It:
 #   1. copies Tests/e2e/workspace (and the offline stand-in repositories in
 #      Tests/e2e/workspace-deps) to a fresh temp dir and uses its own
@@ -40,6 +42,10 @@
 #                               the header must fail with UNAUTHENTICATED, then every
 #                               build passes --remote_header=H (e.g.
 #                               "authorization=Bearer <JWT>")
+#   BAZEL_E2E_HTTP_REFUSED=URL  HTTP mode with credentials: first a build with
+#                               --remote_cache=URL (no credentials) must get 401
+#                               answers (Bazel warns and builds locally), then the
+#                               builds use the given URL
 #   BAZEL_E2E_DISK_CACHE=DIR    self-test mode only: use --disk_cache=DIR instead
 #                               of a remote cache (HOST:PORT is then not needed)
 set -euo pipefail
@@ -66,6 +72,10 @@ if [[ -n "${BAZEL_E2E_DISK_CACHE:-}" ]]; then
     DISK_CACHE="$(cd "$BAZEL_E2E_DISK_CACHE" && pwd)"
     CACHE_FLAGS+=("--disk_cache=$DISK_CACHE")
     CACHE_DESC="disk cache $DISK_CACHE (self-test mode)"
+elif [[ $# -eq 1 && ( "$1" == http://* || "$1" == https://* ) ]]; then
+    CACHE_FLAGS+=("--remote_cache=$1")
+    # The URL's password stays out of the output.
+    CACHE_DESC="HTTP cache $(sed -E 's#//[^/@]*@#//USER:***@#' <<<"$1")"
 else
     [[ $# -eq 1 ]] || usage
     ENDPOINT="${1#grpc://}"
@@ -235,6 +245,18 @@ if [[ -n "${BAZEL_E2E_REMOTE_HEADER:-}" ]]; then
     echo "bazel e2e: $(grep -m1 -o 'UNAUTHENTICATED.*' "$LOGS/unauthenticated.log")" >&2
     run_bazel "$LOGS/clean-unauthenticated.log" clean --expunge --color=no --curses=no
     BUILD_FLAGS+=("--remote_header=$BAZEL_E2E_REMOTE_HEADER")
+fi
+
+# The HTTP cache refuses a client without credentials: Bazel warns (401) about every lookup and
+# upload and builds locally. The clean that follows removes what it built.
+if [[ -n "${BAZEL_E2E_HTTP_REFUSED:-}" ]]; then
+    echo "bazel e2e: build with --remote_cache=$BAZEL_E2E_HTTP_REFUSED (must be refused with 401)..." >&2
+    run_bazel "$LOGS/unauthenticated.log" build "${BUILD_FLAGS[@]}" "--remote_cache=$BAZEL_E2E_HTTP_REFUSED" //...
+    # Bazel 4.2 writes "WARNING: Reading from Remote Cache:" and the status on the next line.
+    grep -A1 -E '^WARNING: (Reading from|Writing to) Remote Cache' "$LOGS/unauthenticated.log" | grep -q '^401 Unauthorized' \
+        || { tail -n 40 "$LOGS/unauthenticated.log" >&2; die "a build without credentials was not refused with 401"; }
+    echo "bazel e2e: refused: $(grep -m1 -A1 '^401 Unauthorized' "$LOGS/unauthenticated.log" | tail -n 1 | cut -c1-160)" >&2
+    run_bazel "$LOGS/clean-unauthenticated.log" clean --expunge --color=no --curses=no
 fi
 
 # ----------------------------------------------------------------- build 1 --
