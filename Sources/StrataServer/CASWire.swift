@@ -72,7 +72,10 @@ struct RequestDigest: Sendable {
 
     /// The digest for the request's function; INVALID_ARGUMENT says what is wrong with it.
     func validated(for function: DigestFunction) throws(StrataError) -> Digest {
-        if text == nil && function == .sha256 && sizeBytes >= 0 { return Digest(key: key) }
+        if text == nil && function.hexLength == DigestKey.hexCapacity && sizeBytes >= 0 {
+            // 64 hex digits already decoded: the same words under the request's function (BLAKE3).
+            return Digest(key: DigestKey(w0: key.w0, w1: key.w1, w2: key.w2, w3: key.w3, sizeBytes: sizeBytes, function: function))
+        }
         return try Digest(hash: text ?? key.hex, sizeBytes: sizeBytes, function: function)
     }
 
