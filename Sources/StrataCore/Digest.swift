@@ -122,13 +122,14 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
         hasher.combine(key)
     }
 
-    /// By hash, then size, as the hex sorts: the key's words are the hex's nibbles in order.
+    /// By hash, then size, as the hex sorts: the key's words are the hex's nibbles in order. The same
+    /// hex and size under two functions (two digests) are ordered by the function's enum value.
     public static func < (lhs: Digest, rhs: Digest) -> Bool {
         if !lhs.longHash.isEmpty || !rhs.longHash.isEmpty || lhs.function.hexLength != rhs.function.hexLength {
-            return (lhs.hash, lhs.sizeBytes) < (rhs.hash, rhs.sizeBytes)
+            return (lhs.hash, lhs.sizeBytes, lhs.function.rawValue) < (rhs.hash, rhs.sizeBytes, rhs.function.rawValue)
         }
         let l = lhs.key, r = rhs.key
-        return (l.w0, l.w1, l.w2, l.w3, l.sizeBytes) < (r.w0, r.w1, r.w2, r.w3, r.sizeBytes)
+        return (l.w0, l.w1, l.w2, l.w3, l.sizeBytes, l.function.rawValue) < (r.w0, r.w1, r.w2, r.w3, r.sizeBytes, r.function.rawValue)
     }
 }
 

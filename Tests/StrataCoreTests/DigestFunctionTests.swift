@@ -78,6 +78,17 @@ import Testing
         #expect(!emptyHexAsBLAKE3.isEmpty && Digest.empty(.blake3).isEmpty)
     }
 
+    /// Two functions' digests with the same hex and size are distinct and strictly ordered, so sorted
+    /// batches (SQL's lock order) and sets treat them as two.
+    @Test func sameHexUnderTwoFunctionsAreTwoOrderedDigests() throws {
+        let hex = String(repeating: "5a", count: 32)
+        let sha256 = try Digest(hash: hex, sizeBytes: 9, function: .sha256)
+        let blake3 = try Digest(hash: hex, sizeBytes: 9, function: .blake3)
+        #expect(sha256 != blake3 && Set([sha256, blake3, sha256]).count == 2)
+        #expect(sha256 < blake3 && !(blake3 < sha256))
+        #expect([blake3, sha256].sorted() == [sha256, blake3])
+    }
+
     @Test func storageNamesAreOnePerFunctionAndParseBack() throws {
         let hex = String(repeating: "ab", count: 32)
         let sha256 = try Digest(hash: hex, sizeBytes: 12, function: .sha256)
