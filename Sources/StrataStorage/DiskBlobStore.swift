@@ -159,6 +159,16 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         "\(fanOutDirectory(of: digest))/\(digest.hash)_\(digest.sizeBytes)"
     }
 
+    /// Flushes the folders above a fan-out folder just created (`cas/blake3/ab` is made by the first
+    /// BLAKE3 write): its new entry must survive a crash as the blob renamed into it does.
+    private func syncParents(of directory: String) {
+        var parent = directory
+        while parent.count > casDirectory.count, let slash = parent.lastIndex(of: "/") {
+            parent = String(parent[..<slash])
+            syncDirectory(parent)
+        }
+    }
+
     /// `cas/{first two hex}` for SHA-256, `cas/{function}/{first two hex}` for the other functions.
     private func fanOutDirectory(of digest: Digest) -> String {
         "\(casDirectory)/\(digest.namespacePrefix)\(digest.hash.prefix(2))"
@@ -351,8 +361,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                         try entry.file.close(path: entry.tmpPath)
                         if rename(entry.tmpPath, entry.finalPath) != 0 {
                             guard errno == ENOENT else { throw posixError("rename", entry.finalPath) }
-                            try? FileManager.default.createDirectory(
-                                atPath: String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!]), withIntermediateDirectories: true)
+                            let directory = String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!])
+                            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                            if sync { self.syncParents(of: directory) }
                             guard rename(entry.tmpPath, entry.finalPath) == 0 else { throw posixError("rename", entry.finalPath) }
                         }
                         directories.insert(String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!]))
@@ -446,13 +457,14 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     /// the blob the most recently used and releases the write's reservation.
     private func renameIntoPlace(_ digest: Digest, from tmpPath: String, to finalPath: String) async throws {
         let directory = fanOutDirectory(of: digest)
+        let sync = self.sync
         @Sendable func move() throws {
             if rename(tmpPath, finalPath) == 0 { return }
             guard errno == ENOENT else { throw posixError("rename", finalPath) }
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            if sync { self.syncParents(of: directory) }
             guard rename(tmpPath, finalPath) == 0 else { throw posixError("rename", finalPath) }
         }
-        let sync = self.sync
         if budget == nil {
             try await threadPool.runIfActive {
                 try move()
