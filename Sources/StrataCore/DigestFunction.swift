@@ -102,15 +102,17 @@ public enum DigestFunction: Int, Sendable, Hashable, CaseIterable, CustomStringC
 }
 
 /// Incremental hash of streamed chunks with one of the supported functions: SHA-256, SHA-1, SHA-384 and
-/// SHA-512 from swift-crypto, BLAKE3 from its official C implementation (CBLAKE3).
+/// SHA-512 from swift-crypto, BLAKE3 from its official C implementation (CBLAKE3: the BLAKE3 team's C
+/// sources as Debian's librust-blake3-dev ships them, compiled by tools/build-deps with their SSE2,
+/// SSE4.1, AVX2 and AVX-512 assembly; the widest the CPU has is picked at run time).
 ///
 /// SHA-256, the default, is on every hot path: it keeps its own stored state, updated with one
 /// well-predicted branch per chunk, so it costs what it did before the other functions existed.
 public struct BlobHasher: Sendable {
     public let function: DigestFunction
     public private(set) var byteCount: Int64 = 0
-    // One state per function, the function's own set: each is updated in place (optional chaining
-    // mutates the stored value), never copied, which an enum with payloads would do on every chunk.
+    // A stored state per function, only the hasher's own one set: it is updated in place (optional
+    // chaining mutates the stored value), never copied, as an enum with payloads would be per chunk.
     private var sha256 = SHA256()
     private var sha1: Insecure.SHA1?
     private var sha384: SHA384?
