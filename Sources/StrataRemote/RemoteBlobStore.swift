@@ -68,12 +68,14 @@ public final class RemoteBlobStore: BlobStore {
     // MARK: BlobStore
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
-        var missing: [Digest] = []
-        // One call per digest function (a request names one), 10k digests at most: ~1 MiB of request,
+        let unique = digests.uniqued()
+        var missing = Set<Digest>()
+        // One call per digest function (a request names one) and per 10k digests: ~1 MiB of request,
         // well under any server's message limit.
-        for unique in Dictionary(grouping: digests.uniqued(), by: \.function).values {
-        for start in stride(from: 0, to: unique.count, by: 10_000) {
-            let part = Array(unique[start..<min(unique.count, start + 10_000)])
+        let parts = Dictionary(grouping: unique, by: \.function).values.flatMap { group in
+            stride(from: 0, to: group.count, by: 10_000).map { Array(group[$0..<min(group.count, $0 + 10_000)]) }
+        }
+        for part in parts {
             let response = try await call("FindMissingBlobs") { cas, _ in
                 try await cas.findMissingBlobs(.with {
                     $0.instanceName = self.instanceName
@@ -82,10 +84,12 @@ public final class RemoteBlobStore: BlobStore {
                 }, options: self.callOptions)
             }
             let byKey = Dictionary(part.map { ($0.wireKey, $0) }, uniquingKeysWith: { first, _ in first })
-            missing += response.missingBlobDigests.compactMap { byKey[Digest.WireKey(hash: $0.hash, size: $0.sizeBytes)] }
+            for item in response.missingBlobDigests {
+                if let digest = byKey[Digest.WireKey(hash: item.hash, size: item.sizeBytes)] { missing.insert(digest) }
+            }
         }
-        }
-        return missing
+        // In the order asked, whatever the grouping.
+        return unique.filter(missing.contains)
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {

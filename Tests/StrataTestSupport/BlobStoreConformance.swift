@@ -283,8 +283,10 @@ extension BlobStoreConformance {
         let sha256 = Blob.random(size: 1000)
         let sameHexBLAKE3 = try Digest(hash: sha256.digest.hash, sizeBytes: sha256.digest.sizeBytes, function: .blake3)
         _ = await store.writeBatch([(sha256.digest, sha256.data)])
-        try expect(try await store.findMissing([sameHexBLAKE3, sha256.digest, blake3.digest]) == [sameHexBLAKE3],
-                   "a SHA-256 blob made the BLAKE3 digest with the same hex present")
+        let absentSHA256 = Blob.random(size: 7).digest
+        let missing = try await store.findMissing([sameHexBLAKE3, sha256.digest, absentSHA256, blake3.digest])
+        try expect(missing == [sameHexBLAKE3, absentSHA256],
+                   "findMissing of two functions' digests answered \(missing), expected [\(sameHexBLAKE3) (BLAKE3), \(absentSHA256)] in order")
         let blake3Read = try await store.readAll(blake3.digest)
         let sha256Read = try await store.readAll(sha256.digest)
         try expect(blake3Read == blake3.data && sha256Read == sha256.data, "two functions' blobs read back differently")
