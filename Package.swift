@@ -45,9 +45,12 @@ let package = Package(
             ],
             exclude: []
         ),
+        // BLAKE3's official C implementation, compiled by tools/build-deps from Debian's librust-blake3-dev.
+        .systemLibrary(name: "CBLAKE3", pkgConfig: "strata_blake3"),
         .target(
             name: "StrataCore",
             dependencies: [
+                "CBLAKE3",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strictSettings

@@ -2,7 +2,8 @@ import Foundation
 import StrataCore
 
 /// Spreads action results over named shards by rendezvous hashing of the action's hash, the same
-/// choice as `ShardedBlobStore` (and BuildGrid's sharded action cache).
+/// choice as `ShardedBlobStore` (and BuildGrid's sharded action cache); like it, by the hash alone,
+/// and the shard keeps two functions' entries with the same hex apart.
 public struct ShardedActionCache: ActionCache {
     public struct Shard: Sendable {
         public var name: String

@@ -63,14 +63,29 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
         self.longHash = ""
     }
 
+    /// A digest whose hash was computed here: a hasher's output bytes, of any length.
+    init(hashBytes: UnsafeRawBufferPointer, sizeBytes: Int64, function: DigestFunction) {
+        precondition(hashBytes.count * 2 == function.hexLength && sizeBytes >= 0)
+        self.key = DigestKey(hashBytes: hashBytes, sizeBytes: sizeBytes, function: function)
+        self.longHash = function.hexLength > DigestKey.hexCapacity ? hashBytes.hexString : ""
+    }
+
     /// The digest of the empty blob, which is always present and never stored.
     public static func empty(_ function: DigestFunction = .sha256) -> Digest {
-        function.makeHasher().finalizeDigest()
+        emptyDigests[function] ?? function.makeHasher().finalizeDigest()
     }
+
+    /// The empty blob's digest for each supported function, computed once.
+    private static let emptyDigests: [DigestFunction: Digest] = Dictionary(
+        uniqueKeysWithValues: DigestFunction.supported.map { ($0, $0.makeHasher().finalizeDigest()) })
 
     public static let emptySHA256 = Digest.empty(.sha256)
 
-    public var isEmpty: Bool { sizeBytes == 0 && key == Digest.emptySHA256.key }
+    /// Whether this is the empty blob's digest for its function (the function is part of the key).
+    public var isEmpty: Bool {
+        guard sizeBytes == 0 else { return false }
+        return key.function == .sha256 ? key == Digest.emptySHA256.key : self == Digest.empty(function)
+    }
 
     /// Computes the digest of `bytes`.
     public static func of(_ bytes: some DataProtocol, function: DigestFunction = .sha256) -> Digest {
@@ -107,13 +122,14 @@ public struct Digest: Hashable, Sendable, CustomStringConvertible, Comparable {
         hasher.combine(key)
     }
 
-    /// By hash, then size, as the hex sorts: the key's words are the hex's nibbles in order.
+    /// By hash, then size, as the hex sorts: the key's words are the hex's nibbles in order. The same
+    /// hex and size under two functions (two digests) are ordered by the function's enum value.
     public static func < (lhs: Digest, rhs: Digest) -> Bool {
         if !lhs.longHash.isEmpty || !rhs.longHash.isEmpty || lhs.function.hexLength != rhs.function.hexLength {
-            return (lhs.hash, lhs.sizeBytes) < (rhs.hash, rhs.sizeBytes)
+            return (lhs.hash, lhs.sizeBytes, lhs.function.rawValue) < (rhs.hash, rhs.sizeBytes, rhs.function.rawValue)
         }
         let l = lhs.key, r = rhs.key
-        return (l.w0, l.w1, l.w2, l.w3, l.sizeBytes) < (r.w0, r.w1, r.w2, r.w3, r.sizeBytes)
+        return (l.w0, l.w1, l.w2, l.w3, l.sizeBytes, l.function.rawValue) < (r.w0, r.w1, r.w2, r.w3, r.sizeBytes, r.function.rawValue)
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Crypto
+import CBLAKE3
 
 /// The hash functions of REAPI's `DigestFunction.Value`, with the ones Strata can compute.
 public enum DigestFunction: Int, Sendable, Hashable, CaseIterable, CustomStringConvertible {
@@ -14,8 +15,9 @@ public enum DigestFunction: Int, Sendable, Hashable, CaseIterable, CustomStringC
     case blake3 = 9
     case gitsha1 = 10
 
-    /// The functions this server computes and advertises.
-    public static let supported: [DigestFunction] = [.sha256]
+    /// The functions this server computes and advertises: every one works end to end (CAS, ByteStream,
+    /// action cache, GetTree) and has its own namespace in every backend.
+    public static let supported: [DigestFunction] = [.sha256, .sha1, .sha384, .sha512, .blake3]
 
     /// Lower-case name, as used in ByteStream resource names and in messages.
     public var name: String {
@@ -93,35 +95,98 @@ public enum DigestFunction: Int, Sendable, Hashable, CaseIterable, CustomStringC
 
     static var supportedList: String { supported.map(\.description).joined(separator: ", ") }
 
-    /// An incremental hasher for this function.
+    /// An incremental hasher for this function, which must be one of `supported`.
     public func makeHasher() -> BlobHasher {
-        precondition(self == .sha256, "only supported functions can hash")
-        return BlobHasher()
+        BlobHasher(function: self)
     }
 }
 
-/// Incremental SHA-256 over streamed chunks.
+/// Incremental hash of streamed chunks with one of the supported functions: SHA-256, SHA-1, SHA-384 and
+/// SHA-512 from swift-crypto, BLAKE3 from its official C implementation (CBLAKE3: the BLAKE3 team's C
+/// sources as Debian's librust-blake3-dev ships them, compiled by tools/build-deps with their SSE2,
+/// SSE4.1, AVX2 and AVX-512 assembly; the widest the CPU has is picked at run time).
+///
+/// SHA-256, the default, is on every hot path: it keeps its own stored state, updated with one
+/// well-predicted branch per chunk, so it costs what it did before the other functions existed.
 public struct BlobHasher: Sendable {
-    private var sha = SHA256()
+    public let function: DigestFunction
     public private(set) var byteCount: Int64 = 0
+    // A stored state per function, only the hasher's own one set: it is updated in place (optional
+    // chaining mutates the stored value), never copied, as an enum with payloads would be per chunk.
+    private var sha256 = SHA256()
+    private var sha1: Insecure.SHA1?
+    private var sha384: SHA384?
+    private var sha512: SHA512?
+    private var blake3: BLAKE3State?
 
-    public init() {}
+    public init(function: DigestFunction = .sha256) {
+        self.function = function
+        switch function {
+        case .sha256: break
+        case .sha1: sha1 = Insecure.SHA1()
+        case .sha384: sha384 = SHA384()
+        case .sha512: sha512 = SHA512()
+        case .blake3: blake3 = BLAKE3State()
+        default: preconditionFailure("\(function) cannot hash: only supported functions can")
+        }
+    }
 
     public mutating func update<Bytes: DataProtocol>(_ bytes: Bytes) {
-        sha.update(data: bytes)
         byteCount += Int64(bytes.count)
-    }
-
-    public func finalizeHex() -> String {
-        sha.finalize().hexString
-    }
-
-    /// The digest of the bytes hashed so far, without writing its hash out as hex.
-    public func finalizeDigest() -> Digest {
-        let key = sha.finalize().withUnsafeBytes {
-            DigestKey(hashBytes: $0, sizeBytes: byteCount, function: .sha256)
+        switch function {
+        case .sha256: sha256.update(data: bytes)
+        case .sha1: sha1?.update(data: bytes)
+        case .sha384: sha384?.update(data: bytes)
+        case .sha512: sha512?.update(data: bytes)
+        default: blake3?.update(bytes)
         }
-        return Digest(key: key)
+    }
+
+    /// The hash of the bytes hashed so far, as lower-case hex.
+    public func finalizeHex() -> String {
+        finalizeDigest().hash
+    }
+
+    /// The digest of the bytes hashed so far, without writing a hash of at most 256 bits out as hex.
+    public func finalizeDigest() -> Digest {
+        let size = byteCount, function = function
+        func digest(_ hash: UnsafeRawBufferPointer) -> Digest { Digest(hashBytes: hash, sizeBytes: size, function: function) }
+        switch function {
+        case .sha256: return sha256.finalize().withUnsafeBytes(digest)
+        case .sha1: return sha1!.finalize().withUnsafeBytes(digest)
+        case .sha384: return sha384!.finalize().withUnsafeBytes(digest)
+        case .sha512: return sha512!.finalize().withUnsafeBytes(digest)
+        default: return blake3!.finalize(digest)
+        }
+    }
+}
+
+/// The state of BLAKE3's C hasher (about 2 KB, so not copied along with every `BlobHasher`), copied
+/// on write so that `BlobHasher` keeps value semantics: a copied hasher (a benchmark's shared
+/// prefix) goes on independently of the original.
+struct BLAKE3State: Sendable {
+    private final class Box: @unchecked Sendable {
+        // Mutated only while uniquely referenced (`BLAKE3State.update`), so never while shared.
+        var hasher = blake3_hasher()
+        init() { blake3_hasher_init(&hasher) }
+        init(copying other: Box) { hasher = other.hasher }
+    }
+
+    private var box = Box()
+
+    mutating func update<Bytes: DataProtocol>(_ bytes: Bytes) {
+        if !isKnownUniquelyReferenced(&box) { box = Box(copying: box) }
+        for region in bytes.regions {
+            region.withUnsafeBytes { buffer in
+                if let base = buffer.baseAddress { blake3_hasher_update(&box.hasher, base, buffer.count) }
+            }
+        }
+    }
+
+    func finalize<Result>(_ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        var output = [UInt8](repeating: 0, count: Int(BLAKE3_OUT_LEN))
+        withUnsafePointer(to: &box.hasher) { blake3_hasher_finalize($0, &output, output.count) }
+        return output.withUnsafeBytes(body)
     }
 }
 

@@ -94,3 +94,11 @@ public struct ResourceName: Sendable, Hashable {
         return (compressor, digest, rest)
     }
 }
+
+extension Digest {
+    /// `{hash}/{size}` after `blobs/` in a ByteStream resource name, preceded by `{digest_function}/`
+    /// for the functions the spec does not let a server infer from the hash's length (BLAKE3).
+    public var resourceNamePath: String {
+        (function.isImplicitInResourceNames ? "" : "\(function.name)/") + "\(hash)/\(sizeBytes)"
+    }
+}

@@ -5,7 +5,10 @@ import StrataCore
 
 /// Action results in Redis, one string key per action, laid out as BuildGrid 0.9.1's
 /// `!redis-action-cache` so that its Redis is served as is: key `action-cache.[salt.]hash_size`, value
-/// the ActionResult or the Digest of its blob in the CAS (see `ActionCacheEntries`).
+/// the ActionResult or the Digest of its blob in the CAS (see `ActionCacheEntries`). That is a SHA-256
+/// action's key; another digest function's action has its function before the hash,
+/// `action-cache.[salt.]{function}/hash_size` (`Digest.storageName`), so the same hex under two
+/// functions is two entries.
 ///
 /// Keys never expire here: Redis's own eviction policy (e.g. `allkeys-lru`) bounds the cache, as for
 /// BuildGrid. A value that is not a usable entry is answered as absent and deleted, so the action runs
@@ -26,8 +29,8 @@ public struct RedisActionCache: ActionCache {
     }
 
     public func key(for action: Digest) -> String {
-        guard let keySalt, !keySalt.isEmpty else { return "action-cache.\(action.hash)_\(action.sizeBytes)" }
-        return "action-cache.\(keySalt).\(action.hash)_\(action.sizeBytes)"
+        guard let keySalt, !keySalt.isEmpty else { return "action-cache.\(action.storageName)" }
+        return "action-cache.\(keySalt).\(action.storageName)"
     }
 
     public func get(_ action: Digest) async throws -> ActionResult? {

@@ -6,7 +6,8 @@ import StrataStorage
 /// `!redis-index`: which blobs a backing storage holds, their sizes and last access times, in Redis.
 ///
 /// Layout, under `prefix`:
-/// - `{prefix}access`: a sorted set, member `{hash}_{size}`, score = last access in milliseconds since
+/// - `{prefix}access`: a sorted set, member `{hash}_{size}` (`{function}/{hash}_{size}` for digest
+///   functions other than SHA-256, see `Digest.storageName`), score = last access in milliseconds since
 ///   1970. The size is part of the member, so presence, size and access time are one entry, and the
 ///   least recently used blobs are a range query (`ZRANGEBYSCORE`), never a keyspace scan.
 /// - `{prefix}totals`: a hash with the fields `bytes` and `blobs`, changed only by the scripts that add
@@ -385,15 +386,11 @@ public final class RedisIndex: EnumerableIndex {
         .internal("Redis index at \(client.endpoint) (prefix \"\(prefix)\"): unexpected reply to \(what): \(reply)")
     }
 
-    static func member(_ digest: Digest) -> String { "\(digest.hash)_\(digest.sizeBytes)" }
+    /// `{hash}_{size}` for SHA-256 (the layout since the start), `{function}/{hash}_{size}` for the
+    /// other digest functions (`Digest.storageName`): the size stays last, where the scripts read it.
+    static func member(_ digest: Digest) -> String { digest.storageName }
 
-    static func digest(member: String) -> Digest? {
-        guard let separator = member.lastIndex(of: "_"), let size = Int64(member[member.index(after: separator)...])
-        else { return nil }
-        let hash = String(member[..<separator])
-        guard let function = try? DigestFunction.resolve(protoValue: 0, hash: hash) else { return nil }
-        return try? Digest(hash: hash, sizeBytes: size, function: function)
-    }
+    static func digest(member: String) -> Digest? { Digest(storageName: member) }
 
     // MARK: Scripts
     // Sizes go to HINCRBY as the digits matched from the member, never through a Lua number, whose

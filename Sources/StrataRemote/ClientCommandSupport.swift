@@ -6,13 +6,13 @@ import SwiftProtobuf
 
 /// What the `strata cas` / `strata ac` commands read from their arguments and files.
 public enum ClientCommandInput {
-    /// A digest as clients print it: `HASH/SIZE` (SHA-256).
-    public static func digest(_ text: String) throws(StrataError) -> Digest {
+    /// A digest as clients print it: `HASH/SIZE`, of `function` (SHA-256 unless told).
+    public static func digest(_ text: String, function: DigestFunction = .sha256) throws(StrataError) -> Digest {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2, let size = Int64(parts[1]), size >= 0 else {
             throw .invalidArgument("\(StrataError.echo(text)) is not a digest; expected HASH/SIZE, e.g. e3b0c442…b855/0")
         }
-        return try Digest(hash: String(parts[0]), sizeBytes: size)
+        return try Digest(hash: String(parts[0]), sizeBytes: size, function: function)
     }
 
     /// An ActionResult from a file: its JSON (protobuf's JSON mapping, as `strata ac get` prints it) or

@@ -23,24 +23,27 @@ public struct LocalTree: Sendable {
 
     public var totalBytes: Int64 { blobs.keys.reduce(0) { $0 + $1.sizeBytes } }
 
-    public static func scan(_ path: String) throws(StrataError) -> LocalTree {
+    /// Hashes the file or tree at `path` with `function` (every digest of a tree is of one function).
+    public static func scan(_ path: String, function: DigestFunction = .sha256) throws(StrataError) -> LocalTree {
         var info = stat()
         guard lstat(path, &info) == 0 else { throw .notFound("\(path): \(String(cString: strerror(errno)))") }
         var blobs: [Digest: Source] = [:]
         switch info.st_mode & S_IFMT {
         case S_IFREG:
-            let digest = try hashFile(path)
+            let digest = try hashFile(path, function: function)
             blobs[digest] = .file(path: path)
             return LocalTree(root: digest, isDirectory: false, blobs: blobs)
         case S_IFDIR:
-            let root = try scanDirectory(path, into: &blobs)
+            let root = try scanDirectory(path, function: function, into: &blobs)
             return LocalTree(root: root, isDirectory: true, blobs: blobs)
         default:
             throw .invalidArgument("\(path) is neither a regular file nor a directory")
         }
     }
 
-    private static func scanDirectory(_ path: String, into blobs: inout [Digest: Source]) throws(StrataError) -> Digest {
+    private static func scanDirectory(
+        _ path: String, function: DigestFunction, into blobs: inout [Digest: Source]
+    ) throws(StrataError) -> Digest {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: path)
@@ -54,7 +57,7 @@ public struct LocalTree: Sendable {
             guard lstat(child, &info) == 0 else { throw .invalidArgument("\(child): \(String(cString: strerror(errno)))") }
             switch info.st_mode & S_IFMT {
             case S_IFREG:
-                let digest = try hashFile(child)
+                let digest = try hashFile(child, function: function)
                 blobs[digest] = blobs[digest] ?? .file(path: child)
                 directory.files.append(.with {
                     $0.name = name
@@ -63,7 +66,7 @@ public struct LocalTree: Sendable {
                     $0.isExecutable = access(child, X_OK) == 0
                 })
             case S_IFDIR:
-                let digest = try scanDirectory(child, into: &blobs)
+                let digest = try scanDirectory(child, function: function, into: &blobs)
                 directory.directories.append(.with {
                     $0.name = name
                     $0.digest = digest.proto
@@ -89,16 +92,16 @@ public struct LocalTree: Sendable {
         } catch {
             throw .internal("\(path): cannot encode its Directory message: \(error)")
         }
-        let digest = Digest.of(data)
+        let digest = Digest.of(data, function: function)
         blobs[digest] = .message(data)
         return digest
     }
 
-    /// The SHA-256 digest of a file, read in 1 MiB pieces.
-    static func hashFile(_ path: String) throws(StrataError) -> Digest {
+    /// The digest of a file under `function`, read in 1 MiB pieces.
+    static func hashFile(_ path: String, function: DigestFunction) throws(StrataError) -> Digest {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw .invalidArgument("\(path) cannot be read") }
         defer { try? handle.close() }
-        var hasher = DigestFunction.sha256.makeHasher()
+        var hasher = function.makeHasher()
         do {
             while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty { hasher.update(chunk) }
         } catch {

@@ -32,7 +32,7 @@ public final class RemoteActionCache: ActionCache {
                 try await ActionCacheClient(wrapping: client).getActionResult(.with {
                     $0.instanceName = self.channel.options.instanceName
                     $0.actionDigest = action.proto
-                    $0.digestFunction = .sha256
+                    $0.digestFunction = action.function.proto
                 }, options: self.channel.callOptions)
             }
         } catch let error as StrataError where error.code == .notFound {
@@ -46,7 +46,7 @@ public final class RemoteActionCache: ActionCache {
                 $0.instanceName = self.channel.options.instanceName
                 $0.actionDigest = action.proto
                 $0.actionResult = result
-                $0.digestFunction = .sha256
+                $0.digestFunction = action.function.proto
             }, options: self.channel.callOptions)
         }
     }

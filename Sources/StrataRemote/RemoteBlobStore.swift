@@ -69,21 +69,27 @@ public final class RemoteBlobStore: BlobStore {
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
         let unique = digests.uniqued()
-        var missing: [Digest] = []
-        // 10k digests are ~1 MiB of request: well under any server's message limit.
-        for start in stride(from: 0, to: unique.count, by: 10_000) {
-            let part = Array(unique[start..<min(unique.count, start + 10_000)])
+        var missing = Set<Digest>()
+        // One call per digest function (a request names one) and per 10k digests: ~1 MiB of request,
+        // well under any server's message limit.
+        let parts = Dictionary(grouping: unique, by: \.function).values.flatMap { group in
+            stride(from: 0, to: group.count, by: 10_000).map { Array(group[$0..<min(group.count, $0 + 10_000)]) }
+        }
+        for part in parts {
             let response = try await call("FindMissingBlobs") { cas, _ in
                 try await cas.findMissingBlobs(.with {
                     $0.instanceName = self.instanceName
                     $0.blobDigests = part.map(\.proto)
-                    $0.digestFunction = .sha256
+                    $0.digestFunction = part[0].function.proto
                 }, options: self.callOptions)
             }
             let byKey = Dictionary(part.map { ($0.wireKey, $0) }, uniquingKeysWith: { first, _ in first })
-            missing += response.missingBlobDigests.compactMap { byKey[Digest.WireKey(hash: $0.hash, size: $0.sizeBytes)] }
+            for item in response.missingBlobDigests {
+                if let digest = byKey[Digest.WireKey(hash: item.hash, size: item.sizeBytes)] { missing.insert(digest) }
+            }
         }
-        return missing
+        // In the order asked, whatever the grouping.
+        return unique.filter(missing.contains)
     }
 
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
@@ -114,7 +120,7 @@ public final class RemoteBlobStore: BlobStore {
             return
         }
         let resource = (instanceName.isEmpty ? "" : "\(instanceName)/")
-            + "uploads/\(UUID().uuidString.lowercased())/blobs/\(digest.hash)/\(digest.sizeBytes)"
+            + "uploads/\(UUID().uuidString.lowercased())/blobs/\(digest.resourceNamePath)"
         let verified = body.verifying(digest)
         // When the body fails (bad bytes, a client that went away), that error is the answer, not
         // the "stream closed" the RPC then ends with.
@@ -174,10 +180,15 @@ public final class RemoteBlobStore: BlobStore {
         var batches: [[Int]] = [[]]
         var batchBytes: Int64 = 0
         var large: [Int] = []
-        for (index, digest) in digests.enumerated() {
+        // A request names one digest function: a batch holds digests of one function.
+        var batchFunction = DigestFunction.sha256
+        for index in Self.groupedByFunction(digests) {
+            let digest = digests[index]
             if digest.sizeBytes == 0 { results[index] = .success(Data()); continue }
             if digest.sizeBytes > maxBatchBytes / 2 { large.append(index); continue }
-            if batchBytes + digest.sizeBytes > maxBatchBytes { batches.append([]); batchBytes = 0 }
+            if batchBytes + digest.sizeBytes > maxBatchBytes || digest.function != batchFunction {
+                batches.append([]); batchBytes = 0; batchFunction = digest.function
+            }
             batches[batches.count - 1].append(index)
             batchBytes += digest.sizeBytes
         }
@@ -205,13 +216,18 @@ public final class RemoteBlobStore: BlobStore {
         var batches: [[Int]] = [[]]
         var batchBytes: Int64 = 0
         var large: [Int] = []
-        for (index, blob) in blobs.enumerated() {
+        // A request names one digest function: a batch holds blobs of one function.
+        var batchFunction = DigestFunction.sha256
+        for index in Self.groupedByFunction(blobs.map(\.digest)) {
+            let blob = blobs[index]
             // Never send bytes that do not match their digest: the remote would refuse them anyway,
             // and this way the error is the same whichever path a blob takes.
             if let error = Self.verificationError(blob.digest, blob.data) { results[index] = .failure(error); continue }
             if blob.digest.sizeBytes == 0 { results[index] = .success(()); continue }
             if blob.digest.sizeBytes > maxBatchBytes / 2 { large.append(index); continue }
-            if batchBytes + blob.digest.sizeBytes > maxBatchBytes { batches.append([]); batchBytes = 0 }
+            if batchBytes + blob.digest.sizeBytes > maxBatchBytes || blob.digest.function != batchFunction {
+                batches.append([]); batchBytes = 0; batchFunction = blob.digest.function
+            }
             batches[batches.count - 1].append(index)
             batchBytes += blob.digest.sizeBytes
         }
@@ -224,7 +240,7 @@ public final class RemoteBlobStore: BlobStore {
                             $0.digest = blobs[index].digest.proto
                             $0.data = blobs[index].data
                         } }
-                        $0.digestFunction = .sha256
+                        $0.digestFunction = blobs[batch[0]].digest.function.proto
                     }, options: self.callOptions)
                 }
                 var byKey: [Digest.WireKey: Google_Rpc_Status] = [:]
@@ -257,7 +273,7 @@ public final class RemoteBlobStore: BlobStore {
             try await cas.batchReadBlobs(.with {
                 $0.instanceName = self.instanceName
                 $0.digests = wanted.map(\.proto)
-                $0.digestFunction = .sha256
+                $0.digestFunction = wanted[0].function.proto
             }, options: self.callOptions)
         }
         var byKey: [Digest.WireKey: Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse.Response] = [:]
@@ -277,7 +293,7 @@ public final class RemoteBlobStore: BlobStore {
     }
 
     private func readRange(_ digest: Digest, from offset: Int64, count: Int64) async throws -> Data {
-        let resource = (instanceName.isEmpty ? "" : "\(instanceName)/") + "blobs/\(digest.hash)/\(digest.sizeBytes)"
+        let resource = (instanceName.isEmpty ? "" : "\(instanceName)/") + "blobs/\(digest.resourceNamePath)"
         let data = try await call("ByteStream.Read") { _, byteStream in
             try await byteStream.read(.with {
                 $0.resourceName = resource
@@ -295,6 +311,12 @@ public final class RemoteBlobStore: BlobStore {
         return data
     }
 
+    /// The indices of `digests`, those of one digest function together (SHA-256 first), each group in
+    /// the original order.
+    private static func groupedByFunction(_ digests: [Digest]) -> [Int] {
+        digests.indices.sorted { (digests[$0].function.rawValue, $0) < (digests[$1].function.rawValue, $1) }
+    }
+
     private static func verificationError(_ digest: Digest, _ data: Data) -> StrataError? {
         do {
             try digest.verify(data)
@@ -302,6 +324,13 @@ public final class RemoteBlobStore: BlobStore {
         } catch {
             return StrataError.from(error)
         }
+    }
+}
+
+extension DigestFunction {
+    /// The request field's value for this function.
+    var proto: Build_Bazel_Remote_Execution_V2_DigestFunction.Value {
+        Build_Bazel_Remote_Execution_V2_DigestFunction.Value(rawValue: rawValue) ?? .unknown
     }
 }
 

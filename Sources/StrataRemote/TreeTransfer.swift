@@ -83,7 +83,7 @@ public enum TreeTransfer {
         case .file(let path):
             guard let data = FileManager.default.contents(atPath: path) else { throw .invalidArgument("\(path) cannot be read") }
             // The file changed since it was hashed: its digest would name other bytes.
-            guard Digest.of(data) == digest else { throw .failedPrecondition("\(path) changed while it was being uploaded") }
+            guard Digest.of(data, function: digest.function) == digest else { throw .failedPrecondition("\(path) changed while it was being uploaded") }
             return data
         }
     }
@@ -144,13 +144,14 @@ public enum TreeTransfer {
             try await downloadFile(digest, to: destination, executable: false, from: store, progress: progress)
             return false
         case .tree:
-            try await downloadTree(try await readDirectory(digest, from: store), to: destination, from: store, progress: progress)
+            try await downloadTree(
+                try await readDirectory(digest, from: store), function: digest.function, to: destination, from: store, progress: progress)
             return true
         case .automatic:
             if digest.sizeBytes > 0 && digest.sizeBytes <= directoryProbeLimit {
                 let data = try await readVerified(digest, from: store)
                 if let directory = directoryMessage(data) {
-                    try await downloadTree(directory, to: destination, from: store, progress: progress)
+                    try await downloadTree(directory, function: digest.function, to: destination, from: store, progress: progress)
                     return true
                 }
                 try write(data, to: destination, executable: false)
@@ -179,8 +180,8 @@ public enum TreeTransfer {
     }
 
     private static func downloadTree(
-        _ directory: Build_Bazel_Remote_Execution_V2_Directory, to path: String, from store: RemoteBlobStore,
-        progress: TransferProgress?
+        _ directory: Build_Bazel_Remote_Execution_V2_Directory, function: DigestFunction, to path: String,
+        from store: RemoteBlobStore, progress: TransferProgress?
     ) async throws {
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -210,7 +211,8 @@ public enum TreeTransfer {
             batchBytes = 0
         }
         for file in directory.files {
-            let digest = try Digest(hash: file.digest.hash, sizeBytes: file.digest.sizeBytes)
+            // A tree's digests are all of its root's function.
+            let digest = try Digest(hash: file.digest.hash, sizeBytes: file.digest.sizeBytes, function: function)
             let filePath = path + "/" + file.name
             guard digest.sizeBytes <= limit / 4 else {
                 try await downloadFile(digest, to: filePath, executable: file.isExecutable, from: store, progress: progress)
@@ -229,8 +231,10 @@ public enum TreeTransfer {
             }
         }
         for child in directory.directories {
-            let digest = try Digest(hash: child.digest.hash, sizeBytes: child.digest.sizeBytes)
-            try await downloadTree(try await readDirectory(digest, from: store), to: path + "/" + child.name, from: store, progress: progress)
+            let digest = try Digest(hash: child.digest.hash, sizeBytes: child.digest.sizeBytes, function: function)
+            try await downloadTree(
+                try await readDirectory(digest, from: store), function: function, to: path + "/" + child.name, from: store,
+                progress: progress)
         }
     }
 

@@ -5,7 +5,10 @@ import StrataCore
 
 /// Action results as S3 objects, laid out as BuildGrid 0.9.1's `!s3action-cache` so that its buckets
 /// are served as they are: bucket `template.format(digest=hash)`, key `[salt_]hash_size`, object the
-/// ActionResult or the Digest of its blob in the CAS (see `ActionCacheEntries`).
+/// ActionResult or the Digest of its blob in the CAS (see `ActionCacheEntries`). That is a SHA-256
+/// action's key; another digest function's action has its function before the hash,
+/// `[salt_]{function}/hash_size` (`Digest.storageName`), so the same hex under two functions is two
+/// objects.
 ///
 /// An object that is not a usable entry is answered as absent and deleted, so the action runs again
 /// and its new result replaces it.
@@ -28,8 +31,8 @@ public struct S3ActionCache: ActionCache {
     }
 
     public func key(for action: Digest) -> String {
-        guard let keySalt else { return "\(action.hash)_\(action.sizeBytes)" }
-        return "\(keySalt)_\(action.hash)_\(action.sizeBytes)"
+        guard let keySalt else { return action.storageName }
+        return "\(keySalt)_\(action.storageName)"
     }
 
     public func get(_ action: Digest) async throws -> ActionResult? {

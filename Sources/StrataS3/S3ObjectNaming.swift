@@ -1,7 +1,10 @@
 import StrataCore
 
 /// Where a blob lives in S3, exactly as BuildGrid 0.9.1 names it, so a BuildGrid bucket is served as is:
-/// bucket `template.format(digest=hash)`, key `[path-prefix/][hash[:N]/]hash[N:]_size`.
+/// bucket `template.format(digest=hash)`, key `[path-prefix/][hash[:N]/]hash[N:]_size`. That is a
+/// SHA-256 blob's key; a blob of another digest function has the function's folder after the path
+/// prefix, `[path-prefix/]{function}/[hash[:N]/]hash[N:]_size` (e.g. `blake3/…`), so a BLAKE3 and a
+/// SHA-256 blob with the same hex and size are two objects.
 public struct S3ObjectNaming: Sendable, Equatable {
     public let bucketTemplate: S3BucketTemplate
     /// N above; 0 puts no hash folder in the key.
@@ -24,6 +27,7 @@ public struct S3ObjectNaming: Sendable, Equatable {
     public func key(for digest: Digest) -> String {
         var key = ""
         if let pathPrefix { key += pathPrefix + "/" }
+        key += digest.namespacePrefix
         var rest = Substring(digest.hash)
         if hashPrefixSize > 0 {
             // Python slices clamp: a prefix size beyond the hash takes all of it and leaves "".
@@ -40,13 +44,19 @@ public struct S3ObjectNaming: Sendable, Equatable {
             guard rest.hasPrefix(pathPrefix + "/") else { return nil }
             rest = rest.dropFirst(pathPrefix.count + 1)
         }
+        var namespace = ""
+        if let slash = rest.firstIndex(of: "/"), let function = DigestFunction(name: String(rest[..<slash])) {
+            // Function names are not hex: never the hash folder of a SHA-256 key.
+            namespace = function.name + "/"
+            rest = rest[rest.index(after: slash)...]
+        }
         var hashStart = ""
         if hashPrefixSize > 0 {
             guard let slash = rest.firstIndex(of: "/") else { return nil }
             hashStart = String(rest[..<slash])
             rest = rest[rest.index(after: slash)...]
         }
-        guard let digest = Digest(storageName: hashStart + rest), self.key(for: digest) == key else { return nil }
+        guard let digest = Digest(storageName: namespace + hashStart + rest), self.key(for: digest) == key else { return nil }
         return digest
     }
 }

@@ -3,6 +3,11 @@ import PostgresNIO
 import StrataCore
 
 /// Digests as the SQL tables key them: the hash as raw bytes (`bytea`) and the size.
+///
+/// A SHA-256 hash is its 32 bytes, as in every row written before other digest functions existed. A
+/// hash of any other function is its bytes followed by one byte, the function's `DigestFunction.Value`
+/// (e.g. 33 bytes ending in 9 for BLAKE3): a BLAKE3 and a SHA-256 blob with the same hash and size are
+/// two rows, with no change to the tables or their existing rows (no migration).
 struct SQLDigestKeys: Sendable {
     var hashes: [ByteBuffer] = []
     var sizes: [Int64] = []
@@ -16,7 +21,7 @@ struct SQLDigestKeys: Sendable {
 
     static func hashBytes(_ digest: Digest) -> ByteBuffer {
         var buffer = ByteBuffer()
-        buffer.reserveCapacity(digest.hash.utf8.count / 2)
+        buffer.reserveCapacity(digest.hash.utf8.count / 2 + 1)
         var high: UInt8?
         for character in digest.hash.utf8 {
             // Digest guarantees lower-case hex.
@@ -28,13 +33,26 @@ struct SQLDigestKeys: Sendable {
                 high = nibble
             }
         }
+        if digest.function != .sha256 { buffer.writeInteger(UInt8(digest.function.rawValue)) }
         return buffer
     }
 
     /// The digest a row names; INTERNAL when the row holds something that is not one.
     static func digest(hash: ByteBuffer, size: Int64) throws -> Digest {
         do throws(StrataError) {
-            return try Digest(hash: hash.readableBytesView.hexString, sizeBytes: size)
+            let bytes = hash.readableBytesView
+            var function = DigestFunction.sha256
+            if bytes.count != function.hexLength / 2 {
+                guard let tag = bytes.last, let tagged = DigestFunction(rawValue: Int(tag)), tagged != .sha256,
+                      bytes.count - 1 == tagged.hexLength / 2
+                else {
+                    throw StrataError.invalidArgument(
+                        "\(bytes.count) hash bytes are neither a SHA-256 hash nor another function's hash and its tag")
+                }
+                function = tagged
+            }
+            let hashBytes = function == .sha256 ? bytes[...] : bytes.dropLast()
+            return try Digest(hash: hashBytes.hexString, sizeBytes: size, function: function)
         } catch {
             throw StrataError.internal("SQL: a row holds an invalid digest: \(error.message)")
         }

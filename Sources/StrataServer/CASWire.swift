@@ -72,8 +72,21 @@ struct RequestDigest: Sendable {
 
     /// The digest for the request's function; INVALID_ARGUMENT says what is wrong with it.
     func validated(for function: DigestFunction) throws(StrataError) -> Digest {
-        if text == nil && function == .sha256 && sizeBytes >= 0 { return Digest(key: key) }
-        return try Digest(hash: text ?? key.hex, sizeBytes: sizeBytes, function: function)
+        if text == nil && function.hexLength == DigestKey.hexCapacity && sizeBytes >= 0 {
+            // 64 hex digits already decoded: the same words under the request's function (BLAKE3).
+            return Digest(key: DigestKey(w0: key.w0, w1: key.w1, w2: key.w2, w3: key.w3, sizeBytes: sizeBytes, function: function))
+        }
+        do {
+            return try Digest(hash: text ?? key.hex, sizeBytes: sizeBytes, function: function)
+        } catch where hashLength != function.hexLength {
+            // A hash of another length may be an unsupported function's (MD5's): say which.
+            do throws(StrataError) {
+                _ = try DigestFunction.resolve(protoValue: 0, hashLength: hashLength)
+            } catch let reason {
+                throw .invalidArgument("\(error.message) (\(reason.message))")
+            }
+            throw error
+        }
     }
 
     var proto: ProtoDigest {

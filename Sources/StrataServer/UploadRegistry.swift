@@ -72,8 +72,10 @@ public final class UploadRegistry: Sendable {
         case resumed(Upload)
     }
 
+    /// The digest's function is part of the key: a BLAKE3 upload is never resumed as the SHA-256 blob
+    /// with the same hex.
     static func key(_ name: ResourceName) -> String {
-        "\(name.instanceName)\u{0}\(name.uploadID ?? "")\u{0}\(name.digest.hash)\u{0}\(name.digest.sizeBytes)"
+        "\(name.instanceName)\u{0}\(name.uploadID ?? "")\u{0}\(name.digest.storageName)"
     }
 
     /// Starts an upload, or takes over a parked one. Throws when another stream is writing it or when

@@ -8,7 +8,10 @@ import Synchronization
 import Glibc
 #endif
 
-/// Blobs as files under `path/cas/{first two hex}/{hash}_{size}`.
+/// Blobs as files under `path/cas/{first two hex}/{hash}_{size}` for SHA-256 (the layout since the
+/// start), and `path/cas/{function}/{first two hex}/{hash}_{size}` for the other digest functions
+/// (e.g. `cas/blake3/ab/ab…_12`), whose folders are created by their first write: a BLAKE3 and a
+/// SHA-256 blob with the same hex and size are two files.
 ///
 /// A write streams into a private file under `path/tmp`, is verified while it streams, is flushed
 /// (`fsync`), and only then renamed into place: a file under its final name is always complete and
@@ -153,8 +156,30 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     private let evicted = Atomic<Int64>(0)
 
     func path(of digest: Digest) -> String {
-        let hash = digest.hash
-        return "\(casDirectory)/\(hash.prefix(2))/\(hash)_\(digest.sizeBytes)"
+        "\(fanOutDirectory(of: digest))/\(digest.hash)_\(digest.sizeBytes)"
+    }
+
+    /// Flushes the folders above a fan-out folder just created (`cas/blake3/ab` is made by the first
+    /// BLAKE3 write): its new entry must survive a crash as the blob renamed into it does.
+    private func syncParents(of directory: String) {
+        var parent = directory
+        while parent.count > casDirectory.count, let slash = parent.lastIndex(of: "/") {
+            parent = String(parent[..<slash])
+            syncDirectory(parent)
+        }
+    }
+
+    /// `cas/{first two hex}` for SHA-256, `cas/{function}/{first two hex}` for the other functions.
+    private func fanOutDirectory(of digest: Digest) -> String {
+        "\(casDirectory)/\(digest.namespacePrefix)\(digest.hash.prefix(2))"
+    }
+
+    /// Every fan-out folder a blob can be in, with the digest function of the blobs it holds.
+    static func fanOutDirectories(_ casDirectory: String) -> [(directory: String, function: DigestFunction)] {
+        DigestFunction.supported.flatMap { function in
+            let namespace = function == .sha256 ? "" : function.name + "/"
+            return (0..<256).map { byte in ("\(casDirectory)/\(namespace)\([UInt8(byte)].hexString)", function) }
+        }
     }
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
@@ -336,8 +361,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                         try entry.file.close(path: entry.tmpPath)
                         if rename(entry.tmpPath, entry.finalPath) != 0 {
                             guard errno == ENOENT else { throw posixError("rename", entry.finalPath) }
-                            try? FileManager.default.createDirectory(
-                                atPath: String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!]), withIntermediateDirectories: true)
+                            let directory = String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!])
+                            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                            if sync { self.syncParents(of: directory) }
                             guard rename(entry.tmpPath, entry.finalPath) == 0 else { throw posixError("rename", entry.finalPath) }
                         }
                         directories.insert(String(entry.finalPath[..<entry.finalPath.lastIndex(of: "/")!]))
@@ -430,14 +456,15 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     /// older copy of the blob (it would unlink the new file), and happens under the lock that also makes
     /// the blob the most recently used and releases the write's reservation.
     private func renameIntoPlace(_ digest: Digest, from tmpPath: String, to finalPath: String) async throws {
-        let directory = "\(casDirectory)/\(digest.hash.prefix(2))"
+        let directory = fanOutDirectory(of: digest)
+        let sync = self.sync
         @Sendable func move() throws {
             if rename(tmpPath, finalPath) == 0 { return }
             guard errno == ENOENT else { throw posixError("rename", finalPath) }
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            if sync { self.syncParents(of: directory) }
             guard rename(tmpPath, finalPath) == 0 else { throw posixError("rename", finalPath) }
         }
-        let sync = self.sync
         if budget == nil {
             try await threadPool.runIfActive {
                 try move()
@@ -543,8 +570,8 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     /// The blobs under `casDirectory`, least recently used (by access or modification time) first.
     static func count(_ casDirectory: String) -> LRUDictionary<Digest, Void> {
         var found: [(digest: Digest, time: Double)] = []
-        for byte in 0..<256 {
-            for (digest, info) in listDirectory("\(casDirectory)/\([UInt8(byte)].hexString)") {
+        for (directory, function) in fanOutDirectories(casDirectory) {
+            for (digest, info) in listDirectory(directory, function: function) {
                 let accessed = Double(info.st_atim.tv_sec) + Double(info.st_atim.tv_nsec) / 1e9
                 let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
                 found.append((digest, max(accessed, modified)))
@@ -555,8 +582,8 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         return files
     }
 
-    /// The complete blob files of one fan-out directory, with their `stat`.
-    static func listDirectory(_ directory: String) -> [(Digest, stat)] {
+    /// The complete blob files of one fan-out directory of `function`'s blobs, with their `stat`.
+    static func listDirectory(_ directory: String, function: DigestFunction) -> [(Digest, stat)] {
         guard let dir = opendir(directory) else { return [] }
         defer { closedir(dir) }
         var result: [(Digest, stat)] = []
@@ -564,7 +591,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
-            guard let digest = Digest(storageName: name) else { continue }
+            guard let digest = Digest(function: function, hashAndSize: name) else { continue }
             var info = stat()
             guard stat("\(directory)/\(name)", &info) == 0, Int64(info.st_size) == digest.sizeBytes else { continue }
             result.append((digest, info))
@@ -574,9 +601,8 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
 
     public func forEachBlobPage(pageSize: Int, _ body: ([StoredBlob]) async throws -> Void) async throws {
         var page: [StoredBlob] = []
-        for byte in 0..<256 {
-            let directory = "\(casDirectory)/\([UInt8(byte)].hexString)"
-            let listed = try await threadPool.runIfActive { Self.listDirectory(directory) }
+        for (directory, function) in Self.fanOutDirectories(casDirectory) {
+            let listed = try await threadPool.runIfActive { Self.listDirectory(directory, function: function) }
             for (digest, info) in listed {
                 let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
                 page.append(StoredBlob(digest: digest, modified: Date(timeIntervalSince1970: modified)))

@@ -4,6 +4,8 @@ import StrataCore
 /// Spreads blobs over named shards by rendezvous hashing of the digest's hash (see
 /// `RendezvousHashing`): with equal weights each blob lands on the shard BuildGrid 0.9.1 would pick.
 /// Adding a shard moves only the blobs it wins; batch calls are split per shard and run concurrently.
+/// The shard is chosen by the hash alone, whatever the digest function (SHA-256 blobs stay where they
+/// are): two functions' blobs with the same hex land on one shard, which stores them apart.
 public struct ShardedBlobStore: BlobStore {
     public struct Shard: Sendable {
         public var name: String

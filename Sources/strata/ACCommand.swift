@@ -17,10 +17,10 @@ struct ACCommand: AsyncParsableCommand {
         @OptionGroup var remote: RemoteClientOptions
         @Argument(help: "The action's digest, HASH/SIZE.") var digest: String
 
-        func validate() throws { _ = try parseDigest(digest) }
+        func validate() throws { _ = try parseDigest(digest, remote) }
 
         func run() async throws {
-            let digest = try parseDigest(digest)
+            let digest = try parseDigest(digest, remote)
             try await remote.withChannel { channel in
                 guard let result = try await RemoteActionCache(channel: channel).get(digest) else {
                     throw StrataError.notFound("no action result for \(digest) in instance \"\(remote.instance)\" at \(channel.endpoint)")
@@ -38,10 +38,10 @@ struct ACCommand: AsyncParsableCommand {
         @Argument(help: "The action's digest, HASH/SIZE.") var digest: String
         @Argument(help: "The ActionResult file.") var file: String
 
-        func validate() throws { _ = try parseDigest(digest) }
+        func validate() throws { _ = try parseDigest(digest, remote) }
 
         func run() async throws {
-            let digest = try parseDigest(digest)
+            let digest = try parseDigest(digest, remote)
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw StrataError.invalidArgument("\(file) cannot be read")
             }

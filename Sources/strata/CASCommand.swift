@@ -25,7 +25,7 @@ struct CASCommand: AsyncParsableCommand {
             try await remote.withChannel { channel in
                 let store = RemoteBlobStore(channel: channel)
                 for path in paths {
-                    let tree = try LocalTree.scan(path)
+                    let tree = try LocalTree.scan(path, function: try remote.function())
                     let summary = try await TreeTransfer.upload(tree, to: store) { ProgressBar.make(path, totalBytes: $0) }
                     print(tree.root)
                     FileHandle.standardError.write(Data(
@@ -48,11 +48,11 @@ struct CASCommand: AsyncParsableCommand {
 
         func validate() throws {
             if tree && file { throw ValidationError("--tree and --file exclude each other") }
-            _ = try parseDigest(digest)
+            _ = try parseDigest(digest, remote)
         }
 
         func run() async throws {
-            let digest = try parseDigest(digest)
+            let digest = try parseDigest(digest, remote)
             try await remote.withChannel { channel in
                 let store = RemoteBlobStore(channel: channel)
                 let kind: TreeTransfer.Kind = tree ? .tree : file ? .file : .automatic
@@ -71,7 +71,7 @@ struct CASCommand: AsyncParsableCommand {
         @Argument(help: "Digests, HASH/SIZE.") var digests: [String]
 
         func run() async throws {
-            let digests = try digests.map(parseDigest)
+            let digests = try digests.map { try parseDigest($0, remote) }
             try await remote.withChannel { channel in
                 let missing = Set(try await RemoteBlobStore(channel: channel).findMissing(digests))
                 // In the order asked, each once.

@@ -27,6 +27,17 @@ struct RemoteClientOptions: ParsableArguments {
     @Option(help: "A file holding the bearer token.")
     var tokenFile: String?
 
+    @Option(help: "The digest function of the digests given and computed: sha256, sha1, sha384, sha512 or blake3.")
+    var digestFunction = "sha256"
+
+    /// `--digest-function`, one this build computes.
+    func function() throws -> DigestFunction {
+        guard let function = DigestFunction(name: digestFunction), DigestFunction.supported.contains(function) else {
+            throw ValidationError("--digest-function \(digestFunction) is not one of \(DigestFunction.supported.map(\.name).joined(separator: ", "))")
+        }
+        return function
+    }
+
     /// Runs `body` with a channel to the server, open for its duration.
     func withChannel<T: Sendable>(_ body: (RemoteChannel) async throws -> T) async throws -> T {
         var options = RemoteChannel.Options()
@@ -79,9 +90,10 @@ enum ProgressBar {
     }
 }
 
-func parseDigest(_ text: String) throws -> Digest {
+func parseDigest(_ text: String, _ options: RemoteClientOptions) throws -> Digest {
+    let function = try options.function()
     do {
-        return try ClientCommandInput.digest(text)
+        return try ClientCommandInput.digest(text, function: function)
     } catch {
         throw ValidationError(error.message)
     }

@@ -31,13 +31,17 @@ import Testing
     @Test func resolvesDigestFunctions() throws {
         #expect(try DigestFunction.resolve(protoValue: 0, hash: hello) == .sha256)
         #expect(try DigestFunction.resolve(protoValue: 1, hash: nil) == .sha256)
-        for value in [2, 3, 8, 9, 99] {
+        for value in [3, 4, 7, 8, 10, 99] {
             #expect(throws: StrataError.self) { try DigestFunction.resolve(protoValue: value, hash: nil) }
         }
-        // A SHA-1 length hash is inferred as SHA-1, which is refused with a message naming it.
+        #expect(try DigestFunction.resolve(protoValue: 9, hash: hello) == .blake3)
+        #expect(try DigestFunction.resolve(protoValue: 0, hash: String(repeating: "a", count: 40)) == .sha1)
+        #expect(try DigestFunction.resolve(protoValue: 0, hash: String(repeating: "a", count: 96)) == .sha384)
+        #expect(try DigestFunction.resolve(protoValue: 0, hash: String(repeating: "a", count: 128)) == .sha512)
+        // An MD5-length hash is inferred as MD5 (or MURMUR3), which is refused with a message naming it.
         #expect {
-            try DigestFunction.resolve(protoValue: 0, hash: String(repeating: "a", count: 40))
-        } throws: { ($0 as? StrataError)?.message.contains("SHA1") == true }
+            try DigestFunction.resolve(protoValue: 0, hash: String(repeating: "a", count: 32))
+        } throws: { ($0 as? StrataError)?.message.contains("MD5") == true }
     }
 
     @Test func verifyingBodyRefusesWrongBytes() async throws {

@@ -32,6 +32,24 @@ struct S3ListingTests {
         #expect(found.allSatisfy { abs($0.modified.timeIntervalSinceNow) < 600 })
     }
 
+    /// SHA-256 keys as BuildGrid names them; other functions under `{function}/` after the path prefix;
+    /// the listing reads both back.
+    @Test func listsBlobsOfEveryFunction() async throws {
+        let fixture = try await S3Fixture.make()
+        let store = try fixture.store(hashPrefixSize: 2, pathPrefix: "cas")
+        let blobs = DigestFunction.supported.map { Blob.random(size: 30, function: $0) }
+        for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+        for blob in blobs {
+            let hash = blob.digest.hash
+            let namespace = blob.digest.function == .sha256 ? "" : "\(blob.digest.function.name)/"
+            let key = store.naming.key(for: blob.digest)
+            #expect(key == "cas/\(namespace)\(hash.prefix(2))/\(hash.dropFirst(2))_30")
+            #expect(store.naming.digest(forKey: key) == blob.digest)
+        }
+        let found = try await listed(store)
+        #expect(found.count == blobs.count && Set(found.map(\.digest)) == Set(blobs.map(\.digest)))
+    }
+
     @Test func pagesThroughMoreThanOneListing() async throws {
         let fixture = try await S3Fixture.make()
         let store = try fixture.store()

@@ -14,6 +14,21 @@ struct SQLBlobStoreTests {
         }
     }
 
+    /// SHA-256 rows keep their 32 hash bytes; other functions' rows carry the function after the hash,
+    /// and the listing (janitor, cleanup) reads every function's back.
+    @Test func listsBlobsOfEveryFunction() async throws {
+        try await SQLTestDatabase.with { connection, _ in
+            let store = SQLBlobStore(connection: connection)
+            let blobs = DigestFunction.supported.map { Blob.random(size: 30, function: $0) }
+            for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+            var listed: [StoredBlob] = []
+            try await store.forEachBlobPage(pageSize: 2) { listed += $0 }
+            #expect(listed.count == blobs.count && Set(listed.map(\.digest)) == Set(blobs.map(\.digest)))
+            #expect(SQLDigestKeys.hashBytes(blobs[0].digest).readableBytes == 32)
+            #expect(Array(SQLDigestKeys.hashBytes(try #require(blobs.last).digest).readableBytesView).last == 9)
+        }
+    }
+
     @Test func refusesBlobsAboveItsLimit() async throws {
         try await SQLTestDatabase.with { connection, _ in
             let store = SQLBlobStore(connection: connection, maximumBlobSize: 1000)

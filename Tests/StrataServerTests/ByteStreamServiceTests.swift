@@ -121,6 +121,31 @@ import Testing
         }
     }
 
+    /// A parked BLAKE3 upload is that function's: the SHA-256 name with the same upload id and hex
+    /// neither sees nor resumes it, and the BLAKE3 blob completes under its own name.
+    @Test func parkedUploadsAreKeptPerDigestFunction() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blob = Blob.random(size: 200_000, function: .blake3)
+            let id = UUID()
+            let blake3 = "uploads/\(id)/blobs/blake3/\(blob.digest)"
+            let sameHexSHA256 = "uploads/\(id)/blobs/\(blob.digest)"
+            _ = try await clients.byteStream.upload(blake3, blob.data.prefix(100_000), finish: false)
+            let status = try await clients.byteStream.queryWriteStatus(.with { $0.resourceName = blake3 })
+            #expect(status.committedSize == 100_000)
+            let other = await rpcFailure { _ = try await clients.byteStream.queryWriteStatus(.with { $0.resourceName = sameHexSHA256 }) }
+            #expect(other?.code == .notFound)
+            let resumedAsSHA256 = await rpcFailure {
+                _ = try await clients.byteStream.upload(sameHexSHA256, blob.data.suffix(from: 100_000), offset: 100_000)
+            }
+            #expect(resumedAsSHA256?.code == .invalidArgument)
+            let done = try await clients.byteStream.upload(blake3, blob.data.suffix(from: 100_000), offset: 100_000)
+            #expect(done == blob.digest.sizeBytes)
+            #expect(try await clients.byteStream.download("blobs/blake3/\(blob.digest)") == blob.data)
+            let absent = await rpcFailure { _ = try await clients.byteStream.download("blobs/\(blob.digest)") }
+            #expect(absent?.code == .notFound)
+        }
+    }
+
     @Test func idleParkedUploadsExpire() async throws {
         let uploads = UploadRegistry(idleTimeout: .milliseconds(1))
         try await withServer([memoryInstance()], uploads: uploads) { clients in

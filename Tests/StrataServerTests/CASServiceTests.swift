@@ -14,7 +14,7 @@ import Testing
             #expect(capabilities.lowApiVersion.major == 2 && capabilities.lowApiVersion.minor == 0)
             #expect(capabilities.highApiVersion.major == 2 && capabilities.highApiVersion.minor == 12)
             let cache = capabilities.cacheCapabilities
-            #expect(cache.digestFunctions == [.sha256])
+            #expect(cache.digestFunctions == [.sha256, .sha1, .sha384, .sha512, .blake3])
             #expect(cache.maxBatchTotalSizeBytes == 1 << 20)
             #expect(cache.maxCasBlobSizeBytes == 64 << 20)
             #expect(cache.actionCacheUpdateCapabilities.updateEnabled)

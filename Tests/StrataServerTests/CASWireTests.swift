@@ -95,6 +95,20 @@ import Testing
         #expect(decodedUpdate.entries.map(\.compressor) == update.requests.map(\.compressor.rawValue))
     }
 
+    /// 64 hex digits decoded off the wire serve any 256-bit function (BLAKE3 as well as SHA-256); a
+    /// hash of an unsupported function's length is refused with that function's name.
+    @Test func requestDigestsValidateForTheRequestsFunction() throws {
+        let hex = String(repeating: "0f", count: 32)
+        let decoded = RequestDigest(hash: hex, sizeBytes: 5)
+        #expect(try decoded.validated(for: .blake3) == (try Digest(hash: hex, sizeBytes: 5, function: .blake3)))
+        #expect(try decoded.validated(for: .sha256) == (try Digest(hash: hex, sizeBytes: 5, function: .sha256)))
+        #expect(throws: StrataError.self) { try decoded.validated(for: .sha512) }
+        let md5Length = RequestDigest(hash: String(repeating: "a", count: 32), sizeBytes: 1)
+        #expect { try md5Length.validated(for: .sha256) } throws: {
+            ($0 as? StrataError)?.code == .invalidArgument && ($0 as? StrataError)?.message.contains("MD5") == true
+        }
+    }
+
     @Test func malformedRequestsAreInvalidArgument() throws {
         let bytes: [UInt8] = try FMBRequest.with { $0.blobDigests = [Self.good.proto] }.serializedBytes()
         // Truncated; a length past the end; hash not UTF-8; wire type 7; a stray end group; an end

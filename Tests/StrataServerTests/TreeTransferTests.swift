@@ -95,6 +95,28 @@ import Testing
         }
     }
 
+    /// `strata cas --digest-function`: a tree hashed with another function uploads (each call naming
+    /// it, its large file through ByteStream with the function's segment), downloads identically,
+    /// and its blobs are that function's in the server's storage.
+    @Test(arguments: [DigestFunction.blake3, .sha512, .sha1])
+    func treeRoundTripsWithAnotherFunction(_ function: DigestFunction) async throws {
+        let folder = try ClientTestFolder()
+        let source = folder.path + "/source"
+        try Self.makeTree(in: source)
+        let tree = try LocalTree.scan(source, function: function)
+        #expect(tree.root.function == function && tree.blobs.keys.allSatisfy { $0.function == function })
+        #expect(tree.root != (try LocalTree.scan(source)).root)
+        try await withRemote { remote, backing in
+            _ = try await TreeTransfer.upload(tree, to: remote)
+            #expect(try await backing.findMissing(Array(tree.blobs.keys)).isEmpty)
+            let restored = folder.path + "/restored"
+            #expect(try await TreeTransfer.download(tree.root, to: restored, from: remote))
+            #expect(try Self.listing(restored) == Self.listing(source))
+            #expect(try LocalTree.scan(restored, function: function).root == tree.root)
+        }
+        #expect(try ClientCommandInput.digest("\(tree.root.hash)/\(tree.root.sizeBytes)", function: function) == tree.root)
+    }
+
     /// A server handing out bytes that do not match the digest (a damaged store, a broken proxy) gets
     /// DATA_LOSS, and nothing of that blob is left on disk: neither a small file fetched in a batch nor
     /// a large one streamed to its file first.

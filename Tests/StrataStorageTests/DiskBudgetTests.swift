@@ -145,6 +145,29 @@ import Glibc
         }
     }
 
+    /// SHA-256 blobs stay at `cas/{ab}/{hash}_{size}`, the others go to `cas/{function}/{ab}/…`, and the
+    /// listing (janitor, cleanup, scrub) and the budget's count at start read every function's back.
+    @Test func listsAndCountsBlobsOfEveryFunction() async throws {
+        try await withRoot { root in
+            let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 1 << 20))
+            try await store.prepare()
+            let blobs = DigestFunction.supported.flatMap { function in (0..<2).map { _ in Blob.random(size: 10, function: function) } }
+            for blob in blobs { try await store.write(blob.digest, data: blob.data) }
+            for blob in blobs {
+                let hash = blob.digest.hash
+                let folder = blob.digest.function == .sha256 ? "cas" : "cas/\(blob.digest.function.name)"
+                #expect(FileManager.default.fileExists(atPath: "\(root)/\(folder)/\(hash.prefix(2))/\(hash)_10"))
+            }
+            var listed: [StoredBlob] = []
+            try await store.forEachBlobPage(pageSize: 3) { listed += $0 }
+            #expect(listed.count == blobs.count && Set(listed.map(\.digest)) == Set(blobs.map(\.digest)))
+            let restarted = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 1 << 20))
+            try await restarted.prepare()
+            #expect(restarted.storedBytes == Int64(10 * blobs.count))
+            #expect(DiskBlobStore.storedBytes(path: root) == Int64(10 * blobs.count))
+        }
+    }
+
     @Test func listsItsBlobs() async throws {
         try await withRoot { root in
             let store = DiskBlobStore(path: root, sync: false)

@@ -20,18 +20,42 @@ public struct ActionCacheConformance: Sendable, CustomStringConvertible {
         .init(name: "remove", body: remove),
         .init(name: "large result", body: largeResult),
         .init(name: "concurrent updates and gets", body: concurrent),
+        .init(name: "every digest function round-trips", body: everyFunction),
+        .init(name: "same hex and size under two functions are two entries", body: sameHexTwoFunctions),
     ]
 
     /// A result whose outputs are all inlined or empty, so completeness checks pass on an empty CAS.
-    public static func result(exitCode: Int32 = 0, stdout: String = "ok") -> ActionResult {
+    public static func result(exitCode: Int32 = 0, stdout: String = "ok", function: DigestFunction = .sha256) -> ActionResult {
         .with {
             $0.exitCode = exitCode
             $0.stdoutRaw = Data(stdout.utf8)
             $0.outputFiles = [.with {
                 $0.path = "out/empty"
-                $0.digest = .with { $0.hash = Digest.emptySHA256.hash; $0.sizeBytes = 0 }
+                $0.digest = .with { $0.hash = Digest.empty(function).hash; $0.sizeBytes = 0 }
             }]
         }
+    }
+
+    static func everyFunction(_ cache: any ActionCache) async throws {
+        for function in DigestFunction.supported {
+            let action = Blob.random(size: 100, function: function).digest
+            let result = result(stdout: "\(function)", function: function)
+            try await cache.update(action, result)
+            try expect(try await cache.get(action) == result, "a \(function) action's result read back differently")
+        }
+    }
+
+    /// A BLAKE3 and a SHA-256 action digest with the same hex and size are two keys.
+    static func sameHexTwoFunctions(_ cache: any ActionCache) async throws {
+        let blake3 = Blob.random(size: 100, function: .blake3).digest
+        let sha256 = try Digest(hash: blake3.hash, sizeBytes: blake3.sizeBytes, function: .sha256)
+        let blake3Result = result(stdout: "blake3", function: .blake3)
+        let sha256Result = result(stdout: "sha256")
+        try await cache.update(blake3, blake3Result)
+        try expect(try await cache.get(sha256) == nil, "a BLAKE3 action's result was found under the SHA-256 digest with its hex")
+        try await cache.update(sha256, sha256Result)
+        try expect(try await cache.get(blake3) == blake3Result, "a SHA-256 update replaced the BLAKE3 result with the same hex")
+        try expect(try await cache.get(sha256) == sha256Result, "the SHA-256 result read back differently")
     }
 
     static func roundTrip(_ cache: any ActionCache) async throws {

@@ -32,6 +32,9 @@ public struct BlobStoreConformance: Sendable, CustomStringConvertible {
         .init(name: "large blob in bounded chunks", body: largeBlob),
         .init(name: "delete", body: delete),
         .init(name: "batch read and write", body: batches),
+        .init(name: "every digest function round-trips", body: everyFunction),
+        .init(name: "same hex and size under two functions are two blobs", body: sameHexTwoFunctions),
+        .init(name: "a hash of another function is refused and not stored", body: otherFunctionsHash),
     ]
 
     static func roundTrip(_ store: any BlobStore) async throws {
@@ -241,6 +244,75 @@ public struct ConformanceFailure: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
+extension BlobStoreConformance {
+    /// Every supported function: written, found, read whole, in part and in batches, its empty blob
+    /// present, each blob under its own function only.
+    static func everyFunction(_ store: any BlobStore) async throws {
+        for function in DigestFunction.supported {
+            let blob = Blob.random(size: 3000, function: function)
+            try await store.write(blob.digest, data: blob.data)
+            try expect(try await store.findMissing([blob.digest]).isEmpty, "a written \(function) blob is reported missing")
+            try expect(try await store.readAll(blob.digest) == blob.data, "a \(function) blob read back differently")
+            let part = try await store.read(blob.digest, offset: 100, limit: 50).collect(limit: 50)
+            try expect(part == blob.data[100..<150], "a partial read of a \(function) blob returned other bytes")
+            let batched = [Blob.random(size: 10, function: function), Blob.random(size: 20, function: function)]
+            let written = await store.writeBatch(batched.map { ($0.digest, $0.data) })
+            for result in written { try result.get() }
+            let read = await store.readBatch(batched.map(\.digest))
+            for (blob, result) in zip(batched, read) {
+                try expect((try? result.get()) == blob.data, "a batch read of a \(function) blob failed or differed")
+            }
+            let empty = Digest.empty(function)
+            try expect(try await store.findMissing([empty]).isEmpty, "the \(function) empty blob is reported missing")
+            try expect(try await store.readAll(empty).isEmpty, "the \(function) empty blob read as non-empty")
+        }
+    }
+
+    /// A BLAKE3 and a SHA-256 digest with the same 64 hex digits and size name two blobs: storing one
+    /// does not make the other present, nor readable with the first one's bytes.
+    static func sameHexTwoFunctions(_ store: any BlobStore) async throws {
+        let blake3 = Blob.random(size: 1000, function: .blake3)
+        let sameHexSHA256 = try Digest(hash: blake3.digest.hash, sizeBytes: blake3.digest.sizeBytes, function: .sha256)
+        try await store.write(blake3.digest, data: blake3.data)
+        try expect(try await store.findMissing([sameHexSHA256]) == [sameHexSHA256],
+                   "a BLAKE3 blob made the SHA-256 digest with the same hex present")
+        try await expectError(.notFound, "reading the SHA-256 digest with a stored BLAKE3 blob's hex") {
+            _ = try await store.readAll(sameHexSHA256)
+        }
+        try expectFailure(await store.readBatch([sameHexSHA256])[0], .notFound, "batch-reading the SHA-256 twin of a BLAKE3 blob")
+        let sha256 = Blob.random(size: 1000)
+        let sameHexBLAKE3 = try Digest(hash: sha256.digest.hash, sizeBytes: sha256.digest.sizeBytes, function: .blake3)
+        _ = await store.writeBatch([(sha256.digest, sha256.data)])
+        let absentSHA256 = Blob.random(size: 7).digest
+        let missing = try await store.findMissing([sameHexBLAKE3, sha256.digest, absentSHA256, blake3.digest])
+        try expect(missing == [sameHexBLAKE3, absentSHA256],
+                   "findMissing of two functions' digests answered \(missing), expected [\(sameHexBLAKE3) (BLAKE3), \(absentSHA256)] in order")
+        let blake3Read = try await store.readAll(blake3.digest)
+        let sha256Read = try await store.readAll(sha256.digest)
+        try expect(blake3Read == blake3.data && sha256Read == sha256.data, "two functions' blobs read back differently")
+    }
+
+    /// Bytes whose SHA-256 is the digest's hex, under a digest of another function, are refused.
+    static func otherFunctionsHash(_ store: any BlobStore) async throws {
+        let blob = Blob.random(size: 2000)
+        let asBLAKE3 = try Digest(hash: blob.digest.hash, sizeBytes: blob.digest.sizeBytes, function: .blake3)
+        try await expectError(.invalidArgument, "writing SHA-256-hashed bytes under a BLAKE3 digest of the same hex") {
+            try await store.write(asBLAKE3, data: blob.data)
+        }
+        try expectFailure(await store.writeBatch([(asBLAKE3, blob.data)])[0], .invalidArgument,
+                          "batch-writing SHA-256-hashed bytes under a BLAKE3 digest")
+        try expect(try await store.findMissing([asBLAKE3, blob.digest]) == [asBLAKE3, blob.digest],
+                   "a refused blob is reported present under either function")
+        let sha512 = Blob.random(size: 500, function: .sha512)
+        var corrupted = sha512.data
+        corrupted[3] ^= 1
+        try await expectError(.invalidArgument, "writing bytes whose SHA-512 differs from the digest") {
+            try await store.write(sha512.digest, data: corrupted)
+        }
+        try expect(try await store.findMissing([sha512.digest]) == [sha512.digest], "a refused SHA-512 blob is reported present")
+    }
+}
+
 public func expect(_ condition: Bool, _ message: String) throws {
     if !condition { throw ConformanceFailure(message) }
 }
@@ -270,15 +342,15 @@ public struct Blob: Sendable {
     public let data: Data
     public let digest: Digest
 
-    public init(_ data: Data) {
+    public init(_ data: Data, function: DigestFunction = .sha256) {
         self.data = data
-        self.digest = Digest.of(data)
+        self.digest = Digest.of(data, function: function)
     }
 
     /// Random bytes from SplitMix64 seeded by the system: the system generator costs a syscall per
     /// 8 bytes, and megabytes of it kept the (one thread per core) cooperative pool busy for seconds,
     /// stalling every other test of the run.
-    public static func random(size: Int) -> Blob {
+    public static func random(size: Int, function: DigestFunction = .sha256) -> Blob {
         var state = UInt64.random(in: .min ... .max)
         var words = [UInt64](repeating: 0, count: (size + 7) / 8)
         for index in words.indices {
@@ -289,6 +361,6 @@ public struct Blob: Sendable {
             words[index] = z ^ (z >> 31)
         }
         let data = words.withUnsafeBytes { Data($0.prefix(size)) }
-        return Blob(data)
+        return Blob(data, function: function)
     }
 }

@@ -1,0 +1,1 @@
+#include <strata_blake3/blake3.h>
