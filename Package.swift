@@ -66,6 +66,16 @@ let package = Package(
             name: "CHiredis",
             providers: [.apt(["libhiredis-dev"])]
         ),
+        // zstd (Debian's libzstd-dev): compressed-blobs on the wire and compression at rest.
+        .systemLibrary(
+            name: "CZstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
+        .target(
+            name: "StrataCompression",
+            dependencies: ["StrataCore", "CZstd"],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "CStrataCurl",
             linkerSettings: [.linkedLibrary("curl")]
@@ -148,7 +158,7 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth",
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataCompression",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -254,6 +264,11 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataCompressionTests",
+            dependencies: ["StrataCompression"],
             swiftSettings: strictSettings
         ),
         .testTarget(
