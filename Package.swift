@@ -305,7 +305,7 @@ let package = Package(
             name: "StrataServerTests",
             dependencies: [
                 "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench", "StrataLogging",
-                "StrataMetrics", "StrataHTTP",
+                "StrataMetrics", "StrataHTTP", "StrataCompression",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
