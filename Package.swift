@@ -54,7 +54,7 @@ let package = Package(
         .target(
             name: "StrataStorage",
             dependencies: [
-                "StrataCore",
+                "StrataCore", "StrataCompression",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),

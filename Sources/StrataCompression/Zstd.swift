@@ -97,7 +97,8 @@ public final class ZstdCompressor {
 }
 
 /// Decompresses a zstd stream (one frame or several, concatenated) of a blob whose size is known, and
-/// refuses anything but exactly that: it stops with INVALID_ARGUMENT as soon as the output would pass
+/// refuses anything but exactly that: it stops with `failureCode` (INVALID_ARGUMENT for a client's
+/// data, DATA_LOSS for a stored copy) as soon as the output would pass
 /// `expectedSize` (a decompression bomb never gets to produce more than one byte too many), on corrupt
 /// data, trailing garbage (which is not a frame), a truncated frame, a frame whose window is larger than
 /// `Zstd.maximumWindowLog`, or an output shorter than `expectedSize`. Not thread-safe: one stream uses it.
@@ -106,6 +107,7 @@ public final class ZstdDecompressor {
     public let expectedSize: Int64
     /// Names the blob in error messages, e.g. "blob 1234…/5".
     public let subject: String
+    public let failureCode: StrataError.Code
     public private(set) var produced: Int64 = 0
 
     private var input = Data()
@@ -116,11 +118,12 @@ public final class ZstdDecompressor {
     /// The last call filled its output buffer, so libzstd may hold more output without needing input.
     private var outputPending = false
 
-    public init(expectedSize: Int64, subject: String) throws(StrataError) {
+    public init(expectedSize: Int64, subject: String, failureCode: StrataError.Code = .invalidArgument) throws(StrataError) {
         guard let context = ZSTD_createDCtx() else { throw .internal("zstd: could not allocate a decompression context") }
         self.context = context
         self.expectedSize = expectedSize
         self.subject = subject
+        self.failureCode = failureCode
         let result = ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, Zstd.maximumWindowLog)
         guard !Zstd.isError(result) else { throw .internal("zstd: could not limit the window: \(Zstd.errorName(result))") }
     }
@@ -168,11 +171,11 @@ public final class ZstdDecompressor {
             }
         }
         if let failure {
-            throw .invalidArgument("the zstd data of \(subject) is not valid: \(Zstd.errorName(failure))")
+            throw StrataError(failureCode, "the zstd data of \(subject) is not valid: \(Zstd.errorName(failure))")
         }
         produced += Int64(written)
         guard produced <= expectedSize else {
-            throw .invalidArgument(
+            throw StrataError(failureCode,
                 "the zstd data of \(subject) decompresses to more than the digest's \(expectedSize) bytes")
         }
         return written == capacity ? output : output.prefix(written)
@@ -183,17 +186,19 @@ public final class ZstdDecompressor {
     public func finish() throws(StrataError) {
         precondition(needsInput, "a zstd stream was finished before its input was used")
         guard sawInput && lastResult == 0 else {
-            throw .invalidArgument("the zstd data of \(subject) ends inside a frame (truncated)")
+            throw StrataError(failureCode, "the zstd data of \(subject) ends inside a frame (truncated)")
         }
         guard produced == expectedSize else {
-            throw .invalidArgument(
+            throw StrataError(failureCode,
                 "the zstd data of \(subject) decompresses to \(produced) bytes, the digest says \(expectedSize)")
         }
     }
 
     /// Decompresses a whole small blob held in memory (batch calls).
-    public static func decompress(_ data: Data, expectedSize: Int64, subject: String) throws(StrataError) -> Data {
-        let decompressor = try ZstdDecompressor(expectedSize: expectedSize, subject: subject)
+    public static func decompress(
+        _ data: Data, expectedSize: Int64, subject: String, failureCode: StrataError.Code = .invalidArgument
+    ) throws(StrataError) -> Data {
+        let decompressor = try ZstdDecompressor(expectedSize: expectedSize, subject: subject, failureCode: failureCode)
         decompressor.feed(data)
         var result = Data()
         while !decompressor.needsInput {
@@ -239,16 +244,18 @@ extension BlobBody {
     }
 
     /// This body's zstd stream decompressed, in chunks of at most `BlobBody.defaultChunkSize`. It throws
-    /// INVALID_ARGUMENT (see `ZstdDecompressor`) *instead of* ending when the data is not exactly
+    /// `failureCode` (see `ZstdDecompressor`) *instead of* ending when the data is not exactly
     /// `expectedSize` bytes of valid zstd, so a store that commits only on a normal end stores nothing.
-    public func zstdDecompressed(expectedSize: Int64, subject: String) -> BlobBody {
+    public func zstdDecompressed(
+        expectedSize: Int64, subject: String, failureCode: StrataError.Code = .invalidArgument
+    ) -> BlobBody {
         let source = self
         return BlobBody {
             var iterator = source.makeAsyncIterator()
             var decompressor: ZstdDecompressor?
             var finished = false
             return AsyncIterator {
-                if decompressor == nil { decompressor = try ZstdDecompressor(expectedSize: expectedSize, subject: subject) }
+                if decompressor == nil { decompressor = try ZstdDecompressor(expectedSize: expectedSize, subject: subject, failureCode: failureCode) }
                 let decompressor = decompressor!
                 while !finished {
                     if decompressor.needsInput {
@@ -261,6 +268,30 @@ extension BlobBody {
                     }
                     let output = try decompressor.output()
                     if !output.isEmpty { return output }
+                }
+                return nil
+            }
+        }
+    }
+}
+
+extension BlobBody {
+    /// Bytes `[range.lowerBound, range.upperBound)` of this body: the ones before are read and dropped
+    /// (a compressed copy cannot be entered in the middle).
+    public func slice(_ range: Range<Int64>) -> BlobBody {
+        let source = self
+        return BlobBody {
+            var iterator = source.makeAsyncIterator()
+            var position: Int64 = 0
+            return AsyncIterator {
+                while position < range.upperBound {
+                    guard let chunk = try await iterator.next() else { return nil }
+                    let start = position
+                    position += Int64(chunk.count)
+                    let from = Swift.max(start, range.lowerBound), to = Swift.min(position, range.upperBound)
+                    if from >= to { continue }
+                    let base = chunk.startIndex
+                    return chunk[(base + Int(from - start))..<(base + Int(to - start))]
                 }
                 return nil
             }
