@@ -115,7 +115,7 @@ let package = Package(
         .target(
             name: "StrataS3",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "StrataHTTPClient",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataHTTPClient", "StrataCompression",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

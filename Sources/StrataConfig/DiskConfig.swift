@@ -27,7 +27,7 @@ extension Builder {
             case let other: throw evict.error("unknown eviction \"\(other)\": use lru (evict least recently used blobs) or none (refuse writes past max-size)")
             }
         }
-        let compressionLevel = try diskCompressionLevel(options)
+        let compressionLevel = try compressionLevel(options)
         // Creates and cleans nothing yet: `strata serve` prepares it (Configuration.prepare()).
         let store = DiskBlobStore(path: path, sync: sync, budget: budget, compressionLevel: compressionLevel)
         if budget != nil { usageReporters[node.identity] = store }
@@ -41,9 +41,10 @@ extension Builder {
         return (try verifying(store, name: "disk storage \(path)", options), summary)
     }
 
-    /// `compression: zstd | none` (none by default, so existing folders and BuildGrid's layout are
-    /// untouched) and `compression-level` (libzstd's levels; 3 by default): the zstd level, or nil.
-    private func diskCompressionLevel(_ options: [String: ConfigNode]) throws(ConfigError) -> Int32? {
+    /// `compression: zstd | none` of `!disk-storage`, `!s3-storage` and `!sql-storage` (none by default,
+    /// so existing folders, buckets and tables, and BuildGrid's layouts, are untouched) and
+    /// `compression-level` (libzstd's levels; 3 by default): the zstd level, or nil.
+    func compressionLevel(_ options: [String: ConfigNode]) throws(ConfigError) -> Int32? {
         var compressed = false
         if let compression = options["compression"] {
             switch try compression.string() {
