@@ -1,10 +1,12 @@
 import Foundation
 import StrataConfig
 import StrataCore
+import StrataS3
 import StrataStorage
 import Testing
 
-/// `compression:` of `!disk-storage`: off by default, zstd with an optional level, refused elsewhere.
+/// `compression:` of `!disk-storage` and `!s3-storage`: off by default, zstd with an optional level,
+/// refused where a storage cannot do it (`!sql-storage`, `!lru-storage`).
 @Suite struct DiskCompressionConfigTests {
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("strata-compression-config-\(UUID().uuidString)").path
 
@@ -33,11 +35,22 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: scratch))
     }
 
+    @Test func s3StoresCompressedWhenAsked() throws {
+        func s3(_ configuration: Configuration) -> S3BlobStore? {
+            (configuration.instances[0].cas?.store as? VerifyingBlobStore<S3BlobStore>)?.backend
+        }
+        #expect(s3(try parse("!s3-storage {bucket: cas, access-key: a, secret-key: b}"))?.options.compressionLevel == nil)
+        #expect(s3(try parse("!s3-storage {bucket: cas, access-key: a, secret-key: b, compression: zstd}"))?.options.compressionLevel == 3)
+        #expect(s3(try parse("!s3-storage {bucket: cas, access-key: a, secret-key: b, compression: zstd, compression-level: -1}"))?.options.compressionLevel == -1)
+    }
+
     @Test(arguments: [
         ("!disk-storage {path: /tmp/x, compression: gzip}", "unknown compression \"gzip\""),
         ("!disk-storage {path: /tmp/x, compression-level: 5}", "compression-level needs compression: zstd"),
         ("!disk-storage {path: /tmp/x, compression: zstd, compression-level: 99}", "not a zstd level"),
         ("!lru-storage {size: 1M, compression: zstd}", "compression"),
+        ("!sql-storage {sql: !sql-connection {connection-string: \"postgresql://u@127.0.0.1/db\"}, compression: zstd}", "compression"),
+        ("!s3-storage {bucket: cas, access-key: a, secret-key: b, compression: brotli}", "unknown compression \"brotli\""),
     ])
     func refusesWhatItCannotDo(storage: String, message: String) {
         #expect {
