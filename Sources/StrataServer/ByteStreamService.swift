@@ -88,7 +88,8 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
 
         // Early completion: the blob is already stored, so the rest of the stream is not needed. The
         // committed_size of a compressed upload completed early is -1, as the spec says (the compressed
-        // size of a stream not read to its end is unknown); Bazel and bb-storage expect exactly that.
+        // size of a stream not read to its end is unknown). Bazel's uploader accepts a compressed Write's
+        // committed_size only as -1 or the compressed bytes it sent, which a finished Write answers.
         let completedEarly = compressor == .identity ? digest.sizeBytes : -1
         if uploads.committedSize(name) == nil, try await storage.store.findMissing([digest]).isEmpty {
             return ServerResponse(message: .with { $0.committedSize = completedEarly })
