@@ -125,7 +125,7 @@ let package = Package(
         .target(
             name: "StrataSQL",
             dependencies: [
-                "StrataCore", "StrataStorage",
+                "StrataCore", "StrataStorage", "StrataCompression",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -2,11 +2,12 @@ import Foundation
 import StrataConfig
 import StrataCore
 import StrataS3
+import StrataSQL
 import StrataStorage
 import Testing
 
-/// `compression:` of `!disk-storage` and `!s3-storage`: off by default, zstd with an optional level,
-/// refused where a storage cannot do it (`!sql-storage`, `!lru-storage`).
+/// `compression:` of `!disk-storage`, `!s3-storage` and `!sql-storage`: off by default, zstd with an
+/// optional level, refused where a storage cannot do it (`!lru-storage`).
 @Suite struct DiskCompressionConfigTests {
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("strata-compression-config-\(UUID().uuidString)").path
 
@@ -44,12 +45,21 @@ import Testing
         #expect(s3(try parse("!s3-storage {bucket: cas, access-key: a, secret-key: b, compression: zstd, compression-level: -1}"))?.options.compressionLevel == -1)
     }
 
+    @Test func sqlStoresCompressedWhenAsked() throws {
+        func sql(_ configuration: Configuration) -> SQLBlobStore? {
+            (configuration.instances[0].cas?.store as? VerifyingBlobStore<SQLBlobStore>)?.backend
+        }
+        let connection = "sql: !sql-connection {connection-string: \"postgresql://u@127.0.0.1/db\"}"
+        #expect(sql(try parse("!sql-storage {\(connection)}"))?.compressionLevel == nil)
+        #expect(sql(try parse("!sql-storage {\(connection), compression: zstd, compression-level: 7}"))?.compressionLevel == 7)
+    }
+
     @Test(arguments: [
         ("!disk-storage {path: /tmp/x, compression: gzip}", "unknown compression \"gzip\""),
         ("!disk-storage {path: /tmp/x, compression-level: 5}", "compression-level needs compression: zstd"),
         ("!disk-storage {path: /tmp/x, compression: zstd, compression-level: 99}", "not a zstd level"),
         ("!lru-storage {size: 1M, compression: zstd}", "compression"),
-        ("!sql-storage {sql: !sql-connection {connection-string: \"postgresql://u@127.0.0.1/db\"}, compression: zstd}", "compression"),
+        ("!sql-storage {sql: !sql-connection {connection-string: \"postgresql://u@127.0.0.1/db\"}, compression: lz4}", "unknown compression \"lz4\""),
         ("!s3-storage {bucket: cas, access-key: a, secret-key: b, compression: brotli}", "unknown compression \"brotli\""),
     ])
     func refusesWhatItCannotDo(storage: String, message: String) {
