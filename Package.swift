@@ -67,7 +67,7 @@ let package = Package(
         .target(
             name: "StrataStorage",
             dependencies: [
-                "StrataCore",
+                "StrataCore", "StrataCompression",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
@@ -78,6 +78,16 @@ let package = Package(
         .systemLibrary(
             name: "CHiredis",
             providers: [.apt(["libhiredis-dev"])]
+        ),
+        // zstd (Debian's libzstd-dev): compressed-blobs on the wire and compression at rest.
+        .systemLibrary(
+            name: "CZstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
+        .target(
+            name: "StrataCompression",
+            dependencies: ["StrataCore", "CZstd"],
+            swiftSettings: strictSettings
         ),
         .target(
             name: "CStrataCurl",
@@ -120,7 +130,7 @@ let package = Package(
         .target(
             name: "StrataS3",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "StrataHTTPClient",
+                "StrataCore", "StrataStorage", "StrataActionCache", "StrataHTTPClient", "StrataCompression",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -130,7 +140,7 @@ let package = Package(
         .target(
             name: "StrataSQL",
             dependencies: [
-                "StrataCore", "StrataStorage",
+                "StrataCore", "StrataStorage", "StrataCompression",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -163,7 +173,7 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataChunking",
+                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataChunking", "StrataCompression",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -305,6 +315,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "StrataCompressionTests",
+            dependencies: ["StrataCompression"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "StrataStorageTests",
             dependencies: ["StrataStorage", "StrataTestSupport"],
             swiftSettings: strictSettings
@@ -338,7 +353,7 @@ let package = Package(
             name: "StrataServerTests",
             dependencies: [
                 "StrataServer", "StrataConfig", "StrataRemote", "StrataSQL", "StrataTestSupport", "StrataBench", "StrataLogging",
-                "StrataMetrics", "StrataHTTP", "StrataChunking", "StrataAuth",
+                "StrataMetrics", "StrataHTTP", "StrataChunking", "StrataAuth", "StrataCompression",
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

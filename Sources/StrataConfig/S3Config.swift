@@ -11,7 +11,7 @@ extension Builder {
             "bucket", "endpoint", "access-key", "secret-key", "region", "connect-timeout-seconds",
             "read-timeout-seconds-per-kilobyte", "write-timeout-seconds-per-kilobyte",
             "read-timeout-min-seconds", "write-timeout-min-seconds", "stall-timeout-seconds", "versioned-deletes",
-            "hash-prefix-size", "path-prefix-string", "verify-reads",
+            "hash-prefix-size", "path-prefix-string", "verify-reads", "compression", "compression-level",
         ])
         let bucket = try s3Bucket(node, options)
         let connectTimeout = try options["connect-timeout-seconds"]?.s3Seconds(positive: true) ?? 10
@@ -34,7 +34,8 @@ extension Builder {
         let client = S3Client(clientConfiguration)
         let store = S3BlobStore(
             client: client, naming: naming,
-            options: S3BlobStore.Options(readTimeout: readTimeout, writeTimeout: writeTimeout))
+            options: S3BlobStore.Options(
+                readTimeout: readTimeout, writeTimeout: writeTimeout, compressionLevel: try compressionLevel(options)))
         checkReadiness(of: store, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint)", node)
         var layout = "key \(naming.pathPrefix.map { "\($0)/" } ?? "")"
         let n = naming.hashPrefixSize
@@ -42,6 +43,7 @@ extension Builder {
         // A small blob is PUT whatever is stored (no HEAD first); only a large one's write is skipped.
         let singlePutLimit = Int64(store.options.singlePutLimit)
         let verified = try verifying(store, name: "S3 storage bucket \(bucket)", options) { $0.sizeBytes > singlePutLimit }
+        if let level = store.options.compressionLevel { layout += ", new blobs zstd-compressed (level \(level)) under {key}.zst" }
         return (verified, "!s3-storage bucket \(bucket) at \(clientConfiguration.endpoint) (\(clientConfiguration.region)), \(layout)")
     }
 

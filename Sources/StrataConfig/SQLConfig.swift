@@ -68,14 +68,14 @@ extension Builder {
     }
 
     mutating func sqlStorage(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {
-        let options = try node.mapping(allowed: ["sql", "sql-ro", "verify-reads"])
+        let options = try node.mapping(allowed: ["sql", "sql-ro", "verify-reads", "compression", "compression-level"])
         guard let sqlNode = options["sql"] else { throw node.error("!sql-storage needs sql: an alias of a !sql-connection") }
         let connection = try sqlConnection(sqlNode)
         var readOnly: SQLConnection?
         if let readOnlyNode = options["sql-ro"] { readOnly = try sqlConnection(readOnlyNode, readOnly: true) }
-        let store = SQLBlobStore(connection: connection, readOnlyConnection: readOnly)
+        let store = SQLBlobStore(connection: connection, readOnlyConnection: readOnly, compressionLevel: try compressionLevel(options))
         return (try verifying(store, name: "SQL storage \(connection.settings.displayName)", options),
-                "!sql-storage in \(connection.settings.displayName) (blobs up to \(store.blobSizeLimit) bytes)")
+                "!sql-storage in \(connection.settings.displayName) (blobs up to \(store.blobSizeLimit) bytes\(store.compressionLevel.map { ", new ones zstd-compressed at level \($0)" } ?? ""))")
     }
 
     mutating func sqlIndex(_ node: ConfigNode) throws(ConfigError) -> (store: any BlobStore, summary: String) {

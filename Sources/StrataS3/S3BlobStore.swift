@@ -1,4 +1,5 @@
 import Foundation
+import StrataCompression
 import StrataCore
 import StrataStorage
 
@@ -25,6 +26,12 @@ public struct S3TransferTimeout: Sendable, Equatable {
 /// arrives, completed only once the whole body verified and aborted on any failure, so S3 never shows a
 /// partial or wrong object. Reads are ranged GETs of at most `readChunkSize`, one per chunk the consumer
 /// pulls, so a multi-GiB blob never sits in memory.
+///
+/// With `compressionLevel`, new blobs are stored as one zstd frame under the blob's key with `.zst`
+/// appended (a key BuildGrid never makes), and lookups and reads try that key first, then the
+/// uncompressed one, so the blobs stored before compression was switched on stay readable. With it
+/// off, the store does exactly what it did before (one HEAD per lookup): `.zst` objects left by an
+/// earlier setting are not seen (clients upload those blobs again) and never taken for blobs.
 public final class S3BlobStore: ListableBlobStore {
     public struct Options: Sendable, Equatable {
         /// BuildGrid's S3_MAX_UPLOAD_SIZE: larger blobs use a multipart upload.
@@ -36,10 +43,13 @@ public final class S3BlobStore: ListableBlobStore {
         public var concurrency: Int = 32
         public var readTimeout = S3TransferTimeout()
         public var writeTimeout = S3TransferTimeout()
+        /// The zstd level new blobs are stored at; nil: stored as they are.
+        public var compressionLevel: Int32?
 
         public init(singlePutLimit: Int = 8 << 20, partSize: Int = 8 << 20, readChunkSize: Int = 4 << 20,
                     concurrency: Int = 32, readTimeout: S3TransferTimeout = S3TransferTimeout(),
-                    writeTimeout: S3TransferTimeout = S3TransferTimeout()) {
+                    writeTimeout: S3TransferTimeout = S3TransferTimeout(), compressionLevel: Int32? = nil) {
+            self.compressionLevel = compressionLevel
             self.singlePutLimit = singlePutLimit
             self.partSize = max(partSize, Self.minimumPartSize)
             self.readChunkSize = max(readChunkSize, 1)
@@ -81,10 +91,54 @@ public final class S3BlobStore: ListableBlobStore {
     }
 
     /// The key holds the size, so only a foreign or damaged object can have another; it counts as
-    /// absent, and the client's next upload replaces it.
+    /// absent, and the client's next upload replaces it. With compression, a compressed object counts
+    /// first (its size is its frame's).
     private func isStored(_ digest: Digest) async throws -> Bool {
-        let size = try await client.headObject(bucket: try naming.bucket(for: digest), key: naming.key(for: digest))
+        let bucket = try naming.bucket(for: digest)
+        if options.compressionLevel != nil, try await client.headObject(bucket: bucket, key: compressedKey(for: digest)) != nil {
+            return true
+        }
+        let size = try await client.headObject(bucket: bucket, key: naming.key(for: digest))
         return size == digest.sizeBytes
+    }
+
+    /// The key of a blob stored compressed.
+    func compressedKey(for digest: Digest) -> String { naming.key(for: digest) + Self.compressedSuffix }
+
+    static let compressedSuffix = ".zst"
+
+    /// A compressed copy's first chunk (fetched so that an absent one is nil, not a broken stream) and
+    /// the ranged body of the whole frame; nil when there is none or compression is off.
+    private func compressedObject(_ digest: Digest) async throws -> BlobBody? {
+        guard options.compressionLevel != nil else { return nil }
+        let bucket = try naming.bucket(for: digest)
+        let key = compressedKey(for: digest)
+        let chunkSize = Int64(options.readChunkSize)
+        let answer: (data: Data, totalSize: Int64?)
+        do {
+            // A range past a small object's end is answered with what there is.
+            answer = try await client.getObject(
+                bucket: bucket, key: key, range: 0..<chunkSize, timeoutSeconds: options.readTimeout.seconds(forBytes: Int(chunkSize)))
+        } catch let error as StrataError where error.code == .notFound {
+            return nil
+        }
+        guard let total = answer.totalSize, total > 0, Int64(answer.data.count) == min(total, chunkSize) else {
+            throw StrataError.unavailable("S3 object \(bucket)/\(key) returned \(answer.data.count) bytes of its first chunk")
+        }
+        let client = self.client
+        let timeout = options.readTimeout
+        return .ranged(0..<total, chunkSize: chunkSize, first: answer.data) { offset, count in
+            let chunkRange = offset..<offset + count
+            let answer = try await client.getObject(
+                bucket: bucket, key: key, range: chunkRange, timeoutSeconds: timeout.seconds(forBytes: chunkRange.count))
+            return try self.checked(answer.data, chunkRange, bucket: bucket, key: key)
+        }
+    }
+
+    /// A compressed copy as it is stored; nil for a blob stored uncompressed or absent.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        if digest.isEmpty { return nil }
+        return try await compressedObject(digest)
     }
 
     // MARK: Reads
@@ -92,6 +146,13 @@ public final class S3BlobStore: ListableBlobStore {
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
         let range = try validatedRange(digest, offset: offset, limit: limit)
         if digest.isEmpty { return .empty }
+        if let frame = try await compressedObject(digest) {
+            // A frame that does not decompress to exactly the blob's size is a damaged copy: DATA_LOSS.
+            let whole = frame.zstdDecompressed(
+                expectedSize: digest.sizeBytes, subject: "blob \(digest) in S3 object \(compressedKey(for: digest))",
+                failureCode: .dataLoss)
+            return range == 0..<digest.sizeBytes ? whole : whole.slice(range)
+        }
         let bucket = try naming.bucket(for: digest)
         let key = naming.key(for: digest)
         if range.isEmpty {
@@ -148,23 +209,30 @@ public final class S3BlobStore: ListableBlobStore {
             return
         }
         let bucket = try naming.bucket(for: digest)
-        let key = naming.key(for: digest)
+        let compressed = options.compressionLevel != nil
+        let key = compressed ? compressedKey(for: digest) : naming.key(for: digest)
+        // Compressed after verification: the frame ends only once the blob verified.
+        let verified = body.verifying(digest)
+        let stored = options.compressionLevel.map { verified.zstdCompressed(level: $0, uncompressedSize: digest.sizeBytes) } ?? verified
         if digest.sizeBytes <= Int64(options.singlePutLimit) {
             // No HEAD first (as BuildGrid): for a small blob it costs about as much as the PUT it saves.
             var data = Data(capacity: Int(digest.sizeBytes))
-            for try await chunk in body.verifying(digest) { data.append(chunk) }
+            for try await chunk in stored { data.append(chunk) }
             try await client.putObject(
-                bucket: bucket, key: key, data: data, sha256Hex: digest.function == .sha256 ? digest.hash : nil,
+                bucket: bucket, key: key, data: data, sha256Hex: !compressed && digest.function == .sha256 ? digest.hash : nil,
                 timeoutSeconds: options.writeTimeout.seconds(forBytes: data.count))
             return
         }
         // A large blob already stored is not sent again: one HEAD against many megabytes of upload.
         if try await isStored(digest) { return }
-        try await multipartUpload(digest, body: body, bucket: bucket, key: key)
+        // A frame's size is known only at its end: parts are sized for the most it can be.
+        let bound = compressed ? Zstd.maximumCompressedSize(ofUncompressed: digest.sizeBytes) : digest.sizeBytes
+        try await multipartUpload(stored, size: bound, bucket: bucket, key: key)
     }
 
-    private func multipartUpload(_ digest: Digest, body: BlobBody, bucket: String, key: String) async throws {
-        let partSize = Self.partSize(for: digest.sizeBytes, preferred: options.partSize)
+    /// Uploads `stream` (verified, and compressed if it is to be stored so) of at most `size` bytes.
+    private func multipartUpload(_ stream: BlobBody, size: Int64, bucket: String, key: String) async throws {
+        let partSize = Self.partSize(for: size, preferred: options.partSize)
         let uploadId = try await client.createMultipartUpload(bucket: bucket, key: key)
         let client = self.client
         let timeout = options.writeTimeout.seconds(forBytes: partSize)
@@ -179,7 +247,7 @@ public final class S3BlobStore: ListableBlobStore {
         do {
             var parts: [(number: Int, etag: String)] = []
             var buffer = Data(capacity: partSize)
-            for try await chunk in body.verifying(digest) {
+            for try await chunk in stream {
                 var rest = chunk[...]
                 while !rest.isEmpty {
                     let take = min(partSize - buffer.count, rest.count)
@@ -229,6 +297,9 @@ public final class S3BlobStore: ListableBlobStore {
         var keysByBucket: [String: [String]] = [:]
         for digest in digests.uniqued() where !digest.isEmpty {
             keysByBucket[try naming.bucket(for: digest), default: []].append(naming.key(for: digest))
+            if options.compressionLevel != nil {
+                keysByBucket[try naming.bucket(for: digest), default: []].append(compressedKey(for: digest))
+            }
         }
         for (bucket, keys) in keysByBucket.sorted(by: { $0.key < $1.key }) {
             for start in stride(from: 0, to: keys.count, by: 1000) {
@@ -268,7 +339,10 @@ public final class S3BlobStore: ListableBlobStore {
                 let listed = try await client.listObjects(bucket: bucket, prefix: prefix, continuationToken: token)
                 token = listed.next
                 for object in listed.objects {
-                    guard let digest = naming.digest(forKey: object.key), digest.sizeBytes == object.size,
+                    // With compression, `.zst` objects are blobs too (of any size).
+                    let compressed = options.compressionLevel != nil && object.key.hasSuffix(Self.compressedSuffix)
+                    let key = compressed ? String(object.key.dropLast(Self.compressedSuffix.count)) : object.key
+                    guard let digest = naming.digest(forKey: key), compressed || digest.sizeBytes == object.size,
                           (try? naming.bucket(for: digest)) == bucket
                     else { continue }
                     page.append(StoredBlob(digest: digest, modified: object.lastModified))

@@ -1,5 +1,6 @@
 import Foundation
 import PostgresNIO
+import StrataCompression
 import StrataCore
 import StrataStorage
 
@@ -11,15 +12,26 @@ import StrataStorage
 /// go to `readConnection` (`sql-ro` when configured), writes to `connection`; a NOT_FOUND and the
 /// check before a write are confirmed on `connection`, since a replica may lag. `stored_at` records when a
 /// row was inserted, which the listing reports as the blob's modification time.
+///
+/// With `compressionLevel`, new rows hold one zstd frame of the blob (`compressed` true), read whole and
+/// decompressed as they stream; rows of both kinds are read whatever the setting (the same statement
+/// finds either), so switching it loses no blob. A compressed row that does not decompress to exactly
+/// its blob's size is DATA_LOSS, as an uncompressed row of the wrong length is.
 public final class SQLBlobStore: ListableBlobStore {
     public let connection: SQLConnection
     public let readConnection: SQLConnection
     public let blobSizeLimit: Int64
+    /// The zstd level new rows are stored at; nil: stored as they are.
+    public let compressionLevel: Int32?
 
     public static let defaultMaximumBlobSize: Int64 = 64 << 20
     static let readChunkSize: Int64 = 2 << 20
 
-    public init(connection: SQLConnection, readOnlyConnection: SQLConnection? = nil, maximumBlobSize: Int64 = defaultMaximumBlobSize) {
+    public init(
+        connection: SQLConnection, readOnlyConnection: SQLConnection? = nil, maximumBlobSize: Int64 = defaultMaximumBlobSize,
+        compressionLevel: Int32? = nil
+    ) {
+        self.compressionLevel = compressionLevel
         self.connection = connection
         self.readConnection = readOnlyConnection ?? connection
         self.blobSizeLimit = maximumBlobSize
@@ -60,7 +72,7 @@ public final class SQLBlobStore: ListableBlobStore {
                 SELECT b.hash, b.size FROM strata_blobs b
                 JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
                   ON b.hash = w.hash AND b.size = w.size
-                WHERE octet_length(b.data) = b.size
+                WHERE b.compressed OR octet_length(b.data) = b.size
                 """, logger: logger)
             return Set(try await rows.digests())
         }
@@ -74,13 +86,20 @@ public final class SQLBlobStore: ListableBlobStore {
         let firstCount = min(Self.readChunkSize, Int64(range.count))
         // A replica (`sql-ro`) may not have a blob written a moment ago: the primary has the last word
         // on NOT_FOUND, which an index above would take as the blob being lost.
-        var fetched = try await fetch(digest, from: range.lowerBound, count: firstCount)
+        var fetched = try await fetchWithLength(digest, from: range.lowerBound, count: firstCount, onPrimary: false)
         if fetched == nil, readConnection !== connection {
-            fetched = try await fetch(digest, from: range.lowerBound, count: firstCount, onPrimary: true)
+            fetched = try await fetchWithLength(digest, from: range.lowerBound, count: firstCount, onPrimary: true)
         }
-        guard let first = fetched else {
+        guard let fetched else {
             throw StrataError.notFound("blob \(digest) is not in the CAS")
         }
+        if fetched.compressed {
+            // The whole frame (at most about the blob size limit), decompressed a chunk at a time.
+            let whole = BlobBody(data: fetched.data).zstdDecompressed(
+                expectedSize: digest.sizeBytes, subject: "blob \(digest) in SQL storage", failureCode: .dataLoss)
+            return range == 0..<digest.sizeBytes ? whole : whole.slice(range)
+        }
+        let first = try Self.checked(fetched, digest, count: firstCount)
         if firstCount == Int64(range.count) { return BlobBody(data: first) }
         return .ranged(range, chunkSize: Self.readChunkSize, first: first) { offset, count in
             guard let chunk = try await self.fetch(digest, from: offset, count: count) else {
@@ -94,27 +113,50 @@ public final class SQLBlobStore: ListableBlobStore {
     /// length is not the digest's size is a damaged copy: DATA_LOSS, which `VerifyingBlobStore` turns
     /// into its removal and a NOT_FOUND.
     private func fetch(_ digest: Digest, from offset: Int64, count: Int64, onPrimary: Bool = false) async throws -> Data? {
-        guard let (part, length) = try await fetchWithLength(digest, from: offset, count: count, onPrimary: onPrimary) else { return nil }
-        guard length == digest.sizeBytes, Int64(part.count) == count else {
-            throw StrataError(.dataLoss, "size mismatch: the row of blob \(digest) holds \(length) bytes, the digest says \(digest.sizeBytes)")
+        guard let fetched = try await fetchWithLength(digest, from: offset, count: count, onPrimary: onPrimary) else { return nil }
+        guard !fetched.compressed else {
+            // Deleted and stored again compressed since the read began: not a damaged row.
+            throw StrataError.unavailable("blob \(digest) was stored again while being read: read it again")
         }
-        return part
+        return try Self.checked(fetched, digest, count: count)
     }
 
-    /// The range's bytes and the whole row's length (`octet_length` reads it without fetching the data).
+    private static func checked(_ fetched: Fetched, _ digest: Digest, count: Int64) throws -> Data {
+        guard fetched.length == digest.sizeBytes, Int64(fetched.data.count) == count else {
+            throw StrataError(.dataLoss, "size mismatch: the row of blob \(digest) holds \(fetched.length) bytes, the digest says \(digest.sizeBytes)")
+        }
+        return fetched.data
+    }
+
+    /// A row as `fetchWithLength` finds it: the range's bytes (a compressed row's whole frame), the
+    /// stored length, and whether it is compressed.
+    private struct Fetched: Sendable {
+        var data: Data
+        var length: Int64
+        var compressed: Bool
+    }
+
+    /// The range's bytes and the whole row's length (`octet_length` reads it without fetching the data);
+    /// all of a compressed row, whose ranges are in its decompressed bytes.
     private func fetchWithLength(
         _ digest: Digest, from offset: Int64, count: Int64, onPrimary: Bool
-    ) async throws -> (Data, Int64)? {
+    ) async throws -> Fetched? {
         let hash = SQLDigestKeys.hashBytes(digest)
         let size = digest.sizeBytes
         // substring takes int4; blobs here are at most blobSizeLimit, far below 2 GiB.
         let start = Int32(clamping: offset + 1)
         let length = Int32(clamping: count)
-        let query: @Sendable (PostgresConnection, Logger) async throws -> (Data, Int64)? = { connection, logger in
+        let query: @Sendable (PostgresConnection, Logger) async throws -> Fetched? = { connection, logger in
             let rows = try await connection.query(
-                "SELECT substring(data FROM \(start) FOR \(length)), octet_length(data)::int8 FROM strata_blobs WHERE hash = \(hash) AND size = \(size)",
+                """
+                SELECT CASE WHEN compressed THEN data ELSE substring(data FROM \(start) FOR \(length)) END,
+                       octet_length(data)::int8, compressed
+                FROM strata_blobs WHERE hash = \(hash) AND size = \(size)
+                """,
                 logger: logger)
-            for try await (part, stored) in rows.decode((ByteBuffer, Int64).self) { return (part.asData, stored) }
+            for try await (part, stored, compressed) in rows.decode((ByteBuffer, Int64, Bool).self) {
+                return Fetched(data: part.asData, length: stored, compressed: compressed)
+            }
             return nil
         }
         let what = "reading blob \(digest)"
@@ -132,22 +174,28 @@ public final class SQLBlobStore: ListableBlobStore {
         if try await missing([digest], onPrimary: true).isEmpty { return }
         var buffer = ByteBuffer()
         buffer.reserveCapacity(Int(digest.sizeBytes))
-        for try await chunk in body.verifying(digest) { buffer.writeBytes(chunk) }
+        // Compressed after verification: the frame ends only once the blob verified.
+        let verified = body.verifying(digest)
+        let stored = compressionLevel.map { verified.zstdCompressed(level: $0, uncompressedSize: digest.sizeBytes) } ?? verified
+        for try await chunk in stored { buffer.writeBytes(chunk) }
         let hash = SQLDigestKeys.hashBytes(digest)
         let size = digest.sizeBytes
         let data = buffer
+        let compressed = compressionLevel != nil
         try await writing("storing blob \(digest)") { connection, logger in
             try await connection.execute(
-                "INSERT INTO strata_blobs (hash, size, data) VALUES (\(hash), \(size), \(data)) \(unescaped: Self.replacingDamagedRow)",
+                "INSERT INTO strata_blobs (hash, size, data, compressed) VALUES (\(hash), \(size), \(data), \(compressed)) \(unescaped: Self.replacingDamagedRow)",
                 logger: logger)
         }
     }
 
-    /// A row already there is kept (the write is the same blob), unless its length is not its size: a
-    /// damaged row, which `findMissing` reported missing, is replaced by the verified bytes.
+    /// A row already there is kept (the write is the same blob), unless it is uncompressed and its
+    /// length is not its size: a damaged row, which `findMissing` reported missing, is replaced by the
+    /// verified bytes. (A damaged compressed row is found only by decompressing it; the read that does
+    /// has it deleted.)
     static let replacingDamagedRow = """
-        ON CONFLICT (hash, size) DO UPDATE SET data = EXCLUDED.data, stored_at = now()
-        WHERE octet_length(strata_blobs.data) <> strata_blobs.size
+        ON CONFLICT (hash, size) DO UPDATE SET data = EXCLUDED.data, compressed = EXCLUDED.compressed, stored_at = now()
+        WHERE NOT strata_blobs.compressed AND octet_length(strata_blobs.data) <> strata_blobs.size
         """
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
@@ -162,19 +210,30 @@ public final class SQLBlobStore: ListableBlobStore {
                 continue
             }
             if blob.digest.isEmpty { continue }
-            accepted[blob.digest, default: ([], blob.data)].index.append(index)
+            if accepted[blob.digest] != nil {
+                accepted[blob.digest]!.index.append(index)
+                continue
+            }
+            do throws(StrataError) {
+                let data = try compressionLevel.map { level throws(StrataError) in try ZstdCompressor.compress(blob.data, level: level) } ?? blob.data
+                accepted[blob.digest] = ([index], data)
+            } catch {
+                results[index] = .failure(error)
+            }
         }
         if accepted.isEmpty { return results }
         // Sorted by key: concurrent batches then take the rows' locks in one order and cannot deadlock.
         let sorted = accepted.keys.sorted()
         let keys = SQLDigestKeys(sorted)
         let bodies = sorted.map { ByteBuffer(bytes: accepted[$0]!.data) }
+        let compressed = compressionLevel != nil
         do {
             try await writing("storing \(sorted.count) blobs") { connection, logger in
                 try await connection.execute(
                     """
-                    INSERT INTO strata_blobs (hash, size, data)
-                    SELECT * FROM unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[], \(bodies)::bytea[])
+                    INSERT INTO strata_blobs (hash, size, data, compressed)
+                    SELECT w.hash, w.size, w.data, \(compressed)
+                    FROM unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[], \(bodies)::bytea[]) AS w(hash, size, data)
                     \(unescaped: Self.replacingDamagedRow)
                     """, logger: logger)
             }
@@ -187,7 +246,7 @@ public final class SQLBlobStore: ListableBlobStore {
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
         let wanted = digests.uniqued().filter { !$0.isEmpty }
-        var found: [Digest: Data] = [:]
+        var found: [Digest: (data: Data, compressed: Bool)] = [:]
         if !wanted.isEmpty {
             do {
                 found = try await blobs(wanted, onPrimary: false)
@@ -203,7 +262,14 @@ public final class SQLBlobStore: ListableBlobStore {
         }
         return digests.map { digest in
             if digest.isEmpty { return .success(Data()) }
-            guard let data = found[digest] else { return .failure(.notFound("blob \(digest) is not in the CAS")) }
+            guard let (stored, compressed) = found[digest] else { return .failure(.notFound("blob \(digest) is not in the CAS")) }
+            if compressed {
+                return Result { () throws(StrataError) in
+                    try ZstdDecompressor.decompress(
+                        stored, expectedSize: digest.sizeBytes, subject: "blob \(digest) in SQL storage", failureCode: .dataLoss)
+                }
+            }
+            let data = stored
             guard Int64(data.count) == digest.sizeBytes else {
                 return .failure(StrataError(.dataLoss, "size mismatch: the row of blob \(digest) holds \(data.count) bytes, the digest says \(digest.sizeBytes)"))
             }
@@ -211,23 +277,37 @@ public final class SQLBlobStore: ListableBlobStore {
         }
     }
 
-    private func blobs(_ wanted: [Digest], onPrimary: Bool) async throws -> [Digest: Data] {
+    private func blobs(_ wanted: [Digest], onPrimary: Bool) async throws -> [Digest: (data: Data, compressed: Bool)] {
         let keys = SQLDigestKeys(wanted)
         let what = "reading \(wanted.count) blobs"
-        let query: @Sendable (PostgresConnection, Logger) async throws -> [Digest: Data] = { connection, logger in
+        let query: @Sendable (PostgresConnection, Logger) async throws -> [Digest: (data: Data, compressed: Bool)] = { connection, logger in
             let rows = try await connection.query(
                 """
-                SELECT b.hash, b.size, b.data FROM strata_blobs b
+                SELECT b.hash, b.size, b.data, b.compressed FROM strata_blobs b
                 JOIN unnest(\(keys.hashes)::bytea[], \(keys.sizes)::int8[]) AS w(hash, size)
                   ON b.hash = w.hash AND b.size = w.size
                 """, logger: logger)
-            var found: [Digest: Data] = [:]
-            for try await (hash, size, data) in rows.decode((ByteBuffer, Int64, ByteBuffer).self) {
-                found[try SQLDigestKeys.digest(hash: hash, size: size)] = data.asData
+            var found: [Digest: (data: Data, compressed: Bool)] = [:]
+            for try await (hash, size, data, compressed) in rows.decode((ByteBuffer, Int64, ByteBuffer, Bool).self) {
+                found[try SQLDigestKeys.digest(hash: hash, size: size)] = (data.asData, compressed)
             }
             return found
         }
         return onPrimary ? try await writing(what, query) : try await reading(what, query)
+    }
+
+    /// A compressed row's frame as it is stored; nil for a blob stored uncompressed or absent.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        if digest.isEmpty { return nil }
+        let hash = SQLDigestKeys.hashBytes(digest)
+        let size = digest.sizeBytes
+        let frame = try await reading("reading blob \(digest)") { connection, logger -> Data? in
+            let rows = try await connection.query(
+                "SELECT data FROM strata_blobs WHERE hash = \(hash) AND size = \(size) AND compressed", logger: logger)
+            for try await data in rows.decode(ByteBuffer.self) { return data.asData }
+            return nil
+        }
+        return frame.map { BlobBody(data: $0) }
     }
 
     public func delete(_ digests: [Digest]) async throws {

@@ -101,6 +101,11 @@ enum SQLMigrations {
             // first answer lost after the commit) finds the blobs it removed already and returns them.
             "ALTER TABLE strata_index_marks ADD COLUMN deleting_token text",
         ]),
+        (5, [
+            // Rows of !sql-storage written with `compression: zstd` hold one zstd frame of the blob.
+            // A constant default: no table rewrite, and every existing row stays what it was.
+            "ALTER TABLE strata_blobs ADD COLUMN compressed boolean NOT NULL DEFAULT false",
+        ]),
     ]
 
     static var latestVersion: Int { versions.last?.version ?? 0 }

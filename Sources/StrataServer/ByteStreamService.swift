@@ -24,7 +24,7 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         let message = request.message
         let name = try ResourceName.parseRead(message.resourceName)
         let storage = try registry.byteStream(name.instanceName)
-        try requireIdentity(name)
+        let compressor = try BlobCompressor(resourceSegment: name.compressor)
         guard message.readOffset >= 0 else {
             throw StrataError.outOfRange("read_offset \(message.readOffset) is negative")
         }
@@ -35,9 +35,23 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         guard message.readLimit >= 0 else {
             throw StrataError.invalidArgument("read_limit \(message.readLimit) is negative")
         }
+        // The spec: a compressed read's offset is in uncompressed bytes, and it has no limit.
+        guard compressor == .identity || message.readLimit == 0 else {
+            throw StrataError.invalidArgument(
+                "read_limit \(message.readLimit) on a compressed-blobs read: compressed reads must use read_limit 0")
+        }
         // Open before answering, so NOT_FOUND is the RPC's status rather than a broken stream.
-        let body = try await storage.store.read(
-            name.digest, offset: message.readOffset, limit: message.readLimit == 0 ? nil : message.readLimit)
+        // A whole blob the storage holds compressed goes out as stored (verified on the way); the rest
+        // is read and compressed here.
+        let body: BlobBody
+        if compressor == .zstd, message.readOffset == 0, let stored = try await storage.store.readZstd(name.digest) {
+            body = stored
+        } else {
+            body = compressor.compressing(
+                try await storage.store.read(
+                    name.digest, offset: message.readOffset, limit: message.readLimit == 0 ? nil : message.readLimit),
+                uncompressedSize: name.digest.sizeBytes - message.readOffset)
+        }
         let requestContext = RequestContext.current
         return StreamingServerResponse { writer in
             for try await chunk in body {
@@ -63,7 +77,7 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         let name = try ResourceName.parseWrite(first.resourceName)
         let instance = try registry.instance(name.instanceName)
         let storage = try registry.service(Instance.ByteStream.self, in: instance)
-        try requireIdentity(name)
+        let compressor = try BlobCompressor(resourceSegment: name.compressor)
         guard !storage.readOnly else {
             throw StrataError(.permissionDenied, "the storage of instance \"\(StrataError.echo(name.instanceName))\" is read-only")
         }
@@ -72,13 +86,19 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
             throw StrataError.invalidArgument("blob \(digest) is larger than max_cas_blob_size_bytes (\(limit))")
         }
 
-        // Early completion: the blob is already stored, so the rest of the stream is not needed.
+        // Early completion: the blob is already stored, so the rest of the stream is not needed. The
+        // committed_size of a compressed upload completed early is -1, as the spec says (the compressed
+        // size of a stream not read to its end is unknown). Bazel's uploader accepts a compressed Write's
+        // committed_size only as -1 or the compressed bytes it sent, which a finished Write answers.
+        let completedEarly = compressor == .identity ? digest.sizeBytes : -1
         if uploads.committedSize(name) == nil, try await storage.store.findMissing([digest]).isEmpty {
-            return ServerResponse(message: .with { $0.committedSize = digest.sizeBytes })
+            return ServerResponse(message: .with { $0.committedSize = completedEarly })
         }
+        // Offsets and sizes of a compressed Write count compressed bytes.
+        let maximumWireSize = compressor.maximumWireSize(ofUncompressed: digest.sizeBytes)
 
         let upload: UploadRegistry.Upload
-        switch try uploads.claim(name, writeOffset: first.writeOffset, store: storage.store) {
+        switch try uploads.claim(name, writeOffset: first.writeOffset, store: storage.store, compressor: compressor) {
         case .started(let started): upload = started
         case .resumed(let resumed): upload = resumed
         }
@@ -95,9 +115,10 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
                     throw StrataError.invalidArgument(
                         "write_offset \(message.writeOffset) does not follow the \(committed) bytes received")
                 }
-                guard committed + Int64(message.data.count) <= digest.sizeBytes else {
-                    throw StrataError.invalidArgument(
-                        "Write sent \(committed + Int64(message.data.count)) bytes or more for blob \(digest) of \(digest.sizeBytes) bytes")
+                guard committed + Int64(message.data.count) <= maximumWireSize else {
+                    throw StrataError.invalidArgument(compressor == .identity
+                        ? "Write sent \(committed + Int64(message.data.count)) bytes or more for blob \(digest) of \(digest.sizeBytes) bytes"
+                        : "Write sent \(committed + Int64(message.data.count)) compressed bytes or more for blob \(digest) of \(digest.sizeBytes) bytes, more than zstd can need (\(maximumWireSize))")
                 }
                 if !message.data.isEmpty {
                     if await upload.chunks.send(message.data) {
@@ -115,17 +136,20 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
                     // The store ended the write early: it found the blob stored, or it failed.
                     uploads.remove(upload)
                     try await upload.storeWrite.value
-                    return ServerResponse(message: .with { $0.committedSize = digest.sizeBytes })
+                    return ServerResponse(message: .with { $0.committedSize = completedEarly })
                 }
                 if message.finishWrite {
-                    guard upload.committed == digest.sizeBytes else {
+                    // A compressed stream's end is checked by its decompression (and the store's hash).
+                    guard compressor != .identity || upload.committed == digest.sizeBytes else {
                         throw StrataError.invalidArgument(
                             "finish_write after \(upload.committed) bytes, but blob \(digest) has \(digest.sizeBytes)")
                     }
                     upload.chunks.finish()
                     uploads.remove(upload)
                     try await upload.storeWrite.value
-                    return ServerResponse(message: .with { $0.committedSize = digest.sizeBytes })
+                    // Compressed: all the bytes this upload received, as its write offsets counted them.
+                    let committedSize = upload.committed
+                    return ServerResponse(message: .with { $0.committedSize = committedSize })
                 }
                 guard let next = try await messages.next() else {
                     // The client closed its side without finish_write: answer what is committed and keep
@@ -156,6 +180,7 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
     ) async throws -> ServerResponse<Google_Bytestream_QueryWriteStatusResponse> {
         let name = try ResourceName.parseWrite(request.message.resourceName)
         let storage = try registry.byteStream(name.instanceName)
+        let compressor = try BlobCompressor(resourceSegment: name.compressor)
         if let committed = uploads.committedSize(name) {
             return ServerResponse(message: .with {
                 $0.committedSize = committed
@@ -164,17 +189,11 @@ public struct ByteStreamService: ByteStream.ServiceProtocol {
         }
         if try await storage.store.findMissing([name.digest]).isEmpty {
             return ServerResponse(message: .with {
-                $0.committedSize = name.digest.sizeBytes
+                // As a Write completed early: a compressed size is unknown for a blob stored uncompressed.
+                $0.committedSize = compressor == .identity ? name.digest.sizeBytes : -1
                 $0.complete = true
             })
         }
         throw StrataError.notFound("no upload of \(StrataError.echo(request.message.resourceName)) is in progress or complete")
-    }
-
-    private func requireIdentity(_ name: ResourceName) throws(StrataError) {
-        if let compressor = name.compressor, compressor != "identity" {
-            throw .invalidArgument(
-                "compressed-blobs/\(StrataError.echo(compressor)) is not supported: this server stores uncompressed blobs only (Capabilities lists no compressors)")
-        }
     }
 }

@@ -198,35 +198,53 @@ struct UploadedBlob: BatchEntry {
 
 /// What the three batch requests share: instance_name (1), a repeated entry (2), and the digest
 /// function, whose field number varies (3 in FindMissingBlobs, 4 in BatchReadBlobs, 5 in
-/// BatchUpdateBlobs). Other fields are skipped: BatchReadBlobs' acceptable_compressors (3) because
-/// answers are always uncompressed.
+/// BatchUpdateBlobs); and BatchReadBlobs' acceptable_compressors (3).
 struct BatchRequest<Entry: BatchEntry>: Sendable {
     var instanceName: String
     var digestFunction: Int
     var entries: [Entry]
+    /// acceptable_compressors as a set of `Compressor.Value`s (bit n: value n; values past 63 are
+    /// ones no server knows, dropped).
+    var acceptableCompressors: UInt64 = 0
 
-    init(instanceName: String, digestFunction: Int, entries: [Entry]) {
+    init(instanceName: String, digestFunction: Int, entries: [Entry], acceptableCompressors: UInt64 = 0) {
         self.instanceName = instanceName
         self.digestFunction = digestFunction
         self.entries = entries
+        self.acceptableCompressors = acceptableCompressors
     }
 
     init(
-        wire bytes: UnsafeRawBufferPointer, digestFunctionField: Int,
+        wire bytes: UnsafeRawBufferPointer, digestFunctionField: Int, compressorsField: Int? = nil,
         entry: (UnsafeRawBufferPointer, Range<Int>) throws -> Entry
     ) throws {
         var instanceName = ""
         var digestFunction = 0
         var entries: [Entry] = []
+        var compressors: UInt64 = 0
+        func accept(_ value: UInt64) {
+            if value < 64 { compressors |= 1 << value }
+        }
         try ProtobufWire.forEachField(bytes, in: 0..<bytes.count) { field in
             switch (field.number, field.type) {
             case (1, .lengthDelimited): instanceName = try wireString(bytes, field.payload, "instance_name")
             case (2, .lengthDelimited): entries.append(try entry(bytes, field.payload))
             case (digestFunctionField, .varint): digestFunction = Int(Int32(truncatingIfNeeded: field.varint))
+            // A repeated enum comes packed (one length-delimited run of varints) or one value per field.
+            case (compressorsField, .varint): accept(field.varint)
+            case (compressorsField, .lengthDelimited):
+                var position = field.payload.lowerBound
+                while position < field.payload.upperBound {
+                    accept(try ProtobufWire.readVarint(bytes, at: &position, end: field.payload.upperBound))
+                }
             default: break
             }
         }
-        self.init(instanceName: instanceName, digestFunction: digestFunction, entries: entries)
+        self.init(instanceName: instanceName, digestFunction: digestFunction, entries: entries, acceptableCompressors: compressors)
+    }
+
+    func accepts(_ compressor: BlobCompressor) -> Bool {
+        compressor == .identity || acceptableCompressors & (1 << UInt64(compressor.rawValue)) != 0
     }
 
     /// The request's digest function. When `digest_function` is unset it is inferred from the length
@@ -257,7 +275,8 @@ struct FindMissingBlobsWireRequest: WireDecodable {
 struct BatchReadBlobsWireRequest: WireDecodable {
     var request: DigestsRequest
     init(wire bytes: UnsafeRawBufferPointer) throws {
-        request = try DigestsRequest(wire: bytes, digestFunctionField: 4, entry: RequestDigest.init(wire:in:))
+        request = try DigestsRequest(
+            wire: bytes, digestFunctionField: 4, compressorsField: 3, entry: RequestDigest.init(wire:in:))
     }
 }
 
@@ -333,32 +352,40 @@ struct BlobsUploadStatuses: WireEncodable {
     }
 }
 
-/// BatchReadBlobsResponse: responses 1 (digest 1, data 2, status 3, compressor 4: identity, not written).
+/// BatchReadBlobsResponse: responses 1 (digest 1, data 2, status 3, compressor 4, written for the
+/// blobs read when it is not identity).
 struct ReadBlobs: WireEncodable {
     var entries: [(digest: RequestDigest, result: Result<Data, StrataError>)]
+    /// How the data of every blob read is compressed.
+    var compressor: BlobCompressor = .identity
 
-    private static func entrySize(_ entry: (digest: RequestDigest, result: Result<Data, StrataError>)) -> Int {
+    private var compressorFieldSize: Int {
+        compressor == .identity ? 0 : ProtobufWire.varintFieldSize(UInt64(compressor.rawValue))
+    }
+
+    private func entrySize(_ entry: (digest: RequestDigest, result: Result<Data, StrataError>)) -> Int {
         var size = ProtobufWire.lengthDelimitedSize(entry.digest.wireSize)
         switch entry.result {
         case .success(let data):
             if !data.isEmpty { size += ProtobufWire.lengthDelimitedSize(data.count) }
-            size += ProtobufWire.lengthDelimitedSize(0)
+            size += ProtobufWire.lengthDelimitedSize(0) + compressorFieldSize
         case .failure(let error):
             size += ProtobufWire.lengthDelimitedSize(statusSize(error))
         }
         return size
     }
 
-    var wireSize: Int { entries.reduce(0) { $0 + ProtobufWire.lengthDelimitedSize(Self.entrySize($1)) } }
+    var wireSize: Int { entries.reduce(0) { $0 + ProtobufWire.lengthDelimitedSize(entrySize($1)) } }
 
     func write(to writer: inout ProtobufWire.Writer) {
         for entry in entries {
-            writer.lengthDelimited(1, length: Self.entrySize(entry))
+            writer.lengthDelimited(1, length: entrySize(entry))
             entry.digest.write(field: 1, to: &writer)
             switch entry.result {
             case .success(let data):
                 if !data.isEmpty { data.withUnsafeBytes { writer.bytes(2, $0) } }
                 writeStatus(nil, field: 3, to: &writer)
+                if compressor != .identity { writer.varintField(4, UInt64(compressor.rawValue)) }
             case .failure(let error):
                 writeStatus(error, field: 3, to: &writer)
             }
@@ -374,10 +401,10 @@ struct ReadBlobs: WireEncodable {
                     case .success(let data):
                         $0.data = data
                         $0.status = .ok
+                        $0.compressor = compressor.proto
                     case .failure(let error):
                         $0.status = error.rpcStatus
                     }
-                    $0.compressor = .identity
                 }
             }
         }

@@ -26,8 +26,8 @@ public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.
                 $0.maxCasBlobSizeBytes = instance.maximumBlobSize ?? 0
                 // Action results are stored as given; absolute symlinks are not rejected.
                 $0.symlinkAbsolutePathStrategy = .allowed
-                $0.supportedCompressors = []
-                $0.supportedBatchUpdateCompressors = []
+                $0.supportedCompressors = BlobCompressor.advertised.map(\.proto)
+                $0.supportedBatchUpdateCompressors = BlobCompressor.advertised.map(\.proto)
                 // Only where the instance's !cas has enable-chunking; splicing also needs it writable.
                 let chunker = instance[Instance.BlobChunking.self]
                 $0.splitBlobSupport = chunker != nil

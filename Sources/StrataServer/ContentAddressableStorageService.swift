@@ -55,6 +55,17 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
             throw StrataError.invalidArgument(
                 "BatchUpdateBlobs carries \(total) bytes, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); upload large blobs with ByteStream")
         }
+        // Compressed blobs count at their digests' sizes, the most they may decompress to (saturating:
+        // the sizes are the client's): what the server holds in memory stays within the limit.
+        let decompressed = request.entries.reduce(Int64(0)) { total, blob in
+            let size = blob.compressor == BlobCompressor.identity.rawValue ? Int64(blob.data.count) : max(0, blob.digest.sizeBytes)
+            let (sum, overflow) = total.addingReportingOverflow(size)
+            return overflow ? .max : sum
+        }
+        guard decompressed <= registry.maxBatchTotalSizeBytes else {
+            throw StrataError.invalidArgument(
+                "BatchUpdateBlobs's blobs are \(decompressed) bytes uncompressed, more than max_batch_total_size_bytes (\(registry.maxBatchTotalSizeBytes)); upload large blobs with ByteStream")
+        }
         let function = try request.function()
 
         // Validate each blob on its own: one bad blob gets its own status, the rest are stored.
@@ -63,17 +74,21 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
         for (index, blob) in request.entries.enumerated() {
             do throws(StrataError) {
                 let digest = try blob.digest.validated(for: function)
-                guard blob.compressor == 0 else {
-                    let name = Build_Bazel_Remote_Execution_V2_Compressor.Value(rawValue: blob.compressor).map { "\($0)" } ?? "\(blob.compressor)"
-                    throw .invalidArgument("blob \(digest): compressor \(name) is not supported (Capabilities lists none)")
-                }
-                guard Int64(blob.data.count) == digest.sizeBytes else {
-                    throw .invalidArgument("blob \(digest): \(blob.data.count) bytes of data for a digest of size \(digest.sizeBytes)")
+                let compressor: BlobCompressor
+                do throws(StrataError) {
+                    compressor = try BlobCompressor(protoValue: blob.compressor)
+                } catch {
+                    throw .invalidArgument("blob \(digest): \(error.message)")
                 }
                 if let limit = instance.maximumBlobSize, digest.sizeBytes > limit {
                     throw .invalidArgument("blob \(digest) is larger than max_cas_blob_size_bytes (\(limit))")
                 }
-                accepted.append((index, digest, blob.data))
+                // Decompressed to exactly the digest's size or refused (the store verifies the hash).
+                let data = try compressor.decompress(blob.data, for: digest)
+                guard Int64(data.count) == digest.sizeBytes else {
+                    throw .invalidArgument("blob \(digest): \(data.count) bytes of data for a digest of size \(digest.sizeBytes)")
+                }
+                accepted.append((index, digest, data))
             } catch {
                 errors[index] = error
             }
@@ -90,7 +105,8 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
     ) async throws -> Build_Bazel_Remote_Execution_V2_BatchReadBlobsResponse {
         try await read(DigestsRequest(
             instanceName: request.instanceName, digestFunction: request.digestFunction.rawValue,
-            entries: request.digests.map { RequestDigest(hash: $0.hash, sizeBytes: $0.sizeBytes) })).proto
+            entries: request.digests.map { RequestDigest(hash: $0.hash, sizeBytes: $0.sizeBytes) },
+            acceptableCompressors: request.acceptableCompressors.reduce(0) { $0 | ($1.rawValue < 64 ? 1 << UInt64($1.rawValue) : 0) })).proto
     }
 
     func read(_ request: DigestsRequest) async throws -> ReadBlobs {
@@ -114,10 +130,14 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
                 results[index] = .failure(error)
             }
         }
+        // zstd when the client accepts it: every blob read, so the response has one compressor.
+        let compressor: BlobCompressor = request.accepts(.zstd) ? .zstd : .identity
         let read = await cas.store.readBatch(valid.map(\.digest))
-        for (blob, result) in zip(valid, read) { results[blob.index] = result }
-        RequestContext.current?.addSent(read.reduce(0) { $0 + ((try? $1.get())?.count ?? 0) })
-        return ReadBlobs(entries: zip(request.entries, results).map { ($0, $1) })
+        for (blob, result) in zip(valid, read) {
+            results[blob.index] = result.flatMap { data in Result { () throws(StrataError) in try compressor.compress(data) } }
+        }
+        RequestContext.current?.addSent(results.reduce(0) { $0 + ((try? $1.get())?.count ?? 0) })
+        return ReadBlobs(entries: zip(request.entries, results).map { ($0, $1) }, compressor: compressor)
     }
 
     public func getTree(

@@ -42,7 +42,8 @@ public final class UploadRegistry: Sendable {
             try shared.state.withLock { (state: inout State) throws(E) -> T in try body(&state) }
         }
 
-        init(key: String, digest: Digest, store: any BlobStore) {
+        /// `compressor`: how the client compresses the chunks; the store gets them decompressed.
+        init(key: String, digest: Digest, store: any BlobStore, compressor: BlobCompressor) {
             self.key = key
             self.digest = digest
             let chunks = self.chunks
@@ -54,7 +55,8 @@ public final class UploadRegistry: Sendable {
                     shared.state.withLock { $0.storeFinished = true }
                     chunks.finish()
                 }
-                try await store.write(digest, body: BlobBody { BlobBody.AsyncIterator { try await chunks.next() } })
+                let received = BlobBody { BlobBody.AsyncIterator { try await chunks.next() } }
+                try await store.write(digest, body: compressor.decompressing(received, for: digest))
             }
         }
 
@@ -73,14 +75,17 @@ public final class UploadRegistry: Sendable {
     }
 
     /// The digest's function is part of the key: a BLAKE3 upload is never resumed as the SHA-256 blob
-    /// with the same hex.
+    /// with the same hex. The compressor is too: offsets of a compressed upload count other bytes than
+    /// an uncompressed one's of the same blob and upload id.
     static func key(_ name: ResourceName) -> String {
-        "\(name.instanceName)\u{0}\(name.uploadID ?? "")\u{0}\(name.digest.storageName)"
+        "\(name.instanceName)\u{0}\(name.uploadID ?? "")\u{0}\(name.compressor ?? "identity")\u{0}\(name.digest.storageName)"
     }
 
     /// Starts an upload, or takes over a parked one. Throws when another stream is writing it or when
     /// `writeOffset` is not where the upload stands.
-    func claim(_ name: ResourceName, writeOffset: Int64, store: any BlobStore) throws(StrataError) -> Claim {
+    func claim(
+        _ name: ResourceName, writeOffset: Int64, store: any BlobStore, compressor: BlobCompressor
+    ) throws(StrataError) -> Claim {
         let key = Self.key(name)
         return try uploads.withLock { uploads throws(StrataError) -> Claim in
             if let upload = uploads[key] {
@@ -101,7 +106,7 @@ public final class UploadRegistry: Sendable {
                 throw .invalidArgument(
                     "write_offset \(writeOffset): no upload \(StrataError.echo(name.uploadID ?? "")) of \(name.digest) is in progress; start at write_offset 0")
             }
-            let upload = Upload(key: key, digest: name.digest, store: store)
+            let upload = Upload(key: key, digest: name.digest, store: store, compressor: compressor)
             uploads[key] = upload
             return .started(upload)
         }

@@ -31,10 +31,20 @@ public protocol BlobStore: Sendable {
 
     /// The largest blob this store accepts, if it has a limit.
     var maximumBlobSize: Int64? { get }
+
+    /// The whole blob as the store holds it compressed at rest: a zstd stream whose decompressed bytes
+    /// are the blob, for a `compressed-blobs/zstd` reader to get without recompressing; nil when the
+    /// store does not hold `digest` compressed (absent, or stored as it is: `read` it). The default is
+    /// nil. Invariant: a store answers only from a copy it wrote compressed, and a decorator passes it
+    /// on only when it changes nothing of what is stored (metrics); `VerifyingBlobStore` decompresses
+    /// and hashes the stream alongside, as for `read`, failing it instead of ending it on a mismatch.
+    func readZstd(_ digest: Digest) async throws -> BlobBody?
 }
 
 extension BlobStore {
     public var maximumBlobSize: Int64? { nil }
+
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? { nil }
 
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
         await concurrentMap(digests) { digest in

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOPosix
+import StrataCompression
 import StrataCore
 import Synchronization
 
@@ -29,6 +30,13 @@ import Glibc
 /// is chosen: a write of it that starts then stores a fresh copy (renamed into place only after the
 /// old file is gone), and FindMissingBlobs reports it missing, so an acknowledged blob is never deleted
 /// by an eviction that had already chosen it.
+///
+/// With `compressionLevel`, new blobs are stored as one zstd frame in `{hash}_{size}.zst`, whatever
+/// their size; the distinct name keeps them apart from the uncompressed files. Both kinds are read
+/// whatever the setting (an uncompressed file first), so switching compression on or off loses no blob
+/// and can never take one kind of file for the other. A budget counts the bytes of the files on disk.
+/// A compressed copy that does not decompress to its digest's size is DATA_LOSS, as a file of the wrong
+/// size is; `readZstd` hands a compressed copy out as it is stored.
 public final class DiskBlobStore: ListableBlobStore, Preparable {
     public struct Budget: Sendable, Equatable {
         public var maxBytes: Int64
@@ -42,6 +50,10 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
 
     public let root: URL
     public let budget: Budget?
+    /// The zstd level new blobs are stored at; nil: stored as they are.
+    public let compressionLevel: Int32?
+    public static var compressionLevels: ClosedRange<Int32> { Zstd.levels }
+    public static let defaultCompressionLevel = Zstd.defaultLevel
     private let casDirectory: String
     private let tmpDirectory: String
     private let sync: Bool
@@ -68,9 +80,10 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
 
     /// Touches nothing on disk: `prepare()` does.
     public init(
-        path: String, sync: Bool = true, budget: Budget? = nil, threadPool: NIOThreadPool = .singleton,
-        logger: Logger = Logger(label: "strata.disk")
+        path: String, sync: Bool = true, budget: Budget? = nil, compressionLevel: Int32? = nil,
+        threadPool: NIOThreadPool = .singleton, logger: Logger = Logger(label: "strata.disk")
     ) {
+        self.compressionLevel = compressionLevel
         self.logger = logger
         let root = URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL
         self.root = root
@@ -182,14 +195,37 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         }
     }
 
+    /// The file of a blob stored compressed: its uncompressed file's name with `.zst`.
+    func compressedPath(of digest: Digest) -> String { path(of: digest) + Self.compressedSuffix }
+
+    static let compressedSuffix = ".zst"
+
+    /// A blob's file as found on disk.
+    struct StoredFile {
+        var path: String
+        var compressed: Bool
+        /// Its size on disk: the blob's size, or its zstd frame's.
+        var bytes: Int64
+    }
+
+    /// The file holding `digest` (on a pool thread): its uncompressed file of the right size, else its
+    /// compressed file; nil when neither is there.
+    func storedFile(_ digest: Digest) -> StoredFile? {
+        var info = stat()
+        let plain = path(of: digest)
+        if stat(plain, &info) == 0 && Int64(info.st_size) == digest.sizeBytes {
+            return StoredFile(path: plain, compressed: false, bytes: digest.sizeBytes)
+        }
+        let compressed = plain + Self.compressedSuffix
+        if stat(compressed, &info) == 0 { return StoredFile(path: compressed, compressed: true, bytes: Int64(info.st_size)) }
+        return nil
+    }
+
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
         let candidates = digests.uniqued().filter { !$0.isEmpty }
         if candidates.isEmpty { return [] }
         let missing = try await threadPool.runIfActive {
-            candidates.filter { digest in
-                var info = stat()
-                return stat(self.path(of: digest), &info) != 0 || Int64(info.st_size) != digest.sizeBytes
-            }
+            candidates.filter { self.storedFile($0) == nil }
         }
         guard budget != nil else { return missing }
         let absent = Set(missing)
@@ -223,9 +259,8 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             self.usage.withLock { usage in
                 checked.filter { digest in
                     guard !usage.evicting.contains(digest) else { return false }
-                    var info = stat()
-                    guard stat(self.path(of: digest), &info) == 0, Int64(info.st_size) == digest.sizeBytes else { return false }
-                    usage.files.insert(digest, (), cost: digest.sizeBytes)
+                    guard let file = self.storedFile(digest) else { return false }
+                    usage.files.insert(digest, (), cost: file.bytes)
                     return true
                 }
             }
@@ -236,11 +271,18 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     public func read(_ digest: Digest, offset: Int64, limit: Int64?) async throws -> BlobBody {
         let range = try validatedRange(digest, offset: offset, limit: limit)
         if digest.isEmpty { return .empty }
-        let path = path(of: digest)
-        let file = try await threadPool.runIfActive { try self.openStored(digest, path: path) }
+        let (file, stored) = try await threadPool.runIfActive { try self.openStored(digest) }
         account { $0.used(digest) }
-        let pool = threadPool
-        return BlobBody {
+        guard stored.compressed else { return Self.chunks(of: file, range, path: stored.path, pool: threadPool) }
+        let whole = Self.chunks(of: file, 0..<stored.bytes, path: stored.path, pool: threadPool)
+            .zstdDecompressed(expectedSize: digest.sizeBytes, subject: "blob \(digest) in \(stored.path)", failureCode: .dataLoss)
+        // A whole read runs the decompression to its end, which checks that the frame ends there too.
+        return range == 0..<digest.sizeBytes ? whole : whole.slice(range)
+    }
+
+    /// Bytes `range` of an open file, a chunk at a time on `pool`.
+    private static func chunks(of file: FileDescriptor, _ range: Range<Int64>, path: String, pool: NIOThreadPool) -> BlobBody {
+        BlobBody {
             var position = range.lowerBound
             return BlobBody.AsyncIterator {
                 guard position < range.upperBound else { return nil }
@@ -253,9 +295,31 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         }
     }
 
-    /// Opens a stored blob's file (on a pool thread), checking its size.
-    private func openStored(_ digest: Digest, path: String) throws -> FileDescriptor {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+    /// A compressed copy as it is stored; nil for a blob stored uncompressed or absent.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        if digest.isEmpty { return nil }
+        let opened: (FileDescriptor, StoredFile)
+        do {
+            opened = try await threadPool.runIfActive { try self.openStored(digest) }
+        } catch let error as StrataError where error.code == .notFound {
+            return nil
+        }
+        guard opened.1.compressed else { return nil }
+        account { $0.used(digest) }
+        return Self.chunks(of: opened.0, 0..<opened.1.bytes, path: opened.1.path, pool: threadPool)
+    }
+
+    /// Opens a stored blob's file (on a pool thread), uncompressed or else compressed, checking the
+    /// size of an uncompressed one.
+    private func openStored(_ digest: Digest) throws -> (FileDescriptor, StoredFile) {
+        var path = path(of: digest)
+        var compressed = false
+        var fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 && errno == ENOENT {
+            path += Self.compressedSuffix
+            compressed = true
+            fd = open(path, O_RDONLY | O_CLOEXEC)
+        }
         guard fd >= 0 else {
             if errno == ENOENT {
                 account { _ = $0.files.remove(digest) }
@@ -266,12 +330,13 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         let file = FileDescriptor(fd)
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw posixError("stat", path) }
+        if compressed { return (file, StoredFile(path: path, compressed: true, bytes: Int64(info.st_size))) }
         guard Int64(info.st_size) == digest.sizeBytes else {
             // Only a damaged disk gets here (we rename complete files only). DATA_LOSS is how a backend
             // reports a damaged copy: `VerifyingBlobStore` removes it and answers NOT_FOUND.
             throw StrataError(.dataLoss, "size mismatch: \(path) holds \(info.st_size) bytes, the digest says \(digest.sizeBytes)")
         }
-        return file
+        return (file, StoredFile(path: path, compressed: false, bytes: digest.sizeBytes))
     }
 
     /// Reads the blobs of a BatchReadBlobs in one thread-pool job, rather than two hops per blob.
@@ -281,11 +346,13 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             results = try await threadPool.runIfActive {
                 digests.map { digest in
                     if digest.isEmpty { return .success(Data()) }
-                    let path = self.path(of: digest)
                     return Result { () throws(StrataError) -> Data in
                         do {
-                            let file = try self.openStored(digest, path: path)
-                            return try file.read(count: Int(digest.sizeBytes), at: 0, path: path)
+                            let (file, stored) = try self.openStored(digest)
+                            let data = try file.read(count: Int(stored.bytes), at: 0, path: stored.path)
+                            guard stored.compressed else { return data }
+                            return try ZstdDecompressor.decompress(
+                                data, expectedSize: digest.sizeBytes, subject: "blob \(digest) in \(stored.path)", failureCode: .dataLoss)
                         } catch {
                             throw StrataError.from(error)
                         }
@@ -309,7 +376,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     /// is flushed once after all the renames rather than once per blob. A budgeted store writes one by
     /// one, each reserving its bytes.
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
-        guard budget == nil else {
+        guard budget == nil && compressionLevel == nil else {
             return await concurrentMap(blobs) { blob in try await self.write(blob.digest, body: BlobBody(data: blob.data)) }
         }
         var verified = [Result<Void, StrataError>](repeating: .success(()), count: blobs.count)
@@ -337,8 +404,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 for index in accepted {
                     let digest = blobs[index].digest
                     let finalPath = self.path(of: digest)
-                    var info = stat()
-                    if stat(finalPath, &info) == 0 && Int64(info.st_size) == digest.sizeBytes { continue }
+                    if self.storedFile(digest) != nil { continue }
                     let tmpPath = "\(tmpDirectory)/\(UUID().uuidString)"
                     let file: FileDescriptor
                     do {
@@ -381,15 +447,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     }
 
     public func write(_ digest: Digest, body: BlobBody) async throws {
-        let finalPath = path(of: digest)
+        let finalPath = compressionLevel == nil ? path(of: digest) : compressedPath(of: digest)
         if digest.isEmpty {
             for try await _ in body.verifying(digest) {}
             return
         }
-        let exists = try await threadPool.runIfActive {
-            var info = stat()
-            return stat(finalPath, &info) == 0 && Int64(info.st_size) == digest.sizeBytes
-        }
+        let exists = try await threadPool.runIfActive { self.storedFile(digest) != nil }
         // A blob being evicted is written again: answering OK for it would acknowledge a file about to go.
         if exists {
             if budget == nil { return }
@@ -408,7 +471,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         do {
             var pending = Data()
             pending.reserveCapacity(Self.writeBufferSize)
-            for try await chunk in body.verifying(digest) {
+            // Compressed after verification: the frame ends only once the blob verified.
+            let verified = body.verifying(digest)
+            let stored = compressionLevel.map { verified.zstdCompressed(level: $0, uncompressedSize: digest.sizeBytes) } ?? verified
+            var written: Int64 = 0
+            for try await chunk in stored {
+                written += Int64(chunk.count)
                 if pending.isEmpty && chunk.count >= Self.writeBufferSize {
                     // ByteStream's 1 MiB messages fill the buffer on their own: write them without a copy.
                     try await threadPool.runIfActive { try file.writeAll(chunk, path: tmpPath) }
@@ -428,7 +496,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 if sync, fsync(file.fd) != 0 { throw posixError("fsync", tmpPath) }
                 try file.close(path: tmpPath)
             }
-            try await renameIntoPlace(digest, from: tmpPath, to: finalPath)
+            try await renameIntoPlace(digest, from: tmpPath, to: finalPath, bytes: written)
         } catch {
             account { $0.reserved -= digest.sizeBytes }
             try? await threadPool.runIfActive {
@@ -455,7 +523,8 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     /// flushes the folder with `sync`. With a budget, the rename waits while an eviction is removing an
     /// older copy of the blob (it would unlink the new file), and happens under the lock that also makes
     /// the blob the most recently used and releases the write's reservation.
-    private func renameIntoPlace(_ digest: Digest, from tmpPath: String, to finalPath: String) async throws {
+    /// `bytes`: the file's size, which the budget counts.
+    private func renameIntoPlace(_ digest: Digest, from tmpPath: String, to finalPath: String, bytes: Int64) async throws {
         let directory = fanOutDirectory(of: digest)
         let sync = self.sync
         @Sendable func move() throws {
@@ -478,7 +547,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                         guard !usage.evicting.contains(digest) else { return false }
                         try move()
                         usage.reserved -= digest.sizeBytes
-                        usage.files.insert(digest, (), cost: digest.sizeBytes)
+                        usage.files.insert(digest, (), cost: bytes)
                         return true
                     }
                 }
@@ -526,7 +595,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 if let heldBack = evictionWarnings.admit() {
                     logger.warning("disk storage \(root.path) is at its max-size (\(budget.maxBytes) bytes): evicting \(victims.count) least recently used blobs to store blob \(digest)\(heldBack > 0 ? " (and \(heldBack) evictions more since the last warning)" : "")")
                 }
-                let paths = victims.map(path(of:))
+                let paths = victims.flatMap { [path(of: $0), compressedPath(of: $0)] }
                 var failure: (any Error)?
                 do {
                     try await threadPool.runIfActive {
@@ -569,20 +638,22 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
 
     /// The blobs under `casDirectory`, least recently used (by access or modification time) first.
     static func count(_ casDirectory: String) -> LRUDictionary<Digest, Void> {
-        var found: [(digest: Digest, time: Double)] = []
+        var found: [(digest: Digest, time: Double, bytes: Int64)] = []
         for (directory, function) in fanOutDirectories(casDirectory) {
             for (digest, info) in listDirectory(directory, function: function) {
                 let accessed = Double(info.st_atim.tv_sec) + Double(info.st_atim.tv_nsec) / 1e9
                 let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
-                found.append((digest, max(accessed, modified)))
+                found.append((digest, max(accessed, modified), Int64(info.st_size)))
             }
         }
         var files = LRUDictionary<Digest, Void>(capacity: .max)
-        for entry in found.sorted(by: { $0.time < $1.time }) { files.insert(entry.digest, (), cost: entry.digest.sizeBytes) }
+        // Bytes on disk: a compressed file counts its own size.
+        for entry in found.sorted(by: { $0.time < $1.time }) { files.insert(entry.digest, (), cost: entry.bytes) }
         return files
     }
 
-    /// The complete blob files of one fan-out directory of `function`'s blobs, with their `stat`.
+    /// The complete blob files of one fan-out directory of `function`'s blobs, with their `stat`:
+    /// uncompressed files of the digest's size and compressed (`.zst`) files.
     static func listDirectory(_ directory: String, function: DigestFunction) -> [(Digest, stat)] {
         guard let dir = opendir(directory) else { return [] }
         defer { closedir(dir) }
@@ -591,9 +662,10 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
-            guard let digest = Digest(function: function, hashAndSize: name) else { continue }
+            let compressed = name.hasSuffix(compressedSuffix)
+            guard let digest = Digest(function: function, hashAndSize: compressed ? name.dropLast(compressedSuffix.count) : name[...]) else { continue }
             var info = stat()
-            guard stat("\(directory)/\(name)", &info) == 0, Int64(info.st_size) == digest.sizeBytes else { continue }
+            guard stat("\(directory)/\(name)", &info) == 0, compressed || Int64(info.st_size) == digest.sizeBytes else { continue }
             result.append((digest, info))
         }
         return result
@@ -616,7 +688,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     }
 
     public func delete(_ digests: [Digest]) async throws {
-        let paths = digests.filter { !$0.isEmpty }.map(path(of:))
+        let paths = digests.filter { !$0.isEmpty }.flatMap { [path(of: $0), compressedPath(of: $0)] }
         try await threadPool.runIfActive {
             for path in paths where unlink(path) != 0 && errno != ENOENT {
                 throw posixError("delete", path)

@@ -51,6 +51,12 @@ public struct MetricsBlobStore: BlobStore {
         try await metrics.measure(Operation.delete.rawValue) { try await base.delete(digests) }
     }
 
+    /// Passed on uncounted: a nil answer is followed by a `read`, which is counted, and one read must
+    /// not count twice.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        try await base.readZstd(digest)
+    }
+
     public func readBatch(_ digests: [Digest]) async -> [Result<Data, StrataError>] {
         await metrics.measureBatch(Operation.readBatch.rawValue) { await base.readBatch(digests) }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import StrataCompression
 import StrataCore
 
 /// Checks what a persistent storage serves against the digest it was asked for, so that a copy damaged
@@ -104,6 +105,53 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
                             finished = true
                             throw await self.removeCorrupt(digest, "size mismatch: more than \(digest.sizeBytes) bytes stored")
                         }
+                        if chunk.isEmpty { continue }
+                        defer { held = chunk }
+                        if let previous = held { return previous }
+                    }
+                } catch let error as StrataError where error.code == .dataLoss {
+                    finished = true
+                    throw await self.removeCorrupt(digest, error.message)
+                }
+            }
+        }
+    }
+
+    /// A compressed copy handed out as stored (`readZstd`): decompressed and hashed alongside, whatever
+    /// `verifyReads` says (the decompression that checks its length is most of the cost), and, as in
+    /// `verified`, its last chunk held until the whole stream decompressed to the blob.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        let stored: BlobBody?
+        do {
+            stored = try await backend.readZstd(digest)
+        } catch let error as StrataError where error.code == .dataLoss {
+            throw await removeCorrupt(digest, error.message)
+        }
+        guard let stored else { return nil }
+        return BlobBody {
+            var iterator = stored.makeAsyncIterator()
+            var hasher = digest.function.makeHasher()
+            var decompressor: ZstdDecompressor?
+            var held: Data?
+            var finished = false
+            return BlobBody.AsyncIterator {
+                guard !finished else { return nil }
+                do {
+                    if decompressor == nil {
+                        decompressor = try ZstdDecompressor(
+                            expectedSize: digest.sizeBytes, subject: "blob \(digest) in \(self.name)", failureCode: .dataLoss)
+                    }
+                    let decompressor = decompressor!
+                    while true {
+                        guard let chunk = try await iterator.next() else {
+                            finished = true
+                            try decompressor.finish()
+                            if let problem = Self.mismatch(digest, hasher) { throw await self.removeCorrupt(digest, problem) }
+                            defer { held = nil }
+                            return held
+                        }
+                        decompressor.feed(chunk)
+                        while !decompressor.needsInput { hasher.update(try decompressor.output()) }
                         if chunk.isEmpty { continue }
                         defer { held = chunk }
                         if let previous = held { return previous }

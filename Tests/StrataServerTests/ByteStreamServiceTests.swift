@@ -38,7 +38,8 @@ import Testing
                 ("blobs/nothex/100", 0, 0, .invalidArgument),
                 ("blobs/\(blob.digest.hash)", 0, 0, .invalidArgument),
                 ("other/blobs/\(blob.digest)", 0, 0, .invalidArgument),
-                ("compressed-blobs/zstd/\(blob.digest)", 0, 0, .invalidArgument),
+                ("compressed-blobs/zstd/\(blob.digest)", 0, 1, .invalidArgument),
+                ("compressed-blobs/gzip/\(blob.digest)", 0, 0, .invalidArgument),
             ]
             for (resource, offset, limit, code) in cases {
                 let failure = await rpcFailure { _ = try await clients.byteStream.download(resource, offset: offset, limit: limit) }
