@@ -227,6 +227,7 @@ let package = Package(
             name: "StrataHTTPCache",
             dependencies: [
                 "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataServer", "StrataHTTP",
+                "StrataCompression",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -307,7 +308,7 @@ let package = Package(
         .testTarget(
             name: "StrataHTTPCacheTests",
             dependencies: [
-                "StrataHTTPCache", "StrataConfig", "StrataTestSupport",
+                "StrataHTTPCache", "StrataConfig", "StrataTestSupport", "StrataCompression",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
                 .product(name: "Crypto", package: "swift-crypto"),

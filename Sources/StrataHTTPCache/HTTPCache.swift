@@ -3,6 +3,7 @@ import Hummingbird
 import Logging
 import StrataAPI
 import StrataActionCache
+import StrataCompression
 import StrataAuth
 import StrataCore
 import StrataHTTP
@@ -179,8 +180,7 @@ public struct HTTPCache: Sendable {
             guard try await store.findMissing([digest]).isEmpty else { throw StrataError.notFound("blob \(digest) is not in the CAS") }
             return Response(status: .ok, headers: headers, body: ResponseBody())
         }
-        let blob = try await store.read(digest, offset: 0, limit: nil)
-        let encoded = Self.responseEncoding(blob, digest: digest, acceptEncoding: request.headers[.acceptEncoding])
+        let encoded = try await Self.responseEncoding(store, digest: digest, acceptEncoding: request.headers[.acceptEncoding])
         if let encoding = encoded.contentEncoding {
             headers[.contentEncoding] = encoding
             headers[.contentLength] = nil
@@ -200,13 +200,32 @@ public struct HTTPCache: Sendable {
         guard !service.readOnly else {
             throw StrataError(.permissionDenied, "the CAS of instance \"\(StrataError.echo(instance.name))\" is read-only")
         }
+        let zstd = try Self.isZstd(contentEncoding: request.headers[.contentEncoding])
         guard let lengthText = request.headers[.contentLength], let length = Int64(lengthText), length >= 0 else {
             throw HTTPStatusError(.lengthRequired, .invalidArgument(
                 "PUT /cas/{hash} needs a Content-Length header: the blob's size is part of its digest"))
         }
-        try checkBodySize(length, instance: instance)
-        let digest = try Digest(hash: hash.hash, sizeBytes: length, function: hash.function)
-        let body = try Self.requestDecoding(Self.blobBody(request.body), contentEncoding: request.headers[.contentEncoding])
+        // A zstd body's Content-Length counts compressed bytes: the blob's size comes in
+        // X-Digest-SizeBytes, as bazel-remote defines it.
+        var size = length
+        if zstd {
+            guard let sizeText = request.headers.first(where: { $0.name.canonicalName == Self.digestSizeField })?.value,
+                  let declared = Int64(sizeText), declared >= 0 else {
+                throw StrataError.invalidArgument(
+                    "PUT /cas/{hash} with Content-Encoding: zstd needs an X-Digest-SizeBytes header with the blob's uncompressed size")
+            }
+            guard length <= Zstd.maximumCompressedSize(ofUncompressed: declared) else {
+                throw StrataError.invalidArgument(
+                    "a zstd body of \(length) bytes is larger than any zstd frame of a \(declared)-byte blob")
+            }
+            size = declared
+        }
+        try checkBodySize(size, instance: instance)
+        let digest = try Digest(hash: hash.hash, sizeBytes: size, function: hash.function)
+        var body = Self.blobBody(request.body)
+        if zstd {
+            body = body.zstdDecompressed(expectedSize: size, subject: "the zstd body of PUT /cas/\(digest.hash)")
+        }
         // The store verifies the hash and size as the body streams in and commits nothing that does not match.
         try await service.store.write(digest, body: body.verifying(digest))
         sizeIndex(instance)?.record(digest)
@@ -235,24 +254,47 @@ public struct HTTPCache: Sendable {
 
     // MARK: Content-Encoding
 
-    /// The plain bytes of a request body sent with `Content-Encoding: encoding`: the place where zstd
-    /// (bazel-remote accepts `Content-Encoding: zstd` on PUT /cas) decodes the stream, before the hash
-    /// is verified. Identity only for now: any other encoding is refused (415) and nothing is stored.
-    static func requestDecoding(_ body: BlobBody, contentEncoding: String?) throws(HTTPStatusError) -> BlobBody {
+    /// bazel-remote's header for the uncompressed size of a `Content-Encoding: zstd` PUT (lower case:
+    /// HTTP field names compare case-insensitively).
+    static let digestSizeField = "x-digest-sizebytes"
+
+    /// Whether a request body is zstd (true) or identity (false); any other encoding is refused (415)
+    /// and nothing is stored.
+    static func isZstd(contentEncoding: String?) throws(HTTPStatusError) -> Bool {
         guard let encoding = contentEncoding?.trimmingCharacters(in: .whitespaces).lowercased(), encoding != "identity", !encoding.isEmpty else {
-            return body
+            return false
         }
+        if encoding == "zstd" { return true }
         throw HTTPStatusError(.unsupportedMediaType, .invalidArgument(
-            "Content-Encoding \"\(StrataError.echo(encoding))\" is not supported: send the body unencoded (identity)"))
+            "Content-Encoding \"\(StrataError.echo(encoding))\" is not supported: send the body as zstd or unencoded (identity)"))
+    }
+
+    /// Whether an `Accept-Encoding` list takes zstd (`zstd`, `zstd;q=0.5`, `*`; not `zstd;q=0`).
+    static func acceptsZstd(_ acceptEncoding: String?) -> Bool {
+        guard let acceptEncoding else { return false }
+        for item in acceptEncoding.split(separator: ",") {
+            let parts = item.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            guard let coding = parts.first, coding == "zstd" || coding == "*" else { continue }
+            let quality = parts.dropFirst().first { $0.hasPrefix("q=") }.flatMap { Double($0.dropFirst(2)) } ?? 1
+            if quality > 0 { return true }
+        }
+        return false
     }
 
     /// The bytes to send for a blob and the `Content-Encoding` that names them (nil: identity, with
-    /// the blob's size as `Content-Length`): the place where zstd, for a client whose `Accept-Encoding`
-    /// names it, will compress the stream (as bazel-remote does). Identity only for now.
+    /// the blob's size as `Content-Length`). A client whose `Accept-Encoding` takes zstd gets a zstd
+    /// frame, as from bazel-remote: the stored frame when the storage keeps the blob compressed at rest
+    /// (verified as it streams, like any read), else the blob compressed as it is read. Empty blobs
+    /// and blobs under 1 KiB go as they are: a frame would not be smaller.
     static func responseEncoding(
-        _ blob: BlobBody, digest: Digest, acceptEncoding: String?
-    ) -> (body: BlobBody, contentEncoding: String?) {
-        (blob, nil)
+        _ store: any BlobStore, digest: Digest, acceptEncoding: String?
+    ) async throws -> (body: BlobBody, contentEncoding: String?) {
+        if digest.sizeBytes >= 1024, acceptsZstd(acceptEncoding) {
+            if let stored = try await store.readZstd(digest) { return (stored, "zstd") }
+            let blob = try await store.read(digest, offset: 0, limit: nil)
+            return (blob.zstdCompressed(uncompressedSize: digest.sizeBytes), "zstd")
+        }
+        return (try await store.read(digest, offset: 0, limit: nil), nil)
     }
 
     // MARK: Action cache
@@ -299,8 +341,11 @@ public struct HTTPCache: Sendable {
         if let lengthText = request.headers[.contentLength], let length = Int64(lengthText), length > limit {
             throw StrataError.resourceExhausted("the body has \(length) bytes; an ActionResult here has at most \(limit)")
         }
-        let body = try Self.requestDecoding(Self.blobBody(request.body), contentEncoding: request.headers[.contentEncoding])
-        let bytes = try await body.collect(limit: limit)
+        guard try !Self.isZstd(contentEncoding: request.headers[.contentEncoding]) else {
+            throw HTTPStatusError(.unsupportedMediaType, .invalidArgument(
+                "PUT /ac/{hash} takes its ActionResult unencoded: Content-Encoding zstd is for /cas/ (as bazel-remote has it)"))
+        }
+        let bytes = try await Self.blobBody(request.body).collect(limit: limit)
         let result: ActionResult
         do {
             result = try ActionResult(serializedBytes: bytes)

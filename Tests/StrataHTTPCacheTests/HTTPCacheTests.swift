@@ -6,6 +6,7 @@ import HummingbirdTesting
 import StrataAPI
 import StrataActionCache
 import StrataAuth
+import StrataCompression
 import StrataConfig
 import StrataCore
 import StrataHTTP
@@ -141,9 +142,62 @@ import Testing
             let unknown = try await client.execute(uri: "/nobody/cas/\(absent)", method: .get)
             #expect(unknown.status == .badRequest)
             #expect(String(buffer: unknown.body).contains("unknown instance name \"nobody\""))
+            let gzip = try await client.execute(
+                uri: "/cas/\(absent)", method: .put, headers: [.contentEncoding: "gzip"], body: ByteBuffer(string: "x"))
+            #expect(gzip.status == .unsupportedMediaType)
+            // zstd needs the uncompressed size (X-Digest-SizeBytes), as bazel-remote has it.
             let zstd = try await client.execute(
                 uri: "/cas/\(absent)", method: .put, headers: [.contentEncoding: "zstd"], body: ByteBuffer(string: "x"))
-            #expect(zstd.status == .unsupportedMediaType)
+            #expect(zstd.status == .badRequest)
+            #expect(String(buffer: zstd.body).contains("X-Digest-SizeBytes"))
+        }
+    }
+
+    /// `Content-Encoding: zstd` and bazel-remote's `X-Digest-SizeBytes`.
+    static func zstdHeaders(size: Int) -> HTTPFields {
+        var headers: HTTPFields = [.contentEncoding: "zstd"]
+        headers.append(.init(name: .init("X-Digest-SizeBytes")!, value: String(size)))
+        return headers
+    }
+
+    @Test func zstdBodiesUpAndDown() async throws {
+        let blob = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 / 7) })
+        let hash = Self.sha256(blob)
+        let frame = try ZstdCompressor.compress(blob)
+        try await withCache(Self.yaml()) { configuration, client in
+            // Another blob's frame, a corrupt frame and a wrong declared size store nothing.
+            let other = try ZstdCompressor.compress(Data(repeating: 7, count: blob.count))
+            var corrupt = frame
+            corrupt[corrupt.count / 2] ^= 0xff
+            for (body, size) in [(other, blob.count), (corrupt, blob.count), (frame, blob.count + 1)] {
+                let refused = try await client.execute(
+                    uri: "/cas/\(hash)", method: .put,
+                    headers: Self.zstdHeaders(size: size), body: Self.body(body))
+                #expect(refused.status == .badRequest, "\(String(buffer: refused.body))")
+            }
+            let store = try #require(configuration.registry.instances[""]?.cas?.store)
+            let digest = try Digest(hash: hash, sizeBytes: Int64(blob.count))
+            #expect(try await store.findMissing([digest]) == [digest])
+
+            let put = try await client.execute(
+                uri: "/cas/\(hash)", method: .put,
+                headers: Self.zstdHeaders(size: blob.count), body: Self.body(frame))
+            #expect(put.status == .ok, "\(String(buffer: put.body))")
+            #expect(try await store.readAll(digest) == blob)
+
+            let compressed = try await client.execute(uri: "/cas/\(hash)", method: .get, headers: [.acceptEncoding: "gzip, zstd"])
+            #expect(compressed.status == .ok)
+            #expect(compressed.headers[.contentEncoding] == "zstd")
+            let frameBack = Data(buffer: compressed.body)
+            #expect(frameBack.count < blob.count / 4)
+            #expect(try ZstdDecompressor.decompress(frameBack, expectedSize: Int64(blob.count), subject: "the answer") == blob)
+
+            // zstd;q=0 and no Accept-Encoding: identity.
+            for headers: HTTPFields in [[.acceptEncoding: "zstd;q=0"], [:]] {
+                let plain = try await client.execute(uri: "/cas/\(hash)", method: .get, headers: headers)
+                #expect(plain.headers[.contentEncoding] == nil)
+                #expect(Data(buffer: plain.body) == blob)
+            }
         }
     }
 

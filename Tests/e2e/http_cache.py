@@ -3,7 +3,7 @@ http.client, curl and grpcio (REAPI messages from BuildGrid's generated `_pb2` m
 
 1. Without authorization: every status code (PUT 200, GET/HEAD 200 with Content-Length, a body that
    is not its hash 400 and nothing stored, missing 404, a malformed hash 400, an unknown instance 400,
-   no Content-Length 411, Content-Encoding zstd 415), an instance prefix, `Expect: 100-continue`
+   no Content-Length 411, Content-Encoding gzip 415), zstd PUT and GET as bazel-remote has them, an instance prefix, `Expect: 100-continue`
    (curl), blobs and action results crossing HTTP -> gRPC and gRPC -> HTTP, the access log and
    Prometheus metrics of HTTP requests, and a 512 MiB PUT and GET that grow the server's RSS by less
    than 64 MiB (streamed).
@@ -148,8 +148,31 @@ def status_codes(server, port):
     # http.client sends no Content-Length for a generator body (chunked): the size is part of the digest.
     status, _, body = client.request("PUT", f"/cas/{sha256(blob)}", iter([blob]), {"Transfer-Encoding": "chunked"})
     expect(status == 411, f"PUT without Content-Length: {status} {body!r}")
-    status, _, body = client.request("PUT", f"/cas/{sha256(blob)}", blob, {"Content-Encoding": "zstd"})
-    expect(status == 415, f"PUT with Content-Encoding zstd: {status} {body!r}")
+    status, _, body = client.request("PUT", f"/cas/{sha256(blob)}", blob, {"Content-Encoding": "gzip"})
+    expect(status == 415, f"PUT with Content-Encoding gzip: {status} {body!r}")
+
+    # zstd both ways, as bazel-remote has it: PUT with Content-Encoding: zstd and the uncompressed size
+    # in X-Digest-SizeBytes; GET with Accept-Encoding: zstd answers a frame (PyPI's zstandard checks it).
+    import zstandard
+    text = b"".join(b"line %d of a compressible blob\n" % i for i in range(20000))
+    frame = zstandard.ZstdCompressor().compress(text)
+    status, _, body = client.request("PUT", f"/cas/{sha256(text)}", frame, {"Content-Encoding": "zstd"})
+    expect(status == 400 and b"X-Digest-SizeBytes" in body, f"zstd PUT without its size: {status} {body!r}")
+    damaged = bytearray(frame)
+    damaged[len(damaged) // 2] ^= 0xFF
+    for bad, what in [(bytes(damaged), "a corrupt frame"), (zstandard.ZstdCompressor().compress(text[:-1] + b"?"), "another blob's frame")]:
+        status, _, body = client.request("PUT", f"/cas/{sha256(text)}", bad, {"Content-Encoding": "zstd", "X-Digest-SizeBytes": str(len(text))})
+        expect(status == 400, f"zstd PUT of {what}: {status} {body!r}")
+        expect(client.request("GET", f"/cas/{sha256(text)}")[0] == 404, f"zstd PUT of {what} stored nothing")
+    status, _, body = client.request("PUT", f"/cas/{sha256(text)}", frame, {"Content-Encoding": "zstd", "X-Digest-SizeBytes": str(len(text))})
+    expect(status == 200, f"zstd PUT: {status} {body!r}")
+    status, headers, body = client.request("GET", f"/cas/{sha256(text)}", None, {"Accept-Encoding": "zstd"})
+    expect(status == 200 and headers.get("Content-Encoding") == "zstd", f"GET with Accept-Encoding zstd: {status} {headers}")
+    expect(zstandard.ZstdDecompressor().decompress(body, max_output_size=len(text)) == text and len(body) < len(text),
+           "the zstd answer decompresses to the blob")
+    status, headers, body = client.request("GET", f"/cas/{sha256(text)}")
+    expect(status == 200 and body == text and "Content-Encoding" not in headers, "an identity GET of the zstd upload")
+    print("http_cache: zstd PUT with X-Digest-SizeBytes verified after decompression; GET answers a frame to Accept-Encoding zstd")
 
     # An instance prefix: the blob is stored for that instance.
     team = os.urandom(3000)
