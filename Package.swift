@@ -228,6 +228,7 @@ let package = Package(
             dependencies: [
                 "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataServer", "StrataHTTP",
                 "StrataCompression",
+                .product(name: "NIOCertificateReloading", package: "swift-nio-extras"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

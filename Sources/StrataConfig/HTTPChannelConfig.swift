@@ -122,9 +122,12 @@ extension Configuration {
                 settings: channel.settings, registry: registry, sizeIndexes: blobSizeIndexes,
                 authentication: authentication, accessLog: accessLog.map { AccessLogInterceptor(logger: $0) },
                 metrics: monitoring?.rpcMetrics)
+            let secured = try channel.tls.map { (credentials) throws(StrataError) in
+                try HTTPCache.servingTLS(credentials, address: "http-channel \(channel.host):\(channel.port)", logger: logger)
+            }
             return HTTPListener(
                 host: channel.host, port: channel.port, routes: cache.routes, purpose: "HTTP cache (instance \"\(channel.settings.instanceName)\")",
-                logger: logger, tls: try channel.tls.map { (tls) throws(StrataError) in try HTTPCache.tlsConfiguration(tls) },
+                logger: logger, tls: secured?.configuration, runningAlongside: secured.map { [$0.reload] } ?? [],
                 answersExpectContinue: true)
         }
     }

@@ -74,11 +74,14 @@ public final class HTTPListener: Service, Sendable {
     private let tls: TLSConfiguration?
     /// Answers `Expect: 100-continue` before a request's body is read (curl waits for it).
     private let answersExpectContinue: Bool
+    /// Work that lasts as long as the listener (its TLS certificate's reloader), cancelled when it stops.
+    private let runningAlongside: [@Sendable () async -> Void]
 
     public init(
         host: String, port: Int, routes: [HTTPRoute], purpose: String, logger: Logger, tls: TLSConfiguration? = nil,
-        answersExpectContinue: Bool = false
+        runningAlongside: [@Sendable () async -> Void] = [], answersExpectContinue: Bool = false
     ) {
+        self.runningAlongside = runningAlongside
         self.host = host
         self.port = port
         self.routes = routes
@@ -142,7 +145,11 @@ public final class HTTPListener: Service, Sendable {
             logger: Self.quieter(logger))
         defer { bound.continuation.finish() }
         do {
-            try await app.run()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for work in runningAlongside { group.addTask { await work() } }
+                try await app.run()
+                group.cancelAll()
+            }
         } catch {
             throw StrataError.unavailable("\(purpose): cannot serve HTTP on \(host):\(port): \(error)")
         }

@@ -48,8 +48,35 @@ public struct TLSCredentials: Sendable, Hashable {
     func transportSecurity(for address: ListenAddress, logger: Logger) throws(StrataError)
         -> (security: HTTP2ServerTransport.Posix.TransportSecurity, reloader: TimedCertificateReloader)
     {
-        let chain = try serverCertificateChain()
         let authorities = try clientCertificateAuthorities()
+        let reloader = try certificateReloader(for: "\(address)", logger: logger)
+        do {
+            guard let authorities else { return (try .tls(certificateReloader: reloader), reloader) }
+            let roots = try authorities.map { certificate throws in
+                TLSConfig.CertificateSource.bytes(try certificate.serializeAsPEM().derBytes, format: .der)
+            }
+            let clientAuthorities = ClientCertificateAuthorities(
+                path: clientCertificateAuthoritiesPath ?? "", authorities: authorities, logger: logger)
+            let security = try HTTP2ServerTransport.Posix.TransportSecurity.mTLS(certificateReloader: reloader) { tls in
+                // Client certificates are verified against these CAs only, never the system's: the
+                // file's, read again when it changes (ClientCertificateAuthorities). The trust roots
+                // given here only name the acceptable CAs in the handshake.
+                tls.trustRoots = .certificates(roots)
+                tls.clientCertificateVerification = .noHostnameVerification
+                tls.customVerificationCallback = { certificates, promise in clientAuthorities.verify(certificates, promise) }
+            }
+            return (security, reloader)
+        } catch {
+            throw .invalidArgument("\(address): cannot set up TLS: \(error)")
+        }
+    }
+
+    /// The reloader that reads the key and certificate again every `reloadInterval` (run it while
+    /// serving; a changed pair is logged, a failed read is a rate-limited warning and the previous pair
+    /// stays). Reads the files now: a missing or bad one is an error naming it. `address` names the
+    /// listener in the log lines.
+    public func certificateReloader(for address: String, logger: Logger) throws(StrataError) -> TimedCertificateReloader {
+        let chain = try serverCertificateChain()
         let mutual = clientCertificateAuthoritiesPath.map { ", client certificates required from the CAs in \($0)" } ?? ""
         logger.info("\(address): TLS with \(serverCertificatePath) (subject \(chain[0].subject), valid until \(chain[0].notValidAfter))\(mutual)")
         let failures = WarningRateLimit()
@@ -70,30 +97,10 @@ public struct TLSCredentials: Sendable, Hashable {
                 logger.warning("\(address): cannot read the TLS certificate \(serverCertificatePath) and key \(serverKeyPath) again, still serving the previous pair: \(failure.error)\(again)")
             }
         }
-        let reloader: TimedCertificateReloader
         do {
-            reloader = try TimedCertificateReloader.makeReloaderValidatingSources(configuration: configuration)
+            return try TimedCertificateReloader.makeReloaderValidatingSources(configuration: configuration)
         } catch {
             throw .invalidArgument("tls-server-key \"\(serverKeyPath)\" and tls-server-cert \"\(serverCertificatePath)\": \(error)")
-        }
-        do {
-            guard let authorities else { return (try .tls(certificateReloader: reloader), reloader) }
-            let roots = try authorities.map { certificate throws in
-                TLSConfig.CertificateSource.bytes(try certificate.serializeAsPEM().derBytes, format: .der)
-            }
-            let clientAuthorities = ClientCertificateAuthorities(
-                path: clientCertificateAuthoritiesPath ?? "", authorities: authorities, logger: logger)
-            let security = try HTTP2ServerTransport.Posix.TransportSecurity.mTLS(certificateReloader: reloader) { tls in
-                // Client certificates are verified against these CAs only, never the system's: the
-                // file's, read again when it changes (ClientCertificateAuthorities). The trust roots
-                // given here only name the acceptable CAs in the handshake.
-                tls.trustRoots = .certificates(roots)
-                tls.clientCertificateVerification = .noHostnameVerification
-                tls.customVerificationCallback = { certificates, promise in clientAuthorities.verify(certificates, promise) }
-            }
-            return (security, reloader)
-        } catch {
-            throw .invalidArgument("\(address): cannot set up TLS: \(error)")
         }
     }
 

@@ -374,6 +374,31 @@ def https(folder):
             expect(response.status == want, f"{method} over HTTPS: {response.status}")
         expect(data == blob, "GET over HTTPS returned other bytes")
         print("http_cache: PUT and GET over HTTPS")
+
+        # A renewed certificate replaced on disk (another self-signed one) is what new connections get
+        # once the listener has read it again (every 10 s), without a restart.
+        renewed_key, renewed = f"{folder}/renewed.key", f"{folder}/renewed.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", renewed_key, "-out", renewed], check=True, capture_output=True)
+        os.replace(renewed_key, key)
+        os.replace(renewed, certificate + ".new")
+        os.replace(certificate + ".new", certificate)
+        renewed_context = ssl.create_default_context(cafile=certificate)
+        served = False
+        for _ in range(300):
+            try:
+                connection = http.client.HTTPSConnection("127.0.0.1", int(found[-1]), context=renewed_context, timeout=30)
+                connection.request("GET", f"/cas/{sha256(blob)}")
+                served = connection.getresponse().status == 200
+                connection.close()
+            except (ssl.SSLError, ConnectionError, OSError):
+                served = False
+            if served:
+                break
+            time.sleep(0.1)
+        expect(served, "the renewed certificate was not served within 30 s")
+        print("http_cache: a certificate replaced on disk is served over HTTPS without a restart")
     finally:
         server.terminate(10)
 
