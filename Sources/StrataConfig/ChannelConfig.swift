@@ -66,13 +66,26 @@ extension Builder {
             throw addressNode.error(error.message)
         }
         var channel = Channel(address: address, policy: policy)
+        if let (tls, location) = try serverTLS(node, options) {
+            channel.tls = tls
+            channel.credentialsLocation = location
+        }
+        return channel
+    }
+
+    /// A listener's `insecure-mode` and `credentials` (`!channel` and `!http-channel` alike): nil for
+    /// plaintext, else the TLS files and where they are configured. `credentials` under
+    /// `insecure-mode: true` is ignored with a warning.
+    mutating func serverTLS(
+        _ node: ConfigNode, _ options: [String: ConfigNode]
+    ) throws(ConfigError) -> (TLSCredentials, ConfigLocation)? {
         let credentialsNode = options["credentials"]
         let insecure = try options["insecure-mode"]?.bool() ?? (credentialsNode == nil)
         if insecure {
             if let credentialsNode {
                 warnings.append("\(credentialsNode.file):\(credentialsNode.line ?? 0): \(credentialsNode.path): ignored: insecure-mode: true serves plaintext (set insecure-mode: false for TLS)")
             }
-            return channel
+            return nil
         }
         guard let credentialsNode else {
             throw (options["insecure-mode"] ?? node).error(
@@ -82,12 +95,10 @@ extension Builder {
         guard let key = credentials["tls-server-key"], let certificate = credentials["tls-server-cert"] else {
             throw credentialsNode.error("TLS needs tls-server-key and tls-server-cert (PEM files)")
         }
-        channel.tls = TLSCredentials(
+        let tls = TLSCredentials(
             serverKeyPath: try key.string(), serverCertificatePath: try certificate.string(),
             clientCertificateAuthoritiesPath: try credentials["tls-client-certs"]?.string())
-        channel.credentialsLocation = ConfigLocation(
-            file: credentialsNode.file, line: credentialsNode.line, path: credentialsNode.path)
-        return channel
+        return (tls, ConfigLocation(file: credentialsNode.file, line: credentialsNode.line, path: credentialsNode.path))
     }
 
     /// BuildGrid's top-level `maximum-concurrent-rpcs: N` and `limiter: {concurrent-request-limit: N}`

@@ -46,25 +46,10 @@ extension Builder {
         }
         httpInstanceNodes.append((settings.instanceName, options["instance-name"] ?? node))
         var channel = HTTPCacheChannel(host: host, port: port, settings: settings)
-        let credentialsNode = options["credentials"]
-        let insecure = try options["insecure-mode"]?.bool() ?? (credentialsNode == nil)
-        if insecure {
-            if let credentialsNode {
-                warnings.append("\(credentialsNode.file):\(credentialsNode.line ?? 0): \(credentialsNode.path): ignored: insecure-mode: true serves plaintext (set insecure-mode: false for TLS)")
-            }
-            return channel
+        if let (tls, location) = try serverTLS(node, options) {
+            channel.tls = tls
+            channel.credentialsLocation = location
         }
-        guard let credentialsNode else {
-            throw (options["insecure-mode"] ?? node).error("insecure-mode: false needs credentials: {tls-server-key, tls-server-cert} (and tls-client-certs for mutual TLS)")
-        }
-        let credentials = try credentialsNode.mapping(allowed: ["tls-server-key", "tls-server-cert", "tls-client-certs"])
-        guard let key = credentials["tls-server-key"], let certificate = credentials["tls-server-cert"] else {
-            throw credentialsNode.error("TLS needs tls-server-key and tls-server-cert (PEM files)")
-        }
-        channel.tls = TLSCredentials(
-            serverKeyPath: try key.string(), serverCertificatePath: try certificate.string(),
-            clientCertificateAuthoritiesPath: try credentials["tls-client-certs"]?.string())
-        channel.credentialsLocation = ConfigLocation(file: credentialsNode.file, line: credentialsNode.line, path: credentialsNode.path)
         return channel
     }
 
