@@ -85,36 +85,7 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
 
     /// A whole blob's body, hashed as it streams, its last chunk held until the blob verified.
     private func verified(_ body: BlobBody, _ digest: Digest) -> BlobBody {
-        BlobBody {
-            var iterator = body.makeAsyncIterator()
-            var hasher = digest.function.makeHasher()
-            var held: Data?
-            var finished = false
-            return BlobBody.AsyncIterator {
-                guard !finished else { return nil }
-                do {
-                    while true {
-                        guard let chunk = try await iterator.next() else {
-                            finished = true
-                            if let problem = Self.mismatch(digest, hasher) { throw await self.removeCorrupt(digest, problem) }
-                            defer { held = nil }
-                            return held
-                        }
-                        hasher.update(chunk)
-                        guard hasher.byteCount <= digest.sizeBytes else {
-                            finished = true
-                            throw await self.removeCorrupt(digest, "size mismatch: more than \(digest.sizeBytes) bytes stored")
-                        }
-                        if chunk.isEmpty { continue }
-                        defer { held = chunk }
-                        if let previous = held { return previous }
-                    }
-                } catch let error as StrataError where error.code == .dataLoss {
-                    finished = true
-                    throw await self.removeCorrupt(digest, error.message)
-                }
-            }
-        }
+        heldUntilChecked(body, digest) { HashCheck(digest: digest) }
     }
 
     /// A compressed copy handed out as stored (`readZstd`): decompressed and hashed alongside, whatever
@@ -128,30 +99,36 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
             throw await removeCorrupt(digest, error.message)
         }
         guard let stored else { return nil }
-        return BlobBody {
-            var iterator = stored.makeAsyncIterator()
-            var hasher = digest.function.makeHasher()
-            var decompressor: ZstdDecompressor?
+        let name = self.name
+        return heldUntilChecked(stored, digest) { () throws(StrataError) in
+            ZstdCheck(hash: HashCheck(digest: digest), decompressor: try ZstdDecompressor(
+                expectedSize: digest.sizeBytes, subject: "blob \(digest) in \(name)", failureCode: .dataLoss))
+        }
+    }
+
+    /// `body` passed on with its last chunk held back until `makeCheck()`'s check has seen the whole
+    /// stream and found it to be the blob, so a reader never receives the end of a wrong copy: a
+    /// mismatch (or the check's DATA_LOSS) removes the copy and fails the stream instead of ending it.
+    private func heldUntilChecked(
+        _ body: BlobBody, _ digest: Digest, _ makeCheck: @escaping @Sendable () throws(StrataError) -> any StreamCheck
+    ) -> BlobBody {
+        BlobBody {
+            var iterator = body.makeAsyncIterator()
+            var check: (any StreamCheck)?
             var held: Data?
             var finished = false
             return BlobBody.AsyncIterator {
                 guard !finished else { return nil }
                 do {
-                    if decompressor == nil {
-                        decompressor = try ZstdDecompressor(
-                            expectedSize: digest.sizeBytes, subject: "blob \(digest) in \(self.name)", failureCode: .dataLoss)
-                    }
-                    let decompressor = decompressor!
+                    if check == nil { check = try makeCheck() }
                     while true {
                         guard let chunk = try await iterator.next() else {
                             finished = true
-                            try decompressor.finish()
-                            if let problem = Self.mismatch(digest, hasher) { throw await self.removeCorrupt(digest, problem) }
+                            if let problem = try check!.finish() { throw await self.removeCorrupt(digest, problem) }
                             defer { held = nil }
                             return held
                         }
-                        decompressor.feed(chunk)
-                        while !decompressor.needsInput { hasher.update(try decompressor.output()) }
+                        try check!.consume(chunk)
                         if chunk.isEmpty { continue }
                         defer { held = chunk }
                         if let previous = held { return previous }
@@ -201,16 +178,7 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
         guard verifyReads else { return nil }
         var hasher = digest.function.makeHasher()
         hasher.update(data)
-        return Self.mismatch(digest, hasher)
-    }
-
-    private static func mismatch(_ digest: Digest, _ hasher: BlobHasher) -> String? {
-        guard hasher.byteCount == digest.sizeBytes else {
-            return "size mismatch: \(hasher.byteCount) bytes stored, the digest says \(digest.sizeBytes)"
-        }
-        let actual = hasher.finalizeDigest()
-        guard actual == digest else { return "hash mismatch: the stored bytes hash to \(actual.hash)" }
-        return nil
+        return storedCopyMismatch(digest, hasher)
     }
 
     /// Deletes the bad copy and returns the NOT_FOUND the reader gets (see the type's comment for why).
@@ -281,7 +249,7 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
         } catch let error as StrataError where error.code == .dataLoss {
             return .corrupt(error.message)
         }
-        return Self.mismatch(digest, hasher).map(StoredCopy.corrupt) ?? .intact
+        return storedCopyMismatch(digest, hasher).map(StoredCopy.corrupt) ?? .intact
     }
 
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
@@ -298,7 +266,7 @@ public final class VerifyingBlobStore<Backend: BlobStore>: BlobStore {
                         case .success(let data):
                             var hasher = digest.function.makeHasher()
                             hasher.update(data)
-                            if let problem = Self.mismatch(digest, hasher) { _ = await removeCorrupt(digest, problem, confirm: false) }
+                            if let problem = storedCopyMismatch(digest, hasher) { _ = await removeCorrupt(digest, problem, confirm: false) }
                         case .failure(let error) where error.code == .dataLoss:
                             _ = await removeCorrupt(digest, error.message, confirm: false)
                         case .failure:
@@ -382,5 +350,62 @@ extension BlobStore {
         var store: any BlobStore = self
         while let transparent = store as? any TransparentBlobStore { store = transparent.wrapped }
         return store
+    }
+}
+
+/// What is wrong with the bytes `hasher` saw as `digest`'s blob; nil when they are the blob.
+private func storedCopyMismatch(_ digest: Digest, _ hasher: BlobHasher) -> String? {
+    guard hasher.byteCount == digest.sizeBytes else {
+        return "size mismatch: \(hasher.byteCount) bytes stored, the digest says \(digest.sizeBytes)"
+    }
+    let actual = hasher.finalizeDigest()
+    guard actual == digest else { return "hash mismatch: the stored bytes hash to \(actual.hash)" }
+    return nil
+}
+
+/// What `VerifyingBlobStore` checks a stored stream with as it passes: `consume` sees each chunk (and
+/// throws DATA_LOSS as soon as the stream cannot be the blob), `finish` says what is wrong with the
+/// whole stream, nil when it is the blob.
+private protocol StreamCheck {
+    mutating func consume(_ chunk: Data) throws(StrataError)
+    mutating func finish() throws(StrataError) -> String?
+}
+
+/// The stream is the blob itself: hashed with the digest's function, never longer than its size.
+private struct HashCheck: StreamCheck {
+    let digest: Digest
+    var hasher: BlobHasher
+
+    init(digest: Digest) {
+        self.digest = digest
+        self.hasher = digest.function.makeHasher()
+    }
+
+    mutating func consume(_ chunk: Data) throws(StrataError) {
+        hasher.update(chunk)
+        guard hasher.byteCount <= digest.sizeBytes else {
+            throw StrataError(.dataLoss, "size mismatch: more than \(digest.sizeBytes) bytes stored")
+        }
+    }
+
+    mutating func finish() throws(StrataError) -> String? {
+        storedCopyMismatch(digest, hasher)
+    }
+}
+
+/// The stream is a zstd frame of the blob: decompressed (the decompressor refuses more than the
+/// digest's size) and the output hashed.
+private struct ZstdCheck: StreamCheck {
+    var hash: HashCheck
+    let decompressor: ZstdDecompressor
+
+    mutating func consume(_ chunk: Data) throws(StrataError) {
+        decompressor.feed(chunk)
+        while !decompressor.needsInput { try hash.consume(try decompressor.output()) }
+    }
+
+    mutating func finish() throws(StrataError) -> String? {
+        try decompressor.finish()
+        return try hash.finish()
     }
 }
