@@ -97,7 +97,9 @@ struct SQLOutageTests {
     }
 
     static func outage(_ server: PrivatePostgres) async throws {
-        let connection = SQLConnection(settings: try Self.settings(server.url, poolTimeout: .seconds(2)))
+        // 5 s for a connection: the schema is migrated on a server just started, with the whole suite
+        // sharing two cores (2 s was seen to run out).
+        let connection = SQLConnection(settings: try Self.settings(server.url, poolTimeout: .seconds(5)))
         let index = try SQLIndex(backingStore: SQLBlobStore(connection: connection), connection: connection, maxInlineBlobSize: 100)
         try await SQLTestDatabase.running([connection]) {
             let before = Blob.random(size: 1000)
