@@ -323,7 +323,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataStorageTests",
-            dependencies: ["StrataStorage", "StrataTestSupport"],
+            dependencies: ["StrataStorage", "StrataTestSupport", "StrataCompression"],
             swiftSettings: strictSettings
         ),
         .testTarget(

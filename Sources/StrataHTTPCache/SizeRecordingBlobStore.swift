@@ -29,6 +29,14 @@ public struct SizeRecordingBlobStore: BlobStore {
         return body
     }
 
+    /// Passed on: the frame is the blob as `base` stores it, so compressed-blobs readers keep getting
+    /// it without recompression with an `!http-channel` configured.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        let body = try await base.readZstd(digest)
+        if body != nil { index.record(digest) }
+        return body
+    }
+
     public func write(_ digest: Digest, body: BlobBody) async throws {
         try await base.write(digest, body: body)
         index.record(digest)

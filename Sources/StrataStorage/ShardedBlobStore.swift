@@ -54,6 +54,11 @@ public struct ShardedBlobStore: BlobStore {
         try await shards[shardIndex(digest)].store.read(digest, offset: offset, limit: limit)
     }
 
+    /// The owning shard's stored frame, if it keeps the blob compressed: routing changes nothing stored.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        try await shards[shardIndex(digest)].store.readZstd(digest)
+    }
+
     public func write(_ digest: Digest, body: BlobBody) async throws {
         try await shards[shardIndex(digest)].store.write(digest, body: body)
     }

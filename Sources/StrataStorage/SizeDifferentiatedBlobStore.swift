@@ -52,6 +52,11 @@ public struct SizeDifferentiatedBlobStore: BlobStore {
         try await store(target(digest)).read(digest, offset: offset, limit: limit)
     }
 
+    /// The chosen store's stored frame, if it keeps the blob compressed: routing changes nothing stored.
+    public func readZstd(_ digest: Digest) async throws -> BlobBody? {
+        try await store(target(digest)).readZstd(digest)
+    }
+
     public func write(_ digest: Digest, body: BlobBody) async throws {
         try await store(target(digest)).write(digest, body: body)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import StrataCompression
 import StrataCore
 import StrataStorage
 import StrataTestSupport
@@ -127,5 +128,29 @@ private func compressibleBlob(size: Int, seed: UInt64 = 1) -> Blob {
             await #expect(throws: StrataError.self, "\(damage)") { _ = try await store.readAll(blob.digest) }
             #expect(try await disk.findMissing([blob.digest]) == [blob.digest], "\(damage)")
         }
+    }
+
+    /// Routing decorators (sharded, size-differentiated) hand out the frame their chosen store keeps, so
+    /// a compressed-blobs reader of a composed storage gets it without recompression.
+    @Test func routingDecoratorsHandOutTheStoredFrame() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let compressed = DiskBlobStore(path: root + "/a", sync: false, compressionLevel: 3)
+        let plain = DiskBlobStore(path: root + "/b", sync: false)
+        let sharded = ShardedBlobStore(shards: [.init(name: "a", store: compressed), .init(name: "b", store: plain)])
+        let routed = SizeDifferentiatedBlobStore(limited: [.init(maxSize: 1 << 30, store: sharded)], fallback: plain)
+        var framed = 0
+        for seed in 1...8 as ClosedRange<UInt64> {
+            let blob = compressibleBlob(size: 20_000, seed: seed)
+            try await routed.write(blob.digest, data: blob.data)
+            let onCompressed = sharded.shardIndex(blob.digest) == 0
+            let frame = try await routed.readZstd(blob.digest)
+            #expect((frame != nil) == onCompressed)
+            if let frame {
+                let bytes = try await frame.collect(limit: 1 << 20)
+                #expect(try ZstdDecompressor.decompress(bytes, expectedSize: 20_000, subject: "frame") == blob.data)
+                framed += 1
+            }
+        }
+        #expect(framed > 0 && framed < 8, "8 blobs over two shards: \(framed) on the compressing one")
     }
 }
