@@ -278,7 +278,7 @@ extension DiskBlobIndex {
     }
 
     /// The blob files of one fan-out folder. A name that is not `{hash}_{size}` or `{hash}_{size}.zst`
-    /// for `function` is skipped, and so is anything but a regular file. Without a `stat`, a plain file
+    /// for `function` (lower-case hex, the size in decimal as `path(of:)` writes it) is skipped, and so is anything but a regular file. Without a `stat`, a plain file
     /// of the wrong size (a damaged disk) is listed: a read finds it (DATA_LOSS) and `strata scrub` too.
     static func scanFolder(_ directory: String, function: DigestFunction, times: Bool, compressedSizes: Bool) -> [ScannedFile] {
         guard let dir = opendir(directory) else { return [] }
@@ -295,7 +295,10 @@ extension DiskBlobIndex {
                 let compressed = name.count > suffix.count && name.suffix(suffix.count).elementsEqual(suffix)
                 if compressed { name = UnsafeRawBufferPointer(rebasing: name.dropLast(suffix.count)) }
                 let hexLength = function.hexLength
-                guard name.count > hexLength + 1, name[hexLength] == UInt8(ascii: "_"), name.count - hexLength - 1 <= 18 else { return nil }
+                // At most 18 digits (no overflow), no leading zero: `_007` is not the name of a blob of 7 bytes.
+                guard name.count > hexLength + 1, name[hexLength] == UInt8(ascii: "_"), name.count - hexLength - 1 <= 18,
+                      name.count == hexLength + 2 || name[hexLength + 1] != UInt8(ascii: "0")
+                else { return nil }
                 var size: Int64 = 0
                 for byte in name[(hexLength + 1)...] {
                     guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }

@@ -58,16 +58,19 @@ import Glibc
         let compressed = Blob(Data(repeating: 7, count: 5000))
         try await DiskBlobStore(path: root, sync: false, compressionLevel: 3).write(compressed.digest, data: compressed.data)
         let compressedBytes = Int64(try #require(FileManager.default.attributesOfItem(atPath: file(compressed.digest, compressed: true))[.size] as? Int))
-        // What the scan must skip: a half-written temporary file, a name of no blob, a folder named like one.
+        // What the scan must skip: a half-written temporary file, a name of no blob, a folder named like
+        // one, a size written with leading zeros (no read would open that name).
         _ = FileManager.default.createFile(atPath: "\(root)/tmp/half-written", contents: Data([1]))
         _ = FileManager.default.createFile(atPath: "\(root)/cas/ab/not-a-blob_12", contents: Data([1]))
         let folderLikeABlob = Blob.random(size: 5)
         try FileManager.default.createDirectory(atPath: file(folderLikeABlob.digest), withIntermediateDirectories: true)
+        let paddedSize = Blob.random(size: 7)
+        try paddedSize.data.write(to: URL(fileURLWithPath: file(paddedSize.digest).replacingOccurrences(of: "_7", with: "_007")))
         #expect(try await crashed.findMissing(unindexed.map(\.digest)) == unindexed.map(\.digest), "the live index knows only its own writes")
 
         let restarted = try await prepared(DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: 1 << 20, evictLeastRecentlyUsed: true)))
         let stored = indexed + unindexed + [compressed]
-        #expect(try await restarted.findMissing((stored + lost + [folderLikeABlob]).map(\.digest)) == (lost + [folderLikeABlob]).map(\.digest))
+        #expect(try await restarted.findMissing((stored + lost + [folderLikeABlob, paddedSize]).map(\.digest)) == (lost + [folderLikeABlob, paddedSize]).map(\.digest))
         #expect(restarted.indexState.blobs == stored.count)
         #expect(restarted.storedBytes == Int64(300 + 270) + compressedBytes)
         for blob in stored { #expect(try await restarted.readAll(blob.digest) == blob.data) }
