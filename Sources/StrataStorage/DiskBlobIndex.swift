@@ -260,21 +260,29 @@ extension DiskBlobIndex {
         DispatchQueue.concurrentPerform(iterations: folders.count) { index in
             results[index] = scanFolder(folders[index].directory, function: folders[index].function, times: times, compressedSizes: compressedSizes)
         }
-        var files = Array(found.joined())
-        if times { files.sort { $0.time < $1.time } }
         var index = DiskBlobIndex()
-        index.reserveCapacity(files.count)
-        for file in files {
-            // A blob in both a plain and a compressed file (compression switched while a copy was
-            // being written): one entry counting both files, which eviction removes together.
-            if let entry = index.slot(of: file.digest.key).entry {
-                index.totalBytes += file.storedBytes
-                index.entries[Int(entry)].storedBytes += file.storedBytes
-                continue
+        index.reserveCapacity(found.reduce(0) { $0 + $1.count })
+        if times {
+            for file in found.joined().sorted(by: { $0.time < $1.time }) { index.add(file) }
+        } else {
+            // Folder by folder, each list released once added: no second copy of them all.
+            for folder in found.indices {
+                for file in found[folder] { index.add(file) }
+                found[folder] = []
             }
-            index.append(file.digest, storedBytes: file.storedBytes)
         }
         return index
+    }
+
+    private mutating func add(_ file: ScannedFile) {
+        // A blob in both a plain and a compressed file (compression switched while a copy was being
+        // written): one entry counting both files, which eviction removes together.
+        if let entry = slot(of: file.digest.key).entry {
+            totalBytes += file.storedBytes
+            entries[Int(entry)].storedBytes += file.storedBytes
+            return
+        }
+        append(file.digest, storedBytes: file.storedBytes)
     }
 
     /// The blob files of one fan-out folder. A name that is not `{hash}_{size}` or `{hash}_{size}.zst`
