@@ -19,11 +19,23 @@ import Glibc
 /// correct, and it survives a restart.
 ///
 /// Creating the store touches nothing on disk (loading a configuration must not disturb a server
-/// using the same folder); `prepare()` creates the folders, removes temporary files a crashed process
-/// left (only those untouched for `staleTemporaryFileAge`: another process may be writing the others)
-/// and counts the budget. A write also creates a missing folder itself.
+/// using the same folder); `prepare()` (`strata serve` only) creates the folders, removes temporary
+/// files a crashed process left (only those untouched for `staleTemporaryFileAge`: another process may
+/// be writing the others) and builds the in-memory index of the blobs from the file names
+/// (`DiskBlobIndex`). A write also creates a missing folder itself.
 ///
-/// With a `budget`, the store counts its bytes (a scan in `prepare()`, then every write and delete) and
+/// Prepared, the store answers FindMissingBlobs from the index alone, and a write of a blob the index
+/// does not hold goes ahead without a look at the disk. The files stay the truth: a read that finds a
+/// file gone (deleted by another process) answers NOT_FOUND and forgets the blob, and a blob the index
+/// holds is confirmed by a `stat` before a write is skipped, so no write is answered OK without its
+/// file. Until a read notices, FindMissingBlobs reports such a blob present, as bazel-remote's index
+/// does; Bazel takes a cache hit whose output is NOT_FOUND for a miss and runs the action again (a
+/// build without the bytes restarts: `--experimental_remote_cache_eviction_retries`), and its upload
+/// then stores the blob, FindMissingBlobs reporting it missing by then. Unprepared (the maintenance
+/// commands, which must not trust a picture of a folder a live server changes), the files answer
+/// every question.
+///
+/// With a `budget`, the store counts its bytes (the index's, kept then even unprepared) and
 /// a write that would pass the budget is refused with RESOURCE_EXHAUSTED, or, configured as a cache,
 /// makes room by deleting the least recently used blobs (recency kept in memory; at start, the order
 /// of the files' access or modification times). An evicted blob counts as absent from the moment it
@@ -97,9 +109,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         self.usage = Mutex(DiskUsage(index: DiskBlobIndex(), tracked: budget != nil, lastCount: .now))
     }
 
-    /// Creates the folders, removes stale temporary files (`staleTemporaryFileAge`) and, with a budget,
-    /// counts the stored blobs. Safe while another process uses the folder: a temporary file still
-    /// being written is left alone.
+    /// Creates the folders, removes stale temporary files (`staleTemporaryFileAge`) and builds the index
+    /// of the stored blobs. Safe while another process uses the folder: a temporary file still being
+    /// written is left alone.
     public func prepare() async throws {
         let casDirectory = casDirectory
         let tmpDirectory = tmpDirectory
