@@ -19,11 +19,23 @@ import Glibc
 /// correct, and it survives a restart.
 ///
 /// Creating the store touches nothing on disk (loading a configuration must not disturb a server
-/// using the same folder); `prepare()` creates the folders, removes temporary files a crashed process
-/// left (only those untouched for `staleTemporaryFileAge`: another process may be writing the others)
-/// and counts the budget. A write also creates a missing folder itself.
+/// using the same folder); `prepare()` (`strata serve` only) creates the folders, removes temporary
+/// files a crashed process left (only those untouched for `staleTemporaryFileAge`: another process may
+/// be writing the others) and builds the in-memory index of the blobs from the file names
+/// (`DiskBlobIndex`). A write also creates a missing folder itself.
 ///
-/// With a `budget`, the store counts its bytes (a scan in `prepare()`, then every write and delete) and
+/// Prepared, the store answers FindMissingBlobs from the index alone, and a write of a blob the index
+/// does not hold goes ahead without a look at the disk. The files stay the truth: a read that finds a
+/// file gone (deleted by another process) answers NOT_FOUND and forgets the blob, and a blob the index
+/// holds is confirmed by a `stat` before a write is skipped, so no write is answered OK without its
+/// file. Until a read notices, FindMissingBlobs reports such a blob present, as bazel-remote's index
+/// does; Bazel takes a cache hit whose output is NOT_FOUND for a miss and runs the action again (a
+/// build without the bytes restarts: `--experimental_remote_cache_eviction_retries`), and its upload
+/// then stores the blob, FindMissingBlobs reporting it missing by then. Unprepared (the maintenance
+/// commands, which must not trust a picture of a folder a live server changes), the files answer
+/// every question.
+///
+/// With a `budget`, the store counts its bytes (the index's, kept then even unprepared) and
 /// a write that would pass the budget is refused with RESOURCE_EXHAUSTED, or, configured as a cache,
 /// makes room by deleting the least recently used blobs (recency kept in memory; at start, the order
 /// of the files' access or modification times). An evicted blob counts as absent from the moment it
@@ -58,7 +70,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     private let tmpDirectory: String
     private let sync: Bool
     private let threadPool: NIOThreadPool
-    /// Maintained only with a budget.
+    /// The index of the stored blobs, complete once `prepare()` scanned the folder; before that (and in
+    /// the maintenance commands, which never prepare), kept only with a budget, for what this process
+    /// wrote or found.
     private let usage: Mutex<DiskUsage>
     private let logger: Logger
     /// Evictions and refusals are warned of once a minute at most: a full store sees one per write.
@@ -92,12 +106,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         self.sync = sync
         self.budget = budget
         self.threadPool = threadPool
-        self.usage = Mutex(DiskUsage(files: LRUDictionary(capacity: .max), lastCount: .now))
+        self.usage = Mutex(DiskUsage(index: DiskBlobIndex(), tracked: budget != nil, lastCount: .now))
     }
 
-    /// Creates the folders, removes stale temporary files (`staleTemporaryFileAge`) and, with a budget,
-    /// counts the stored blobs. Safe while another process uses the folder: a temporary file still
-    /// being written is left alone.
+    /// Creates the folders, removes stale temporary files (`staleTemporaryFileAge`) and builds the index
+    /// of the stored blobs. Safe while another process uses the folder: a temporary file still being
+    /// written is left alone.
     public func prepare() async throws {
         let casDirectory = casDirectory
         let tmpDirectory = tmpDirectory
@@ -124,14 +138,20 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             }
             Self.removeStaleTemporaryFiles(tmpDirectory, olderThan: Date() - Self.staleTemporaryFileAge.timeInterval)
         }
-        if budget != nil {
-            let files = try await threadPool.runIfActive { Self.count(casDirectory) }
-            usage.withLock { usage in
-                usage.files = files
-                for digest in usage.evicting { usage.files.remove(digest) }
-                usage.lastCount = .now
-            }
+        let index = try await threadPool.runIfActive { self.scan() }
+        usage.withLock { usage in
+            usage.index = index
+            for digest in usage.evicting { usage.index.remove(digest) }
+            usage.lastCount = .now
+            usage.tracked = true
+            usage.complete = true
         }
+    }
+
+    /// The index of the folder's blobs (on a pool thread): with the files' times when an evicting
+    /// budget orders them, with compressed files' sizes when a budget counts them.
+    private func scan() -> DiskBlobIndex {
+        DiskBlobIndex.scan(casDirectory, times: budget?.evictLeastRecentlyUsed == true, compressedSizes: budget != nil)
     }
 
     /// Unlinks the files of `directory` last modified before `cutoff`; the others may be being written.
@@ -157,13 +177,18 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     /// Bytes of the blobs a store at `path` holds, by a read-only walk: to size a budget before the
     /// store is opened.
     public static func storedBytes(path: String) -> Int64 {
-        count(URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL.appendingPathComponent("cas").path).totalCost
+        DiskBlobIndex.scan(
+            URL(fileURLWithPath: path, isDirectory: true).standardizedFileURL.appendingPathComponent("cas").path,
+            times: false, compressedSizes: true
+        ).totalBytes
     }
 
     /// Bytes of the blobs stored, when the store has a budget.
-    public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.files.totalCost } }
+    public var storedBytes: Int64? { budget == nil ? nil : usage.withLock { $0.index.totalBytes } }
     /// Bytes and blobs stored, read together (counted only with a budget).
-    var budgetState: (bytes: Int64, blobs: Int) { usage.withLock { ($0.files.totalCost, $0.files.count) } }
+    var budgetState: (bytes: Int64, blobs: Int) { usage.withLock { ($0.index.totalBytes, $0.index.count) } }
+    /// Blobs in the index and the heap bytes it holds: for the start-up figures (`strata bench`).
+    public var indexState: (blobs: Int, bytes: Int) { usage.withLock { ($0.index.count, $0.index.allocatedBytes) } }
     /// Blobs evicted to make room since start.
     var evictionCount: Int64 { evicted.load(ordering: .relaxed) }
     private let evicted = Atomic<Int64>(0)
@@ -222,6 +247,15 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
     }
 
     public func findMissing(_ digests: [Digest]) async throws -> [Digest] {
+        // Prepared: the index answers, as an in-memory store does. Victims of an eviction left it
+        // when they were chosen, so they are missing already.
+        let indexed = usage.withLock { usage -> [Digest]? in
+            guard usage.complete else { return nil }
+            return digests.filter { !$0.isEmpty && !usage.index.touch($0) }
+        }
+        if let indexed { return indexed.uniqued() }
+        // Not prepared (a maintenance command, a store in a test): the files answer, since another
+        // process may have written or deleted them.
         let candidates = digests.uniqued().filter { !$0.isEmpty }
         if candidates.isEmpty { return [] }
         let missing = try await threadPool.runIfActive {
@@ -231,7 +265,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         let absent = Set(missing)
         let found = candidates.filter { !absent.contains($0) }
         usage.withLock { usage in
-            for digest in missing { usage.files.remove(digest) }
+            for digest in missing { usage.index.remove(digest) }
         }
         let stored = try await confirmStored(found)
         if stored.count == found.count { return missing }
@@ -250,7 +284,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         var unknown: [Digest] = []
         usage.withLock { usage in
             for digest in digests where !usage.evicting.contains(digest) {
-                if usage.files.touch(digest) { stored.insert(digest) } else { unknown.append(digest) }
+                if usage.index.touch(digest) { stored.insert(digest) } else { unknown.append(digest) }
             }
         }
         if unknown.isEmpty { return stored }
@@ -260,7 +294,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 checked.filter { digest in
                     guard !usage.evicting.contains(digest) else { return false }
                     guard let file = self.storedFile(digest) else { return false }
-                    usage.files.insert(digest, (), cost: file.bytes)
+                    usage.index.insert(digest, storedBytes: file.bytes)
                     return true
                 }
             }
@@ -322,7 +356,8 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         }
         guard fd >= 0 else {
             if errno == ENOENT {
-                account { _ = $0.files.remove(digest) }
+                // Deleted by someone else: forgotten, so FindMissingBlobs reports it missing from now on.
+                account { $0.index.remove(digest) }
                 throw StrataError.notFound("blob \(digest) is not in the CAS")
             }
             throw posixError("open", path)
@@ -404,7 +439,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 for index in accepted {
                     let digest = blobs[index].digest
                     let finalPath = self.path(of: digest)
-                    if self.storedFile(digest) != nil { continue }
+                    if self.isStoredBeforeWrite(digest) { continue }
                     let tmpPath = "\(tmpDirectory)/\(UUID().uuidString)"
                     let file: FileDescriptor
                     do {
@@ -438,6 +473,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                     }
                 }
                 if sync { for directory in directories { syncDirectory(directory) } }
+                self.account { usage in
+                    for entry in written {
+                        guard case .success = results[entry.index] else { continue }
+                        usage.index.insert(blobs[entry.index].digest, storedBytes: blobs[entry.index].digest.sizeBytes)
+                    }
+                }
                 return results
             }
         } catch {
@@ -452,7 +493,9 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             for try await _ in body.verifying(digest) {}
             return
         }
-        let exists = try await threadPool.runIfActive { self.storedFile(digest) != nil }
+        // Prepared, a blob the index does not hold is written without a look at the disk.
+        let indexed = usage.withLock { $0.complete ? $0.index.contains(digest) : nil }
+        let exists = indexed == false ? false : try await threadPool.runIfActive { self.isStoredBeforeWrite(digest) }
         // A blob being evicted is written again: answering OK for it would acknowledge a file about to go.
         if exists {
             if budget == nil { return }
@@ -539,6 +582,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 try move()
                 if sync { syncDirectory(directory) }
             }
+            account { $0.index.insert(digest, storedBytes: bytes) }
         } else {
             var pause = 1
             while true {
@@ -547,7 +591,7 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                         guard !usage.evicting.contains(digest) else { return false }
                         try move()
                         usage.reserved -= digest.sizeBytes
-                        usage.files.insert(digest, (), cost: bytes)
+                        usage.index.insert(digest, storedBytes: bytes)
                         return true
                     }
                 }
@@ -561,8 +605,20 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         }
     }
 
+    /// Applies `change` to the index when it is kept (prepared, or with a budget).
     private func account(_ change: (inout DiskUsage) -> Void) {
-        if budget != nil { usage.withLock { change(&$0) } }
+        usage.withLock { usage in if usage.tracked { change(&usage) } }
+    }
+
+    /// Whether `digest` is stored, for the check before a write (on a pool thread). The index is not
+    /// trusted for a blob it holds: another process (`strata cleanup` through an index over this
+    /// folder, an operator) may have deleted the file, and a write must never be answered OK for a
+    /// file that is gone. One `stat` confirms it; a gone file is forgotten and written again.
+    private func isStoredBeforeWrite(_ digest: Digest) -> Bool {
+        if usage.withLock({ $0.complete && !$0.index.contains(digest) }) { return false }
+        if storedFile(digest) != nil { return true }
+        account { usage in if !usage.evicting.contains(digest) { usage.index.remove(digest) } }
+        return false
     }
 
     /// Counts `digest`'s bytes as in flight, after making room by eviction if configured; throws
@@ -577,12 +633,12 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
         while true {
             let outcome = usage.withLock { usage -> (victims: [Digest], full: Int64?) in
                 var victims: [Digest] = []
-                while usage.files.totalCost + usage.reserved + digest.sizeBytes > budget.maxBytes {
-                    guard budget.evictLeastRecentlyUsed, let victim = usage.files.removeLeastRecent() else {
+                while usage.index.totalBytes + usage.reserved + digest.sizeBytes > budget.maxBytes {
+                    guard budget.evictLeastRecentlyUsed, let victim = usage.index.removeLeastRecent() else {
                         usage.evicting.formUnion(victims)
-                        return (victims, usage.files.totalCost + usage.reserved)
+                        return (victims, usage.index.totalBytes + usage.reserved)
                     }
-                    victims.append(victim.key)
+                    victims.append(victim)
                 }
                 // Absent from now on (`confirmStored`), until their files are gone.
                 usage.evicting.formUnion(victims)
@@ -625,31 +681,14 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
                 }
                 throw refusal
             }
-            let casDirectory = self.casDirectory
-            let files = try await threadPool.runIfActive { Self.count(casDirectory) }
+            let index = try await threadPool.runIfActive { self.scan() }
             usage.withLock { usage in
-                usage.files = files
-                for digest in usage.evicting { usage.files.remove(digest) }
+                usage.index = index
+                for digest in usage.evicting { usage.index.remove(digest) }
                 usage.lastCount = .now
             }
             recounted = true
         }
-    }
-
-    /// The blobs under `casDirectory`, least recently used (by access or modification time) first.
-    static func count(_ casDirectory: String) -> LRUDictionary<Digest, Void> {
-        var found: [(digest: Digest, time: Double, bytes: Int64)] = []
-        for (directory, function) in fanOutDirectories(casDirectory) {
-            for (digest, info) in listDirectory(directory, function: function) {
-                let accessed = Double(info.st_atim.tv_sec) + Double(info.st_atim.tv_nsec) / 1e9
-                let modified = Double(info.st_mtim.tv_sec) + Double(info.st_mtim.tv_nsec) / 1e9
-                found.append((digest, max(accessed, modified), Int64(info.st_size)))
-            }
-        }
-        var files = LRUDictionary<Digest, Void>(capacity: .max)
-        // Bytes on disk: a compressed file counts its own size.
-        for entry in found.sorted(by: { $0.time < $1.time }) { files.insert(entry.digest, (), cost: entry.bytes) }
-        return files
     }
 
     /// The complete blob files of one fan-out directory of `function`'s blobs, with their `stat`:
@@ -695,25 +734,31 @@ public final class DiskBlobStore: ListableBlobStore, Preparable {
             }
         }
         account { usage in
-            for digest in digests { usage.files.remove(digest) }
+            for digest in digests { usage.index.remove(digest) }
         }
     }
 }
 
-/// A budgeted disk store's accounting: stored blobs by recency, and bytes of writes in flight.
+/// A disk store's index of its blobs by recency, and a budget's bytes of writes in flight.
 struct DiskUsage: Sendable {
-    var files: LRUDictionary<Digest, Void>
+    var index: DiskBlobIndex
+    /// Whether the index is kept: with a budget, or once prepared.
+    var tracked: Bool
+    /// Whether the index holds every stored blob (built by `prepare()`'s scan), so a blob it does not
+    /// hold is missing without a look at the disk.
+    var complete = false
     /// Chosen for eviction, their files not yet unlinked: they count as absent.
     var evicting: Set<Digest> = []
     var reserved: Int64 = 0
     var lastCount: ContinuousClock.Instant
 
-    init(files: LRUDictionary<Digest, Void>, lastCount: ContinuousClock.Instant) {
-        self.files = files
+    init(index: DiskBlobIndex, tracked: Bool, lastCount: ContinuousClock.Instant) {
+        self.index = index
+        self.tracked = tracked
         self.lastCount = lastCount
     }
 
-    mutating func used(_ digest: Digest) { _ = files.get(digest) }
+    mutating func used(_ digest: Digest) { _ = index.touch(digest) }
 }
 
 /// Owns a file descriptor and closes it when dropped, so an abandoned read stream leaks nothing.

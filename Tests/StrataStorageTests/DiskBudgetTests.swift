@@ -95,13 +95,14 @@ import Glibc
     /// already under way never deletes it, a later one only once every less recently used blob is gone.
     /// Here the budget holds the big blob and every blob written or found again, so none of those may
     /// be missing at the end (before the fix, a write or lookup seeing a victim's file before its
-    /// unlink answered OK and the file was then deleted).
-    @Test func evictionNeverDeletesABlobItAcknowledged() async throws {
+    /// unlink answered OK and the file was then deleted). Prepared, the store answers from its index.
+    @Test(arguments: [false, true]) func evictionNeverDeletesABlobItAcknowledged(prepared: Bool) async throws {
         for _ in 0..<20 {
             try await withRoot { root in
                 let size = 100
                 let count = 200
                 let store = DiskBlobStore(path: root, sync: false, budget: .init(maxBytes: Int64(size * count), evictLeastRecentlyUsed: true))
+                if prepared { try await store.prepare() }
                 let old = (0..<count).map { _ in Blob.random(size: size) }
                 for blob in old { try await store.write(blob.digest, data: blob.data) }
                 // Evicts the least recently used half, old[0..<100], while half of those are written again
