@@ -159,6 +159,9 @@ public final class StrataServer: Service, Sendable {
         // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64
         // frames, each parsed, flow-accounted and copied into the message separately.
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
+        // Flushes are merged per turn of the event loop by `LoopTickFlushCoalescer`, not on the
+        // transport's 100 µs timer, which cost a call at one client a second wake-up of the loop.
+        config.connection.flushCoalescing = nil
 
         var listeners: [Listener] = []
         var connections: [ConnectionRegistry] = []
@@ -191,6 +194,8 @@ public final class StrataServer: Service, Sendable {
                     // decrypts them (before it, it would parse ciphertext as frames).
                     let tls = try? pipeline.handler(type: NIOSSLServerHandler.self)
                     try pipeline.addHandler(FinishedStreamResetFilter(), position: tls.map { .after($0) } ?? .first)
+                    // Next to the socket, after TLS: it holds back only bytes ready to be sent.
+                    try pipeline.addHandler(LoopTickFlushCoalescer(), position: .first)
                     // The guard counts bytes and silence, which TLS does not change: first, as always.
                     try pipeline.addHandler(ConnectionGuard(registry: registry), position: .first)
                 }
