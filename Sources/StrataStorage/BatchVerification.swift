@@ -18,7 +18,7 @@ public func verifyBatch(
     minimumBytesPerPart: Int = BatchVerification.minimumBytesPerPart
 ) async -> [StrataError?] {
     let total = blobs.reduce(0) { $0 + $1.data.count }
-    let parts = min(maximumParts, blobs.count, total / max(1, minimumBytesPerPart))
+    let parts = BatchVerification.parts(forBytes: total, blobs: blobs.count, cores: maximumParts, minimumBytesPerPart: minimumBytesPerPart)
     guard parts > 1 else { return verify(blobs, 0..<blobs.count) }
     let ranges = BatchVerification.split(blobs.map(\.data.count), into: parts)
     return await withTaskGroup(of: (Range<Int>, [StrataError?]).self) { group in
@@ -48,6 +48,14 @@ public enum BatchVerification {
     /// 512 KiB, about 250 µs of SHA-256 on one core here: well above the cost of the hop (a batch of
     /// 100 × 4 KiB, Bazel's usual, stays on the caller's thread).
     public static let minimumBytesPerPart = 512 << 10
+
+    /// How many parts a batch of `bytes` in `blobs` blobs is hashed in: 1 (on the caller's thread) below
+    /// two parts' worth of bytes or on one core.
+    public static func parts(
+        forBytes bytes: Int, blobs: Int, cores: Int = System.coreCount, minimumBytesPerPart: Int = minimumBytesPerPart
+    ) -> Int {
+        max(1, min(cores, blobs, bytes / max(1, minimumBytesPerPart)))
+    }
 
     /// Contiguous ranges of `sizes`' indices, `parts` of them (fewer when there are fewer elements),
     /// each ending once it reaches its share of the bytes.
