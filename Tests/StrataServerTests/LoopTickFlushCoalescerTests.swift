@@ -85,3 +85,52 @@ private func sent(_ channel: EmbeddedChannel) throws -> String {
         _ = try channel.finish()
     }
 }
+
+/// A connection with calls still being worked on.
+private final class OwedAnswers: @unchecked Sendable {
+    var count = 0
+}
+
+@Suite struct LoopTickFlushCoalescerWaitingTests {
+    /// While other calls owe answers, a flush waits for them (the timer, `maxDelay` at most) rather
+    /// than going out at the end of the turn; once none is owed, the next turn's end flushes everything.
+    @Test func waitsForOwedAnswersAtMostMaxDelay() throws {
+        let owed = OwedAnswers()
+        let counter = FlushCounter()
+        let channel = EmbeddedChannel(handlers: [
+            counter, LoopTickFlushCoalescer(answersOwed: { owed.count }, maxDelay: .microseconds(100)),
+        ])
+        owed.count = 3
+        channel.writeAndFlush(bytes(channel, "a"), promise: nil)
+        channel.embeddedEventLoop.run()
+        #expect(try sent(channel) == "")
+        channel.embeddedEventLoop.advanceTime(by: .microseconds(99))
+        #expect(try sent(channel) == "")
+        channel.embeddedEventLoop.advanceTime(by: .microseconds(1))
+        #expect(try sent(channel) == "a")
+        #expect(counter.flushes == 1)
+
+        // The last owed answer arrives: it and the one before it leave at the end of its turn.
+        channel.writeAndFlush(bytes(channel, "b"), promise: nil)
+        channel.embeddedEventLoop.run()
+        owed.count = 0
+        channel.writeAndFlush(bytes(channel, "c"), promise: nil)
+        channel.embeddedEventLoop.run()
+        #expect(try sent(channel) == "bc")
+        #expect(counter.flushes == 2)
+        _ = try channel.finish()
+    }
+
+    /// `maxBytes` unflushed go out at once, whatever is owed.
+    @Test func manyBytesGoOutAtOnce() throws {
+        let counter = FlushCounter()
+        let channel = EmbeddedChannel(handlers: [counter, LoopTickFlushCoalescer(answersOwed: { 5 }, maxBytes: 8)])
+        channel.writeAndFlush(bytes(channel, "0123456789"), promise: nil)
+        #expect(try sent(channel) == "0123456789")
+        #expect(counter.flushes == 1)
+        channel.embeddedEventLoop.run()
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+        #expect(counter.flushes == 1)
+        _ = try channel.finish()
+    }
+}
