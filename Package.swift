@@ -68,6 +68,7 @@ let package = Package(
             name: "StrataStorage",
             dependencies: [
                 "StrataCore", "StrataCompression",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),

@@ -47,6 +47,9 @@ public final class DiskActionCache: ActionCache {
     public let limits: Limits
     private let tmpDirectory: String
     private let threadPool: NIOThreadPool
+    /// Reads of entries run in the caller's thread while the disk answers quickly (see
+    /// `ShortFileOperations`): at one client the hop to the pool and back cost more than the read.
+    private let shortCalls: ShortFileOperations
     private let logger: Logger
     /// Evictions are warned of once a minute at most: a full cache evicts on every update.
     private let evictionWarnings = WarningRateLimit()
@@ -74,6 +77,7 @@ public final class DiskActionCache: ActionCache {
         self.tmpDirectory = root + "/tmp"
         self.limits = limits
         self.threadPool = threadPool
+        self.shortCalls = ShortFileOperations(pool: threadPool)
         self.logger = logger
     }
 
@@ -90,7 +94,7 @@ public final class DiskActionCache: ActionCache {
         try await load()
         let name = Self.name(of: action)
         let path = "\(root)/\(name)"
-        let found = try await threadPool.runIfActive { () throws -> StoredFile? in
+        let found = try await shortCalls.run { () throws -> StoredFile? in
             guard let file = try Self.readFile(path, maxBytes: Self.maxFileBytes) else {
                 self.forget(name, path: path, inode: nil)
                 return nil

@@ -93,7 +93,17 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
                 errors[index] = error
             }
         }
-        let results = await cas.store.writeBatch(accepted.map { (digest: $0.digest, data: $0.data) })
+        let blobs = accepted.map { (digest: $0.digest, data: $0.data) }
+        let bytes = blobs.reduce(0) { $0 + $1.data.count }
+        let results: [Result<Void, StrataError>]
+        if BatchVerification.parts(forBytes: bytes, blobs: blobs.count) > 1 {
+            // A large batch is stored from Swift's pool, where `verifyBatch` hashes it on every core: the
+            // connection's thread, which otherwise did all of it, goes back to receiving the client's
+            // next requests. Measured with tools/one-connection-cores (docs/performance.md).
+            results = await withTaskExecutorPreference(globalConcurrentExecutor) { await cas.store.writeBatch(blobs) }
+        } else {
+            results = await cas.store.writeBatch(blobs)
+        }
         for (blob, result) in zip(accepted, results) {
             if case .failure(let error) = result { errors[blob.index] = error }
         }

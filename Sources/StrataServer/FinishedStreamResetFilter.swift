@@ -44,6 +44,10 @@ final class FinishedStreamResetFilter: ChannelDuplexHandler, RemovableChannelHan
 
     init() {}
 
+    /// Streams the client has finished sending on and the server has not yet ended: calls being worked
+    /// on, whose answers are still to come (`LoopTickFlushCoalescer` waits a little for them).
+    var answersOwed: Int { endedByClient.count }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         // Where the bytes still to forward begin: none while the rest of a dropped frame arrives.

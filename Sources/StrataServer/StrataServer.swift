@@ -159,6 +159,9 @@ public final class StrataServer: Service, Sendable {
         // Frames the client may send: at HTTP/2's default 16 KiB, every 1 MiB ByteStream message is 64
         // frames, each parsed, flow-accounted and copied into the message separately.
         config.http2.maxFrameSize = Self.http2MaxFrameBytes
+        // Flushes are merged by `LoopTickFlushCoalescer`, which holds them on a timer only while other
+        // calls owe answers: the transport's 100 µs timer cost a call at one client a second wake-up.
+        config.connection.flushCoalescing = nil
 
         var listeners: [Listener] = []
         var connections: [ConnectionRegistry] = []
@@ -190,7 +193,11 @@ public final class StrataServer: Service, Sendable {
                     // The reset filter reads HTTP/2 frames: on a TLS connection, after the handler that
                     // decrypts them (before it, it would parse ciphertext as frames).
                     let tls = try? pipeline.handler(type: NIOSSLServerHandler.self)
-                    try pipeline.addHandler(FinishedStreamResetFilter(), position: tls.map { .after($0) } ?? .first)
+                    let resetFilter = FinishedStreamResetFilter()
+                    try pipeline.addHandler(resetFilter, position: tls.map { .after($0) } ?? .first)
+                    // Next to the socket, after TLS: it holds back only bytes ready to be sent, and
+                    // waits for more answers only while the filter counts calls that still owe one.
+                    try pipeline.addHandler(LoopTickFlushCoalescer(answersOwed: { resetFilter.answersOwed }), position: .first)
                     // The guard counts bytes and silence, which TLS does not change: first, as always.
                     try pipeline.addHandler(ConnectionGuard(registry: registry), position: .first)
                 }

@@ -45,18 +45,28 @@ public final class LRUBlobStore: BlobStore {
         if !digest.isEmpty { blobs.withLock { _ = $0.insert(digest.key, pieces.blob, cost: digest.sizeBytes) } }
     }
 
-    /// Hashes in the caller's task and takes the lock once for the whole batch.
+    /// Hashes the batch (on several cores when it is large, see `verifyBatch`) and takes the lock once
+    /// for the whole batch.
     public func writeBatch(_ blobs: [(digest: Digest, data: Data)]) async -> [Result<Void, StrataError>] {
         var accepted: [(Digest, Data)] = []
-        let results = blobs.map { blob -> Result<Void, StrataError> in
+        var fitting: [(digest: Digest, data: Data)] = []
+        var results = blobs.map { blob -> Result<Void, StrataError> in
             do throws(StrataError) {
                 try checkFits(blob.digest)
-                try blob.digest.verify(blob.data)
             } catch {
                 return .failure(error)
             }
-            if !blob.digest.isEmpty { accepted.append((blob.digest, blob.data)) }
+            fitting.append(blob)
             return .success(())
+        }
+        var verified = await verifyBatch(fitting).makeIterator()
+        for index in results.indices {
+            guard case .success = results[index], let error = verified.next() else { continue }
+            if let error {
+                results[index] = .failure(error)
+            } else if !blobs[index].digest.isEmpty {
+                accepted.append((blobs[index].digest, blobs[index].data))
+            }
         }
         self.blobs.withLock { lru in
             for (digest, data) in accepted { lru.insert(digest.key, .whole(data), cost: digest.sizeBytes) }

@@ -86,6 +86,28 @@ import Testing
         }
     }
 
+    /// A batch large enough to be stored from Swift's pool and hashed in parts on a multi-core machine
+    /// (900 × 4 KiB) answers each blob as a small one does, in order, and stores exactly the good ones;
+    /// a small batch on the same connection afterwards is served as before.
+    @Test func largeBatchUpdateGivesEachBlobItsStatus() async throws {
+        try await withServer([memoryInstance()]) { clients in
+            let blobs = (0..<900).map { _ in Blob.random(size: 4096) }
+            let bad: Set<Int> = [0, 450, 899]
+            let response = try await clients.cas.batchUpdateBlobs(.with {
+                $0.requests = blobs.enumerated().map { index, blob in
+                    .with { $0.digest = blob.digest.proto; $0.data = bad.contains(index) ? Data(repeating: 7, count: 4096) : blob.data }
+                }
+            })
+            #expect(response.responses.map(\.digest) == blobs.map(\.digest.proto))
+            #expect(response.responses.indices.filter { response.responses[$0].status.code != 0 } == bad.sorted())
+            let missing = try await clients.cas.findMissingBlobs(.with { $0.blobDigests = blobs.map(\.digest.proto) })
+            #expect(missing.missingBlobDigests == bad.sorted().map { blobs[$0].digest.proto })
+            let small = Blob.random(size: 100)
+            let answer = try await clients.cas.batchUpdateBlobs(.with { $0.requests = [.with { $0.digest = small.digest.proto; $0.data = small.data }] })
+            #expect(answer.responses.map(\.status.code) == [0])
+        }
+    }
+
     @Test func batchLimitsAreEnforced() async throws {
         try await withServer([memoryInstance()], maxBatchTotalSizeBytes: 10_000) { clients in
             let blobs = (0..<3).map { _ in Blob.random(size: 4000) }

@@ -64,4 +64,32 @@ private func filtered(outbound: [UInt8], inbound: [UInt8], cuts: [Int]) throws -
         let inbound = preface + frame(type: 1, flags: 0x5, stream: 1) + reset(1) + reset(1)
         #expect(try filtered(outbound: outbound, inbound: inbound, cuts: []) == preface + frame(type: 1, flags: 0x5, stream: 1) + reset(1))
     }
+
+    /// The calls still owing an answer (what `LoopTickFlushCoalescer` waits for): a stream counts once
+    /// the client has ended it, until the server ends or resets it or the client resets it.
+    @Test func countsTheAnswersOwed() throws {
+        let filter = FinishedStreamResetFilter()
+        let channel = EmbeddedChannel(handler: filter)
+        func receive(_ bytes: [UInt8]) throws {
+            var buffer = channel.allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            try channel.writeInbound(buffer)
+        }
+        func send(_ bytes: [UInt8]) throws {
+            var buffer = channel.allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            try channel.writeAndFlush(buffer).wait()
+        }
+        try receive(preface + frame(type: 1, flags: 0x4, stream: 1) + frame(type: 0, flags: 0x1, stream: 1, payload: [1]))
+        try receive(frame(type: 1, flags: 0x5, stream: 3) + frame(type: 1, flags: 0x5, stream: 5) + frame(type: 1, flags: 0x4, stream: 7))
+        #expect(filter.answersOwed == 3) // 1, 3 and 5; 7 is still sending
+        try send(frame(type: 1, flags: 0x4, stream: 1) + frame(type: 0, stream: 1, payload: [2]))
+        #expect(filter.answersOwed == 3) // 1's answer has begun, not ended
+        try send(frame(type: 1, flags: 0x5, stream: 1))
+        #expect(filter.answersOwed == 2)
+        try send(reset(3))
+        try receive(reset(5))
+        #expect(filter.answersOwed == 0)
+        _ = try channel.finish()
+    }
 }
