@@ -156,12 +156,17 @@ public final class SQLConnection: Service, Sendable {
         guard !settings.readOnly else {
             throw StrataError.internal("SQL \(settings.displayName): a read-only connection (sql-ro) cannot run migrations")
         }
-        let applied = try await withConnection("migrating the schema") { connection in
+        // A migration may rewrite a large table and waits for other servers migrating at once: it gets
+        // minutes, not the bound of a request's statement.
+        let applied = try await withConnection("migrating the schema", statementTimeout: max(settings.statementTimeout, Self.migrationTimeout)) { connection in
             try await SQLMigrations.apply(on: connection, schema: self.settings.schema, logger: self.logger)
         }
         migrated.withLock { $0 = true }
         return applied
     }
+
+    /// How long `migrate` may take at least, whatever `statementTimeout` says.
+    static let migrationTimeout: Duration = .seconds(300)
 
     /// Runs the migrations once per process, before the first use by a store.
     func ensureMigrated() async throws {
@@ -172,22 +177,24 @@ public final class SQLConnection: Service, Sendable {
     // MARK: Bounded operations
 
     /// Leases a connection (waiting at most `poolTimeout`) and runs `body` on it (at most
-    /// `statementTimeout`). Errors become `StrataError`s naming `what` and this database.
+    /// `statementTimeout`, or the longer bound given). Errors become `StrataError`s naming `what` and this database.
     ///
     /// The caller is answered when a deadline passes even if postgres-nio has not given up yet (a
     /// query on a connection whose server vanished may never complete): the work goes on in its own
     /// task, the lease request is cancelled, and a late connection is closed.
     func withConnection<Result: Sendable>(
-        _ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
+        _ what: String, statementTimeout: Duration? = nil, _ body: @escaping @Sendable (PostgresConnection) async throws -> Result
     ) async throws -> Result {
         let leased = LeaseState()
-        var bounded = self.settings
+        var configured = self.settings
+        if let statementTimeout { configured.statementTimeout = statementTimeout }
+        var bounded = configured
         bounded.poolTimeout = RequestDeadline.bounded(bounded.poolTimeout)
         bounded.statementTimeout = RequestDeadline.bounded(bounded.statementTimeout)
         let settings = bounded
         // Timing out on the configured bound says the database hung; on the client's shorter deadline,
         // only that the client gave up (its statement is stopped, the other connections are kept).
-        let timeoutMeansHang = bounded.statementTimeout >= self.settings.statementTimeout
+        let timeoutMeansHang = bounded.statementTimeout >= configured.statementTimeout
         let client = self.client
         let stale = self.staleConnections
         do {
