@@ -5,19 +5,6 @@ import StrataStorage
 import StrataTestSupport
 import Testing
 
-/// Text-like data that zstd compresses several times over.
-private func compressibleBlob(size: Int, seed: UInt64 = 1) -> Blob {
-    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta\n"].map { Array($0.utf8) }
-    var state = seed &+ UInt64(size)
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(size + 8)
-    while bytes.count < size {
-        state = state &* 6364136223846793005 &+ 1442695040888963407
-        bytes += words[Int(state >> 61)]
-    }
-    return Blob(Data(bytes.prefix(size)))
-}
-
 /// `!s3-storage` with `compression: zstd`: blobs as `{key}.zst` objects, single PUT or multipart.
 @Suite(.enabled(if: TestServices.available("STRATA_TEST_S3")))
 struct S3CompressionTests {

@@ -8,16 +8,6 @@ import StrataStorage
 import StrataTestSupport
 import Testing
 
-/// Compressible but not trivial test data: text from a small vocabulary, in a random order.
-func compressibleBlob(size: Int) -> Blob {
-    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta\n"].map { Array($0.utf8) }
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(size + 8)
-    var generator = SystemRandomNumberGenerator()
-    while bytes.count < size { bytes += words[Int(generator.next() as UInt8) & 7] }
-    return Blob(Data(bytes.prefix(size)))
-}
-
 /// ByteStream `compressed-blobs/zstd/…` and the batch calls' compressors, against a real server.
 @Suite struct CompressedBlobTests {
     @Test(arguments: [0, 1, 100_000, 3 << 20])

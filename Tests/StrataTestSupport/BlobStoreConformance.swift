@@ -364,3 +364,17 @@ public struct Blob: Sendable {
         return Blob(data, function: function)
     }
 }
+
+/// Compressible but not trivial test data: text from a small vocabulary in an order drawn from `seed`
+/// (random unless given), so zstd shrinks it several times over and two seeds give two blobs.
+public func compressibleBlob(size: Int, seed: UInt64 = .random(in: .min ... .max)) -> Blob {
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta ", "eta ", "theta\n"].map { Array($0.utf8) }
+    var state = seed &+ UInt64(size)
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(size + 8)
+    while bytes.count < size {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        bytes += words[Int(state >> 61)]
+    }
+    return Blob(Data(bytes.prefix(size)))
+}
