@@ -18,6 +18,9 @@ extension Instance {
 // stores each chunk as an ordinary blob; a splice streams the chunks' concatenation into the storage's
 // verifying write, so the spliced blob is an ordinary blob too. Neither holds a whole blob in memory.
 extension ContentAddressableStorageService {
+    /// Bytes of chunks SplitBlob stores together (see `splitBlob`).
+    static let splitStoreGroupBytes = 4 << 20
+
     public func splitBlob(
         request: Build_Bazel_Remote_Execution_V2_SplitBlobRequest, context: ServerContext
     ) async throws -> Build_Bazel_Remote_Execution_V2_SplitBlobResponse {
@@ -33,6 +36,26 @@ extension ContentAddressableStorageService {
         // chunks held here, whatever the blob's size.
         var answerBytes = 0
         let answerLimit = Int(clamping: registry.maxBatchTotalSizeBytes)
+        // Chunks are stored in groups of about `splitStoreGroupBytes`: one FindMissingBlobs and one batch
+        // write per group rather than two round trips per chunk (remote and S3 storages), with at
+        // most a group and a chunk held in memory.
+        var pending: [(digest: Digest, data: Data)] = []
+        var pendingBytes = 0
+        func storePending() async throws {
+            defer { pending.removeAll(keepingCapacity: true); pendingBytes = 0 }
+            guard !pending.isEmpty else { return }
+            // Chunks already stored are not written again.
+            let missing = Set(try await cas.store.findMissing(pending.map(\.digest)))
+            guard !missing.isEmpty else { return }
+            if cas.readOnly, let first = pending.first(where: { missing.contains($0.digest) }) {
+                throw StrataError.notFound(
+                    "chunk \(first.digest) of blob \(blob) is not stored, and the CAS of instance \"\(StrataError.echo(request.instanceName))\" is read-only, so SplitBlob cannot store it")
+            }
+            // Once each: a blob of repeated content repeats its chunks.
+            var toWrite = missing
+            let results = await cas.store.writeBatch(pending.filter { toWrite.remove($0.digest) != nil })
+            for case .failure(let error) in results { throw error }
+        }
         try await chunker.split(body) { data in
             let chunk = Digest.of(data, function: function)
             answerBytes += ProtobufWire.lengthDelimitedSize(chunk.requestDigest.wireSize)
@@ -41,14 +64,11 @@ extension ContentAddressableStorageService {
                     "blob \(blob) makes more than \(chunks.count) chunks of about \(chunker.parameters.averageSize) bytes: SplitBlob's answer would be larger than max_batch_total_size_bytes (\(answerLimit)); a larger average-chunk-size makes fewer")
             }
             chunks.append(chunk)
-            // Chunks already stored are not written again.
-            guard try await !cas.store.findMissing([chunk]).isEmpty else { return }
-            guard !cas.readOnly else {
-                throw StrataError.notFound(
-                    "chunk \(chunk) (#\(chunks.count)) of blob \(blob) is not stored, and the CAS of instance \"\(StrataError.echo(request.instanceName))\" is read-only, so SplitBlob cannot store it")
-            }
-            try await cas.store.write(chunk, data: data)
+            pending.append((chunk, data))
+            pendingBytes += data.count
+            if pendingBytes >= Self.splitStoreGroupBytes { try await storePending() }
         }
+        try await storePending()
         return .with {
             $0.chunkDigests = chunks.map(\.proto)
             $0.chunkingFunction = .fastCdc2020
