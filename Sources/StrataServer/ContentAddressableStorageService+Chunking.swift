@@ -124,7 +124,14 @@ extension ContentAddressableStorageService {
         if try await cas.store.findMissing([blob]).isEmpty {
             return .with { $0.blobDigest = blob.proto }
         }
-        try await cas.store.write(blob, body: Self.concatenation(of: chunks, from: cas.store, as: blob))
+        do {
+            // The storage's write verifies what it stores (every `BlobStore` does), so the concatenation
+            // is hashed there, once; a mismatch stores nothing.
+            try await cas.store.write(blob, body: Self.concatenation(of: chunks, from: cas.store, as: blob))
+        } catch let error as StrataError where error.code == .invalidArgument {
+            throw StrataError.invalidArgument(
+                "the \(chunks.count) chunks do not make up blob_digest \(blob): \(error.message); nothing was stored")
+        }
         return .with { $0.blobDigest = blob.proto }
     }
 
@@ -142,31 +149,16 @@ extension ContentAddressableStorageService {
         return (cas, chunker)
     }
 
-    /// The chunks' bytes one after the other, read as the storage's write pulls them, and hashed on the
-    /// way: when they do not make up `blob`, the body fails instead of ending, so the storage (which
-    /// commits only a body that ends normally, and verifies it too) stores nothing, and the client
-    /// learns what the chunks did make.
+    /// The chunks' bytes one after the other, read as the storage's write pulls them (which verifies
+    /// them as `blob`).
     static func concatenation(of chunks: [Digest], from store: any BlobStore, as blob: Digest) -> BlobBody {
         BlobBody {
             var next = 0
             var current: BlobBody.AsyncIterator?
-            var hasher = blob.function.makeHasher()
-            var finished = false
             return BlobBody.AsyncIterator {
-                while !finished {
-                    if let data = try await current?.next() {
-                        hasher.update(data)
-                        return data
-                    }
-                    guard next < chunks.count else {
-                        finished = true
-                        let actual = hasher.finalizeDigest()
-                        guard actual == blob else {
-                            throw StrataError.invalidArgument(
-                                "the \(chunks.count) chunks concatenate to \(actual), not blob_digest \(blob); nothing was stored")
-                        }
-                        return nil
-                    }
+                while true {
+                    if let data = try await current?.next() { return data }
+                    guard next < chunks.count else { return nil }
                     let chunk = chunks[next]
                     next += 1
                     do {
@@ -175,7 +167,6 @@ extension ContentAddressableStorageService {
                         throw StrataError.notFound("chunk \(chunk) went missing while splicing blob \(blob): \(error.message)")
                     }
                 }
-                return nil
             }
         }
     }

@@ -187,8 +187,8 @@ final class DamagedCopies: BlobStore {
                 })
             }
             #expect(mismatch?.code == .invalidArgument, "\(String(describing: mismatch))")
-            #expect(mismatch?.message.contains("concatenate to \(Digest.of(first.data + second.data))") == true)
-            #expect(mismatch?.message.contains("not blob_digest \(claimed)") == true)
+            #expect(mismatch?.message.contains("hash is \(Digest.of(first.data + second.data).hash)") == true, "\(String(describing: mismatch))")
+            #expect(mismatch?.message.contains("do not make up blob_digest \(claimed)") == true)
             #expect(try await clients.cas.findMissingBlobs(.with { $0.blobDigests = [claimed.proto] }).missingBlobDigests == [claimed.proto])
 
             let badSize = await rpcFailure {
