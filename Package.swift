@@ -141,17 +141,61 @@ let package = Package(
         .target(
             name: "StrataSQL",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataCompression",
+                "StrataCore", "StrataStorage", "StrataCompression", "StrataScheduler", "StrataAPI",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
+        // The one conversion between core types (Digest, DigestFunction, StrataError) and REAPI messages.
+        .target(
+            name: "StrataProto",
+            dependencies: ["StrataCore", "StrataAPI"],
+            swiftSettings: strictSettings
+        ),
         .target(
             name: "StrataRemote",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataActionCache", "StrataAPI",
+                "StrataProto", "StrataCore", "StrataStorage", "StrataActionCache", "StrataAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // Remote execution's state: the `Scheduler` protocol (jobs, operations, bot sessions), the
+        // in-memory scheduler and the platform property sets. The SQL scheduler is in StrataSQL.
+        .target(
+            name: "StrataScheduler",
+            dependencies: [
+                "StrataProto", "StrataCore", "StrataAPI", "StrataActionCache",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // The Execution, Operations and Bots gRPC services over a `Scheduler`.
+        .target(
+            name: "StrataExecution",
+            dependencies: [
+                "StrataCore", "StrataAPI", "StrataScheduler", "StrataServer", "StrataStorage", "StrataActionCache",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // `strata worker`: a Remote Workers API bot and its runners.
+        .target(
+            name: "StrataWorker",
+            dependencies: [
+                "StrataProto", "StrataCore", "StrataAPI", "StrataRemote",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -174,7 +218,7 @@ let package = Package(
         .target(
             name: "StrataServer",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataChunking", "StrataCompression",
+                "StrataProto", "StrataCore", "StrataAPI", "StrataStorage", "StrataActionCache", "StrataAuth", "StrataChunking", "StrataCompression",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -242,6 +286,7 @@ let package = Package(
             dependencies: [
                 "StrataCore", "StrataStorage", "StrataActionCache", "StrataServer", "StrataMetrics", "StrataHTTP", "StrataHTTPCache",
                 "StrataRedis", "StrataS3", "StrataSQL", "StrataRemote", "StrataAuth", "StrataChunking",
+                "StrataScheduler", "StrataExecution",
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -258,7 +303,7 @@ let package = Package(
         .target(
             name: "StrataBench",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataServer",
+                "StrataProto", "StrataCore", "StrataAPI", "StrataServer",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
@@ -270,6 +315,7 @@ let package = Package(
             name: "strata",
             dependencies: [
                 "StrataConfig", "StrataServer", "StrataBench", "StrataCore", "StrataLogging", "StrataRemote", "StrataMetrics", "StrataHTTP",
+                "StrataWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -281,7 +327,7 @@ let package = Package(
         ),
         .target(
             name: "StrataTestSupport",
-            dependencies: ["StrataCore", "StrataStorage", "StrataActionCache", "StrataAPI"],
+            dependencies: ["StrataCore", "StrataStorage", "StrataActionCache", "StrataAPI", "StrataScheduler"],
             path: "Tests/StrataTestSupport",
             swiftSettings: strictSettings
         ),
@@ -349,7 +395,30 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataSQLTests",
-            dependencies: ["StrataSQL", "StrataTestSupport"],
+            dependencies: ["StrataSQL", "StrataTestSupport", "StrataScheduler"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataSchedulerTests",
+            dependencies: ["StrataScheduler", "StrataTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataExecutionTests",
+            dependencies: [
+                "StrataExecution", "StrataScheduler", "StrataServer", "StrataConfig", "StrataTestSupport", "StrataAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "StrataWorkerTests",
+            dependencies: [
+                "StrataWorker", "StrataTestSupport", "StrataAPI", "StrataRemote",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2
 import StrataServer
 import StrataAPI
 import StrataCore
+import StrataProto
 
 typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>

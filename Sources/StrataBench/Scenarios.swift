@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2
 import GRPCProtobuf
 import StrataAPI
 import StrataCore
+import StrataProto
 import SwiftProtobuf
 
 typealias CASMethod = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Method

@@ -5,10 +5,10 @@ import GRPCProtobuf
 import Logging
 import StrataAPI
 import StrataCore
+import StrataProto
 import StrataStorage
 import Synchronization
 
-typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
 typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.Client<HTTP2ClientTransport.Posix>
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
 
@@ -327,21 +327,7 @@ public final class RemoteBlobStore: BlobStore {
     }
 }
 
-extension DigestFunction {
-    /// The request field's value for this function.
-    var proto: Build_Bazel_Remote_Execution_V2_DigestFunction.Value {
-        Build_Bazel_Remote_Execution_V2_DigestFunction.Value(rawValue: rawValue) ?? .unknown
-    }
-}
-
 extension Digest {
-    var proto: ProtoDigest {
-        .with {
-            $0.hash = hash
-            $0.sizeBytes = sizeBytes
-        }
-    }
-
     /// A digest as the remote's answers name it (hash text and size, not validated): matches an answer's
     /// items to the digests asked for.
     struct WireKey: Hashable {

@@ -2,6 +2,7 @@ import GRPCCore
 import Logging
 import StrataAPI
 import StrataCore
+import StrataProto
 
 /// Writes one line per RPC once it is over (its response streamed, or its failure): method, instance,
 /// status, duration, bytes received and sent, peer, principal, and the client's tool invocation id and

@@ -2,6 +2,7 @@ import GRPCCore
 import StrataAPI
 import StrataActionCache
 import StrataCore
+import StrataProto
 import SwiftProtobuf
 
 public struct ActionCacheService: Build_Bazel_Remote_Execution_V2_ActionCache.SimpleServiceProtocol {

@@ -2,6 +2,7 @@ import Foundation
 import StrataAPI
 import StrataCompression
 import StrataCore
+import StrataProto
 
 /// The compressors of REAPI's `Compressor.Value` that Strata speaks on the wire: the ones Capabilities
 /// lists as `supported_compressors` and `supported_batch_update_compressors` (identity is implied).

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import StrataAPI
 import StrataCore
+import StrataProto
 import StrataStorage
 
 typealias ByteStream = Google_Bytestream_ByteStream

@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import StrataAPI
 import StrataCore
+import StrataProto
 
 // FindMissingBlobs, BatchUpdateBlobs and BatchReadBlobs are most of a build's CAS traffic. Their
 // requests are decoded straight off the wire and their answers written straight onto it: through

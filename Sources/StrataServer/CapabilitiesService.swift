@@ -1,6 +1,7 @@
 import GRPCCore
 import StrataAPI
 import StrataCore
+import StrataProto
 
 /// Capabilities for a cache-only endpoint: only `cache_capabilities` is filled, from the instance.
 public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.SimpleServiceProtocol {

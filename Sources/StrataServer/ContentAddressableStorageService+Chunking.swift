@@ -3,6 +3,7 @@ import GRPCCore
 import StrataAPI
 import StrataChunking
 import StrataCore
+import StrataProto
 import StrataStorage
 
 extension Instance {

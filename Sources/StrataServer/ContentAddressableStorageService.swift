@@ -3,6 +3,7 @@ import GRPCCore
 import StrataAPI
 import StrataActionCache
 import StrataCore
+import StrataProto
 import StrataStorage
 import SwiftProtobuf
 

@@ -2,6 +2,7 @@ import GRPCCore
 import Logging
 import StrataAPI
 import StrataCore
+import StrataProto
 import Synchronization
 
 /// Whether the server serves, as the health service and probes report it: not while a configured

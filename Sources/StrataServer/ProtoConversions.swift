@@ -1,9 +1,8 @@
 import GRPCCore
 import StrataAPI
 import StrataCore
+import StrataProto
 
-typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
-typealias ProtoDigestFunction = Build_Bazel_Remote_Execution_V2_DigestFunction.Value
 typealias RPCStatus = Google_Rpc_Status
 
 extension StrataError: RPCErrorConvertible {
@@ -29,41 +28,12 @@ extension StrataError: RPCErrorConvertible {
     }
 
     public var rpcErrorMessage: String { message }
-
-    var rpcStatus: RPCStatus {
-        .with {
-            $0.code = Int32(code.rawValue)
-            $0.message = message
-        }
-    }
 }
 
 extension RPCStatus {
     static let ok = RPCStatus()
 }
 
-extension Digest {
-    /// Validates a proto digest for `function`.
-    init(_ proto: ProtoDigest, function: DigestFunction) throws(StrataError) {
-        try self.init(hash: proto.hash, sizeBytes: proto.sizeBytes, function: function)
-    }
-
-    var proto: ProtoDigest {
-        .with {
-            $0.hash = hash
-            $0.sizeBytes = sizeBytes
-        }
-    }
-}
-
-extension DigestFunction {
-    /// The function of a request: its `digest_function` field, or inferred from its first digest.
-    static func of(request value: ProtoDigestFunction, firstHash: String?) throws(StrataError) -> DigestFunction {
-        try resolve(protoValue: value.rawValue, hash: firstHash)
-    }
-
-    var proto: ProtoDigestFunction { ProtoDigestFunction(rawValue: rawValue) ?? .unknown }
-}
 
 /// The one place where an error a handler throws becomes the status a client sees.
 ///

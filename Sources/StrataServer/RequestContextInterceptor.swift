@@ -2,6 +2,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import StrataAPI
 import StrataCore
+import StrataProto
 import SwiftProtobuf
 import X509
 

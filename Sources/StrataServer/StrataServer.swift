@@ -13,6 +13,7 @@ import ServiceLifecycle
 import StrataAPI
 import StrataAuth
 import StrataCore
+import StrataProto
 
 /// Where a server listens: `host:port`, `[v6]:port` or `unix:/path`.
 public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
