@@ -10,7 +10,6 @@ typealias CASClient = Build_Bazel_Remote_Execution_V2_ContentAddressableStorage.
 typealias ByteStreamClient = Google_Bytestream_ByteStream.Client<HTTP2ClientTransport.Posix>
 typealias ActionCacheClient = Build_Bazel_Remote_Execution_V2_ActionCache.Client<HTTP2ClientTransport.Posix>
 typealias CapabilitiesClient = Build_Bazel_Remote_Execution_V2_Capabilities.Client<HTTP2ClientTransport.Posix>
-typealias ProtoDigest = Build_Bazel_Remote_Execution_V2_Digest
 
 /// What one benchmark run does.
 public enum Scenario: String, CaseIterable, Sendable, Codable {
