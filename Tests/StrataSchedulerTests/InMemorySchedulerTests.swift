@@ -42,6 +42,14 @@ import Testing
         // A stream dropped unread releases its registration too.
         do { _ = try await scheduler.watch(queued.name) }
         try await Self.eventually("releasing a dropped watch") { scheduler.openWatchStreamCount == 0 }
+        // And one that ends with its operation's completion.
+        let completing = try await scheduler.watch(queued.name)
+        #expect(scheduler.openWatchStreamCount == 1)
+        try await scheduler.cancelOperation(queued.name)
+        #expect(scheduler.openWatchStreamCount == 0)
+        var stages: [JobStage] = []
+        for try await snapshot in completing { stages.append(snapshot.stage) }
+        #expect(stages == [.queued, .completed])
     }
 
     @Test func cancelledLongPollsReleaseTheirContinuations() async throws {

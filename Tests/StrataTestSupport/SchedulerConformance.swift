@@ -60,6 +60,7 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         .init("a completed job is not joined", body: completedNotJoined),
         .init("joining with a higher priority raises a queued job's priority", body: joinRaisesPriority),
         .init("assignment by priority, then age", body: assignmentOrder),
+        .init("a requeued job keeps its age", body: requeueKeepsAge),
         .init("jobs go only to bots of their instance", body: instanceIsolation),
         .init("platform matching and the waiting reason", body: platformMatching),
         .init("matched and wildcard keys", body: matchedAndWildcardKeys),
@@ -88,6 +89,7 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         .init("assignJobs waits until its deadline when nothing is queued", body: assignWaitsForDeadline),
         .init("assignJobs answers when a job is queued meanwhile", body: assignWakesOnQueue),
         .init("statistics", body: statisticsCounts),
+        .init("closing a session ends its long-polls", body: closeEndsLongPolls),
     ]
 
     // MARK: Helpers
@@ -290,6 +292,18 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
             order.append(expected[job.jobID] ?? "?")
         }
         try expect(order == ["e", "b", "d", "a", "c"], "assigned in the order \(order), expected e b d a c (priority, then age)")
+    }
+
+    static func requeueKeepsAge(_ scheduler: any Scheduler) async throws {
+        let older = try await scheduler.queue(request())
+        let newer = try await scheduler.queue(request())
+        let session = try await scheduler.createBotSession(bot(capacity: 2))
+        let first = try await takeOne(scheduler, session.name, "the older job")
+        try expect(first.jobID == older.jobID, "the older job was not assigned first")
+        try await scheduler.requeueJob(first.jobID, session: session.name, reason: "lease failed")
+        let again = try await takeOne(scheduler, session.name, "the requeued job")
+        try expect(again.jobID == older.jobID && again.queuedAt == first.queuedAt,
+                   "a requeued job lost its place before a newer job of the same priority (got \(again.jobID == newer.jobID ? "the newer" : "another") job)")
     }
 
     static func instanceIsolation(_ scheduler: any Scheduler) async throws {
@@ -724,5 +738,19 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         try expect(statistics.jobsByStage[.queued, default: 0] == 2 && statistics.jobsByStage[.executing, default: 0] == 1
                     && statistics.jobsByStage[.completed, default: 0] == 1,
                    "jobs by stage: \(statistics.jobsByStage), expected 2 queued, 1 executing, 1 completed")
+    }
+
+    static func closeEndsLongPolls(_ scheduler: any Scheduler) async throws {
+        let session = try await scheduler.createBotSession(bot("replaced"))
+        let deadline = ContinuousClock.now + .seconds(60)
+        let assigning = Task { try await scheduler.assignJobs(session: session.name, count: 1, deadline: deadline) }
+        let waiting = Task { try await scheduler.waitForChange(session: session.name, deadline: deadline) }
+        try await Task.sleep(for: .seconds(1))
+        _ = try await scheduler.createBotSession(bot("replaced"))
+        // Either answer is right (NOT_FOUND, or nothing assigned): what matters is that it comes now.
+        let assigned = try? await assigning.value
+        try expect(assigned?.isEmpty ?? true, "a replaced session was assigned a job")
+        _ = try? await waiting.value
+        try expect(ContinuousClock.now < deadline - .seconds(20), "a replaced session's long-polls waited for their deadline")
     }
 }
