@@ -701,11 +701,14 @@ public final class InMemoryScheduler: Scheduler {
     }
 
     private func unwatch(_ name: String, id: UInt64) {
-        state.withLock { state in
-            guard state.watchers[name]?.removeValue(forKey: id) != nil else { return }
+        let removed = state.withLock { state -> AsyncThrowingStream<OperationSnapshot, any Error>.Continuation? in
+            guard let removed = state.watchers[name]?.removeValue(forKey: id) else { return nil }
             if state.watchers[name]?.isEmpty == true { state.watchers[name] = nil }
             state.operations[name]?.lastWatched = .now
+            return removed
         }
+        // Released here, outside the lock, whatever releasing a continuation may call.
+        _ = removed
     }
 }
 

@@ -295,3 +295,25 @@ final class TakenJobs: Sendable {
         #expect(!Self.holds(.queuedTime, .less, "yesterday"), "an unreadable time matched")
     }
 }
+
+@Suite struct JobQueueTests {
+    static func entry(_ priority: Int32, _ sequence: UInt64) -> JobQueue.Entry {
+        JobQueue.Entry(priority: priority, sequence: sequence, jobID: "job-\(sequence)")
+    }
+
+    @Test func keepsPriorityThenQueueOrder() {
+        var queue = JobQueue()
+        for (priority, sequence) in [(2, 1), (1, 2), (2, 3), (-5, 4), (1, 5), (0, 6)] as [(Int32, UInt64)] {
+            queue.insert(Self.entry(priority, sequence))
+        }
+        #expect(queue.entries.map(\.sequence) == [4, 6, 2, 5, 1, 3])
+        queue.remove(Self.entry(1, 5))
+        queue.remove(Self.entry(2, 4))  // not queued under that priority: nothing removed
+        #expect(queue.entries.map(\.sequence) == [4, 6, 2, 1, 3])
+        // A raised priority: removed under the old one, inserted under the new one.
+        queue.remove(Self.entry(2, 3))
+        queue.insert(Self.entry(0, 3))
+        #expect(queue.entries.map(\.sequence) == [4, 3, 6, 2, 1])
+        #expect(queue.count == 5)
+    }
+}
