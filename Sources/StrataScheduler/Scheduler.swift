@@ -56,6 +56,7 @@ public protocol Scheduler: Sendable {
     func watch(_ name: String) async throws(StrataError) -> AsyncThrowingStream<OperationSnapshot, any Error>
 
     /// One page of operations matching `query`, sorted by (queued time, name); the token is a cursor.
+    /// INVALID_ARGUMENT for a page size below 1 or a token this scheduler did not answer.
     func listOperations(_ query: OperationQuery) async throws(StrataError) -> OperationPage
 
     /// Cancels one operation (see the state machine). Cancelling a completed operation does nothing.
@@ -240,6 +241,7 @@ public struct OperationQuery: Sendable {
     public var instanceName: String
     /// All must hold. Without a stage predicate only unfinished operations are listed (BuildGrid's default).
     public var predicates: [OperationPredicate]
+    /// At least 1: the Operations service applies its default and its limit.
     public var pageSize: Int
     /// The cursor a previous page answered; nil for the first page.
     public var pageToken: String?

@@ -672,6 +672,9 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         try expect(Set(everyStage.operations.map(\.name)) == [done.name, pooled.name], "stage>=QUEUED & tool_name=bazel listed \(everyStage.operations.map(\.name))")
         let other = try await scheduler.listOperations(OperationQuery(instanceName: "other", pageSize: 100))
         try expect(other.operations.count == 1 && other.operations[0].instanceName == "other", "instance other's listing is wrong")
+        try await expectError(.invalidArgument, "a page size of 0") {
+            _ = try await scheduler.listOperations(OperationQuery(instanceName: "", pageSize: 0))
+        }
         try await expectError(.invalidArgument, "a page token the server never answered") {
             _ = try await scheduler.listOperations(OperationQuery(instanceName: "", pageSize: 10, pageToken: "not a token"))
         }
