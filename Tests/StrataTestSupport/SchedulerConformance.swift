@@ -79,7 +79,7 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
               settings: { $0.maxJobAttempts = 3 }, body: closeAndReplaceRequeue),
         .init("maxJobAttempts exhausted is ABORTED", settings: { $0.maxJobAttempts = 2 }, body: attemptsExhausted),
         .init("a silent session expires and its jobs are requeued by run()",
-              settings: { $0.botSessionKeepaliveTimeout = .seconds(1) }, body: sessionExpiry),
+              settings: { $0.botSessionKeepaliveTimeout = .seconds(2) }, body: sessionExpiry),
         .init("a job executing past its timeout is DEADLINE_EXCEEDED",
               settings: { $0.maxExecutionTimeout = .seconds(1) }, body: executionTimeout),
         .init("an unwatched operation is cancelled, a watched one is not",
@@ -156,6 +156,12 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
     }
 
     static func statusCode(_ snapshot: OperationSnapshot) -> Int32? { snapshot.response?.status.code }
+
+    final class Flag: Sendable {
+        private let value = Mutex(false)
+        func set() { value.withLock { $0 = true } }
+        var isSet: Bool { value.withLock { $0 } }
+    }
 
     /// A watch stream's snapshots as they arrive, read by a task of its own.
     final class Collected: Sendable {
@@ -498,18 +504,28 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
     }
 
     static func waitForChangeWakes(_ scheduler: any Scheduler) async throws {
-        let queued = try await scheduler.queue(request())
-        let session = try await scheduler.createBotSession(bot())
-        _ = try await takeOne(scheduler, session.name, "the job")
-        let start = ContinuousClock.now
-        let deadline = start + .seconds(60)
+        var queued: [OperationSnapshot] = []
+        for _ in 0..<5 { queued.append(try await scheduler.queue(request())) }
+        let session = try await scheduler.createBotSession(bot(capacity: 5))
+        let jobs = try await take(scheduler, session.name, count: 5)
+        try expect(jobs.count == 5, "five jobs were not assigned at once: \(jobs.count)")
+        let deadline = ContinuousClock.now + .seconds(60)
         let waiter = Task { try await scheduler.waitForChange(session: session.name, deadline: deadline) }
-        // Give the waiter time to start waiting; had it not, it would wait for the deadline and fail below.
-        try await Task.sleep(for: .seconds(1))
-        try await scheduler.cancelOperation(queued.name)
+        let woken = Flag()
+        let watcher = Task {
+            _ = try? await waiter.value
+            woken.set()
+        }
+        // One cancellation a second until the waiter wakes: a waiter that began waiting late (a loaded
+        // machine) is woken by a later one rather than waiting for its deadline.
+        for operation in queued where !woken.isSet {
+            try await Task.sleep(for: .seconds(1))
+            try await scheduler.cancelOperation(operation.name)
+        }
         try await waiter.value
-        try expect(ContinuousClock.now < deadline - .seconds(20), "waitForChange did not wake when the session's job was cancelled")
-        try expect(try await scheduler.assignedJobs(session: session.name).first?.cancelled == true, "the woken session does not see the job cancelled")
+        _ = await watcher.value
+        try expect(ContinuousClock.now < deadline - .seconds(20), "waitForChange did not wake when the session's jobs were cancelled")
+        try expect(try await scheduler.assignedJobs(session: session.name).contains { $0.cancelled }, "the woken session does not see a job cancelled")
         // With nothing changing, it waits until the deadline.
         let shortDeadline = ContinuousClock.now + .milliseconds(300)
         try await scheduler.waitForChange(session: session.name, deadline: shortDeadline)
@@ -600,8 +616,9 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         let retry = try await takeOne(scheduler, alive.name, "the requeued job")
         try expect(retry.jobID == queued.jobID, "another bot did not get the requeued job")
         try await withMaintenance(scheduler) {
-            for _ in 0..<6 {
-                try await Task.sleep(for: .milliseconds(250))
+            // Renewed ten times as often as it expires, so a loaded machine's late wake-ups cannot expire it.
+            for _ in 0..<15 {
+                try await Task.sleep(for: .milliseconds(200))
                 _ = try await scheduler.renewBotSession(alive.name, status: .ok)
             }
         }
