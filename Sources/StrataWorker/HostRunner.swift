@@ -28,8 +28,9 @@ public struct HostRunner: Runner {
         let inputRoot = job.directory + "/root"
         let stdoutPath = job.directory + "/stdout", stderrPath = job.directory + "/stderr"
         guard mkdir(inputRoot, 0o755) == 0 else { throw StrataError.internal("\(inputRoot): \(String(cString: strerror(errno)))") }
-        FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        guard FileManager.default.createFile(atPath: stdoutPath, contents: nil), FileManager.default.createFile(atPath: stderrPath, contents: nil) else {
+            throw StrataError.internal("\(job.directory): cannot create the stdout and stderr files")
+        }
 
         metadata.inputFetchStartTimestamp = .now
         _ = try await InputStager(store: context.store, cache: context.cache)
@@ -40,8 +41,10 @@ public struct HostRunner: Runner {
         // The directories of the outputs exist before the command runs, as the REAPI promises.
         let outputs = command.outputPaths.isEmpty ? command.outputFiles + command.outputDirectories : command.outputPaths
         for output in outputs {
-            let parent = (output as NSString).deletingLastPathComponent
-            if !parent.isEmpty { try? FileManager.default.createDirectory(atPath: workingDirectory + "/" + parent, withIntermediateDirectories: true) }
+            try OutputCollector.checkOutputPath(output)
+            if let slash = output.lastIndex(of: "/") {
+                try? FileManager.default.createDirectory(atPath: workingDirectory + "/" + output[..<slash], withIntermediateDirectories: true)
+            }
         }
         var environment: [String: String] = [:]
         for variable in command.environmentVariables { environment[variable.name] = variable.value }

@@ -112,6 +112,19 @@ public final class InputCache: Sendable {
         return false
     }
 
+    /// The cached bytes of `digest` (a Directory message: small), checked against it again; nil when
+    /// not cached or damaged (then removed).
+    public func read(_ digest: Digest) -> Data? {
+        let key = Key(digest: digest, executable: false)
+        guard state.withLock({ $0.entries.touch(key) }) else { return nil }
+        guard Self.isIntact(path(key), key), let data = FileManager.default.contents(atPath: path(key)),
+              (try? digest.verify(data)) != nil else {
+            remove(key)
+            return nil
+        }
+        return data
+    }
+
     private func remove(_ key: Key) {
         state.withLock { _ = $0.entries.remove(key) }
         unlink(path(key))

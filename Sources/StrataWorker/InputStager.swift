@@ -43,17 +43,24 @@ struct InputStager {
         var level = [root]
         while !level.isEmpty {
             let wanted = Array(Set(level).subtracting(directories.keys))
-            for (digest, result) in zip(wanted, await store.readBatch(wanted)) {
-                let data = try fetched(digest, result)
-                summary.fetchedBlobs += 1
-                summary.fetchedBytes += digest.sizeBytes
-                let directory: DirectoryMessage
-                do {
-                    directory = try DirectoryMessage(serializedBytes: data)
-                } catch {
-                    throw StrataError.invalidArgument("input blob \(digest) is not a Directory message: \(error)")
+            // Directory messages are cached like files: a second action of the same tree reads nothing.
+            var toFetch: [Digest] = []
+            for digest in wanted {
+                if let data = cache.read(digest) {
+                    directories[digest] = try decodeDirectory(data, digest)
+                } else {
+                    toFetch.append(digest)
                 }
-                directories[digest] = directory
+            }
+            for (digest, result) in zip(toFetch, await store.readBatch(toFetch)) {
+                let data = try fetched(digest, result)
+                // An empty message is known without a read.
+                if !digest.isEmpty {
+                    summary.fetchedBlobs += 1
+                    summary.fetchedBytes += digest.sizeBytes
+                }
+                directories[digest] = try decodeDirectory(data, digest)
+                try cache.insert(verifiedData: data, digest: digest, executable: false)
             }
             level = try wanted.flatMap { digest in
                 try directories[digest]!.directories.map { node throws(StrataError) in try Digest(node.digest, function: function) }
@@ -101,7 +108,12 @@ struct InputStager {
         var batchBytes: Int64 = 0
         func fetchBatch() async throws {
             guard !batch.isEmpty else { return }
-            for (digest, result) in zip(batch, await store.readBatch(batch)) {
+            let results = await store.readBatch(batch)
+            let absent = zip(batch, results).compactMap { digest, result in
+                if case .failure(let error) = result, error.code == .notFound { digest } else { nil }
+            }
+            if !absent.isEmpty { throw MissingInputs(absent) }
+            for (digest, result) in zip(batch, results) {
                 let data = try fetched(digest, result)
                 summary.fetchedBlobs += 1
                 summary.fetchedBytes += digest.sizeBytes
@@ -139,6 +151,14 @@ struct InputStager {
         }
         try digest.verify(data)
         return data
+    }
+
+    private func decodeDirectory(_ data: Data, _ digest: Digest) throws(StrataError) -> DirectoryMessage {
+        do {
+            return try DirectoryMessage(serializedBytes: data)
+        } catch {
+            throw .invalidArgument("input blob \(digest) is not a Directory message: \(error)")
+        }
     }
 
     private func checkName(_ name: String, in directory: Digest) throws(StrataError) {

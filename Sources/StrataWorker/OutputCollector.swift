@@ -87,7 +87,7 @@ struct OutputCollector {
             ? command.outputPaths.map { ($0, nil) }
             : command.outputFiles.map { ($0, false) } + command.outputDirectories.map { ($0, true) }
         for (name, expectsDirectory) in requested {
-            try checkOutputPath(name)
+            try Self.checkOutputPath(name)
             let path = name.isEmpty ? workingDirectory : workingDirectory + "/" + name
             var info = stat()
             guard lstat(path, &info) == 0 else { continue }
@@ -121,7 +121,7 @@ struct OutputCollector {
     }
 
     /// An output path stays inside the working directory: relative, without `..`.
-    private func checkOutputPath(_ name: String) throws(StrataError) {
+    static func checkOutputPath(_ name: String) throws(StrataError) {
         if name.hasPrefix("/") || name.split(separator: "/").contains("..") {
             throw .invalidArgument("output path \(StrataError.echo(name)) is not a relative path inside the working directory")
         }
