@@ -270,13 +270,14 @@ public final class BotWorker: Sendable {
             if action.hasTimeout, action.timeout.seconds > 0 || action.timeout.nanos > 0 {
                 timeout = .seconds(action.timeout.seconds) + .nanoseconds(Int64(action.timeout.nanos))
             }
-            logger.debug("lease \(lease.id): running action \(digest)")
+            logger.info("lease \(lease.id): running action \(digest)")
             var outcome = try await runner.run(RunnerJob(actionDigest: digest, action: action, timeout: timeout, directory: directory))
             outcome.result.executionMetadata.worker = settings.botID
             outcome.result.executionMetadata.workerStartTimestamp = workerStart
             outcome.result.executionMetadata.workerCompletedTimestamp = .now
             completed.result = try Google_Protobuf_Any(message: outcome.result)
             completed.status = outcome.status
+            logger.info("lease \(lease.id): action \(digest) done, exit code \(outcome.result.exitCode), status \(outcome.status.code)")
         } catch is CancellationError {
             return nil
         } catch let missing as MissingInputs {
