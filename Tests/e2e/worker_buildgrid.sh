@@ -8,9 +8,11 @@
 #   1. two workers open sessions; `bgd execute command` runs on one, its output file comes back;
 #   2. with -c, the second identical request is answered from BuildGrid's action cache (no worker runs it);
 #   3. a non-zero exit comes back as such (bgd prints it), stdout uploaded;
-#   4. the worker running an action is killed (SIGKILL) mid-action: BuildGrid requeues the job after
+#   4. `bgd operation cancel` of a running action: the worker kills its process group (a background
+#      child included);
+#   5. the worker running an action is killed (SIGKILL) mid-action: BuildGrid requeues the job after
 #      its short bot keepalive and the other worker completes it;
-#   5. SIGTERM: a worker ends its session and exits.
+#   6. SIGTERM: a worker ends its session and exits.
 # Stops everything it started. On success the last line is: worker_buildgrid e2e: OK
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -146,7 +148,24 @@ bgd_execute "$work/out3" "$work/input" -- /bin/sh -c 'echo failing >&2; exit 3' 
 grep -q "exit code 3" "$work"/worker-*.log || { cat "$work/exec3.log" "$work"/worker-*.log; fail "no worker reported exit code 3"; }
 echo "worker_buildgrid e2e: a failing command's exit code is reported"
 
-# --- 4. kill the worker running an action: the other one completes it -----------------------------
+# --- 4. CancelOperation: BuildGrid drops the lease, the worker kills the command's process group ---
+PYTHONUNBUFFERED=1 bgd_execute "$work/out-cancel" "$work/input" -- /bin/sh -c "sleep 120 & echo \$! > $work/cancel.pid; sleep 120" \
+  > "$work/exec-cancel.log" 2>&1 &
+cancel_exec=$!
+pids+=($cancel_exec)
+for _ in $(seq 1 200); do [ -s "$work/cancel.pid" ] && grep -q '^name: ' "$work/exec-cancel.log" && break; sleep 0.1; done
+[ -s "$work/cancel.pid" ] || { cat "$work/exec-cancel.log"; fail "the long action did not start"; }
+operation=$(grep -m1 '^name: ' "$work/exec-cancel.log" | sed 's/^name: "\(.*\)"$/\1/')
+timeout -k 5 60 "$bgd" operation --remote "$remote" --instance-name main cancel "$operation" > "$work/cancel.log" 2>&1 \
+  || { cat "$work/cancel.log"; fail "bgd operation cancel $operation"; }
+child=$(cat "$work/cancel.pid")
+for _ in $(seq 1 300); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$child" 2>/dev/null && { kill -KILL "$child"; fail "the cancelled action's background child $child still runs after 30 s"; }
+grep -q "cancelled by the server" "$work"/worker-*.log || fail "no worker logged the cancellation"
+kill "$cancel_exec" 2>/dev/null || true
+echo "worker_buildgrid e2e: bgd operation cancel stopped the running command and its background child"
+
+# --- 5. kill the worker running an action: the other one completes it -----------------------------
 before_a=$(grep -c "running action" "$work/worker-a.log" || true)
 before_b=$(grep -c "running action" "$work/worker-b.log" || true)
 bgd_execute "$work/out4" --output-file slow.txt "$work/input" -- /bin/sh -c 'sleep 3; echo finished > slow.txt' \
@@ -169,7 +188,7 @@ before_survivor_var="before_${survivor#worker-}"
 [ "$(grep -c "running action" "$work/$survivor.log" || true)" -gt "${!before_survivor_var}" ] || fail "$survivor never ran the requeued action"
 echo "worker_buildgrid e2e: BuildGrid requeued the job and $survivor completed it"
 
-# --- 5. SIGTERM ends the session and the process -------------------------------------------------
+# --- 6. SIGTERM ends the session and the process -------------------------------------------------
 survivor_pid_var="${survivor//-/_}_pid"
 kill -TERM "${!survivor_pid_var}"
 for _ in $(seq 1 100); do kill -0 "${!survivor_pid_var}" 2>/dev/null || break; sleep 0.1; done
