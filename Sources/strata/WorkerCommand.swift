@@ -53,7 +53,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "The bot's id (default: HOSTNAME-PID); a new session with the same id replaces the old one.")
     var botID: String?
 
-    @Option(help: "The local cache of input files; actions' directories are made beside it, on the same file system.")
+    @Option(help: "The local cache of input files, one worker process per directory; actions' directories are made beside it (DIR.actions), on the same file system.")
     var cacheDir = "/var/tmp/strata-worker/cache"
 
     @Option(help: "The most bytes the input cache keeps (K, M, G suffixes).")
@@ -103,9 +103,9 @@ struct WorkerCommand: AsyncParsableCommand {
 
         let cacheDirectory = URL(fileURLWithPath: cacheDir).standardizedFileURL.path
         let cache = try InputCache(directory: cacheDirectory, maxBytes: parseByteSize(cacheSize)!)
-        // Each action's directory, beside the cache so that inputs are hard-linked, not copied. What a
-        // previous run left there is removed.
-        let workDirectory = cacheDirectory + ".actions"
+        // Each action's directory, beside the cache so that inputs are hard-linked, not copied; one
+        // folder per bot id, so that what a previous run of this bot left there can be removed.
+        let workDirectory = cacheDirectory + ".actions/" + String(botID.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "_" })
         try? FileManager.default.removeItem(atPath: workDirectory)
         try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
 
