@@ -13,7 +13,8 @@ import Glibc
 /// ships. It stages the input root from the CAS itself (bubblewrap mounts it as the filesystem root,
 /// so the input root carries its own tools), runs the command, uploads the outputs and writes the
 /// ActionResult, which this runner reads back. Its process group is killed when the lease is cancelled
-/// or the action's timeout (plus `timeoutGrace` for buildbox-run's own handling) passes.
+/// or the action's timeout (plus `timeoutGrace` for buildbox-run's own handling) passes; either way a
+/// timeout is DEADLINE_EXCEEDED.
 public struct BuildboxRunRunner: Runner {
     public var name: String { "buildbox-run" }
     public let executable: String
@@ -69,15 +70,19 @@ public struct BuildboxRunRunner: Runner {
             stdoutPath: logPath, stderrPath: logPath)
         let termination = await process.wait(timeout: job.timeout.map { $0 + timeoutGrace })
         try Task.checkCancellation()
-        if termination == .timedOut {
+        let result = FileManager.default.contents(atPath: resultPath)
+        // buildbox-run enforces the timeout itself (an alarm): it stops the command and exits 128 +
+        // SIGALRM ("Action timeout reached") with no usable ActionResult. Past the grace, it is killed here.
+        let timedOutInside = job.timeout != nil && termination == .exited(128 + SIGALRM)
+        if termination == .timedOut || timedOutInside {
             var result = ActionResult()
             result.exitCode = 128 + SIGKILL
             return RunnerOutcome(result: result, status: .with {
                 $0.code = Int32(StrataError.Code.deadlineExceeded.rawValue)
-                $0.message = "the action ran past its timeout of \(job.timeout.map { "\($0)" } ?? "?") and buildbox-run was killed"
+                $0.message = "the action ran past its timeout of \(job.timeout.map { "\($0)" } ?? "?") and was stopped"
             })
         }
-        guard let data = FileManager.default.contents(atPath: resultPath), termination == .exited(0) else {
+        guard let data = result, termination == .exited(0) else {
             let log = (FileManager.default.contents(atPath: logPath)).map { String(decoding: $0.suffix(2000), as: UTF8.self) } ?? ""
             throw StrataError.internal("\(executable) ended with \(termination) without an ActionResult: \(log)")
         }

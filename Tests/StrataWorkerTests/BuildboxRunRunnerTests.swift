@@ -65,4 +65,31 @@ struct BuildboxRunRunnerTests {
             #expect(String(decoding: try await fixture.fetch(outcome.result.stdoutDigest), as: UTF8.self) == "done\n")
         }
     }
+
+    @Test("Action.timeout under buildbox-run: DEADLINE_EXCEEDED, the sandboxed command stopped",
+          .enabled(if: BuildboxRunEnvironment.problem == nil, "\(BuildboxRunEnvironment.problem ?? "")"))
+    func timeout() async throws {
+        try await withWorkerFixture { fixture in
+            let tree = try fixture.newDirectory("rootfs")
+            try FileManager.default.createDirectory(atPath: tree + "/bin", withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: BuildboxRunEnvironment.busybox, toPath: tree + "/bin/busybox")
+            try FileManager.default.createSymbolicLink(atPath: tree + "/bin/sh", withDestinationPath: "busybox")
+            try FileManager.default.createSymbolicLink(atPath: tree + "/bin/sleep", withDestinationPath: "busybox")
+            let root = try await fixture.upload(tree)
+            var command = shellCommand("echo started; sleep 300")
+            command.environmentVariables = [.with {
+                $0.name = "PATH"
+                $0.value = "/bin"
+            }]
+            let (action, digest) = try await fixture.action(command, root: root, timeout: .seconds(1))
+            var runner = BuildboxRunRunner(
+                executable: BuildboxRunEnvironment.executable!, cas: try RemoteEndpoint(url: "grpc://127.0.0.1:\(fixture.port)"),
+                instanceName: "", credentials: RemoteCredentials())
+            runner.timeoutGrace = .seconds(20)
+            let started = ContinuousClock.now
+            let outcome = try await runner.run(try fixture.job(action, digest, timeout: .seconds(1)))
+            #expect(ContinuousClock.now - started < .seconds(60))
+            #expect(outcome.status.code == 4, "status \(outcome.status)")
+        }
+    }
 }
