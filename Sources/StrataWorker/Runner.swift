@@ -41,17 +41,15 @@ public protocol Runner: Sendable {
     func run(_ job: RunnerJob) async throws -> RunnerOutcome
 }
 
-/// What every runner needs of the worker: the CAS (through which inputs come and outputs go) and the
-/// local input cache.
+/// The worker's CAS client and input cache: what the host runner stages inputs and uploads outputs
+/// with, and what the bot reads the Actions leases name by digest from.
 public struct RunnerContext: Sendable {
     public let store: RemoteBlobStore
     public let cache: InputCache
-    public let workerName: String
 
-    public init(store: RemoteBlobStore, cache: InputCache, workerName: String) {
+    public init(store: RemoteBlobStore, cache: InputCache) {
         self.store = store
         self.cache = cache
-        self.workerName = workerName
     }
 
     /// A message from the CAS, checked against its digest.

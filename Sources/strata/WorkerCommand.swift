@@ -109,7 +109,7 @@ struct WorkerCommand: AsyncParsableCommand {
         try? FileManager.default.removeItem(atPath: workDirectory)
         try FileManager.default.createDirectory(atPath: workDirectory, withIntermediateDirectories: true)
 
-        let context = RunnerContext(store: RemoteBlobStore(channel: casChannel), cache: cache, workerName: botID)
+        let context = RunnerContext(store: RemoteBlobStore(channel: casChannel), cache: cache)
         let selectedRunner: any Runner = switch runner {
         case "buildbox-run":
             BuildboxRunRunner(executable: buildboxRun!, cas: casChannel.endpoint, instanceName: instance, credentials: options.credentials)

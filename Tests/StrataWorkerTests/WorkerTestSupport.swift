@@ -49,7 +49,7 @@ struct WorkerFixture: Sendable {
     let scratch: String
     let port: Int
 
-    var context: RunnerContext { RunnerContext(store: remote, cache: cache, workerName: "test-worker") }
+    var context: RunnerContext { RunnerContext(store: remote, cache: cache) }
 
     /// A new empty directory under the scratch directory.
     func newDirectory(_ name: String = UUID().uuidString) throws -> String {
