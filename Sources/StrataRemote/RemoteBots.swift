@@ -40,7 +40,8 @@ public final class RemoteBots: Sendable {
     }
 
     /// One call with `wait` as its deadline, not the channel's short call timeout: the server holds a
-    /// long-poll on purpose. Not retried here: the bot's loop calls again anyway.
+    /// long-poll on purpose (BuildGrid for 0.8 × the deadline). Not retried here: the bot's loop calls
+    /// again anyway.
     private func longPoll(
         _ name: String, wait: Duration, _ body: @Sendable (RemoteChannel.Client, CallOptions) async throws -> BotSession
     ) async throws -> BotSession {
@@ -50,6 +51,9 @@ public final class RemoteBots: Sendable {
         do {
             return try await body(client, options)
         } catch let error as RPCError {
+            // No answer even at the long-poll's deadline (a server holds it for less): the connection may
+            // have gone silent; the next call goes through a new one.
+            if channel.timedOutSilently(error) { channel.replace(client) }
             throw channel.mapped(error, name)
         }
     }
