@@ -415,7 +415,8 @@ let package = Package(
         .testTarget(
             name: "StrataWorkerTests",
             dependencies: [
-                "StrataWorker", "StrataTestSupport", "StrataAPI", "StrataRemote",
+                "StrataWorker", "StrataTestSupport", "StrataAPI", "StrataRemote", "StrataServer", "StrataStorage", "StrataCore", "StrataProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],

@@ -23,6 +23,13 @@ public struct LocalTree: Sendable {
 
     public var totalBytes: Int64 { blobs.keys.reduce(0) { $0 + $1.sizeBytes } }
 
+    /// Blobs gathered elsewhere (a worker's outputs: files, Tree messages, stdout), for `TreeTransfer.upload`.
+    public init(root: Digest, isDirectory: Bool, blobs: [Digest: Source]) {
+        self.root = root
+        self.isDirectory = isDirectory
+        self.blobs = blobs
+    }
+
     /// Hashes the file or tree at `path` with `function` (every digest of a tree is of one function).
     public static func scan(_ path: String, function: DigestFunction = .sha256) throws(StrataError) -> LocalTree {
         var info = stat()
@@ -98,7 +105,7 @@ public struct LocalTree: Sendable {
     }
 
     /// The digest of a file under `function`, read in 1 MiB pieces.
-    static func hashFile(_ path: String, function: DigestFunction) throws(StrataError) -> Digest {
+    public static func hashFile(_ path: String, function: DigestFunction) throws(StrataError) -> Digest {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw .invalidArgument("\(path) cannot be read") }
         defer { try? handle.close() }
         var hasher = function.makeHasher()

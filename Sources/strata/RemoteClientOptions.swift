@@ -12,20 +12,7 @@ struct RemoteClientOptions: ParsableArguments {
     @Option(help: "The instance name.")
     var instance = ""
 
-    @Option(name: .customLong("tls-ca"), help: "PEM certificates that sign the server's (default: the system's roots).")
-    var tlsCA: String?
-
-    @Option(help: "PEM client certificate, for mutual TLS (with --tls-client-key).")
-    var tlsClientCert: String?
-
-    @Option(help: "PEM private key of the client certificate.")
-    var tlsClientKey: String?
-
-    @Option(help: "A bearer token, sent as 'authorization: Bearer TOKEN'.")
-    var token: String?
-
-    @Option(help: "A file holding the bearer token.")
-    var tokenFile: String?
+    @OptionGroup var credentialOptions: RemoteCredentialOptions
 
     @Option(help: "The digest function of the digests given and computed: sha256, sha1, sha384, sha512 or blake3.")
     var digestFunction = "sha256"
@@ -42,8 +29,7 @@ struct RemoteClientOptions: ParsableArguments {
     func withChannel<T: Sendable>(_ body: (RemoteChannel) async throws -> T) async throws -> T {
         var options = RemoteChannel.Options()
         options.instanceName = instance
-        options.credentials = RemoteCredentials(
-            tlsCAFile: tlsCA, tlsClientCertFile: tlsClientCert, tlsClientKeyFile: tlsClientKey, token: token, tokenFile: tokenFile)
+        options.credentials = credentialOptions.credentials
         options.requestMetadata = ClientCommandInput.requestMetadata(version: strataVersion)
         // A command moves whole trees: its uploads and downloads are bounded by the transfer, not a timeout.
         options.requestTimeout = .seconds(300)
@@ -54,6 +40,29 @@ struct RemoteClientOptions: ParsableArguments {
             running.cancel()
         }
         return try await body(channel)
+    }
+}
+
+/// How a client proves who it is and checks the server: TLS files and a bearer token, shared by the
+/// client commands and `strata worker`.
+struct RemoteCredentialOptions: ParsableArguments {
+    @Option(name: .customLong("tls-ca"), help: "PEM certificates that sign the server's (default: the system's roots).")
+    var tlsCA: String?
+
+    @Option(help: "PEM client certificate, for mutual TLS (with --tls-client-key).")
+    var tlsClientCert: String?
+
+    @Option(help: "PEM private key of the client certificate.")
+    var tlsClientKey: String?
+
+    @Option(help: "A bearer token, sent as 'authorization: Bearer TOKEN'.")
+    var token: String?
+
+    @Option(help: "A file holding the bearer token.")
+    var tokenFile: String?
+
+    var credentials: RemoteCredentials {
+        RemoteCredentials(tlsCAFile: tlsCA, tlsClientCertFile: tlsClientCert, tlsClientKeyFile: tlsClientKey, token: token, tokenFile: tokenFile)
     }
 }
 

@@ -20,7 +20,7 @@ struct Strata: AsyncParsableCommand {
         abstract: "A REAPI v2 remote cache server.",
         version: "strata \(strataVersion)",
         subcommands: [Serve.self, ConfigCommand.self, Migrate.self, Cleanup.self, JanitorCommand.self, ScrubCommand.self, Bench.self,
-                      CASCommand.self, ACCommand.self, CapabilitiesCommand.self])
+                      CASCommand.self, ACCommand.self, CapabilitiesCommand.self, WorkerCommand.self])
 
     static func main() async {
         limitMallocArenas()
