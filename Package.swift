@@ -182,8 +182,9 @@ let package = Package(
         .target(
             name: "StrataExecution",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataScheduler", "StrataServer", "StrataStorage", "StrataActionCache",
+                "StrataCore", "StrataAPI", "StrataProto", "StrataScheduler", "StrataServer", "StrataStorage", "StrataActionCache",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -407,7 +408,9 @@ let package = Package(
             name: "StrataExecutionTests",
             dependencies: [
                 "StrataExecution", "StrataScheduler", "StrataServer", "StrataConfig", "StrataTestSupport", "StrataAPI",
+                "StrataProto", "StrataStorage", "StrataActionCache", "StrataCore",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings
