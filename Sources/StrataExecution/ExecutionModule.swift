@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import Logging
+import ServiceLifecycle
 import StrataAPI
 import StrataActionCache
 import StrataCore
@@ -138,5 +139,17 @@ extension OperationSnapshot {
             if let packed = try? Google_Protobuf_Any(message: response) { operation.response = packed }
         }
         return operation
+    }
+}
+
+/// A scheduler's periodic work (`Scheduler.run()`: expiring bot sessions, timing out jobs, ...) as one
+/// of `strata serve`'s background services, ended by a graceful shutdown.
+public struct SchedulerService: Service {
+    public let scheduler: any Scheduler
+
+    public init(_ scheduler: any Scheduler) { self.scheduler = scheduler }
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown { try await scheduler.run() }
     }
 }
