@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import Logging
+import ServiceLifecycle
 import StrataAPI
 import StrataCore
 import StrataProto
@@ -97,10 +98,12 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
             let window = min(RequestDeadline.remaining ?? keepalive, keepalive)
             let deadline = ContinuousClock.now + window * Self.longPollShare
             let spare = record.capacity - running.count
-            if spare > 0 {
-                _ = try await scheduler.assignJobs(session: record.name, count: spare, deadline: deadline)
-            } else {
-                try await scheduler.waitForChange(session: record.name, deadline: deadline)
+            try await Self.untilAbandoned {
+                if spare > 0 {
+                    _ = try await scheduler.assignJobs(session: record.name, count: spare, deadline: deadline)
+                } else {
+                    try await scheduler.waitForChange(session: record.name, deadline: deadline)
+                }
             }
         }
         let current = try await scheduler.assignedJobs(session: record.name)
@@ -117,6 +120,31 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         _ = try registry.service(Instance.Bots.self, of: instanceName)
         logger.info("bot session \(StrataError.echo(request.name)): \(request.type): \(StrataError.echo(request.msg))")
         return Google_Protobuf_Empty()
+    }
+
+    /// Runs a long-poll's wait, cut short when the bot goes away (gRPC signals it through the RPC's
+    /// cancellation handle, not by cancelling the handler) or the server shuts down: neither should
+    /// hold the handler for the rest of the poll.
+    static func untilAbandoned(_ wait: @escaping @Sendable () async throws -> Void) async throws {
+        let waiting = Task { try await wait() }
+        do {
+            try await withRPCCancellationHandler {
+                try await withGracefulShutdownHandler {
+                    try await withTaskCancellationHandler {
+                        try await waiting.value
+                    } onCancel: {
+                        waiting.cancel()
+                    }
+                } onGracefulShutdown: {
+                    waiting.cancel()
+                }
+            } onCancelRPC: {
+                waiting.cancel()
+            }
+        } catch is CancellationError {
+            // The poll was cut short: answer with what the session has now.
+        } catch let error as StrataError where error.code == .cancelled {
+        }
     }
 
     private func requeue(_ job: AssignedJob, _ session: BotSessionRecord, _ scheduler: any Scheduler, reason: String) async throws {

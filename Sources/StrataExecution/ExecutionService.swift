@@ -94,15 +94,19 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
         case finished
         case keepaliveDue
         case shuttingDown
+        /// The client went away: gRPC says so through the RPC's cancellation handle, not by
+        /// cancelling the handler's task.
+        case rpcCancelled
     }
 
     /// Sends the operation's current state, each change, and the last state again whenever
     /// `keepalive` passes without a message; ends after the completed state. On a graceful shutdown
     /// the stream ends cleanly (OK, the operation not done): the job stays with the scheduler and the
-    /// client resumes with WaitExecution.
+    /// client resumes with WaitExecution. A client that goes away ends it too, which ends its watch.
     static func stream(_ name: String, _ scheduler: any Scheduler, keepalive: Duration, to response: RPCWriter<Operation>) async throws {
         let updates = try await scheduler.watch(name)
         let (events, continuation) = AsyncStream.makeStream(of: StreamEvent.self, bufferingPolicy: .unbounded)
+        try await withRPCCancellationHandler {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -131,13 +135,16 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
                         sentSinceKeepalive = false
                     case .failed(let error):
                         throw error
-                    case .finished, .shuttingDown:
+                    case .finished, .shuttingDown, .rpcCancelled:
                         break loop
                     }
                 }
             }
         } onGracefulShutdown: {
             continuation.yield(.shuttingDown)
+        }
+        } onCancelRPC: {
+            continuation.yield(.rpcCancelled)
         }
     }
 
