@@ -408,9 +408,11 @@ let package = Package(
             name: "StrataExecutionTests",
             dependencies: [
                 "StrataExecution", "StrataScheduler", "StrataServer", "StrataConfig", "StrataTestSupport", "StrataAPI",
-                "StrataProto", "StrataStorage", "StrataActionCache", "StrataCore",
+                "StrataProto", "StrataStorage", "StrataActionCache", "StrataCore", "StrataMetrics",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings
