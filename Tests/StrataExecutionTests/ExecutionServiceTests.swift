@@ -55,6 +55,24 @@ import Testing
         }
     }
 
+    /// BLAKE3 has SHA-256's hash length: only the request's digest_function tells them apart. The
+    /// job, its lease and the cached result keep the function.
+    @Test func theRequestsDigestFunctionIsHonoured() async throws {
+        try await withExecutionServer { server in
+            let digest = try await server.storeAction(["true"], function: .blake3)
+            let stream = Task { try await server.execute(server.executeRequest(digest)) }
+            var session = try await server.createBot("bot")
+            while session.leases.isEmpty { session = try await server.update(session, timeout: .seconds(5)) }
+            session.leases = [try session.leases[0].completed(.with { $0.exitCode = 0 })]
+            _ = try await server.update(session, timeout: .seconds(1))
+            let operations = try await stream.value
+            #expect(operations.last?.executeMetadata?.digestFunction == .blake3)
+            #expect(operations.last?.executeResponse?.status.code == 0)
+            #expect(try await server.cache.get(digest) != nil)
+            #expect(try await server.cache.get(try Digest(hash: digest.hash, sizeBytes: digest.sizeBytes, function: .sha256)) == nil)
+        }
+    }
+
     @Test func skipCacheLookupRunsTheActionAgain() async throws {
         try await withExecutionServer { server in
             let digest = try await server.storeAction(["true"])

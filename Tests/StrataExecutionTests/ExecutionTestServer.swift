@@ -36,20 +36,20 @@ struct ExecutionServer: Sendable {
     /// Stores an Action running `arguments` (with an empty input root) and answers its digest.
     func storeAction(
         _ arguments: [String], platform: [(String, String)] = [], doNotCache: Bool = false, timeout: Duration? = nil,
-        storeCommand: Bool = true, storeInputRoot: Bool = true
+        storeCommand: Bool = true, storeInputRoot: Bool = true, function: DigestFunction = .sha256
     ) async throws -> Digest {
         let command = Build_Bazel_Remote_Execution_V2_Command.with {
             $0.arguments = arguments
             $0.platform.properties = platform.map { property in .with { $0.name = property.0; $0.value = property.1 } }
         }
         let commandData: Data = try command.serializedBytes()
-        let commandDigest = Digest.of(commandData)
+        let commandDigest = Digest.of(commandData, function: function)
         // Not the empty Directory: the empty blob is always present, and the tests want it missing at times.
         let root = Build_Bazel_Remote_Execution_V2_Directory.with {
-            $0.files = [.with { $0.name = "empty"; $0.digest = Digest.empty().proto }]
+            $0.files = [.with { $0.name = "empty"; $0.digest = Digest.empty(function).proto }]
         }
         let rootData: Data = try root.serializedBytes()
-        let rootDigest = Digest.of(rootData)
+        let rootDigest = Digest.of(rootData, function: function)
         if storeCommand { try await store.write(commandDigest, data: commandData) }
         if storeInputRoot { try await store.write(rootDigest, data: rootData) }
         let action = ActionMessage.with {
@@ -59,7 +59,7 @@ struct ExecutionServer: Sendable {
             if let timeout { $0.timeout = .with { $0.seconds = timeout.components.seconds } }
         }
         let actionData: Data = try action.serializedBytes()
-        let digest = Digest.of(actionData)
+        let digest = Digest.of(actionData, function: function)
         try await store.write(digest, data: actionData)
         return digest
     }
@@ -67,6 +67,7 @@ struct ExecutionServer: Sendable {
     func executeRequest(_ digest: Digest, skipCacheLookup: Bool = false, priority: Int32 = 0) -> Build_Bazel_Remote_Execution_V2_ExecuteRequest {
         .with {
             $0.instanceName = Self.instance
+            $0.digestFunction = digest.function.proto
             $0.actionDigest = digest.proto
             $0.skipCacheLookup = skipCacheLookup
             $0.executionPolicy.priority = priority

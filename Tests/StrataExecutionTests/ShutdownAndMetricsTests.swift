@@ -93,6 +93,15 @@ import Testing
         #expect(text.contains("strata_execution_lease_duration_seconds_count 1"), "\(text)")
         #expect(text.contains(#"strata_execution_requeues_total{reason="bot"} 1"#), "\(text)")
 
+        // Every execution metric the README lists (StrataServerTests checks the others).
+        let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("README.md")
+        let listed = try String(contentsOf: readme, encoding: .utf8).split(separator: "\n").compactMap { line -> String? in
+            line.hasPrefix("| `strata_execution_") ? String(line.dropFirst(3).prefix { $0 != "`" }) : nil
+        }
+        #expect(listed.count == 5)
+        for name in listed { #expect(text.contains("\n\(name)"), "\(name) is listed in the README but not served") }
+
         // A platform no longer queued reads 0, not its last value.
         let session = try await scheduler.createBotSession(BotRegistration(
             instanceName: "main", botID: "bot", platform: [PlatformProperty(name: "OSFamily", value: "linux")]))
