@@ -34,13 +34,17 @@ public final class InMemoryScheduler: Scheduler {
                 state.operations[operation.name] = operation
                 job.operations.append(operation.name)
                 let raised = job.stage == .queued && request.priority < job.priority
-                if raised { job.priority = request.priority }
+                if raised {
+                    state.queue.remove(job.queueEntry)
+                    job.priority = request.priority
+                    state.queue.insert(job.queueEntry)
+                }
                 state.jobs[jobID] = job
                 // The other operations' watchers see the job's new priority.
                 if raised { publish(jobID, &state, &effects) }
                 return snapshot(operation, job)
             }
-            if let maxQueueSize = settings.maxQueueSize, state.queued.count >= maxQueueSize {
+            if let maxQueueSize = settings.maxQueueSize, state.queue.count >= maxQueueSize {
                 throw .resourceExhausted("the execution queue is full (\(maxQueueSize) jobs queued, max-queue-size); retry later")
             }
             let jobID = UUID().uuidString.lowercased()
@@ -55,7 +59,7 @@ public final class InMemoryScheduler: Scheduler {
             state.jobs[jobID] = job
             state.operations[operation.name] = operation
             if !request.doNotCache { state.inFlight[key] = jobID }
-            state.queued.insert(jobID)
+            state.queue.insert(job.queueEntry)
             wakeAssignWaiters(&state, &effects)
             return snapshot(operation, job)
         }
@@ -256,8 +260,8 @@ public final class InMemoryScheduler: Scheduler {
             var statistics = SchedulerStatistics(openBotSessions: state.sessions.count)
             for stage in JobStage.allCases { statistics.jobsByStage[stage] = 0 }
             for job in state.jobs.values { statistics.jobsByStage[job.stage, default: 0] += 1 }
-            for jobID in state.queued {
-                guard let job = state.jobs[jobID] else { continue }
+            for entry in state.queue.entries {
+                guard let job = state.jobs[entry.jobID] else { continue }
                 statistics.queuedByPlatform[job.platform.map(\.description).joined(separator: ","), default: 0] += 1
             }
             return statistics
@@ -309,7 +313,7 @@ public final class InMemoryScheduler: Scheduler {
         var operations: [String: Operation] = [:]
         /// The job each cacheable action in flight (queued or executing) is deduplicated into.
         var inFlight: [InFlightKey: String] = [:]
-        var queued: Set<String> = []
+        var queue = JobQueue()
         var sessions: [String: Session] = [:]
         var sessionByBot: [BotKey: String] = [:]
         var waiters: [UInt64: Waiter] = [:]
@@ -345,6 +349,8 @@ public final class InMemoryScheduler: Scheduler {
         var completedAt: ContinuousClock.Instant?
         var waitingReason: String?
         var operations: [String]
+
+        var queueEntry: JobQueue.Entry { JobQueue.Entry(priority: priority, sequence: sequence, jobID: id) }
 
         init(
             id: String, instanceName: String, actionDigest: Digest, action: Build_Bazel_Remote_Execution_V2_Action,
@@ -518,13 +524,16 @@ public final class InMemoryScheduler: Scheduler {
     private func assign(_ name: String, count: Int, _ state: inout State, _ effects: inout Effects) throws(StrataError) -> [AssignedJob] {
         var session = try liveSession(name, &state, &effects)
         guard count > 0 else { return [] }
-        let candidates = state.queued.compactMap { state.jobs[$0] }.filter {
-            $0.instanceName == session.instanceName && settings.propertySet.matches(job: $0.platform, bot: session.platform)
+        var chosen: [Job] = []
+        for entry in state.queue.entries {
+            guard let job = state.jobs[entry.jobID] else { continue }
+            guard job.instanceName == session.instanceName && settings.propertySet.matches(job: job.platform, bot: session.platform) else { continue }
+            chosen.append(job)
+            if chosen.count == count { break }
         }
-        let chosen = candidates.sorted { ($0.priority, $0.sequence) < ($1.priority, $1.sequence) }.prefix(count)
         var assigned: [AssignedJob] = []
         for var job in chosen {
-            state.queued.remove(job.id)
+            state.queue.remove(job.queueEntry)
             job.stage = .executing
             job.attempts += 1
             job.session = name
@@ -558,7 +567,7 @@ public final class InMemoryScheduler: Scheduler {
         job.stage = .queued
         job.waitingReason = waitingReason(job, state)
         state.jobs[jobID] = job
-        state.queued.insert(jobID)
+        state.queue.insert(job.queueEntry)
         logger.info("job requeued", metadata: ["job": "\(jobID)", "attempts": "\(job.attempts)", "reason": "\(reason)"])
         wakeAssignWaiters(&state, &effects)
         publish(jobID, &state, &effects)
@@ -574,7 +583,7 @@ public final class InMemoryScheduler: Scheduler {
         job.executionDeadline = nil
         job.waitingReason = nil
         state.jobs[jobID] = job
-        state.queued.remove(jobID)
+        state.queue.remove(job.queueEntry)
         let key = InFlightKey(instanceName: job.instanceName, actionDigest: job.actionDigest)
         if state.inFlight[key] == jobID { state.inFlight[key] = nil }
         // A bot still holding it (cancelled, timed out) hears that it should stop.
@@ -624,7 +633,8 @@ public final class InMemoryScheduler: Scheduler {
     }
 
     private func refreshWaitingReasons(instanceName: String, _ state: inout State, _ effects: inout Effects) {
-        for jobID in state.queued {
+        for entry in state.queue.entries {
+            let jobID = entry.jobID
             guard let job = state.jobs[jobID], job.instanceName == instanceName else { continue }
             let reason = waitingReason(job, state)
             guard reason != job.waitingReason else { continue }
@@ -691,11 +701,14 @@ public final class InMemoryScheduler: Scheduler {
     }
 
     private func unwatch(_ name: String, id: UInt64) {
-        state.withLock { state in
-            guard state.watchers[name]?.removeValue(forKey: id) != nil else { return }
+        let removed = state.withLock { state -> AsyncThrowingStream<OperationSnapshot, any Error>.Continuation? in
+            guard let removed = state.watchers[name]?.removeValue(forKey: id) else { return nil }
             if state.watchers[name]?.isEmpty == true { state.watchers[name] = nil }
             state.operations[name]?.lastWatched = .now
+            return removed
         }
+        // Released here, outside the lock, whatever releasing a continuation may call.
+        _ = removed
     }
 }
 
@@ -714,11 +727,12 @@ private struct PageCursor {
         guard parts.count == 2, let bits = UInt64(parts[0], radix: 16) else {
             throw .invalidArgument("invalid page token \"\(StrataError.echo(token))\": not one this server answered")
         }
-        queuedAt = Date(timeIntervalSince1970: Double(bitPattern: bits))
+        queuedAt = Date(timeIntervalSinceReferenceDate: Double(bitPattern: bits))
         name = parts[1]
     }
 
-    var token: String { String(queuedAt.timeIntervalSince1970.bitPattern, radix: 16) + "/" + name }
+    /// The time's exact bits: a conversion (to seconds since 1970) could round it to another operation's.
+    var token: String { String(queuedAt.timeIntervalSinceReferenceDate.bitPattern, radix: 16) + "/" + name }
 
     /// Whether `operation` comes after this cursor in the listing's order.
     func precedes(_ operation: OperationSnapshot) -> Bool { (queuedAt, name) < (operation.queuedAt, operation.name) }
