@@ -86,7 +86,8 @@ enum OperationFilter {
         "command", "tool_version", "action_mnemonic", "target_id", "configuration_id", "start_time", "completed_time",
         "client_workflow", "client_actor", "client_subject", "sort_order",
     ]
-    static let stages = ["QUEUED", "EXECUTING", "COMPLETED"]
+    /// REAPI's stage names, as BuildGrid accepts them (`stage>CACHE_CHECK` is meaningful).
+    static let stages = ["UNKNOWN", "CACHE_CHECK", "QUEUED", "EXECUTING", "COMPLETED"]
     /// Longest first, so "<=" is not read as "<".
     static let operators: [OperationPredicate.Comparison] = [.lessOrEqual, .greaterOrEqual, .notEqual, .equal, .less, .greater]
 
@@ -129,8 +130,8 @@ enum OperationFilter {
                 throw .invalidArgument("a platform filter compares with = or != only")
             }
         case .queuedTime:
-            guard ISO8601DateFormatter().date(from: value) != nil else {
-                throw .invalidArgument("queued_time \"\(StrataError.echo(value))\" is not an RFC 3339 time such as 2026-01-01T00:00:00Z")
+            guard OperationPredicate.parseTime(value) != nil else {
+                throw .invalidArgument("queued_time \"\(StrataError.echo(value))\" is not a time such as 2026-01-01T00:00:00Z or 2026-01-01")
             }
         default: break
         }

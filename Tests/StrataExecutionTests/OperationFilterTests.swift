@@ -13,6 +13,10 @@ import Testing
             OperationPredicate(field: .queuedTime, comparison: .greaterOrEqual, value: "2026-01-01T00:00:00Z"),
         ])
         #expect(try OperationFilter.parse("  ") == [])
+        #expect(try OperationFilter.parse("stage>CACHE_CHECK&queued_time<2026-01-01") == [
+            OperationPredicate(field: .stage, comparison: .greater, value: "CACHE_CHECK"),
+            OperationPredicate(field: .queuedTime, comparison: .less, value: "2026-01-01"),
+        ])
         #expect(try OperationFilter.parse("tool_name != bazel") == [OperationPredicate(field: .toolName, comparison: .notEqual, value: "bazel")])
     }
 
@@ -23,7 +27,7 @@ import Testing
         ("stage", "is not PARAMETER OPERATOR VALUE"),
         ("stage=QUEUED &", "is not PARAMETER OPERATOR VALUE"),
         ("platform=linux", "is not KEY:VALUE"),
-        ("queued_time>yesterday", "is not an RFC 3339 time"),
+        ("queued_time>yesterday", "is not a time"),
         ("name=", "has no value"),
     ])
     func refusesBadFilters(filter: String, expected: String) {
