@@ -327,6 +327,53 @@ import Testing
         }
     }
 
+    /// A bot that sets a lease CANCELLED gives the job back: requeued (one attempt counted), not
+    /// failed; the next bot to ask (here the same one, polling again) gets it.
+    @Test func aLeaseTheBotCancelsItselfIsRequeuedNotFailed() async throws {
+        try await withExecutionServer { server in
+            let digest = try await server.storeAction(["true"])
+            let operation = try await server.startExecution(digest)
+            var session = try await server.createBot("first")
+            #expect(session.leases.count == 1)
+            let jobID = session.leases[0].id
+            session.leases[0].state = .cancelled
+            session = try await server.update(session, timeout: .seconds(1))
+            #expect(session.leases.map(\.state) == [.active])
+            #expect(session.leases.map(\.id) == [jobID])
+            let got = try await server.operations.getOperation(.with { $0.name = operation.name })
+            #expect(!got.done)
+        }
+    }
+
+    @Test func badBotSessionsAreRefused() async throws {
+        try await withExecutionServer { server in
+            let noID = try #require(await rpcFailure { _ = try await server.createBot("") })
+            #expect(noID.code == .invalidArgument && noID.message.contains("bot_id"))
+            let zero = try #require(await rpcFailure { _ = try await server.createBot("bot", capacity: 0) })
+            #expect(zero.code == .invalidArgument && zero.message.contains("capacity"))
+            let unknownInstance = try #require(await rpcFailure {
+                _ = try await server.bots.createBotSession(.with {
+                    $0.parent = "elsewhere"
+                    $0.botSession.botID = "bot"
+                })
+            })
+            #expect(unknownInstance.code == .invalidArgument && unknownInstance.message.contains("elsewhere"))
+            // A result that is neither an ActionResult nor an ExecuteResponse fails the job, saying so.
+            let digest = try await server.storeAction(["true"])
+            let operation = try await server.startExecution(digest)
+            var session = try await server.createBot("bot")
+            var lease = session.leases[0]
+            lease.state = .completed
+            lease.result = try Google_Protobuf_Any(message: Google_Protobuf_StringValue("done"))
+            session.leases = [lease]
+            _ = try await server.update(session, timeout: .seconds(1))
+            let finished = try await server.waitExecution(operation.name)
+            let status = try #require(finished.last?.executeResponse?.status)
+            #expect(status.code == Int32(StrataError.Code.internal.rawValue) && status.message.contains("StringValue"), "\(status)")
+            #expect(try await server.cache.get(digest) == nil)
+        }
+    }
+
     @Test func aTerminatingBotsJobsGoBackToTheQueue() async throws {
         try await withExecutionServer { server in
             let digest = try await server.storeAction(["true"])
