@@ -11,6 +11,16 @@ import StrataServer
 import StrataStorage
 import SwiftProtobuf
 
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+}
+
 typealias ExecutionClient = Build_Bazel_Remote_Execution_V2_Execution.Client<HTTP2ClientTransport.Posix>
 typealias OperationsClient = Google_Longrunning_Operations.Client<HTTP2ClientTransport.Posix>
 typealias BotsClient = Google_Devtools_Remoteworkers_V1test2_Bots.Client<HTTP2ClientTransport.Posix>
@@ -153,15 +163,19 @@ func withExecutionServer<T: Sendable>(
         }
         guard case .tcp(_, let port) = try await server.listeningAddresses()[0].kind else { fatalError("tcp expected") }
         let transport = try HTTP2ClientTransport.Posix(target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: .plaintext)
-        let result = try await withGRPCClient(transport: transport) { client in
-            try await body(ExecutionServer(
-                scheduler: scheduler, store: store, cache: cache, execution: ExecutionClient(wrapping: client),
-                operations: OperationsClient(wrapping: client), bots: BotsClient(wrapping: client),
-                capabilities: CapabilitiesClient(wrapping: client), server: server))
-        }
+        let result = await Result(catching: { () async throws -> T in
+            try await withGRPCClient(transport: transport) { client in
+                try await body(ExecutionServer(
+                    scheduler: scheduler, store: store, cache: cache, execution: ExecutionClient(wrapping: client),
+                    operations: OperationsClient(wrapping: client), bots: BotsClient(wrapping: client),
+                    capabilities: CapabilitiesClient(wrapping: client), server: server))
+            }
+        })
+        // Shut down gracefully even when the body failed: cancelling the server's task with RPCs in
+        // flight trips a NIO precondition instead of reporting the body's error.
         server.beginGracefulShutdown()
         for try await _ in group {}
-        return result
+        return try result.get()
     }
 }
 
