@@ -150,6 +150,10 @@ public struct SchedulerService: Service {
     public init(_ scheduler: any Scheduler) { self.scheduler = scheduler }
 
     public func run() async throws {
-        try await cancelWhenGracefulShutdown { try await scheduler.run() }
+        do {
+            try await cancelWhenGracefulShutdown { try await scheduler.run() }
+        } catch where Task.isShuttingDownGracefully || Task.isCancelled {
+            // Stopped by the shutdown, as meant: not a failure that would fail `strata serve`'s exit.
+        }
     }
 }

@@ -74,6 +74,20 @@ import Testing
         }
     }
 
+    /// `strata serve` exited 1 ("CancellationError()") on SIGTERM when the scheduler's periodic work
+    /// threw its cancellation out of the service group.
+    @Test func theSchedulersWorkStopsQuietlyOnAGracefulShutdown() async throws {
+        let scheduler = InMemoryScheduler(settings: SchedulerSettings())
+        let monitoring = Monitoring(prometheus: true, statsD: [], logger: Logger(label: "test"))
+        let metrics = ExecutionMetrics(factory: monitoring.factory, schedulers: [("s", scheduler)], interval: .milliseconds(50))
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: SchedulerService(scheduler)), .init(service: metrics)], logger: Logger(label: "test")))
+        let running = Task { try await group.run() }
+        try await Task.sleep(for: .milliseconds(300))
+        await group.triggerGracefulShutdown()
+        try await running.value
+    }
+
     @Test func schedulerStatisticsBecomeGaugesAndLeasesAreTimed() async throws {
         let monitoring = Monitoring(prometheus: true, statsD: [], logger: Logger(label: "test"))
         let scheduler = InMemoryScheduler(settings: SchedulerSettings())

@@ -118,4 +118,14 @@ grep -q 'CANCELLED\|code: 1\b' "$scratch/long.txt" || { cat "$scratch/long.txt";
 bgd_execute -p colour blue "$scratch/input" -- /bin/sh -c true >"$scratch/refused.txt" 2>&1 || true
 grep -q 'colour' "$scratch/refused.txt" || { cat "$scratch/refused.txt"; fail "an unknown platform property was not refused by name"; }
 
-echo "execution_bgd: bgd execute (output file, cache hit), operation list/status/cancel (command killed) and a refused property against strata serve"
+# A SIGTERM stops the server cleanly (the scheduler's periodic work included): exit status 0.
+kill -KILL "$bot_pid" 2>/dev/null || true
+wait "$bot_pid" 2>/dev/null || true
+bot_pid=""
+kill -TERM "$server_pid"
+status=0
+wait "$server_pid" || status=$?
+server_pid=""
+[ "$status" -eq 0 ] || fail "strata serve exited $status on SIGTERM"
+
+echo "execution_bgd: bgd execute (output file, cache hit), operation list/status/cancel (command killed), a refused property, and a clean SIGTERM against strata serve"
