@@ -67,17 +67,23 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         let leases = Dictionary(reported.leases.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         var running: [AssignedJob] = []
         var unacknowledgedCancel = false
+        // A report that changed something (a lease completed or given back) is answered at once, as
+        // BuildGrid does: the bot learns its next work without waiting out a poll.
+        var reportedChange = false
         for job in assigned {
             guard let lease = leases[job.jobID] else {
                 // The bot dropped the lease (or never saw it): give the job to another bot.
                 try await requeue(job, record, scheduler, reason: job.cancelled ? "cancelled lease removed" : "lease dropped by the bot")
+                reportedChange = true
                 continue
             }
             switch lease.state {
             case .completed:
                 try await complete(job, lease: lease, session: record, backend: backend)
+                reportedChange = true
             case .cancelled:
                 try await requeue(job, record, scheduler, reason: job.cancelled ? "cancelled lease acknowledged" : "lease cancelled by the bot")
+                reportedChange = true
             default:
                 running.append(job)
                 if job.cancelled { unacknowledgedCancel = true }
@@ -92,12 +98,15 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         }
 
         // Long-poll: never past the client's deadline or the session's keepalive, and not at all when
-        // there is news for the bot already (a job to cancel).
-        if !unacknowledgedCancel {
+        // there is news for the bot already (a job to cancel) or its report changed something; queued
+        // work it has room for is handed out either way.
+        let spare = record.capacity - running.count
+        if unacknowledgedCancel || reportedChange {
+            if spare > 0 { _ = try await scheduler.assignJobs(session: record.name, count: spare, deadline: .now) }
+        } else {
             let keepalive = scheduler.settings.botSessionKeepaliveTimeout
             let window = min(RequestDeadline.remaining ?? keepalive, keepalive)
             let deadline = ContinuousClock.now + window * Self.longPollShare
-            let spare = record.capacity - running.count
             try await Self.untilAbandoned {
                 if spare > 0 {
                     _ = try await scheduler.assignJobs(session: record.name, count: spare, deadline: deadline)

@@ -23,7 +23,10 @@ import Testing
             #expect(Digest.of(try payload.serializedBytes() as Data) == digest)
 
             session.leases = [try lease.completed(.with { $0.exitCode = 0; $0.stdoutRaw = Data("hi".utf8) })]
-            session = try await server.update(session, timeout: .seconds(2))
+            // A report that changes something is answered at once, not after a 48 s long-poll.
+            let reported = ContinuousClock.now
+            session = try await server.update(session, timeout: .seconds(60))
+            #expect(ContinuousClock.now - reported < .seconds(30))
             #expect(session.leases.isEmpty)
 
             let operations = try await stream.value
