@@ -182,8 +182,9 @@ let package = Package(
         .target(
             name: "StrataExecution",
             dependencies: [
-                "StrataCore", "StrataAPI", "StrataScheduler", "StrataServer", "StrataStorage", "StrataActionCache",
+                "StrataCore", "StrataAPI", "StrataProto", "StrataScheduler", "StrataServer", "StrataStorage", "StrataActionCache",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -380,7 +381,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataMetrics", "StrataTestSupport", "StrataAuth", "StrataChunking", .product(name: "JWTKit", package: "jwt-kit")],
+            dependencies: ["StrataConfig", "StrataExecution", "StrataScheduler", "StrataMetrics", "StrataTestSupport", "StrataAuth", "StrataChunking", .product(name: "JWTKit", package: "jwt-kit")],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -407,7 +408,11 @@ let package = Package(
             name: "StrataExecutionTests",
             dependencies: [
                 "StrataExecution", "StrataScheduler", "StrataServer", "StrataConfig", "StrataTestSupport", "StrataAPI",
+                "StrataProto", "StrataStorage", "StrataActionCache", "StrataCore", "StrataMetrics",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
             swiftSettings: strictSettings

@@ -5,7 +5,8 @@ import StrataServer
 /// value is what Strata does anyway); and the execution parts, refused by name.
 extension Builder {
     /// The top-level keys other than the objects: `description`, `server-reflection`, `grpc-compression`,
-    /// `grpc-server-options`, `metering`, `schedulers` and `services`. Each is an item of its own.
+    /// `grpc-server-options`, `metering` and `services` (`schedulers` are built after the storages they
+    /// name: ExecutionConfig.swift). Each is an item of its own.
     mutating func buildServerOptions(_ top: [String: ConfigNode]) {
         // Documentation, as in BuildGrid: a string, used by nothing.
         if let node = top["description"] { _ = check { _ throws(ConfigError) in try node.string() } }
@@ -30,17 +31,15 @@ extension Builder {
         }
         if let node = top["grpc-server-options"] { grpcServerOptions(node) }
         if let node = top["metering"] { _ = check { builder throws(ConfigError) in try builder.metering(node) } }
-        if let node = top["schedulers"] {
-            for entry in check({ _ throws(ConfigError) in try node.sequence() }) ?? [] {
-                record(entry.error("\(entry.applicationTag ?? "a scheduler") is not supported by Strata yet: schedulers serve remote execution, which Strata does not have yet"))
-            }
-        }
         if let node = top["services"] {
             for entry in check({ _ throws(ConfigError) in try node.sequence() }) ?? [] {
                 let tag = entry.applicationTag ?? "an untagged value"
-                if ["!quota-service", "!bots-service"].contains(tag) {
-                    record(entry.error("\(tag) is not supported by Strata yet: it serves remote execution's scheduler, which Strata does not have yet"))
-                } else {
+                switch tag {
+                case "!bots-service":
+                    record(entry.error("!bots-service is not supported by Strata yet: give each instance that serves bots a !bots service instead"))
+                case "!quota-service":
+                    record(entry.error("!quota-service is not supported by Strata yet: Strata has no per-identity execution quotas"))
+                default:
                     record(entry.error("unknown instance-less service \(tag); BuildGrid's are !quota-service and !bots-service, which Strata does not have yet"))
                 }
             }

@@ -15,7 +15,8 @@ import Yams
 /// A loaded configuration: BuildGrid's tagged YAML turned into the objects a server runs.
 ///
 /// Supported now: `server` (`!channel`), `storages` (`!lru-storage`, `!disk-storage`), `caches`
-/// (`!lru-action-cache`), `instances` with `!cas`, `!bytestream` and `!action-cache`. Anchors and aliases
+/// (`!lru-action-cache`), `schedulers` (`!memory-scheduler`), `instances` with `!cas`, `!bytestream`,
+/// `!action-cache`, `!execution` and `!bots`. Anchors and aliases
 /// share one object. Anything else is refused with its file, line and key: every problem of a file at
 /// once, a `ConfigErrors` when there are several.
 public struct Configuration: Sendable {
@@ -29,7 +30,8 @@ public struct Configuration: Sendable {
     /// `maximum-concurrent-rpcs` and `limiter: {concurrent-request-limit}`.
     public var concurrencyLimits: [ConcurrencyLimit] = []
     public var instances: [Instance]
-    /// The service modules the server registers (storage services and Capabilities; later execution).
+    /// The service modules the server registers (storage services and Capabilities; execution's when an
+    /// instance has it).
     public var modules: [any ServiceModule] = StrataServer.storageModules
     /// `authorization:`: how requests authenticate (for the server's interceptor) and the access policy
     /// the registry applies; nil when the section is absent or `method: none` without an ACL.
@@ -141,7 +143,7 @@ public struct Configuration: Sendable {
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
     "!redis-storage", "!redis-fmb-cache",
-    "!execution", "!bots", "!introspection",
+    "!introspection", "!sql-scheduler",
 ]
 
 struct Builder {
@@ -257,6 +259,8 @@ struct Builder {
         for node in top["caches"].flatMap({ node in check { _ throws(ConfigError) in try node.sequence() } }) ?? [] {
             _ = check { builder throws(ConfigError) in try builder.cache(node) }
         }
+        // After the storages and caches they name (ExecutionConfig.swift).
+        if let node = top["schedulers"] { declaredSchedulers(node) }
 
         var instances: [Instance] = []
         var names: Set<String> = []
@@ -310,6 +314,7 @@ struct Builder {
             monitoring: monitoringSetup, statusSources: statusSources(instances), maxBatchTotalSizeBytes: maxBatchTotalSizeBytes)
         configuration.httpCaches = httpCaches
         configuration.blobSizeIndexes = blobSizeIndexes
+        servingExecution(&configuration)
         return configuration
     }
 
@@ -536,8 +541,10 @@ struct Builder {
             guard instance.actionCache == nil else { throw service.error("an instance has one !action-cache") }
             instance.actionCache = try cache(cacheNode)
             actionCacheNode = cacheNode
+        case "!execution": try executionService(service, into: &instance)
+        case "!bots": try botsService(service, into: &instance)
         default:
-            throw unknownTag(service, kind: "service", known: ["!cas", "!bytestream", "!action-cache"])
+            throw unknownTag(service, kind: "service", known: ["!cas", "!bytestream", "!action-cache", "!execution", "!bots"])
         }
     }
 

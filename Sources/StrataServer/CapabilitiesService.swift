@@ -3,7 +3,8 @@ import StrataAPI
 import StrataCore
 import StrataProto
 
-/// Capabilities for a cache-only endpoint: only `cache_capabilities` is filled, from the instance.
+/// Capabilities: `cache_capabilities` from the instance's storage services, and
+/// `execution_capabilities` when the instance has an Execution service.
 public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.SimpleServiceProtocol {
     let registry: InstanceRegistry
 
@@ -40,6 +41,23 @@ public struct CapabilitiesService: Build_Bazel_Remote_Execution_V2_Capabilities.
                     }
                 }
             }
+            if instance[Instance.RemoteExecution.self] != nil {
+                $0.executionCapabilities = .with {
+                    $0.execEnabled = true
+                    // The deprecated single field, for clients older than v2.3: the default function.
+                    $0.digestFunction = DigestFunction.sha256.proto
+                    $0.digestFunctions = DigestFunction.supported.map(\.proto)
+                }
+            }
         }
+    }
+}
+
+extension Instance {
+    /// Set on an instance with an Execution service, so Capabilities (which cannot see the execution
+    /// module) announces `execution_capabilities.exec_enabled`.
+    public enum RemoteExecution: InstanceServiceKey {
+        public typealias Value = Bool
+        public static let serviceName = "Execution"
     }
 }

@@ -101,7 +101,7 @@ import Testing
         expectError(head + "      - !cas\n        storage: !lru-storage {sise: 1G}\n", line: 8, "unknown option \"sise\"")
         expectError(head + "      - !cas\n        storage: !lru-storage {size: lots}\n", line: 8, "\"lots\" is not a size")
         expectError(head + "      - !cas\n        storage: *nothing\n", line: 8, "not valid YAML")
-        expectError(head + "      - !execution {}\n", line: 7, "!execution is not supported by Strata yet")
+        expectError(head + "      - !execution {}\n", line: 7, "!execution needs a scheduler")
         expectError(head + "      - !cas {}\n", line: 7, "!cas needs a storage")
         expectError("""
             server:

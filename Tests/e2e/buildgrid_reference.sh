@@ -45,9 +45,9 @@ while IFS= read -r line; do
   [[ "$line" =~ ^"$reference":[0-9]+:\ [^:]+:\ .+ ]] || { echo "buildgrid_reference: not FILE:LINE: PATH: WHAT: $line"; fail=1; }
 done <<<"$problems"
 
-# The execution and scheduler parts: each must be refused, by name.
+# The execution parts Strata lacks (the SQL scheduler, a command allowlist, quotas): each refused, by name.
 for expected in 'schedulers\[0\]: !sql-scheduler is not supported' \
-                'instances\[0\]\.services\[1\]: !execution is not supported' \
+                'instances\[0\]\.services\[1\]\.command-allowlist: option "command-allowlist" is not supported' \
                 'services\[0\]: !quota-service is not supported'; do
   grep -q "$expected" <<<"$problems" || { echo "buildgrid_reference: no refusal matching \"$expected\""; fail=1; }
 done
@@ -55,7 +55,7 @@ done
 echo "buildgrid_reference: $count refusals of BuildGrid's reference.yml:"
 while IFS= read -r line; do
   case "$line" in
-    *"!sql-scheduler"*|*"!execution"*|*"!quota-service"*) kind="execution/scheduler (expected)" ;;
+    *"!sql-scheduler"*|*"command-allowlist"*|*"!quota-service"*) kind="execution/scheduler (expected)" ;;
     *"authorization: give either secret or jwks-url, not both"*) kind="refused by BuildGrid too (expected)" ;;
     *) kind="UNEXPECTED"; fail=1 ;;
   esac

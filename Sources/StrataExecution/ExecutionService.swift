@@ -1,0 +1,212 @@
+import Foundation
+import GRPCCore
+import Logging
+import ServiceLifecycle
+import StrataAPI
+import StrataCore
+import StrataProto
+import StrataScheduler
+import StrataServer
+import StrataStorage
+import SwiftProtobuf
+
+public typealias Operation = Google_Longrunning_Operation
+
+/// REAPI's Execution service: Execute checks the action, answers an action cache hit at once, and
+/// otherwise queues it on the instance's scheduler; Execute and WaitExecution then stream the
+/// operation's stages until it completes.
+public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.SimpleServiceProtocol {
+    let registry: InstanceRegistry
+    let logger: Logger
+
+    /// The largest Action or Command read from the CAS: they are decoded in memory.
+    static let maxMessageSize: Int64 = 16 << 20
+
+    public init(registry: InstanceRegistry, logger: Logger = Logger(label: "strata.execution")) {
+        self.registry = registry
+        self.logger = logger
+    }
+
+    public func execute(
+        request: Build_Bazel_Remote_Execution_V2_ExecuteRequest, response: RPCWriter<Operation>, context: ServerContext
+    ) async throws {
+        let endpoint = try registry.service(Instance.Execution.self, of: request.instanceName)
+        let backend = endpoint.backend
+        guard request.hasActionDigest else { throw StrataError.invalidArgument("Execute needs an action_digest") }
+        let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.actionDigest.hash)
+        let actionDigest = try Digest(request.actionDigest, function: function)
+        let action = try await Self.readAction(actionDigest, from: backend.storage)
+        let command: Build_Bazel_Remote_Execution_V2_Command = try await Self.readMessage(
+            Digest(action.commandDigest, function: function), what: "the Command", from: backend.storage)
+
+        let settings = backend.scheduler.settings
+        var timeout: Duration?
+        if action.hasTimeout {
+            let requested = Duration.seconds(action.timeout.seconds) + .nanoseconds(Int64(action.timeout.nanos))
+            guard requested >= .zero else { throw StrataError.invalidArgument("the action's timeout \(requested) is negative") }
+            guard requested <= settings.maxExecutionTimeout else {
+                throw StrataError.invalidArgument(
+                    "the action's timeout \(requested) exceeds this server's max-execution-timeout \(settings.maxExecutionTimeout)")
+            }
+            if requested > .zero { timeout = requested }
+        }
+        let properties = action.hasPlatform && !action.platform.properties.isEmpty ? action.platform.properties : command.platform.properties
+        let platform = properties.map { PlatformProperty(name: $0.name, value: $0.value) }.sorted()
+        try settings.propertySet.validate(platform)
+
+        let executionRequest = ExecutionRequest(
+            instanceName: request.instanceName, actionDigest: actionDigest, action: action, platform: platform,
+            priority: request.executionPolicy.priority, doNotCache: action.doNotCache, timeout: timeout,
+            requestMetadata: RequestContext.current?.metadata ?? ClientRequestMetadata())
+
+        if !request.skipCacheLookup && !action.doNotCache, let cache = backend.actionCache {
+            do {
+                if let result = try await cache.get(actionDigest) {
+                    let operation = try await backend.scheduler.recordCachedResult(executionRequest, result: result)
+                    try await response.write(operation.longrunningOperation())
+                    return
+                }
+            } catch let error as StrataError where error.code == .notFound {
+                // A miss some caches report as NOT_FOUND: run the action.
+            } catch {
+                // The cache is an optimisation: an unreachable one makes the action run, not fail.
+                logger.warning("action cache lookup for \(actionDigest) failed, executing instead: \(error)")
+            }
+        }
+        let operation = try await backend.scheduler.queue(executionRequest)
+        try await Self.stream(operation.name, backend.scheduler, keepalive: endpoint.options.operationStreamKeepalive, to: response)
+    }
+
+    public func waitExecution(
+        request: Build_Bazel_Remote_Execution_V2_WaitExecutionRequest, response: RPCWriter<Operation>, context: ServerContext
+    ) async throws {
+        guard let instanceName = ScopedName.instance(of: request.name, collection: "operations") else {
+            throw StrataError.notFound("no operation named \"\(StrataError.echo(request.name))\": operation names are {instance}/operations/{id}")
+        }
+        let endpoint = try registry.service(Instance.Execution.self, of: instanceName)
+        try await Self.stream(request.name, endpoint.backend.scheduler, keepalive: endpoint.options.operationStreamKeepalive, to: response)
+    }
+
+    /// What the stream's one loop reacts to.
+    private enum StreamEvent: Sendable {
+        case update(OperationSnapshot)
+        case failed(any Error)
+        case finished
+        case keepaliveDue
+        case shuttingDown
+        /// The client went away: gRPC says so through the RPC's cancellation handle, not by
+        /// cancelling the handler's task.
+        case rpcCancelled
+    }
+
+    /// Sends the operation's current state, each change, and the last state again whenever
+    /// `keepalive` passes without a message; ends after the completed state. On a graceful shutdown
+    /// the stream ends cleanly (OK, the operation not done): the job stays with the scheduler and the
+    /// client resumes with WaitExecution. A client that goes away ends it too, which ends its watch.
+    static func stream(_ name: String, _ scheduler: any Scheduler, keepalive: Duration, to response: RPCWriter<Operation>) async throws {
+        let updates = try await scheduler.watch(name)
+        let (events, continuation) = AsyncStream.makeStream(of: StreamEvent.self, bufferingPolicy: .unbounded)
+        try await withRPCCancellationHandler {
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await snapshot in updates { continuation.yield(.update(snapshot)) }
+                        continuation.yield(.finished)
+                    } catch {
+                        continuation.yield(.failed(error))
+                    }
+                }
+                group.addTask {
+                    while (try? await Task.sleep(for: keepalive)) != nil { continuation.yield(.keepaliveDue) }
+                }
+                defer { group.cancelAll() }
+                var last: OperationSnapshot?
+                var sentSinceKeepalive = false
+                loop: for await event in events {
+                    switch event {
+                    case .update(let snapshot):
+                        last = snapshot
+                        sentSinceKeepalive = true
+                        try await response.write(snapshot.longrunningOperation())
+                        if snapshot.isDone { break loop }
+                    case .keepaliveDue:
+                        if !sentSinceKeepalive, let last { try await response.write(last.longrunningOperation()) }
+                        sentSinceKeepalive = false
+                    case .failed(let error):
+                        throw error
+                    case .finished, .shuttingDown, .rpcCancelled:
+                        break loop
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            continuation.yield(.shuttingDown)
+        }
+        } onCancelRPC: {
+            continuation.yield(.rpcCancelled)
+        }
+    }
+
+    /// The Action, with its command and input root present: FAILED_PRECONDITION with a
+    /// PreconditionFailure naming each missing blob otherwise, as the spec asks.
+    static func readAction(_ digest: Digest, from storage: any BlobStore) async throws -> Build_Bazel_Remote_Execution_V2_Action {
+        let action: Build_Bazel_Remote_Execution_V2_Action = try await readMessage(digest, what: "the Action", from: storage)
+        guard action.hasCommandDigest else { throw StrataError.invalidArgument("the Action \(digest) has no command_digest") }
+        guard action.hasInputRootDigest else { throw StrataError.invalidArgument("the Action \(digest) has no input_root_digest") }
+        let command: Digest
+        let inputRoot: Digest
+        do {
+            command = try Digest(action.commandDigest, function: digest.function)
+            inputRoot = try Digest(action.inputRootDigest, function: digest.function)
+        } catch {
+            throw StrataError.invalidArgument("the Action \(digest): \(error.message)")
+        }
+        let missing = try await storage.findMissing([command, inputRoot].uniqued())
+        if !missing.isEmpty {
+            throw missingBlobs(missing, what: missing.map { $0 == command ? "its Command" : "its input root Directory" })
+        }
+        return action
+    }
+
+    static func readMessage<Message: SwiftProtobuf.Message>(
+        _ digest: Digest, what: String, from storage: any BlobStore
+    ) async throws -> Message {
+        guard digest.sizeBytes <= maxMessageSize else {
+            throw StrataError.invalidArgument("\(what) \(digest) is larger than the \(maxMessageSize) bytes Strata reads")
+        }
+        let data: Data
+        do {
+            data = try await storage.readAll(digest)
+        } catch let error as StrataError where error.code == .notFound {
+            throw missingBlobs([digest], what: [what])
+        }
+        do {
+            return try Message(serializedBytes: data)
+        } catch {
+            throw StrataError.invalidArgument("\(what) \(digest) is not a valid \(Message.protoMessageName): \(error)")
+        }
+    }
+
+    /// FAILED_PRECONDITION carrying a google.rpc.PreconditionFailure with one MISSING violation per
+    /// blob, subject "blobs/{hash}/{size}": what a client reads to upload them and retry.
+    static func missingBlobs(_ digests: [Digest], what: [String]) -> RPCError {
+        let message = "missing from the CAS: " + zip(digests, what).map { "\($1) \($0)" }.joined(separator: ", ")
+        let failure = Google_Rpc_PreconditionFailure.with { failure in
+            failure.violations = digests.map { digest in
+                .with {
+                    $0.type = "MISSING"
+                    $0.subject = "blobs/\(digest.hash)/\(digest.sizeBytes)"
+                    $0.description_p = "\(digest) is not in the CAS"
+                }
+            }
+        }
+        var status = Google_Rpc_Status()
+        status.code = Int32(StrataError.Code.failedPrecondition.rawValue)
+        status.message = message
+        if let detail = try? Google_Protobuf_Any(message: failure) { status.details = [detail] }
+        var metadata = Metadata()
+        if let bytes: [UInt8] = try? status.serializedBytes() { metadata.addBinary(bytes, forKey: "grpc-status-details-bin") }
+        return RPCError(code: .failedPrecondition, message: message, metadata: metadata)
+    }
+}
