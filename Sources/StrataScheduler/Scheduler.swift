@@ -126,6 +126,9 @@ public struct SchedulerSettings: Sendable {
     public var completedJobRetention: Duration = .seconds(3600)
     /// Which platforms are allowed and how a job's platform matches a bot's (`property-set`).
     public var propertySet: PropertySet = .dynamic(DynamicPropertySet())
+    /// How often `run()` does its periodic work (expiring sessions, timeouts, unwatched operations,
+    /// pruning): how late past its deadline such a change may happen. Strata's; not in BuildGrid.
+    public var maintenanceInterval: Duration = .seconds(1)
 
     public init() {}
 }
