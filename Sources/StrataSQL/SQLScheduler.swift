@@ -39,14 +39,18 @@ public final class SQLScheduler: Scheduler {
     /// The NOTIFY channel, one per schema so that deployments sharing a database do not wake each other.
     let channel: String
 
-    /// How often waiters re-read the database even without a notification.
-    static let pollInterval: Duration = .seconds(1)
-    /// How often `run()` does its periodic work.
-    static let runInterval: Duration = .seconds(1)
+    /// How often waiters re-read the database even without a notification (a test sets it long, to
+    /// prove that notifications alone wake them).
+    let pollInterval: Duration
     /// The most jobs `assignJobs` considers in one statement.
     static let candidateBatch = 64
 
-    public init(connection: SQLConnection, settings: SchedulerSettings, logger: Logger) {
+    public convenience init(connection: SQLConnection, settings: SchedulerSettings, logger: Logger) {
+        self.init(connection: connection, settings: settings, logger: logger, pollInterval: .seconds(1))
+    }
+
+    init(connection: SQLConnection, settings: SchedulerSettings, logger: Logger, pollInterval: Duration) {
+        self.pollInterval = pollInterval
         self.connection = connection
         self.settings = settings
         self.logger = logger
@@ -110,13 +114,16 @@ public final class SQLScheduler: Scheduler {
         var keys: [String] { state.withLock { $0 } }
     }
 
-    private func ensureListening() {
+    /// Whether this process's LISTEN connection is up (for tests).
+    var isListening: Bool { listener.isListening }
+
+    func ensureListening() {
         listener.start(client: connection.client, channel: channel, signals: signals, logger: logger)
     }
 
     /// Waits for one of `keys` or the next poll, whichever is first, but not past `deadline`.
     private func pause(_ waiter: SQLSchedulerSignals.Waiter, deadline: ContinuousClock.Instant) async {
-        let poll = ContinuousClock.now.advanced(by: Self.pollInterval)
+        let poll = ContinuousClock.now.advanced(by: pollInterval)
         await waiter.wait(until: min(deadline, poll))
     }
 
@@ -626,7 +633,7 @@ public final class SQLScheduler: Scheduler {
                 if Task.isCancelled { break }
                 logger.warning("scheduler maintenance failed; retrying", metadata: ["error": "\(error)"])
             }
-            try? await Task.sleep(for: Self.runInterval)
+            try? await Task.sleep(for: settings.maintenanceInterval)
         }
     }
 
@@ -774,13 +781,11 @@ public final class SQLScheduler: Scheduler {
                 platform: try Self.platform(platform), priority: priority, botID: botID,
                 response: try response.map { try Build_Bazel_Remote_Execution_V2_ExecuteResponse(serializedBytes: $0) },
                 requestMetadata: try Self.requestMetadata(metadata))
-            if operationCancelled, snapshot.stage != .completed || snapshot.cancelled {
+            if operationCancelled {
                 // This operation alone was cancelled: it is over for its watchers, the job goes on for others.
                 snapshot.stage = .completed
                 snapshot.cancelled = true
-                if snapshot.response == nil {
-                    snapshot.response = .with { $0.status = StrataError(.cancelled, "the operation was cancelled").rpcStatus }
-                }
+                snapshot.response = .with { $0.status = StrataError(.cancelled, "the operation was cancelled").rpcStatus }
             }
             snapshots.append((snapshot, micros))
         }
@@ -802,19 +807,18 @@ public final class SQLScheduler: Scheduler {
         return snapshots.map { snapshot in
             guard snapshot.stage == .queued else { return snapshot }
             var snapshot = snapshot
-            snapshot.waitingReason = Self.waitingReason(job: snapshot.platform, bots: bots[snapshot.instanceName] ?? [], settings.propertySet)
+            snapshot.waitingReason = Self.waitingReason(job: snapshot.platform, instance: snapshot.instanceName, bots: bots[snapshot.instanceName] ?? [], settings.propertySet)
             return snapshot
         }
     }
 
-    static func waitingReason(job: [PlatformProperty], bots: [[PlatformProperty]], _ propertySet: PropertySet) -> String? {
+    static func waitingReason(job: [PlatformProperty], instance: String, bots: [[PlatformProperty]], _ propertySet: PropertySet) -> String? {
         if bots.contains(where: { propertySet.matches(job: job, bot: $0) }) { return nil }
-        if bots.isEmpty { return "no bot is connected" }
-        let offered = Set(bots.flatMap { $0 })
-        if let missing = job.first(where: { !offered.contains($0) && propertySet.matches(job: [$0], bot: []) == false }) {
-            return "no connected bot offers \(missing)"
-        }
-        return "no connected bot offers all of \(job.map(\.description).joined(separator: ", "))"
+        if bots.isEmpty { return instance.isEmpty ? "no bot is connected" : "no bot is connected to instance \(instance)" }
+        let offered = bots.flatMap { $0 }
+        let missing = job.filter { !propertySet.matches(job: [$0], bot: offered) }
+        if missing.isEmpty { return "no connected bot offers all of \(job.map(\.description).joined(separator: ", "))" }
+        return "no connected bot offers \(missing.map(\.description).joined(separator: ", "))"
     }
 
     /// Jobs as their sessions see them, selected by `condition` with `$n` binds.

@@ -113,17 +113,26 @@ final class SQLSchedulerSignals: Sendable {
 /// waiters still poll the database every second, so a lost notification only delays.
 final class SQLSchedulerListener: Sendable {
     private let task: Mutex<Task<Void, Never>?> = Mutex(nil)
+    private let state = ListenState()
+
+    /// Whether LISTEN is active now (tests wait for it, to prove a wake came from a notification).
+    var isListening: Bool { state.listening.withLock { $0 } }
+
+    private final class ListenState: Sendable {
+        let listening = Mutex(false)
+    }
     static let retryDelay: Duration = .seconds(1)
 
     /// Starts listening unless already started.
     func start(client: PostgresClient, channel: String, signals: SQLSchedulerSignals, logger: Logger) {
         task.withLock { task in
             guard task == nil else { return }
-            task = Task {
+            task = Task { [state] in
                 while !Task.isCancelled {
                     do {
                         try await client.withConnection { connection in
                             try await connection.listen(on: channel) { notifications in
+                                state.listening.withLock { $0 = true }
                                 signals.fireAll()
                                 for try await notification in notifications {
                                     signals.fire(notification.payload)
@@ -135,6 +144,7 @@ final class SQLSchedulerListener: Sendable {
                             logger.debug("scheduler LISTEN connection lost; reconnecting", metadata: ["error": "\(error)"])
                         }
                     }
+                    state.listening.withLock { $0 = false }
                     try? await Task.sleep(for: Self.retryDelay)
                 }
             }

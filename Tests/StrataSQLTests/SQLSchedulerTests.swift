@@ -1,0 +1,229 @@
+import Foundation
+import Logging
+import PostgresNIO
+import StrataAPI
+import StrataCore
+@testable import StrataSQL
+import StrataScheduler
+import StrataTestSupport
+import Synchronization
+import Testing
+
+/// SQLScheduler as several processes see it: each "process" is its own SQLConnection (pool, LISTEN
+/// connection) and SQLScheduler on one schema.
+@Suite(.enabled(if: TestServices.available("STRATA_TEST_POSTGRES")))
+struct SQLSchedulerTests {
+    static let logger = Logger(label: "strata.test.scheduler")
+
+    static var settings: SchedulerSettings {
+        var settings = SchedulerSettings()
+        settings.unwatchedOperationTimeout = nil
+        settings.maintenanceInterval = .milliseconds(100)
+        return settings
+    }
+
+    /// Runs `body` with `count` connections (processes) to one fresh schema.
+    static func processes<T: Sendable>(_ count: Int, _ body: @escaping @Sendable ([SQLConnection]) async throws -> T) async throws -> T {
+        let schema = SQLTestDatabase.uniqueSchema()
+        let settings = try SQLTestDatabase.settings(url: try SQLTestDatabase.url(), schema: schema)
+        let connections = (0..<count).map { _ in SQLConnection(settings: settings) }
+        return try await SQLTestDatabase.running(connections) {
+            do {
+                let result = try await body(connections)
+                try await SQLTestDatabase.drop(schema, on: connections[0])
+                return result
+            } catch {
+                try? await SQLTestDatabase.drop(schema, on: connections[0])
+                throw error
+            }
+        }
+    }
+
+    static func request(_ platform: [PlatformProperty] = [PlatformProperty(name: "OSFamily", value: "linux")]) -> ExecutionRequest {
+        let digest = Blob.random(size: 64).digest
+        return ExecutionRequest(
+            instanceName: "", actionDigest: digest,
+            action: .with { $0.commandDigest = .with { $0.hash = digest.hash; $0.sizeBytes = digest.sizeBytes } },
+            platform: platform)
+    }
+
+    static let linuxBot = [PlatformProperty(name: "OSFamily", value: "linux")]
+
+    static func response(_ text: String) -> Build_Bazel_Remote_Execution_V2_ExecuteResponse {
+        .with { $0.result = .with { $0.stdoutRaw = Data(text.utf8) } }
+    }
+
+    /// A's watcher and B's waiting bot wake by NOTIFY alone: their polling is set to an hour, so
+    /// without the notifications neither could see the other process's change within the test.
+    @Test func twoProcessesWakeEachOtherByNotify() async throws {
+        try await Self.processes(2) { connections in
+            let a = SQLScheduler(connection: connections[0], settings: Self.settings, logger: Self.logger, pollInterval: .seconds(3600))
+            let b = SQLScheduler(connection: connections[1], settings: Self.settings, logger: Self.logger, pollInterval: .seconds(3600))
+            let session = try await b.createBotSession(BotRegistration(instanceName: "", botID: "bot-b", platform: Self.linuxBot))
+            // Both LISTEN connections up first: a listener connecting later wakes its waiters to re-read,
+            // which would hide a missing notification.
+            a.ensureListening()
+            b.ensureListening()
+            let listening = ContinuousClock.now + .seconds(30)
+            while !(a.isListening && b.isListening), ContinuousClock.now < listening { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(a.isListening && b.isListening)
+
+            // B's bot waits (up to a minute) for work; A queues.
+            let waiting = Task { try await b.assignJobs(session: session.name, count: 1, deadline: .now + .seconds(60)) }
+            try await Task.sleep(for: .milliseconds(300))
+            let operation = try await a.queue(Self.request())
+            let stream = try await a.watch(operation.name)
+            let assigned = try await waiting.value
+            #expect(assigned.map(\.jobID) == [operation.jobID], "B's long-poll got \(assigned.map(\.jobID))")
+
+            // A's watcher sees B's bot run and complete the job.
+            try await b.completeJob(operation.jobID, session: session.name, response: Self.response("done"))
+            let seen = Mutex<[JobStage]>([])
+            let reader = Task { () async throws -> OperationSnapshot? in
+                for try await snapshot in stream {
+                    seen.withLock { $0.append(snapshot.stage) }
+                    if snapshot.isDone { return snapshot }
+                }
+                return nil
+            }
+            let timeout = Task {
+                try await Task.sleep(for: .seconds(30))
+                reader.cancel()
+            }
+            let final = try await reader.value
+            timeout.cancel()
+            #expect(final?.stage == .completed, "A's watcher saw \(seen.withLock { $0 })")
+            #expect(final?.response?.result.stdoutRaw == Data("done".utf8))
+            #expect(final?.botID == "bot-b")
+        }
+    }
+
+    /// A new scheduler on the same database (a restarted process) sees the queued job, the open session
+    /// and its assigned job.
+    @Test func restartedProcessSeesQueuedJobsAndSessions() async throws {
+        try await Self.processes(2) { connections in
+            let (queuedName, sessionName, assignedJob) = try await {
+                let before = SQLScheduler(connection: connections[0], settings: Self.settings, logger: Self.logger)
+                let running = try await before.queue(Self.request())
+                let queued = try await before.queue(Self.request())
+                let session = try await before.createBotSession(BotRegistration(instanceName: "", botID: "bot", platform: Self.linuxBot))
+                let assigned = try await before.assignJobs(session: session.name, count: 1, deadline: .now)
+                #expect(assigned.map(\.jobID) == [running.jobID])
+                return (queued.name, session.name, running.jobID)
+            }()
+
+            let after = SQLScheduler(connection: connections[1], settings: Self.settings, logger: Self.logger)
+            #expect(try await after.operation(queuedName).stage == .queued)
+            #expect(try await after.assignedJobs(session: sessionName).map(\.jobID) == [assignedJob])
+            _ = try await after.renewBotSession(sessionName, status: .ok)
+            let next = try await after.assignJobs(session: sessionName, count: 1, deadline: .now + .seconds(10))
+            #expect(next.map(\.jobID) == [try await after.operation(queuedName).jobID])
+        }
+    }
+
+    /// Sessions of two processes assign concurrently from one queue: every job goes to exactly one session.
+    @Test func concurrentAssignmentNeverHandsAJobTwice() async throws {
+        try await Self.processes(2) { connections in
+            let schedulers = connections.map { SQLScheduler(connection: $0, settings: Self.settings, logger: Self.logger) }
+            let jobCount = 60
+            var queued = Set<String>()
+            for index in 0..<jobCount { queued.insert(try await schedulers[index % 2].queue(Self.request()).jobID) }
+            var sessions: [(SQLScheduler, String)] = []
+            for index in 0..<8 {
+                let scheduler = schedulers[index % 2]
+                sessions.append((scheduler, try await scheduler.createBotSession(
+                    BotRegistration(instanceName: "", botID: "bot-\(index)", platform: Self.linuxBot, capacity: 3)).name))
+            }
+            let handed = try await withThrowingTaskGroup(of: [String].self) { group in
+                for (scheduler, session) in sessions {
+                    group.addTask {
+                        var mine: [String] = []
+                        // Bounded: at most as many rounds as jobs.
+                        for _ in 0..<jobCount {
+                            let jobs = try await scheduler.assignJobs(session: session, count: 3, deadline: .now)
+                            if jobs.isEmpty { break }
+                            mine += jobs.map(\.jobID)
+                        }
+                        return mine
+                    }
+                }
+                var all: [String] = []
+                for try await jobs in group { all += jobs }
+                return all
+            }
+            #expect(handed.count == jobCount, "\(handed.count) assignments for \(jobCount) jobs")
+            #expect(Set(handed) == queued)
+        }
+    }
+
+    /// The same action queued from two processes at once joins one job.
+    @Test func concurrentIdenticalActionsShareOneJob() async throws {
+        try await Self.processes(2) { connections in
+            let schedulers = connections.map { SQLScheduler(connection: $0, settings: Self.settings, logger: Self.logger) }
+            let request = Self.request()
+            let jobs = try await withThrowingTaskGroup(of: String.self) { group in
+                for index in 0..<12 {
+                    group.addTask { try await schedulers[index % 2].queue(request).jobID }
+                }
+                var jobs: [String] = []
+                for try await job in group { jobs.append(job) }
+                return jobs
+            }
+            #expect(jobs.count == 12 && Set(jobs).count == 1, "jobs: \(Set(jobs))")
+        }
+    }
+
+    /// `strata migrate` (SQLConnection.migrate) creates the scheduler's tables with the storage ones.
+    @Test func migrateCreatesTheSchedulerTables() async throws {
+        try await SQLTestDatabase.with { connection, _ in
+            let applied = try await connection.migrate()
+            #expect(applied.contains(6))
+            let tables = try await connection.withConnection("listing tables") { postgres in
+                var names: [String] = []
+                for try await name in try await postgres.query(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1",
+                    logger: connection.logger
+                ).decode(String.self) { names.append(name) }
+                return names
+            }
+            #expect(Set(["strata_jobs", "strata_operations", "strata_bot_sessions"]).isSubset(of: Set(tables)), "\(tables)")
+        }
+    }
+
+    /// The database going away: UNAVAILABLE in bounded time, and the scheduler works again after.
+    @Test func databaseOutageIsUnavailableThenRecovers() async throws {
+        _ = try SQLTestDatabase.url()
+        try await PrivatePostgres.with { server in
+            let connection = SQLConnection(settings: try SQLOutageTests.settings(server.url, poolTimeout: .seconds(5)))
+            let scheduler = SQLScheduler(connection: connection, settings: Self.settings, logger: Self.logger)
+            try await SQLTestDatabase.running([connection]) {
+                let before = try await scheduler.queue(Self.request())
+                let session = try await scheduler.createBotSession(BotRegistration(instanceName: "", botID: "bot", platform: Self.linuxBot))
+
+                try await onOwnThread { try server.stop() }
+                let calls: [(String, @Sendable () async throws -> Void)] = [
+                    ("queue", { _ = try await scheduler.queue(Self.request()) }),
+                    ("operation", { _ = try await scheduler.operation(before.name) }),
+                    ("assignJobs", { _ = try await scheduler.assignJobs(session: session.name, count: 1, deadline: .now + .seconds(1)) }),
+                    ("statistics", { _ = try await scheduler.statistics() }),
+                ]
+                for (name, call) in calls {
+                    let (code, elapsed) = await SQLOutageTests.timed(call)
+                    #expect(code == .unavailable, "\(name) during the outage answered \(code)")
+                    #expect(elapsed < .seconds(30), "\(name) during the outage took \(elapsed)")
+                }
+
+                try await onOwnThread { try server.start() }
+                let deadline = ContinuousClock.now + .seconds(90)
+                var recovered: OperationSnapshot?
+                while ContinuousClock.now < deadline, recovered == nil {
+                    recovered = try? await scheduler.operation(before.name)
+                    if recovered == nil { try await Task.sleep(for: .milliseconds(200)) }
+                }
+                #expect(recovered?.stage == .queued, "the queued job after the outage: \(String(describing: recovered))")
+                let assigned = try await scheduler.assignJobs(session: session.name, count: 1, deadline: .now + .seconds(10))
+                #expect(assigned.map(\.jobID) == [before.jobID])
+            }
+        }
+    }
+}
