@@ -462,6 +462,8 @@ public final class SQLScheduler: Scheduler {
             let assigned = try await assignQueued(session: session, count: count)
             if !assigned.isEmpty || ContinuousClock.now >= deadline || Task.isCancelled { return assigned }
             await pause(waiter, deadline: deadline)
+            // A caller that gave up (the bot's RPC cancelled) takes no job it could not hand on.
+            if Task.isCancelled { return [] }
         }
     }
 
@@ -554,6 +556,8 @@ public final class SQLScheduler: Scheduler {
     static func releaseJobs(
         of session: String, reason: String, maxAttempts: Int, _ postgres: PostgresConnection, _ logger: Logger, _ notify: Notifications
     ) async throws {
+        // Its long-polls (assignJobs, waitForChange) end at once: the session is going away.
+        notify.add("session:\(session)")
         var jobs: [String] = []
         for try await id in try await postgres.query(
             "SELECT id FROM strata_jobs WHERE session_name = \(session) AND leased ORDER BY id FOR UPDATE", logger: logger

@@ -68,12 +68,18 @@ struct SQLSchedulerTests {
             while !(a.isListening && b.isListening), ContinuousClock.now < listening { try await Task.sleep(for: .milliseconds(20)) }
             #expect(a.isListening && b.isListening)
 
-            // B's bot waits (up to a minute) for work; A queues.
-            let waiting = Task { try await b.assignJobs(session: session.name, count: 1, deadline: .now + .seconds(60)) }
+            // B's bot waits (up to two minutes) for work; A queues; B must have it within 20 s (its
+            // polling would take an hour, its deadline two minutes).
+            let waiting = Task { try await b.assignJobs(session: session.name, count: 1, deadline: .now + .seconds(120)) }
             try await Task.sleep(for: .milliseconds(300))
             let operation = try await a.queue(Self.request())
             let stream = try await a.watch(operation.name)
+            let giveUp = Task {
+                try await Task.sleep(for: .seconds(20))
+                waiting.cancel()
+            }
             let assigned = try await waiting.value
+            giveUp.cancel()
             #expect(assigned.map(\.jobID) == [operation.jobID], "B's long-poll got \(assigned.map(\.jobID))")
 
             // A's watcher sees B's bot run and complete the job.
@@ -87,7 +93,9 @@ struct SQLSchedulerTests {
                 return nil
             }
             let timeout = Task {
-                try await Task.sleep(for: .seconds(30))
+                // Within 20 s, while without a notification it would re-read after 30 s (its refresh of
+                // last_watched) at the earliest.
+                try await Task.sleep(for: .seconds(20))
                 reader.cancel()
             }
             let final = try await reader.value
