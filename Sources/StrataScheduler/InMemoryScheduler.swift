@@ -714,11 +714,12 @@ private struct PageCursor {
         guard parts.count == 2, let bits = UInt64(parts[0], radix: 16) else {
             throw .invalidArgument("invalid page token \"\(StrataError.echo(token))\": not one this server answered")
         }
-        queuedAt = Date(timeIntervalSince1970: Double(bitPattern: bits))
+        queuedAt = Date(timeIntervalSinceReferenceDate: Double(bitPattern: bits))
         name = parts[1]
     }
 
-    var token: String { String(queuedAt.timeIntervalSince1970.bitPattern, radix: 16) + "/" + name }
+    /// The time's exact bits: a conversion (to seconds since 1970) could round it to another operation's.
+    var token: String { String(queuedAt.timeIntervalSinceReferenceDate.bitPattern, radix: 16) + "/" + name }
 
     /// Whether `operation` comes after this cursor in the listing's order.
     func precedes(_ operation: OperationSnapshot) -> Bool { (queuedAt, name) < (operation.queuedAt, operation.name) }

@@ -299,14 +299,17 @@ public struct OperationPredicate: Sendable, Equatable {
         }
         switch field {
         case .stage:
-            let stage: JobStage? = switch value.uppercased() {
-            case "QUEUED": .queued
-            case "EXECUTING": .executing
-            case "COMPLETED": .completed
+            // REAPI's stage numbers, UNKNOWN and CACHE_CHECK included, so that `stage>CACHE_CHECK` works.
+            let stage: Int? = switch value.uppercased() {
+            case "UNKNOWN": 0
+            case "CACHE_CHECK": 1
+            case "QUEUED": JobStage.queued.rawValue
+            case "EXECUTING": JobStage.executing.rawValue
+            case "COMPLETED": JobStage.completed.rawValue
             default: nil
             }
             guard let stage else { return false }
-            return compare(operation.stage, stage)
+            return compare(operation.stage.rawValue, stage)
         case .name: return compare(operation.name, value)
         case .actionDigest: return compare("\(operation.actionDigest.hash)/\(operation.actionDigest.sizeBytes)", value)
         case .platform:
@@ -315,13 +318,43 @@ public struct OperationPredicate: Sendable, Equatable {
             let has = operation.platform.contains(PlatformProperty(name: parts[0], value: parts[1]))
             return comparison == .notEqual ? !has : (comparison == .equal && has)
         case .queuedTime:
-            guard let date = ISO8601DateFormatter().date(from: value) else { return false }
+            guard let date = Self.parseTime(value) else { return false }
             return compare(operation.queuedAt, date)
         case .toolName: return compare(operation.requestMetadata.toolName, value)
         case .invocationID: return compare(operation.requestMetadata.toolInvocationID, value)
         case .correlatedInvocationsID: return compare(operation.requestMetadata.correlatedInvocationsID, value)
         }
     }
+}
+
+extension OperationPredicate {
+    /// A `queued_time` value as BuildGrid reads it (ISO 8601: a date, or a date and time with optional
+    /// fractional seconds; without a time zone it is UTC); nil when it is none of these, for the
+    /// service to answer INVALID_ARGUMENT.
+    public static func parseTime(_ value: String) -> Date? {
+        if let date = withZone.date(from: value) ?? withZoneAndFraction.date(from: value) { return date }
+        if let date = withZone.date(from: value + "Z") ?? withZoneAndFraction.date(from: value + "Z") { return date }
+        return dateOnly.date(from: value)
+    }
+
+    // Thread-safe for reading (Foundation's formatters are), and costly to make for every operation listed.
+    private nonisolated(unsafe) static let withZone: ISO8601DateFormatter = {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter
+    }()
+
+    private nonisolated(unsafe) static let withZoneAndFraction: ISO8601DateFormatter = {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter
+    }()
+
+    private nonisolated(unsafe) static let dateOnly: ISO8601DateFormatter = {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withFullDate]
+        return formatter
+    }()
 }
 
 public struct OperationPage: Sendable {
@@ -412,7 +445,10 @@ public struct AssignedJob: Sendable, Equatable {
 }
 
 public struct SchedulerStatistics: Sendable, Equatable {
+    /// QUEUED jobs by platform, keyed by its properties as `name=value` joined with "," in the
+    /// request's (sorted) order: "ISA=x86-64,OSFamily=linux"; "" for an empty platform.
     public var queuedByPlatform: [String: Int]
+    /// Jobs held by the scheduler in each stage (completed ones until pruned).
     public var jobsByStage: [JobStage: Int]
     public var openBotSessions: Int
 
