@@ -517,6 +517,7 @@ public final class SQLScheduler: Scheduler {
     public func completeJob(_ jobID: String, session: String, response: Build_Bazel_Remote_Execution_V2_ExecuteResponse) async throws(StrataError) {
         let bytes = try Self.serialized(response)
         try await transaction("completing job \(StrataError.echo(jobID))") { postgres, logger, notify in
+            guard try await Self.openSession(session, lock: false, postgres, logger) != nil else { throw Self.unknownSession(session) }
             guard let stage = try await Self.leasedStage(jobID, session: session, postgres, logger) else { return }
             if stage == 3 {
                 try await postgres.query(
@@ -537,6 +538,7 @@ public final class SQLScheduler: Scheduler {
     public func requeueJob(_ jobID: String, session: String, reason: String) async throws(StrataError) {
         let maxAttempts = settings.maxJobAttempts
         try await transaction("requeueing job \(StrataError.echo(jobID))") { postgres, logger, notify in
+            guard try await Self.openSession(session, lock: false, postgres, logger) != nil else { throw Self.unknownSession(session) }
             guard try await Self.leasedStage(jobID, session: session, postgres, logger) != nil else { return }
             try await Self.release(jobID, reason: reason, maxAttempts: maxAttempts, postgres, logger, notify)
             notify.add("session:\(session)")
