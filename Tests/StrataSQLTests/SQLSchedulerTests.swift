@@ -181,6 +181,63 @@ struct SQLSchedulerTests {
         }
     }
 
+    /// Two processes run the periodic work at once: an expired session's job is requeued once (one
+    /// attempt counted), not twice, and goes to another bot.
+    @Test func maintenanceFromTwoProcessesRequeuesOnce() async throws {
+        try await Self.processes(2) { connections in
+            var settings = Self.settings
+            settings.botSessionKeepaliveTimeout = .seconds(1)
+            settings.maxJobAttempts = 2
+            let schedulers = connections.map { SQLScheduler(connection: $0, settings: settings, logger: Self.logger) }
+            let operation = try await schedulers[0].queue(Self.request())
+            let silent = try await schedulers[0].createBotSession(BotRegistration(instanceName: "", botID: "silent", platform: Self.linuxBot))
+            #expect(try await schedulers[0].assignJobs(session: silent.name, count: 1, deadline: .now).count == 1)
+            let maintenance = schedulers.map { scheduler in Task { try await scheduler.run() } }
+            defer { for task in maintenance { task.cancel() } }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while try await schedulers[1].operation(operation.name).stage != .queued, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(try await schedulers[1].operation(operation.name).stage == .queued)
+            await #expect(throws: StrataError.self) { _ = try await schedulers[1].assignedJobs(session: silent.name) }
+            // One attempt used of two: the second bot gets it, and giving it back then aborts it.
+            var renewedSettings = settings
+            renewedSettings.botSessionKeepaliveTimeout = .seconds(120)
+            let other = SQLScheduler(connection: connections[1], settings: renewedSettings, logger: Self.logger)
+            let session = try await other.createBotSession(BotRegistration(instanceName: "", botID: "other", platform: Self.linuxBot))
+            #expect(try await other.assignJobs(session: session.name, count: 1, deadline: .now + .seconds(10)).map(\.jobID) == [operation.jobID])
+            try await other.requeueJob(operation.jobID, session: session.name, reason: "test")
+            let final = try await other.operation(operation.name)
+            #expect(final.stage == .completed && final.response?.status.code == 10, "\(final)")
+        }
+    }
+
+    /// A stream open in process A keeps its operation from being cancelled as unwatched by process B's
+    /// maintenance (last_watched is shared); an operation nobody watches is cancelled.
+    @Test func watchInOneProcessKeepsTheOperationForAnother() async throws {
+        try await Self.processes(2) { connections in
+            var settings = Self.settings
+            settings.unwatchedOperationTimeout = .seconds(4)
+            let a = SQLScheduler(connection: connections[0], settings: settings, logger: Self.logger)
+            let b = SQLScheduler(connection: connections[1], settings: settings, logger: Self.logger)
+            let watched = try await a.queue(Self.request())
+            let unwatched = try await a.queue(Self.request())
+            let stream = try await a.watch(watched.name)
+            let reader = Task { for try await _ in stream {} }
+            defer { reader.cancel() }
+            let maintenance = Task { try await b.run() }
+            defer { maintenance.cancel() }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while try await b.operation(unwatched.name).stage != .completed, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            let cancelled = try await b.operation(unwatched.name)
+            #expect(cancelled.cancelled && cancelled.response?.status.code == 1, "\(cancelled)")
+            let kept = try await b.operation(watched.name)
+            #expect(kept.stage == .queued && !kept.cancelled, "\(kept)")
+        }
+    }
+
     /// `strata migrate` (SQLConnection.migrate) creates the scheduler's tables with the storage ones.
     @Test func migrateCreatesTheSchedulerTables() async throws {
         try await SQLTestDatabase.with { connection, _ in
