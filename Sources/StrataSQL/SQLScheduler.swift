@@ -35,6 +35,10 @@ public final class SQLScheduler: Scheduler {
     let connection: SQLConnection
     let logger: Logger
     let signals = SQLSchedulerSignals()
+    /// The operations with a watch stream open in this process, counted: `run()` refreshes their
+    /// `last_watched` before it looks for unwatched operations, so a busy process never cancels what it
+    /// is itself watching; other processes see the streams' own refreshes.
+    private let watching = Mutex<[String: Int]>([:])
     private let listener = SQLSchedulerListener()
     /// The NOTIFY channel, one per schema so that deployments sharing a database do not wake each other.
     let channel: String
@@ -245,7 +249,14 @@ public final class SQLScheduler: Scheduler {
             return stream
         }
         let refreshEvery: Duration = settings.unwatchedOperationTimeout.map { min($0 / 4, .seconds(30)) } ?? .seconds(30)
+        watching.withLock { $0[name, default: 0] += 1 }
         let task = Task {
+            defer {
+                watching.withLock { watching in
+                    watching[name, default: 1] -= 1
+                    if watching[name] == 0 { watching[name] = nil }
+                }
+            }
             var last = first
             var lastRefresh = ContinuousClock.now
             do {
@@ -694,7 +705,13 @@ public final class SQLScheduler: Scheduler {
     func cancelUnwatched() async throws(StrataError) {
         guard let timeout = settings.unwatchedOperationTimeout else { return }
         let milliseconds = timeout.milliseconds
+        let watchedHere = watching.withLock { Array($0.keys) }
         try await transaction("cancelling unwatched operations") { postgres, logger, notify in
+            if !watchedHere.isEmpty {
+                try await postgres.query(
+                    "UPDATE strata_operations SET last_watched = now() WHERE name = ANY(\(watchedHere))", logger: logger
+                ).consume()
+            }
             var names: [String] = []
             for try await name in try await postgres.query(
                 """
