@@ -122,7 +122,7 @@ public final class SQLScheduler: Scheduler {
     var isListening: Bool { listener.isListening }
 
     func ensureListening() {
-        listener.start(client: connection.client, channel: channel, signals: signals, logger: logger)
+        listener.start(connection: connection, channel: channel, signals: signals, logger: logger)
     }
 
     /// Waits for one of `keys` or the next poll, whichever is first, but not past `deadline`.

@@ -108,9 +108,10 @@ final class SQLSchedulerSignals: Sendable {
     var count: Int { waiters.withLock { $0.count } }
 }
 
-/// The one LISTEN connection of a process, held from the pool for as long as the scheduler lives, fanning
-/// notifications out to `signals`. It reconnects after a loss (a pause of `retryDelay`); while it is down,
-/// waiters still poll the database every second, so a lost notification only delays.
+/// The one LISTEN connection of a process (a dedicated connection, not one of the pool's), held for as
+/// long as the scheduler lives, fanning notifications out to `signals`. It reconnects after a loss (a
+/// pause of `retryDelay`); while it is down, waiters still poll the database every second, so a lost
+/// notification only delays.
 final class SQLSchedulerListener: Sendable {
     private let task: Mutex<Task<Void, Never>?> = Mutex(nil)
     private let state = ListenState()
@@ -124,13 +125,14 @@ final class SQLSchedulerListener: Sendable {
     static let retryDelay: Duration = .seconds(1)
 
     /// Starts listening unless already started.
-    func start(client: PostgresClient, channel: String, signals: SQLSchedulerSignals, logger: Logger) {
+    func start(connection sql: SQLConnection, channel: String, signals: SQLSchedulerSignals, logger: Logger) {
         task.withLock { task in
             guard task == nil else { return }
             task = Task { [state] in
                 while !Task.isCancelled {
                     do {
-                        try await client.withConnection { connection in
+                        let connection = try await sql.openDedicatedConnection()
+                        do {
                             try await connection.listen(on: channel) { notifications in
                                 state.listening.withLock { $0 = true }
                                 signals.fireAll()
@@ -138,7 +140,11 @@ final class SQLSchedulerListener: Sendable {
                                     signals.fire(notification.payload)
                                 }
                             }
+                        } catch {
+                            try? await connection.close()
+                            throw error
                         }
+                        try? await connection.close()
                     } catch {
                         if !Task.isCancelled {
                             logger.debug("scheduler LISTEN connection lost; reconnecting", metadata: ["error": "\(error)"])
