@@ -513,15 +513,17 @@ public final class SQLScheduler: Scheduler {
 
     public func waitForChange(session: String, deadline: ContinuousClock.Instant) async throws(StrataError) {
         ensureListening()
-        var seen: [AssignedJob]?
+        // A change is the session's leases (which jobs, which cancelled) differing from the first read: a
+        // notification only says when to look again, since one sent for an earlier change may arrive late.
+        var first: [String: Bool]?
         while ContinuousClock.now < deadline, !Task.isCancelled {
             let waiter = signals.register(["session:\(session)"])
             defer { signals.remove(waiter) }
-            let now = try await assignedJobs(session: session)
-            if let seen, seen.map({ [$0.jobID: $0.cancelled] }) != now.map({ [$0.jobID: $0.cancelled] }) { return }
-            seen = now
+            let jobs = try await assignedJobs(session: session)
+            let leases = Dictionary(jobs.map { ($0.jobID, $0.cancelled) }, uniquingKeysWith: { $1 })
+            if let first, first != leases { return }
+            if first == nil { first = leases }
             await pause(waiter, deadline: deadline)
-            if waiter.fired { return }
         }
     }
 
