@@ -238,6 +238,34 @@ struct SQLSchedulerTests {
         }
     }
 
+    /// Long-polls and watch streams given up by their callers leave no waiter behind.
+    @Test func cancelledWaitsReleaseTheirWaiters() async throws {
+        try await Self.processes(1) { connections in
+            let scheduler = SQLScheduler(connection: connections[0], settings: Self.settings, logger: Self.logger)
+            let session = try await scheduler.createBotSession(BotRegistration(instanceName: "", botID: "bot", platform: Self.linuxBot))
+            let operation = try await scheduler.queue(Self.request([PlatformProperty(name: "OSFamily", value: "windows")]))
+            let deadline = ContinuousClock.now + .seconds(120)
+            let assigning = Task { try await scheduler.assignJobs(session: session.name, count: 1, deadline: deadline) }
+            let waiting = Task { try await scheduler.waitForChange(session: session.name, deadline: deadline) }
+            let watching = Task {
+                for try await _ in try await scheduler.watch(operation.name) {}
+            }
+            let started = ContinuousClock.now + .seconds(30)
+            while scheduler.signals.count < 3, ContinuousClock.now < started { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(scheduler.signals.count == 3, "waiters registered: \(scheduler.signals.count)")
+            assigning.cancel()
+            waiting.cancel()
+            watching.cancel()
+            #expect(try await assigning.value.isEmpty)
+            _ = try? await waiting.value
+            _ = try? await watching.value
+            let released = ContinuousClock.now + .seconds(30)
+            while scheduler.signals.count > 0, ContinuousClock.now < released { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(scheduler.signals.count == 0, "waiters left: \(scheduler.signals.count)")
+            #expect(ContinuousClock.now < deadline - .seconds(60), "the cancelled waits ran to their deadline")
+        }
+    }
+
     /// `strata migrate` (SQLConnection.migrate) creates the scheduler's tables with the storage ones.
     @Test func migrateCreatesTheSchedulerTables() async throws {
         try await SQLTestDatabase.with { connection, _ in
