@@ -135,7 +135,7 @@ public final class SQLScheduler: Scheduler {
 
     public func queue(_ request: ExecutionRequest) async throws(StrataError) -> OperationSnapshot {
         try settings.propertySet.validate(request.platform)
-        let row = JobInsert(request: request, settings: settings)
+        let row = try JobInsert(request: request, settings: settings)
         let maxQueueSize = settings.maxQueueSize
         // A concurrent insert of the same action may win the in-flight index between our look-up and our
         // insert: then the next round joins it. Three rounds cover any interleaving but a pathological one.
@@ -202,7 +202,7 @@ public final class SQLScheduler: Scheduler {
     public func recordCachedResult(
         _ request: ExecutionRequest, result: Build_Bazel_Remote_Execution_V2_ActionResult
     ) async throws(StrataError) -> OperationSnapshot {
-        let row = JobInsert(request: request, settings: settings)
+        let row = try JobInsert(request: request, settings: settings)
         let name = Self.operationName(instance: request.instanceName)
         let response = Build_Bazel_Remote_Execution_V2_ExecuteResponse.with {
             $0.result = result
@@ -292,7 +292,8 @@ public final class SQLScheduler: Scheduler {
     }
 
     public func listOperations(_ query: OperationQuery) async throws(StrataError) -> OperationPage {
-        let pageSize = max(1, query.pageSize)
+        guard query.pageSize >= 1 else { throw StrataError.invalidArgument("page size \(query.pageSize) is below 1") }
+        let pageSize = query.pageSize
         var cursor: (micros: Int64, name: String)?
         if let token = query.pageToken, !token.isEmpty {
             let parts = token.split(separator: "/", maxSplits: 1).map(String.init)
@@ -899,13 +900,13 @@ public final class SQLScheduler: Scheduler {
         var timeoutMilliseconds: Int64?
         var requestMetadata: Data
 
-        init(request: ExecutionRequest, settings: SchedulerSettings) {
+        init(request: ExecutionRequest, settings: SchedulerSettings) throws(StrataError) {
             instanceName = request.instanceName
             digestFunction = Int32(request.actionDigest.function.rawValue)
             hash = request.actionDigest.hash
             size = request.actionDigest.sizeBytes
-            action = (try? request.action.serializedBytes()) ?? Data()
-            platform = (try? SQLScheduler.platformProto(request.platform).serializedBytes()) ?? Data()
+            action = try SQLScheduler.serialized(request.action)
+            platform = try SQLScheduler.serialized(SQLScheduler.platformProto(request.platform))
             let wildcards: Set<String> = switch settings.propertySet {
             case .dynamic(let set): set.wildcardPropertyKeys
             case .static(let set): set.wildcardPropertyKeys
@@ -915,7 +916,7 @@ public final class SQLScheduler: Scheduler {
             doNotCache = request.doNotCache
             timeoutMilliseconds = request.timeout.map { min($0, settings.maxExecutionTimeout).milliseconds }
                 ?? settings.maxExecutionTimeout.milliseconds
-            requestMetadata = (try? SQLScheduler.requestMetadataProto(request.requestMetadata).serializedBytes()) ?? Data()
+            requestMetadata = try SQLScheduler.serialized(SQLScheduler.requestMetadataProto(request.requestMetadata))
         }
     }
 
