@@ -141,7 +141,7 @@ let package = Package(
         .target(
             name: "StrataSQL",
             dependencies: [
-                "StrataCore", "StrataStorage", "StrataCompression", "StrataScheduler", "StrataAPI",
+                "StrataCore", "StrataStorage", "StrataCompression", "StrataScheduler", "StrataAPI", "StrataProto",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -110,12 +110,7 @@ public final class SQLConnection: Service, Sendable {
         configuration.options.keepAliveBehavior = settings.keepAlive.map {
             PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0)
         }
-        var parameters = settings.startupParameters
-        if let lockTimeout = settings.lockTimeout {
-            parameters["lock_timeout"] = "\(lockTimeout.milliseconds)ms"
-        }
-        if settings.readOnly { parameters["default_transaction_read_only"] = "on" }
-        configuration.options.additionalStartupParameters = parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        configuration.options.additionalStartupParameters = Self.startupParameters(settings)
         self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
     }
 
@@ -129,20 +124,35 @@ public final class SQLConnection: Service, Sendable {
         await client.run()
     }
 
+    /// What every connection sends at start-up: the configured parameters, the lock timeout, read-only.
+    static func startupParameters(_ settings: Settings) -> [(String, String)] {
+        var parameters = settings.startupParameters
+        if let lockTimeout = settings.lockTimeout {
+            parameters["lock_timeout"] = "\(lockTimeout.milliseconds)ms"
+        }
+        if settings.readOnly { parameters["default_transaction_read_only"] = "on" }
+        return parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
     private static func tls(_ mode: Settings.TLSMode) -> PostgresClient.Configuration.TLS {
-        // libpq semantics: prefer and require encrypt without checking the certificate, verify-ca checks
-        // the chain only, verify-full checks the chain and the host name.
+        guard let (configuration, required) = tlsConfiguration(mode) else { return .disable }
+        return required ? .require(configuration) : .prefer(configuration)
+    }
+
+    /// libpq semantics: prefer and require encrypt without checking the certificate, verify-ca checks
+    /// the chain only, verify-full checks the chain and the host name. Nil: no TLS.
+    static func tlsConfiguration(_ mode: Settings.TLSMode) -> (configuration: TLSConfiguration, required: Bool)? {
         var unverified = TLSConfiguration.makeClientConfiguration()
         unverified.certificateVerification = .none
         switch mode {
-        case .disable: return .disable
-        case .prefer: return .prefer(unverified)
-        case .require: return .require(unverified)
+        case .disable: return nil
+        case .prefer: return (unverified, false)
+        case .require: return (unverified, true)
         case .verifyCA:
             var chainOnly = TLSConfiguration.makeClientConfiguration()
             chainOnly.certificateVerification = .noHostnameVerification
-            return .require(chainOnly)
-        case .verifyFull: return .require(.makeClientConfiguration())
+            return (chainOnly, true)
+        case .verifyFull: return (.makeClientConfiguration(), true)
         }
     }
 

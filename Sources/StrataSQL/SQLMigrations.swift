@@ -106,6 +106,76 @@ enum SQLMigrations {
             // A constant default: no table rewrite, and every existing row stays what it was.
             "ALTER TABLE strata_blobs ADD COLUMN compressed boolean NOT NULL DEFAULT false",
         ]),
+        (6, [
+            // The remote-execution state of SQLScheduler, shared by every process of a deployment.
+            // A job is one action in flight (or finished, until pruned); `required_properties` holds its
+            // platform's matched properties (length-prefixed "name=value"), so assignment filters with
+            // `<@` on the bot's offer in the database before PropertySet.matches confirms in Swift.
+            """
+            CREATE TABLE strata_jobs (
+                id text PRIMARY KEY,
+                instance_name text NOT NULL,
+                digest_function integer NOT NULL,
+                action_hash text NOT NULL,
+                action_size bigint NOT NULL,
+                action bytea NOT NULL,
+                platform bytea NOT NULL,
+                required_properties text[] NOT NULL,
+                priority integer NOT NULL,
+                do_not_cache boolean NOT NULL,
+                timeout_ms bigint,
+                stage integer NOT NULL,
+                cancelled boolean NOT NULL DEFAULT false,
+                attempts integer NOT NULL DEFAULT 0,
+                queued_at timestamptz NOT NULL DEFAULT now(),
+                session_name text,
+                bot_id text,
+                assigned_at timestamptz,
+                leased boolean NOT NULL DEFAULT false,
+                response bytea,
+                completed_at timestamptz
+            )
+            """,
+            // At most one in-flight cacheable job per action: concurrent Executes of one action from
+            // several processes join one job (the loser's insert conflicts and it joins the winner's).
+            """
+            CREATE UNIQUE INDEX strata_jobs_in_flight ON strata_jobs (instance_name, digest_function, action_hash, action_size)
+            WHERE stage < 4 AND NOT do_not_cache
+            """,
+            "CREATE INDEX strata_jobs_queue ON strata_jobs (instance_name, priority, queued_at, id) WHERE stage = 2",
+            "CREATE INDEX strata_jobs_session ON strata_jobs (session_name) WHERE leased",
+            "CREATE INDEX strata_jobs_executing ON strata_jobs (assigned_at) WHERE stage = 3",
+            "CREATE INDEX strata_jobs_completed ON strata_jobs (completed_at) WHERE stage = 4",
+            // The operations clients hold on jobs; `last_watched` is refreshed while a stream is open
+            // in any process, for unwatched-operation-timeout.
+            """
+            CREATE TABLE strata_operations (
+                name text PRIMARY KEY,
+                job_id text NOT NULL REFERENCES strata_jobs (id) ON DELETE CASCADE,
+                instance_name text NOT NULL,
+                cancelled boolean NOT NULL DEFAULT false,
+                request_metadata bytea NOT NULL,
+                last_watched timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            "CREATE INDEX strata_operations_job ON strata_operations (job_id)",
+            "CREATE INDEX strata_operations_unwatched ON strata_operations (last_watched) WHERE NOT cancelled",
+            // Open bot sessions; a closed or reaped session's row is deleted.
+            """
+            CREATE TABLE strata_bot_sessions (
+                name text PRIMARY KEY,
+                instance_name text NOT NULL,
+                bot_id text NOT NULL,
+                platform bytea NOT NULL,
+                offered_properties text[] NOT NULL,
+                capacity integer NOT NULL,
+                status integer NOT NULL,
+                expire_at timestamptz NOT NULL
+            )
+            """,
+            "CREATE INDEX strata_bot_sessions_bot ON strata_bot_sessions (instance_name, bot_id)",
+            "CREATE INDEX strata_bot_sessions_expiry ON strata_bot_sessions (expire_at)",
+        ]),
     ]
 
     static var latestVersion: Int { versions.last?.version ?? 0 }

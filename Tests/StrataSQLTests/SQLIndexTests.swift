@@ -205,13 +205,14 @@ struct SQLMigrationTests {
         try await SQLTestDatabase.with { connection, readOnly in
             let first = try await connection.migrate()
             let second = try await connection.migrate()
-            #expect(first == [1, 2, 3, 4, 5] && second == [])
+            #expect(first == [1, 2, 3, 4, 5, 6] && second == [])
             await #expect(throws: StrataError.self) { try await readOnly.migrate() }
         }
     }
 
     /// A database at version 1 with blobs in it gains `stored_at` (the time of the upgrade) from version 2,
-    /// the index marks table from version 3, and `compressed` (false: its rows stay as they were) from 5.
+    /// the index marks table from version 3, `compressed` (false: its rows stay as they were) from 5, and
+    /// the scheduler's tables from 6.
     @Test func upgradeFromVersionOneKeepsTheBlobs() async throws {
         try await SQLTestDatabase.with { connection, _ in
             _ = try await connection.migrate()
@@ -219,12 +220,13 @@ struct SQLMigrationTests {
             try await SQLTestDatabase.execute(connection, "ALTER TABLE strata_blobs DROP COLUMN stored_at")
             try await SQLTestDatabase.execute(connection, "ALTER TABLE strata_blobs DROP COLUMN compressed")
             try await SQLTestDatabase.execute(connection, "DROP TABLE strata_index_marks")
+            try await SQLTestDatabase.execute(connection, "DROP TABLE strata_operations, strata_jobs, strata_bot_sessions")
             try await SQLTestDatabase.execute(connection, "DELETE FROM strata_schema_version WHERE version >= 2")
             let blob = Blob.random(size: 100)
             try await SQLTestDatabase.execute(connection, """
                 INSERT INTO strata_blobs (hash, size, data) VALUES ('\\x\(blob.digest.hash)', \(blob.digest.sizeBytes), '\\x\(blob.data.map { String(format: "%02x", $0) }.joined())')
                 """)
-            #expect(try await connection.migrate() == [2, 3, 4, 5])
+            #expect(try await connection.migrate() == [2, 3, 4, 5, 6])
             let storage = SQLBlobStore(connection: connection)
             #expect(try await storage.readAll(blob.digest) == blob.data)
             var listed: [StoredBlob] = []
@@ -243,7 +245,7 @@ struct SQLMigrationTests {
             async let a = first.migrate()
             async let b = second.migrate()
             let applied = try await [a, b]
-            #expect(applied.flatMap { $0 }.sorted() == [1, 2, 3, 4, 5], "migrations applied: \(applied)")
+            #expect(applied.flatMap { $0 }.sorted() == [1, 2, 3, 4, 5, 6], "migrations applied: \(applied)")
             try await SQLTestDatabase.execute(first, "SELECT 1 FROM strata_index_totals")
             let versions = try await first.withConnection("reading versions") { postgres in
                 var found: [Int64] = []
@@ -251,7 +253,7 @@ struct SQLMigrationTests {
                     .decode(Int64.self) { found.append(version) }
                 return found
             }
-            #expect(versions.sorted() == [1, 2, 3, 4, 5])
+            #expect(versions.sorted() == [1, 2, 3, 4, 5, 6])
             try await SQLTestDatabase.drop(schema, on: first)
         }
     }
