@@ -381,7 +381,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StrataConfigTests",
-            dependencies: ["StrataConfig", "StrataExecution", "StrataScheduler", "StrataMetrics", "StrataTestSupport", "StrataAuth", "StrataChunking", .product(name: "JWTKit", package: "jwt-kit")],
+            dependencies: ["StrataConfig", "StrataExecution", "StrataScheduler", "StrataSQL", "StrataMetrics", "StrataTestSupport", "StrataAuth", "StrataChunking", .product(name: "JWTKit", package: "jwt-kit")],
             swiftSettings: strictSettings
         ),
         .testTarget(

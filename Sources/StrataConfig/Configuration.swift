@@ -143,7 +143,7 @@ public struct Configuration: Sendable {
 /// BuildGrid tags Strata knows of but has not built yet: named so the error says "not yet", not "unknown".
 let plannedTags: Set<String> = [
     "!redis-storage", "!redis-fmb-cache",
-    "!introspection", "!sql-scheduler",
+    "!introspection",
 ]
 
 struct Builder {

@@ -1,8 +1,10 @@
+import Logging
 import StrataActionCache
 import StrataCore
 import StrataExecution
 import StrataScheduler
 import StrataServer
+import StrataSQL
 import StrataStorage
 
 /// A scheduler the configuration built, with its node's path (the `scheduler` label of its metrics).
@@ -11,8 +13,7 @@ struct ConfiguredScheduler: Sendable {
     let backend: ExecutionBackend
 }
 
-/// Remote execution's configuration: `schedulers:` (`!memory-scheduler`; `!sql-scheduler` lives in
-/// its own file), the property sets, and the `!execution` and `!bots` services.
+/// Remote execution's configuration: `schedulers:` (`!memory-scheduler`, `!sql-scheduler`), the property sets, and the `!execution` and `!bots` services.
 extension Builder {
     /// The options every scheduler has, BuildGrid's names (Strata's own marked): what
     /// `schedulerSettings` reads. A scheduler tag allows these plus its own.
@@ -44,12 +45,77 @@ extension Builder {
                 built = ConfiguredScheduler(
                     name: node.path,
                     backend: ExecutionBackend(scheduler: InMemoryScheduler(settings: settings), storage: storage, actionCache: cache))
+            case "!sql-scheduler":
+                built = try builder.sqlScheduler(node)
             default:
-                throw builder.unknownTag(node, kind: "scheduler", known: ["!memory-scheduler"])
+                throw builder.unknownTag(node, kind: "scheduler", known: ["!memory-scheduler", "!sql-scheduler"])
             }
             builder.objects[node.identity] = built
             return built
         }
+    }
+
+    /// BuildGrid's `!sql-scheduler` options Strata accepts without acting on them, and why.
+    static let ignoredSQLSchedulerOptions: [String: String] = [
+        "sql-ro": "the scheduler reads and writes through `sql` (its reads decide assignments)",
+        "sql-notifier": "each process LISTENs on a connection of its own, opened with `sql`'s settings",
+        "poll-interval": "waiting streams re-read every second besides LISTEN/NOTIFY",
+        "bot-poll-interval": "waiting bots re-read every second besides LISTEN/NOTIFY",
+        "job-assignment-interval": "jobs are assigned when a bot asks, not by a timer",
+        "priority-assignment-percentage": "jobs are assigned by priority then age",
+        "pruner-period": "completed jobs are pruned by the maintenance pass, every session-expiry-timer-interval",
+        "pruner-max-delete-window": "completed jobs are pruned by the maintenance pass",
+        "action-browser-url": "Strata has no action browser",
+        "queued-action-retention-hours": "queued jobs stay until they run, are cancelled or nobody waits on them (unwatched-operation-timeout)",
+        "action-result-retention-hours": "the action cache keeps results",
+        "proactive-fetch-to-capacity": "a bot is given work up to its capacity whenever it asks",
+        "proactive-fetch-full-queue": "a bot is given work up to its capacity whenever it asks",
+    ]
+
+    /// `!sql-scheduler`: jobs, operations and bot sessions in PostgreSQL (Strata's own tables, made by
+    /// `strata migrate` or the first use), shared by every process naming the same database.
+    mutating func sqlScheduler(_ node: ConfigNode) throws(ConfigError) -> ConfiguredScheduler {
+        let own: Set<String> = ["sql", "completed-action-retention-hours", "execution-timer-interval", "session-expiry-timer-interval",
+                                "property-keys", "wildcard-property-keys"]
+        let options = try node.mapping(
+            allowed: Self.commonSchedulerOptions.union(own).union(Self.ignoredSQLSchedulerOptions.keys),
+            unsupported: ["cohort-set", "assigners", "metering", "metering-throttle-action", "logstream", "asset-client",
+                          "instance-pools", "queue-timeout-configs", "queue-timeout-job-max-age", "queue-timeout-period",
+                          "queue-timeout-max-window", "instanced-queue-size", "instanced-browser-urls", "pruner-job-max-age",
+                          "bot-locality-hint-limit", "eviction-cooldown-seconds"])
+        guard let sqlNode = options["sql"] else { throw node.error("!sql-scheduler needs sql: an alias of a !sql-connection") }
+        let connection = try sqlConnection(sqlNode)
+        let (storage, cache) = try schedulerStorage(node, options)
+        var settings = try schedulerSettings(options)
+        // BuildGrid's older spelling of a dynamic property set, on the scheduler itself.
+        if options["property-keys"] != nil || options["wildcard-property-keys"] != nil {
+            if let propertySetNode = options["property-set"] {
+                throw propertySetNode.error("give either property-set or property-keys/wildcard-property-keys, not both")
+            }
+            func keys(_ node: ConfigNode?) throws(ConfigError) -> Set<String> {
+                Set(try node?.sequence().map { key throws(ConfigError) in try key.string() } ?? [])
+            }
+            settings.propertySet = .dynamic(DynamicPropertySet(
+                matchPropertyKeys: try keys(options["property-keys"]), wildcardPropertyKeys: try keys(options["wildcard-property-keys"])))
+        }
+        if let hours = options["completed-action-retention-hours"] {
+            // Hours as a number of seconds would be read: the same parser, scaled.
+            let value = try hours.secondsNumber()
+            guard value > 0 else { throw hours.error("must be more than 0 hours") }
+            settings.completedJobRetention = .seconds(value * 3600)
+        }
+        // One maintenance pass does what BuildGrid's two timers do: it runs at the shorter interval.
+        var intervals: [Duration] = []
+        for key in ["execution-timer-interval", "session-expiry-timer-interval"] {
+            if let entry = options[key] { intervals.append(try entry.seconds()) }
+        }
+        if let shortest = intervals.min() { settings.maintenanceInterval = shortest }
+        for (key, reason) in Self.ignoredSQLSchedulerOptions.sorted(by: { $0.key < $1.key }) {
+            if let entry = options[key] { ignore(entry, because: reason) }
+        }
+        let scheduler = SQLScheduler(connection: connection, settings: settings, logger: Logger(label: "strata.sql-scheduler"))
+        return ConfiguredScheduler(
+            name: node.path, backend: ExecutionBackend(scheduler: scheduler, storage: storage, actionCache: cache))
     }
 
     /// A scheduler's `storage` (required: where Execute reads actions) and `action-cache` (optional).

@@ -3,6 +3,7 @@ import StrataConfig
 import StrataExecution
 import StrataScheduler
 import StrataServer
+import StrataSQL
 import Testing
 
 /// `schedulers:`, the property sets, and the `!execution` and `!bots` services.
@@ -143,6 +144,59 @@ import Testing
         let instance = try #require(configuration.instances.first)
         #expect(instance.has(Instance.Execution.self) && instance.has(Instance.Operations.self) && instance.has(Instance.Bots.self))
         #expect(instance.cas != nil && instance.byteStream != nil && instance.actionCache != nil)
+    }
+
+    /// `!sql-scheduler`: BuildGrid's options, its older property keys, the ones Strata ignores named in
+    /// warnings, the ones it lacks refused; loading opens no connection.
+    @Test func sqlScheduler() throws {
+        let base = """
+            server: [!channel {address: "127.0.0.1:50051"}]
+            connections: [!sql-connection &pg {connection-string: "postgresql://strata@127.0.0.1:1/strata"}]
+            storages: [!lru-storage &cas {size: 1M}]
+            caches: [!lru-action-cache &ac {max-cached-refs: 10}]
+            schedulers:
+              - !sql-scheduler &scheduler
+                sql: *pg
+                storage: *cas
+                action-cache: *ac
+            """
+        let services = """
+
+            instances:
+              - name: ""
+                services: [!execution {scheduler: *scheduler}]
+            """
+        let configuration = try parse(base + """
+
+                max-execution-timeout: 60
+                bot-session-keepalive-timeout: 30
+                max-job-attempts: 3
+                session-expiry-timer-interval: 5
+                execution-timer-interval: 2
+                completed-action-retention-hours: 0.5
+                property-keys: [OSFamily, pool]
+                wildcard-property-keys: [label]
+                sql-notifier: *pg
+                poll-interval: 1
+            """ + services)
+        let endpoint = try #require(configuration.instances.first?[Instance.Execution.self])
+        let settings = endpoint.backend.scheduler.settings
+        #expect(endpoint.backend.scheduler is SQLScheduler)
+        #expect(settings.maxExecutionTimeout == .seconds(60))
+        #expect(settings.botSessionKeepaliveTimeout == .seconds(30))
+        #expect(settings.maxJobAttempts == 3)
+        #expect(settings.maintenanceInterval == .seconds(2))
+        #expect(settings.completedJobRetention == .seconds(1800))
+        #expect(settings.propertySet == .dynamic(DynamicPropertySet(matchPropertyKeys: ["OSFamily", "pool"], wildcardPropertyKeys: ["label"])))
+        #expect(configuration.warnings.contains { $0.contains("sql-notifier is ignored") }, "\(configuration.warnings)")
+        #expect(configuration.warnings.contains { $0.contains("poll-interval is ignored") }, "\(configuration.warnings)")
+        expectError(base + "\n    cohort-set: {}" + services, line: 10, "cohort-set")
+        expectError("""
+            server: [!channel {address: "127.0.0.1:50051"}]
+            storages: [!lru-storage &cas {size: 1M}]
+            schedulers: [!sql-scheduler &scheduler {storage: *cas}]
+            """ + services, line: 3, "!sql-scheduler needs sql")
+        expectError(base + "\n    property-keys: [OSFamily]\n    property-set: !dynamic-property-set {}" + services, line: 11, "not both")
     }
 
     @Test func errors() {
