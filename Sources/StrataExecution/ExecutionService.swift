@@ -101,8 +101,11 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
 
     /// Sends the operation's current state, each change, and the last state again whenever
     /// `keepalive` passes without a message; ends after the completed state. On a graceful shutdown
-    /// the stream ends cleanly (OK, the operation not done): the job stays with the scheduler and the
-    /// client resumes with WaitExecution. A client that goes away ends it too, which ends its watch.
+    /// the stream ends with UNAVAILABLE naming the operation: the job stays with the scheduler and the
+    /// client resumes with WaitExecution. (Ending it with OK would be a stream that finished without a
+    /// result, which Bazel reports as "execution terminated with no result" and does not retry; it
+    /// retries UNAVAILABLE, with WaitExecution once it has an operation name.) A client that goes away
+    /// ends it too, which ends its watch.
     static func stream(_ name: String, _ scheduler: any Scheduler, keepalive: Duration, to response: RPCWriter<Operation>) async throws {
         let updates = try await scheduler.watch(name)
         let (events, continuation) = AsyncStream.makeStream(of: StreamEvent.self, bufferingPolicy: .unbounded)
@@ -135,7 +138,10 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
                         sentSinceKeepalive = false
                     case .failed(let error):
                         throw error
-                    case .finished, .shuttingDown, .rpcCancelled:
+                    case .shuttingDown:
+                        throw StrataError.unavailable(
+                            "the server is shutting down; the operation \(StrataError.echo(name)) goes on: follow it with WaitExecution")
+                    case .finished, .rpcCancelled:
                         break loop
                     }
                 }

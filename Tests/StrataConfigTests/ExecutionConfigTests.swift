@@ -146,6 +146,31 @@ import Testing
         #expect(instance.cas != nil && instance.byteStream != nil && instance.actionCache != nil)
     }
 
+    /// config/split/: the three processes of BuildGrid's split, each serving only its part; the
+    /// execution and bots processes on one SQL scheduler, reaching storage remotely.
+    @Test func splitConfigurationsLoad() throws {
+        let environment = [
+            "STRATA_STORAGE_ADDRESS": "127.0.0.1:50051", "STRATA_EXECUTION_ADDRESS": "127.0.0.1:50052",
+            "STRATA_BOTS_ADDRESS": "127.0.0.1:50053", "STRATA_STORAGE_PATH": "/nonexistent/strata-split",
+            "STRATA_POSTGRES_URL": "postgresql://strata@127.0.0.1:5432/strata",
+        ]
+        func load(_ name: String) throws -> Instance {
+            let configuration = try Configuration.load(file: root + "/config/split/\(name).yml", environment: environment)
+            #expect(configuration.instances.count == 1)
+            return try #require(configuration.instances.first)
+        }
+        let storage = try load("storage")
+        #expect(storage.cas != nil && storage.byteStream != nil && storage.actionCache != nil)
+        #expect(!storage.has(Instance.Execution.self) && !storage.has(Instance.Bots.self))
+        let execution = try load("execution")
+        #expect(execution.has(Instance.Execution.self) && execution.has(Instance.Operations.self) && !execution.has(Instance.Bots.self))
+        #expect(execution.cas == nil)
+        #expect(execution[Instance.Execution.self]?.backend.scheduler is SQLScheduler)
+        let bots = try load("bots")
+        #expect(bots.has(Instance.Bots.self) && !bots.has(Instance.Execution.self) && !bots.has(Instance.Operations.self))
+        #expect(bots[Instance.Bots.self]?.scheduler is SQLScheduler)
+    }
+
     /// `!sql-scheduler`: BuildGrid's options, its older property keys, the ones Strata ignores named in
     /// warnings, the ones it lacks refused; loading opens no connection.
     @Test func sqlScheduler() throws {

@@ -15,9 +15,10 @@ import Testing
 
 @Suite struct ShutdownAndMetricsTests {
     /// `strata serve` runs the server in a service group: its graceful shutdown (SIGTERM) ends an
-    /// Execute stream cleanly, the operation not done, and the job stays with the scheduler: a client
-    /// resumes with WaitExecution on the next server.
-    @Test func aShutdownEndsExecuteStreamsCleanlyAndTheJobSurvives() async throws {
+    /// Execute stream with UNAVAILABLE (what Bazel retries; an OK end without a result it does not),
+    /// the operation not done, and the job stays with the scheduler: a client resumes with
+    /// WaitExecution on the next server.
+    @Test func aShutdownEndsExecuteStreamsWithUnavailableAndTheJobSurvives() async throws {
         let scheduler = InMemoryScheduler(settings: SchedulerSettings())
         let store = LRUBlobStore(capacityBytes: 16 << 20)
         let backend = ExecutionBackend(scheduler: scheduler, storage: store, actionCache: nil)
@@ -36,20 +37,26 @@ import Testing
         let running = Task { try await group.run() }
         guard case .tcp(_, let port) = try await first.listeningAddresses()[0].kind else { fatalError("tcp expected") }
         let started = ContinuousClock.now
-        let operations = try await withExecutionClient(port: port) { client in
+        let (operations, ending) = try await withExecutionClient(port: port) { client in
             try await client.execute(.with {
                 $0.instanceName = ExecutionServer.instance
                 $0.actionDigest = digest.proto
-            }) { response in
+            }) { response -> ([Google_Longrunning_Operation], RPCError?) in
                 var operations: [Google_Longrunning_Operation] = []
-                for try await operation in response.messages {
-                    operations.append(operation)
-                    // The first message says the job is queued: now shut the server down.
-                    if operations.count == 1 { await group.triggerGracefulShutdown() }
+                do {
+                    for try await operation in response.messages {
+                        operations.append(operation)
+                        // The first message says the job is queued: now shut the server down.
+                        if operations.count == 1 { await group.triggerGracefulShutdown() }
+                    }
+                } catch let error as RPCError {
+                    return (operations, error)
                 }
-                return operations
+                return (operations, nil)
             }
         }
+        #expect(ending?.code == .unavailable, "\(String(describing: ending))")
+        #expect(ending?.message.contains("WaitExecution") == true)
         try await running.value
         // Ended by the shutdown, not by the 30 s shutdown deadline closing the connection.
         #expect(ContinuousClock.now - started < .seconds(20))
