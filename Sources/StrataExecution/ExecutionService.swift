@@ -50,8 +50,8 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
             }
             if requested > .zero { timeout = requested }
         }
-        let properties = action.hasPlatform && !action.platform.properties.isEmpty ? action.platform.properties : command.platform.properties
-        let platform = properties.map { PlatformProperty(name: $0.name, value: $0.value) }.sorted()
+        let platform = PlatformProperty.properties(
+            of: action.hasPlatform && !action.platform.properties.isEmpty ? action.platform : command.platform)
         try settings.propertySet.validate(platform)
 
         let executionRequest = ExecutionRequest(

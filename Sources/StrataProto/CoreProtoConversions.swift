@@ -39,3 +39,32 @@ extension StrataError {
         }
     }
 }
+
+extension ClientRequestMetadata {
+    /// What a client's `requestmetadata-bin` header says.
+    public init(_ proto: Build_Bazel_Remote_Execution_V2_RequestMetadata) {
+        self.init()
+        toolName = proto.toolDetails.toolName
+        toolVersion = proto.toolDetails.toolVersion
+        actionID = proto.actionID
+        toolInvocationID = proto.toolInvocationID
+        correlatedInvocationsID = proto.correlatedInvocationsID
+        actionMnemonic = proto.actionMnemonic
+        targetID = proto.targetID
+        configurationID = proto.configurationID
+    }
+
+    /// The `requestmetadata-bin` message passing this metadata on.
+    public var proto: Build_Bazel_Remote_Execution_V2_RequestMetadata {
+        .with {
+            $0.toolDetails.toolName = toolName
+            $0.toolDetails.toolVersion = toolVersion
+            $0.actionID = actionID
+            $0.toolInvocationID = toolInvocationID
+            $0.correlatedInvocationsID = correlatedInvocationsID
+            $0.actionMnemonic = actionMnemonic
+            $0.targetID = targetID
+            $0.configurationID = configurationID
+        }
+    }
+}

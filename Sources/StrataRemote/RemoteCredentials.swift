@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import StrataAPI
 import StrataCore
+import StrataProto
 import Synchronization
 
 /// How a client proves who it is to a remote REAPI server and checks the server: TLS files (PEM) and
@@ -105,22 +106,10 @@ struct RemoteCallHeadersInterceptor: ClientInterceptor {
         var request = request
         if let token { request.metadata.replaceOrAddString("Bearer \(try token.current())", forKey: "authorization") }
         if let metadata = RequestContext.current?.metadata ?? ownMetadata, !metadata.isEmpty,
-           let bytes = try? Self.requestMetadata(metadata).serializedBytes() as [UInt8] {
+           let bytes = try? metadata.proto.serializedBytes() as [UInt8] {
             request.metadata.replaceOrAddBinary(bytes, forKey: Self.requestMetadataKey)
         }
         return try await next(request, context)
     }
 
-    static func requestMetadata(_ metadata: ClientRequestMetadata) -> Build_Bazel_Remote_Execution_V2_RequestMetadata {
-        .with {
-            $0.toolDetails.toolName = metadata.toolName
-            $0.toolDetails.toolVersion = metadata.toolVersion
-            $0.actionID = metadata.actionID
-            $0.toolInvocationID = metadata.toolInvocationID
-            $0.correlatedInvocationsID = metadata.correlatedInvocationsID
-            $0.actionMnemonic = metadata.actionMnemonic
-            $0.targetID = metadata.targetID
-            $0.configurationID = metadata.configurationID
-        }
-    }
 }

@@ -383,7 +383,7 @@ public final class SQLScheduler: Scheduler {
 
     public func createBotSession(_ registration: BotRegistration) async throws(StrataError) -> BotSessionRecord {
         let name = Self.botSessionName(instance: registration.instanceName)
-        let platform = try Self.serialized(Self.platformProto(registration.platform))
+        let platform = try Self.serialized(PlatformProperty.platform(registration.platform))
         let offered = registration.platform.map(Self.propertyKey)
         let capacity = Int32(clamping: max(1, registration.capacity))
         let keepalive = settings.botSessionKeepaliveTimeout.milliseconds
@@ -756,7 +756,7 @@ public final class SQLScheduler: Scheduler {
             for try await (platform, count) in try await postgres.query(
                 "SELECT platform, count(*) FROM strata_jobs WHERE stage = 2 GROUP BY platform", logger: logger
             ).decode((Data, Int64).self) {
-                statistics.queuedByPlatform[Self.platformLabel(try Self.platform(platform)), default: 0] += Int(count)
+                statistics.queuedByPlatform[PlatformProperty.label(try Self.platform(platform)), default: 0] += Int(count)
             }
             for try await count in try await postgres.query(
                 "SELECT count(*) FROM strata_bot_sessions WHERE expire_at > now()", logger: logger
@@ -766,9 +766,6 @@ public final class SQLScheduler: Scheduler {
     }
 
     /// How `statistics()` names a platform: its properties, sorted, comma-separated.
-    static func platformLabel(_ platform: [PlatformProperty]) -> String {
-        platform.sorted().map(\.description).joined(separator: ",")
-    }
 
     // MARK: Rows
 
@@ -833,19 +830,11 @@ public final class SQLScheduler: Scheduler {
         return snapshots.map { snapshot in
             guard snapshot.stage == .queued else { return snapshot }
             var snapshot = snapshot
-            snapshot.waitingReason = Self.waitingReason(job: snapshot.platform, instance: snapshot.instanceName, bots: bots[snapshot.instanceName] ?? [], settings.propertySet)
+            snapshot.waitingReason = settings.propertySet.waitingReason(job: snapshot.platform, instance: snapshot.instanceName, bots: bots[snapshot.instanceName] ?? [])
             return snapshot
         }
     }
 
-    static func waitingReason(job: [PlatformProperty], instance: String, bots: [[PlatformProperty]], _ propertySet: PropertySet) -> String? {
-        if bots.contains(where: { propertySet.matches(job: job, bot: $0) }) { return nil }
-        if bots.isEmpty { return instance.isEmpty ? "no bot is connected" : "no bot is connected to instance \(instance)" }
-        let offered = bots.flatMap { $0 }
-        let missing = job.filter { !propertySet.matches(job: [$0], bot: offered) }
-        if missing.isEmpty { return "no connected bot offers all of \(job.map(\.description).joined(separator: ", "))" }
-        return "no connected bot offers \(missing.map(\.description).joined(separator: ", "))"
-    }
 
     /// Jobs as their sessions see them, selected by `condition` with `$n` binds.
     static func assigned(
@@ -906,17 +895,14 @@ public final class SQLScheduler: Scheduler {
             hash = request.actionDigest.hash
             size = request.actionDigest.sizeBytes
             action = try SQLScheduler.serialized(request.action)
-            platform = try SQLScheduler.serialized(SQLScheduler.platformProto(request.platform))
-            let wildcards: Set<String> = switch settings.propertySet {
-            case .dynamic(let set): set.wildcardPropertyKeys
-            case .static(let set): set.wildcardPropertyKeys
-            }
+            platform = try SQLScheduler.serialized(PlatformProperty.platform(request.platform))
+            let wildcards = settings.propertySet.wildcardPropertyKeys
             requiredProperties = request.platform.filter { !wildcards.contains($0.name) }.map(SQLScheduler.propertyKey)
             priority = request.priority
             doNotCache = request.doNotCache
             timeoutMilliseconds = request.timeout.map { min($0, settings.maxExecutionTimeout).milliseconds }
                 ?? settings.maxExecutionTimeout.milliseconds
-            requestMetadata = try SQLScheduler.serialized(SQLScheduler.requestMetadataProto(request.requestMetadata))
+            requestMetadata = try SQLScheduler.serialized(request.requestMetadata.proto)
         }
     }
 
@@ -925,43 +911,14 @@ public final class SQLScheduler: Scheduler {
         "\(property.name.utf8.count):\(property.name)=\(property.value)"
     }
 
-    static func platformProto(_ platform: [PlatformProperty]) -> Build_Bazel_Remote_Execution_V2_Platform {
-        .with { proto in
-            proto.properties = platform.map { property in .with { $0.name = property.name; $0.value = property.value } }
-        }
-    }
 
     static func platform(_ bytes: Data) throws -> [PlatformProperty] {
-        try Build_Bazel_Remote_Execution_V2_Platform(serializedBytes: bytes).properties.map {
-            PlatformProperty(name: $0.name, value: $0.value)
-        }
+        PlatformProperty.properties(of: try Build_Bazel_Remote_Execution_V2_Platform(serializedBytes: bytes))
     }
 
-    static func requestMetadataProto(_ metadata: ClientRequestMetadata) -> Build_Bazel_Remote_Execution_V2_RequestMetadata {
-        .with {
-            $0.toolDetails.toolName = metadata.toolName
-            $0.toolDetails.toolVersion = metadata.toolVersion
-            $0.actionID = metadata.actionID
-            $0.toolInvocationID = metadata.toolInvocationID
-            $0.correlatedInvocationsID = metadata.correlatedInvocationsID
-            $0.actionMnemonic = metadata.actionMnemonic
-            $0.targetID = metadata.targetID
-            $0.configurationID = metadata.configurationID
-        }
-    }
 
     static func requestMetadata(_ bytes: Data) throws -> ClientRequestMetadata {
-        let proto = try Build_Bazel_Remote_Execution_V2_RequestMetadata(serializedBytes: bytes)
-        var metadata = ClientRequestMetadata()
-        metadata.toolName = proto.toolDetails.toolName
-        metadata.toolVersion = proto.toolDetails.toolVersion
-        metadata.actionID = proto.actionID
-        metadata.toolInvocationID = proto.toolInvocationID
-        metadata.correlatedInvocationsID = proto.correlatedInvocationsID
-        metadata.actionMnemonic = proto.actionMnemonic
-        metadata.targetID = proto.targetID
-        metadata.configurationID = proto.configurationID
-        return metadata
+        ClientRequestMetadata(try Build_Bazel_Remote_Execution_V2_RequestMetadata(serializedBytes: bytes))
     }
 
     static func serialized(_ message: some SwiftProtobuf.Message) throws(StrataError) -> Data {

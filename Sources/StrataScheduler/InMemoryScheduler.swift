@@ -262,7 +262,7 @@ public final class InMemoryScheduler: Scheduler {
             for job in state.jobs.values { statistics.jobsByStage[job.stage, default: 0] += 1 }
             for entry in state.queue.entries {
                 guard let job = state.jobs[entry.jobID] else { continue }
-                statistics.queuedByPlatform[job.platform.map(\.description).joined(separator: ","), default: 0] += 1
+                statistics.queuedByPlatform[PlatformProperty.label(job.platform), default: 0] += 1
             }
             return statistics
         }
@@ -620,16 +620,7 @@ public final class InMemoryScheduler: Scheduler {
     /// Why a queued job waits, or nil when some open session could take it.
     private func waitingReason(_ job: Job, _ state: State) -> String? {
         let open = state.sessions.values.filter { $0.instanceName == job.instanceName }
-        if open.contains(where: { settings.propertySet.matches(job: job.platform, bot: $0.platform) }) { return nil }
-        if open.isEmpty {
-            return job.instanceName.isEmpty ? "no bot is connected" : "no bot is connected to instance \(job.instanceName)"
-        }
-        let offered = open.flatMap(\.platform)
-        let missing = job.platform.filter { !settings.propertySet.matches(job: [$0], bot: offered) }
-        if missing.isEmpty {
-            return "no connected bot offers all of \(job.platform.map(\.description).joined(separator: ", "))"
-        }
-        return "no connected bot offers \(missing.map(\.description).joined(separator: ", "))"
+        return settings.propertySet.waitingReason(job: job.platform, instance: job.instanceName, bots: open.map(\.platform))
     }
 
     private func refreshWaitingReasons(instanceName: String, _ state: inout State, _ effects: inout Effects) {

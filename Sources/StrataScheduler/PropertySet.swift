@@ -17,14 +17,30 @@ public enum PropertySet: Sendable, Equatable {
         }
     }
 
-    /// Whether a bot offering `bot` can run a job asking for `job` (already validated).
-    public func matches(job: [PlatformProperty], bot: [PlatformProperty]) -> Bool {
-        let wildcards: Set<String> = switch self {
+    /// The keys a job may set that no bot needs to offer.
+    public var wildcardPropertyKeys: Set<String> {
+        switch self {
         case .dynamic(let set): set.wildcardPropertyKeys
         case .static(let set): set.wildcardPropertyKeys
         }
+    }
+
+    /// Whether a bot offering `bot` can run a job asking for `job` (already validated).
+    public func matches(job: [PlatformProperty], bot: [PlatformProperty]) -> Bool {
+        let wildcards = wildcardPropertyKeys
         let offered = Set(bot)
         return job.allSatisfy { wildcards.contains($0.name) || offered.contains($0) }
+    }
+
+    /// Why a queued job asking for `job` waits when the open sessions of its instance offer `bots`,
+    /// or nil when one of them can take it: the `waitingReason` every scheduler reports.
+    public func waitingReason(job: [PlatformProperty], instance: String, bots: [[PlatformProperty]]) -> String? {
+        if bots.contains(where: { matches(job: job, bot: $0) }) { return nil }
+        if bots.isEmpty { return instance.isEmpty ? "no bot is connected" : "no bot is connected to instance \(instance)" }
+        let offered = bots.flatMap { $0 }
+        let missing = job.filter { !matches(job: [$0], bot: offered) }
+        if missing.isEmpty { return "no connected bot offers all of \(job.map(\.description).joined(separator: ", "))" }
+        return "no connected bot offers \(missing.map(\.description).joined(separator: ", "))"
     }
 }
 

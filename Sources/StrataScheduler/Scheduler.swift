@@ -178,6 +178,27 @@ public struct PlatformProperty: Sendable, Hashable, Comparable, CustomStringConv
 
     public static func < (a: Self, b: Self) -> Bool { (a.name, a.value) < (b.name, b.value) }
     public var description: String { "\(name)=\(value)" }
+
+    public init(_ proto: Build_Bazel_Remote_Execution_V2_Platform.Property) {
+        self.init(name: proto.name, value: proto.value)
+    }
+
+    /// A platform's properties, sorted.
+    public static func properties(of platform: Build_Bazel_Remote_Execution_V2_Platform) -> [PlatformProperty] {
+        platform.properties.map(PlatformProperty.init).sorted()
+    }
+
+    /// The REAPI message listing `properties`.
+    public static func platform(_ properties: [PlatformProperty]) -> Build_Bazel_Remote_Execution_V2_Platform {
+        .with { platform in
+            platform.properties = properties.map { property in .with { $0.name = property.name; $0.value = property.value } }
+        }
+    }
+
+    /// A platform as one label ("ISA=x86-64,OSFamily=linux", "" for none): the statistics' key.
+    public static func label(_ properties: [PlatformProperty]) -> String {
+        properties.sorted().map(\.description).joined(separator: ",")
+    }
 }
 
 /// A job's stage, numbered as REAPI's `ExecutionStage.Value`.

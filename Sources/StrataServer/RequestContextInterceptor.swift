@@ -42,18 +42,9 @@ struct RequestContextInterceptor: ServerInterceptor {
     /// The client's RequestMetadata header, decoded; empty when absent or not a RequestMetadata (a
     /// malformed header describes the client, it does not make the request invalid).
     static func clientMetadata(_ metadata: Metadata) -> ClientRequestMetadata {
-        var result = ClientRequestMetadata()
         guard let bytes = metadata[binaryValues: requestMetadataKey].first(where: { _ in true }),
               let message = try? Build_Bazel_Remote_Execution_V2_RequestMetadata(serializedBytes: bytes)
-        else { return result }
-        result.toolName = message.toolDetails.toolName
-        result.toolVersion = message.toolDetails.toolVersion
-        result.actionID = message.actionID
-        result.toolInvocationID = message.toolInvocationID
-        result.correlatedInvocationsID = message.correlatedInvocationsID
-        result.actionMnemonic = message.actionMnemonic
-        result.targetID = message.targetID
-        result.configurationID = message.configurationID
-        return result
+        else { return ClientRequestMetadata() }
+        return ClientRequestMetadata(message)
     }
 }
