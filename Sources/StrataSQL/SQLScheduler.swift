@@ -523,6 +523,8 @@ public final class SQLScheduler: Scheduler {
             let jobs = try await assignedJobs(session: session)
             let leases = Dictionary(jobs.map { ($0.jobID, $0.cancelled) }, uniquingKeysWith: { $1 })
             if let first, first != leases { return }
+            // A cancelled job the bot still holds is news for it: answered at once (see the protocol).
+            if first == nil, leases.values.contains(true) { return }
             if first == nil { first = leases }
             await pause(waiter, deadline: deadline)
         }

@@ -214,9 +214,14 @@ public final class InMemoryScheduler: Scheduler {
     }
 
     public func waitForChange(session name: String, deadline: ContinuousClock.Instant) async throws(StrataError) {
-        let generation = try mutate { state, effects throws(StrataError) in
-            try liveSession(name, &state, &effects).generation
+        let generation: UInt64? = try mutate { state, effects throws(StrataError) in
+            let session = try liveSession(name, &state, &effects)
+            // A cancelled job the bot still holds is news for it: answered at once, so that a
+            // cancellation between the caller's read of its jobs and this wait is not slept through.
+            if session.jobs.contains(where: { state.jobs[$0].map(Self.assigned)?.cancelled == true }) { return nil }
+            return session.generation
         }
+        guard let generation else { return }
         await wait(session: name, until: deadline, for: .sessionChanged(since: generation))
     }
 

@@ -87,8 +87,9 @@ public protocol Scheduler: Sendable {
     func assignJobs(session: String, count: Int, deadline: ContinuousClock.Instant) async throws(StrataError) -> [AssignedJob]
 
     /// Waits until something changes for the session (a job of it cancelled) or `deadline`.
-    /// Answers early on any change; the Bots service's long-poll uses it while the bot has no spare
-    /// capacity.
+    /// Answers early on any change, and at once while one of the session's jobs is cancelled (so a
+    /// cancellation between the caller's read of `assignedJobs` and this call is never slept
+    /// through); the Bots service's long-poll uses it while the bot has no spare capacity.
     func waitForChange(session: String, deadline: ContinuousClock.Instant) async throws(StrataError)
 
     /// The bot reports the job finished: the job completes with `response` (the Bots service has

@@ -526,7 +526,15 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         _ = await watcher.value
         try expect(ContinuousClock.now < deadline - .seconds(20), "waitForChange did not wake when the session's jobs were cancelled")
         try expect(try await scheduler.assignedJobs(session: session.name).contains { $0.cancelled }, "the woken session does not see a job cancelled")
-        // With nothing changing, it waits until the deadline.
+        // While the bot still holds a cancelled job, a wait answers at once: a cancellation that came
+        // between the caller's read and its wait is never slept through.
+        let holding = ContinuousClock.now
+        try await scheduler.waitForChange(session: session.name, deadline: holding + .seconds(60))
+        try expect(ContinuousClock.now < holding + .seconds(20), "waitForChange slept while the session held a cancelled job")
+        // The bot lets the cancelled jobs go; with nothing changing, a wait lasts until its deadline.
+        for job in try await scheduler.assignedJobs(session: session.name) where job.cancelled {
+            try await scheduler.completeJob(job.jobID, session: session.name, response: response("stopped"))
+        }
         let shortDeadline = ContinuousClock.now + .milliseconds(300)
         try await scheduler.waitForChange(session: session.name, deadline: shortDeadline)
         try expect(ContinuousClock.now >= shortDeadline, "waitForChange returned before its deadline with nothing changed")
