@@ -70,6 +70,8 @@ extension Builder {
         "action-result-retention-hours": "the action cache keeps results",
         "proactive-fetch-to-capacity": "a bot is given work up to its capacity whenever it asks",
         "proactive-fetch-full-queue": "a bot is given work up to its capacity whenever it asks",
+        "metering": "Strata does not throttle clients by their metered usage (the top-level metering: is not read either)",
+        "metering-throttle-action": "Strata does not throttle clients by their metered usage",
     ]
 
     /// `!sql-scheduler`: jobs, operations and bot sessions in PostgreSQL (Strata's own tables, made by
@@ -79,7 +81,7 @@ extension Builder {
                                 "property-keys", "wildcard-property-keys"]
         let options = try node.mapping(
             allowed: Self.commonSchedulerOptions.union(own).union(Self.ignoredSQLSchedulerOptions.keys),
-            unsupported: ["cohort-set", "assigners", "metering", "metering-throttle-action", "logstream", "asset-client",
+            unsupported: ["cohort-set", "assigners", "logstream", "asset-client",
                           "instance-pools", "queue-timeout-configs", "queue-timeout-job-max-age", "queue-timeout-period",
                           "queue-timeout-max-window", "instanced-queue-size", "instanced-browser-urls", "pruner-job-max-age",
                           "bot-locality-hint-limit", "eviction-cooldown-seconds"])

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # BuildGrid's own reference configuration, as the buildgrid==0.9.1 wheel packages it, through
 # `strata config check`: every problem of the file is reported (one line each, FILE:LINE: PATH: WHAT,
-# then the count), nothing crashes, and the only refusals are the execution and scheduler parts,
-# each named, and its `authorization:` giving both `secret` and `jwks-url`, which BuildGrid 0.9.1
+# then the count), nothing crashes, and the only refusals are the execution parts Strata lacks
+# (`command-allowlist`, `!quota-service`, the scheduler's `cohort-set`), each named, and its `authorization:` giving both `secret` and `jwks-url`, which BuildGrid 0.9.1
 # refuses too ("Exactly one of `secret` or `jwks_url` must be set"). Any other refusal fails.
 # Then Tests/e2e/buildgrid-options.yml, every BuildGrid option Strata accepts without an equivalent,
 # must pass with its warnings.
@@ -46,7 +46,7 @@ while IFS= read -r line; do
 done <<<"$problems"
 
 # The execution parts Strata lacks (the SQL scheduler, a command allowlist, quotas): each refused, by name.
-for expected in 'schedulers\[0\]: !sql-scheduler is not supported' \
+for expected in 'schedulers\[0\]\.cohort-set: option "cohort-set" is not supported' \
                 'instances\[0\]\.services\[1\]\.command-allowlist: option "command-allowlist" is not supported' \
                 'services\[0\]: !quota-service is not supported'; do
   grep -q "$expected" <<<"$problems" || { echo "buildgrid_reference: no refusal matching \"$expected\""; fail=1; }
@@ -55,7 +55,7 @@ done
 echo "buildgrid_reference: $count refusals of BuildGrid's reference.yml:"
 while IFS= read -r line; do
   case "$line" in
-    *"!sql-scheduler"*|*"command-allowlist"*|*"!quota-service"*) kind="execution/scheduler (expected)" ;;
+    *"command-allowlist"*|*"!quota-service"*|*"cohort-set"*) kind="execution (expected)" ;;
     *"authorization: give either secret or jwks-url, not both"*) kind="refused by BuildGrid too (expected)" ;;
     *) kind="UNEXPECTED"; fail=1 ;;
   esac
