@@ -32,6 +32,9 @@ public final class BotWorker: Sendable {
         public var longPollTimeout: Duration = .seconds(30)
         /// The pause between UpdateBotSessions while every slot is busy and the server answers at once.
         public var heartbeat: Duration = .seconds(5)
+        /// The pause before the next UpdateBotSession when a slot is free and the server answered at
+        /// once an update that reported nothing (a server that does not long-poll).
+        public var idlePause: Duration = .seconds(1)
         /// Where each action gets its own directory.
         public var workDirectory: String
 
@@ -107,8 +110,12 @@ public final class BotWorker: Sendable {
             let started = ContinuousClock.now
             do {
                 var startedWork = false
+                // Whether this update reports finished leases: a server answers it at once, which is
+                // no reason to pause before the next long-poll.
+                var reportedResults = false
                 if let current = session {
                     wake.reset()
+                    reportedResults = state.withLock { !$0.finished.isEmpty }
                     let outgoing = reporting(current)
                     guard let answer = try await untilWoken({ try await self.bots.update(outgoing, wait: self.settings.longPollTimeout) }) else {
                         continue  // a lease finished or the worker terminates: report it now
@@ -122,11 +129,13 @@ public final class BotWorker: Sendable {
                     session = created
                 }
                 failures = 0
-                // A server that answers at once (BuildGrid does when every slot is busy) is asked
-                // again after a pause, or as soon as a lease finishes.
-                if !startedWork && ContinuousClock.now - started < .seconds(1) {
+                // A server that answers at once although nothing was reported (BuildGrid does when
+                // every slot is busy) is asked again after a pause, or as soon as a lease finishes. An
+                // answer to a report of results is immediate by design: the next long-poll follows at
+                // once (pausing there kept queued work waiting up to a second).
+                if !startedWork && !reportedResults && ContinuousClock.now - started < .seconds(1) {
                     let busy = state.withLock { $0.running.count >= settings.capacity }
-                    await wake.next(timeout: busy ? settings.heartbeat : .seconds(1))
+                    await wake.next(timeout: busy ? settings.heartbeat : settings.idlePause)
                 }
             } catch let error as StrataError where error.code == .notFound && session != nil {
                 logger.warning("bot session \(session!.name) is gone (\(error.message)); its leases are dropped and a new session is opened")

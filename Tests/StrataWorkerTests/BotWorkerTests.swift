@@ -30,8 +30,14 @@ final class ScriptedBots: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServi
     }
     let state = Mutex(State())
     let cancelStyle: CancelStyle
+    /// Whether an update that reports nothing finished waits (up to 10 s) for a lease to offer, as a
+    /// real Bots service's long-poll does; otherwise every update is answered at once.
+    let longPolls: Bool
 
-    init(cancelStyle: CancelStyle = .cancelledState) { self.cancelStyle = cancelStyle }
+    init(cancelStyle: CancelStyle = .cancelledState, longPolls: Bool = false) {
+        self.cancelStyle = cancelStyle
+        self.longPolls = longPolls
+    }
 
     func offer(_ lease: Lease) { state.withLock { $0.offers.append(lease) } }
     func cancel(_ id: String) { state.withLock { _ = $0.cancelled.insert(id) } }
@@ -56,7 +62,16 @@ final class ScriptedBots: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServi
     }
 
     func updateBotSession(request: BotsRequestUpdate, context: ServerContext) async throws -> BotSession {
-        try state.withLock { state in
+        if longPolls, !request.botSession.leases.contains(where: { $0.state == .completed }) {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline, state.withLock({ $0.offers.isEmpty }) {
+                // A poll the bot gave up (it had a result to report) must not take the offers.
+                if context.cancellation.isCancelled { throw RPCError(code: .cancelled, message: "the bot gave up this poll") }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            if context.cancellation.isCancelled { throw RPCError(code: .cancelled, message: "the bot gave up this poll") }
+        }
+        return try state.withLock { state in
             guard state.sessions[request.name] != nil else { throw RPCError(code: .notFound, message: "no bot session \(request.name)") }
             state.lastStatus = request.botSession.status
             state.lastLeases = request.botSession.leases
@@ -85,7 +100,7 @@ final class ScriptedBots: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServi
 
 /// Runs `body` with a BotWorker (host runner) on `bots` and the fixture's CAS, then terminates it.
 func withBot<T: Sendable>(
-    _ fixture: WorkerFixture, _ bots: ScriptedBots, _ body: @Sendable (BotWorker) async throws -> T
+    _ fixture: WorkerFixture, _ bots: ScriptedBots, idlePause: Duration = .seconds(1), _ body: @Sendable (BotWorker) async throws -> T
 ) async throws -> T {
     let server = GRPCServer(
         transport: HTTP2ServerTransport.Posix(address: .ipv4(host: "127.0.0.1", port: 0), transportSecurity: .plaintext),
@@ -101,6 +116,7 @@ func withBot<T: Sendable>(
         settings.platform = [("OSFamily", "linux")]
         settings.longPollTimeout = .seconds(2)
         settings.heartbeat = .milliseconds(200)
+        settings.idlePause = idlePause
         let worker = BotWorker(
             bots: RemoteBots(channel: channel), runner: HostRunner(context: fixture.context), context: fixture.context,
             settings: settings, logger: Logger(label: "test.worker"))
@@ -162,6 +178,27 @@ struct BotWorkerTests {
                 #expect(try ActionResult(unpackingAny: second.result).exitCode == 7)
                 #expect(second.status.code == 0)
                 _ = action
+            }
+        }
+    }
+
+    /// A report of finished leases is answered at once by a long-polling server: the next long-poll
+    /// must follow at once. (The worker paused a second there, so with one client each queued action
+    /// waited up to a second for a free worker: 2 actions/s instead of ~190.)
+    @Test("after reporting a result the worker long-polls again at once, without its idle pause")
+    func longPollsRightAfterReporting() async throws {
+        try await withWorkerFixture { fixture in
+            let bots = ScriptedBots(longPolls: true)
+            let (first, _) = try await fixture.action(shellCommand("true"))
+            let (second, _) = try await fixture.action(shellCommand("echo second"))
+            bots.offer(try lease("main/first", payload: first))
+            // An idle pause far longer than the bound below: only an immediate long-poll passes.
+            try await withBot(fixture, bots, idlePause: .seconds(120)) { _ in
+                #expect(await eventually { bots.state.withLock { $0.completed.count } == 1 })
+                try await Task.sleep(for: .milliseconds(300))
+                bots.offer(try lease("main/second", payload: second))
+                #expect(await eventually(30) { bots.state.withLock { $0.completed["main/second"] } != nil },
+                        "the second lease was not taken while the worker paused after reporting the first")
             }
         }
     }
