@@ -125,10 +125,19 @@ public final class RemoteChannel: Sendable {
         // Each client runs until replaced (then it closes once its calls are over) or shut down.
         try await withThrowingDiscardingTaskGroup { group in
             let first = client
-            group.addTask { try await first.runConnections() }
+            group.addTask { try await Self.runConnections(of: first) }
             for await replacement in replacements.stream {
-                group.addTask { try await replacement.runConnections() }
+                group.addTask { try await Self.runConnections(of: replacement) }
             }
+        }
+    }
+
+    /// A client's connections, until it shuts down. One shut down before they started (the channel
+    /// closed right after a replacement, or before `run()`) has nothing to run: not an error.
+    private static func runConnections(of client: Client) async throws {
+        do {
+            try await client.runConnections()
+        } catch let error as RuntimeError where error.code == .clientIsStopped {
         }
     }
 

@@ -30,8 +30,9 @@ final class ScriptedBots: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServi
     }
     let state = Mutex(State())
     let cancelStyle: CancelStyle
-    /// Whether an update that reports nothing finished waits (up to 10 s) for a lease to offer, as a
-    /// real Bots service's long-poll does; otherwise every update is answered at once.
+    /// Whether an update that reports nothing finished waits (up to 1.5 s, under the test bot's 2 s
+    /// long-poll timeout) for a lease to offer, as a real Bots service's long-poll does; otherwise
+    /// every update is answered at once.
     let longPolls: Bool
 
     init(cancelStyle: CancelStyle = .cancelledState, longPolls: Bool = false) {
@@ -63,7 +64,7 @@ final class ScriptedBots: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServi
 
     func updateBotSession(request: BotsRequestUpdate, context: ServerContext) async throws -> BotSession {
         if longPolls, !request.botSession.leases.contains(where: { $0.state == .completed }) {
-            let deadline = ContinuousClock.now + .seconds(10)
+            let deadline = ContinuousClock.now + .milliseconds(1500)
             while ContinuousClock.now < deadline, state.withLock({ $0.offers.isEmpty }) {
                 // A poll the bot gave up (it had a result to report) must not take the offers.
                 if context.cancellation.isCancelled { throw RPCError(code: .cancelled, message: "the bot gave up this poll") }
