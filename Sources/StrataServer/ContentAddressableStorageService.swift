@@ -69,6 +69,9 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
         }
         let function = try request.function()
 
+        // Looked up once: it asks each of the instance's storage services (a dynamic cast apiece).
+        let maximumBlobSize = instance.maximumBlobSize
+
         // Validate each blob on its own: one bad blob gets its own status, the rest are stored.
         var errors = [StrataError?](repeating: nil, count: request.entries.count)
         var accepted: [(index: Int, digest: Digest, data: Data)] = []
@@ -81,7 +84,7 @@ public struct ContentAddressableStorageService: CAS.SimpleServiceProtocol {
                 } catch {
                     throw .invalidArgument("blob \(digest): \(error.message)")
                 }
-                if let limit = instance.maximumBlobSize, digest.sizeBytes > limit {
+                if let limit = maximumBlobSize, digest.sizeBytes > limit {
                     throw .invalidArgument("blob \(digest) is larger than max_cas_blob_size_bytes (\(limit))")
                 }
                 // Decompressed to exactly the digest's size or refused (the store verifies the hash).
