@@ -18,12 +18,15 @@ public typealias Lease = Google_Devtools_Remoteworkers_V1test2_Lease
 /// 0.9.1 sends it, which buildbox-worker expects), and it is sent ACTIVE at once. Each
 /// UpdateBotSession reconciles what the bot reports with the jobs the scheduler assigned it: a
 /// COMPLETED lease completes its job (writing the action cache first when it should), a lease the
-/// bot dropped or set CANCELLED goes back to the queue, a cancelled job's lease is sent CANCELLED
-/// until the bot lets it go. Then it long-polls for work while the bot has spare capacity.
+/// bot dropped or set CANCELLED goes back to the queue (one it was just sent and never reported is
+/// sent once more first: see `LeaseOffers`), a cancelled job's lease is sent CANCELLED until the bot
+/// lets it go. Then it long-polls for work while the bot has spare capacity.
 public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServiceProtocol {
     let registry: InstanceRegistry
     let metrics: ExecutionMetrics?
     let logger: Logger
+    /// The leases each session's last answer carried that its bot had not reported yet.
+    let offers = LeaseOffers()
 
     /// The share of the time left (the client's deadline, the session's keepalive) a long-poll waits:
     /// the answer must reach the bot before either runs out.
@@ -47,6 +50,7 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         let record = try await backend.scheduler.createBotSession(registration)
         // Work already queued goes out with the session; a bot that wants to wait for more long-polls.
         let assigned = try await backend.scheduler.assignJobs(session: record.name, count: record.capacity, deadline: .now)
+        offers.record(session: record.name, sent: Set(assigned.map(\.jobID)), resent: [], expires: record.expireTime)
         return Self.session(record, reported: reported, jobs: assigned)
     }
 
@@ -65,14 +69,23 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         // Reconcile the bot's report with the jobs the scheduler holds it responsible for.
         let assigned = try await scheduler.assignedJobs(session: record.name)
         let leases = Dictionary(reported.leases.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        let offered = offers.take(session: record.name)
         var running: [AssignedJob] = []
+        // Leases sent in the last answer that the bot does not report: that answer may never have
+        // reached it (a long-poll cut short on the way back). Sent again, once, at no attempt's cost.
+        var resending: Set<String> = []
         var unacknowledgedCancel = false
         // A report that changed something (a lease completed or given back) is answered at once, as
         // BuildGrid does: the bot learns its next work without waiting out a poll.
         var reportedChange = false
         for job in assigned {
             guard let lease = leases[job.jobID] else {
-                // The bot dropped the lease (or never saw it): give the job to another bot.
+                if !job.cancelled && offered.sent.contains(job.jobID) && !offered.resent.contains(job.jobID) {
+                    resending.insert(job.jobID)
+                    running.append(job)
+                    continue
+                }
+                // The bot dropped the lease (or lost it twice): give the job to another bot.
                 try await requeue(job, record, scheduler, reason: job.cancelled ? "cancelled lease removed" : "lease dropped by the bot")
                 reportedChange = true
                 continue
@@ -91,6 +104,7 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         }
 
         if status == .botTerminating {
+            offers.forget(session: record.name)
             try await scheduler.closeBotSession(record.name, reason: "the bot is terminating")
             var session = Self.session(record, reported: reported, jobs: [])
             session.status = reported.status
@@ -101,7 +115,7 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         // there is news for the bot already (a job to cancel) or its report changed something; queued
         // work it has room for is handed out either way.
         let spare = record.capacity - running.count
-        if unacknowledgedCancel || reportedChange {
+        if unacknowledgedCancel || reportedChange || !resending.isEmpty {
             if spare > 0 { _ = try await scheduler.assignJobs(session: record.name, count: spare, deadline: .now) }
         } else {
             let keepalive = scheduler.settings.botSessionKeepaliveTimeout
@@ -116,6 +130,9 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
             }
         }
         let current = try await scheduler.assignedJobs(session: record.name)
+        offers.record(
+            session: record.name, sent: Set(current.map(\.jobID)).subtracting(leases.keys), resent: resending,
+            expires: record.expireTime)
         return Self.session(record, reported: reported, jobs: current)
     }
 

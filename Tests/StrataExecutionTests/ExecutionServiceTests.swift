@@ -348,6 +348,53 @@ import Testing
         }
     }
 
+    /// A lease whose answer never reached the bot (it reports no such lease) is sent once more without
+    /// costing the job an attempt; omitted a second time, the job goes back to the queue, which here
+    /// (one attempt allowed) ends it ABORTED.
+    @Test func aLeaseLostOnTheWayIsSentOnceMoreAtNoAttemptsCost() async throws {
+        var settings = SchedulerSettings()
+        settings.maxJobAttempts = 1
+        try await withExecutionServer(settings: settings) { server in
+            let digest = try await server.storeAction(["true"])
+            let operation = try await server.startExecution(digest)
+            var session = try await server.createBot("bot")
+            let jobID = try #require(session.leases.first?.id)
+            session.leases = []
+            let started = ContinuousClock.now
+            session = try await server.update(session, timeout: .seconds(60))
+            #expect(ContinuousClock.now - started < .seconds(30), "the lease sent again waited out a long-poll")
+            #expect(session.leases.map(\.id) == [jobID])
+            #expect(session.leases.map(\.state) == [.active])
+            var got = try await server.operations.getOperation(.with { $0.name = operation.name })
+            #expect(!got.done && got.stage == .executing)
+
+            session.leases = []
+            _ = try await server.update(session, timeout: .seconds(1))
+            got = try await server.operations.getOperation(.with { $0.name = operation.name })
+            #expect(got.done)
+            #expect(got.executeResponse?.status.code == Int32(StrataError.Code.aborted.rawValue))
+        }
+    }
+
+    /// A lease the bot has reported once is its own: dropping it later gives the job back at once.
+    @Test func aLeaseTheBotReportedAndThenDropsIsRequeued() async throws {
+        var settings = SchedulerSettings()
+        settings.maxJobAttempts = 1
+        try await withExecutionServer(settings: settings) { server in
+            let digest = try await server.storeAction(["true"])
+            let operation = try await server.startExecution(digest)
+            var session = try await server.createBot("bot")
+            #expect(session.leases.count == 1)
+            session = try await server.update(session, timeout: .seconds(1))
+            #expect(session.leases.count == 1)
+            session.leases = []
+            _ = try await server.update(session, timeout: .seconds(1))
+            let got = try await server.operations.getOperation(.with { $0.name = operation.name })
+            #expect(got.done)
+            #expect(got.executeResponse?.status.code == Int32(StrataError.Code.aborted.rawValue))
+        }
+    }
+
     @Test func badBotSessionsAreRefused() async throws {
         try await withExecutionServer { server in
             let noID = try #require(await rpcFailure { _ = try await server.createBot("") })
