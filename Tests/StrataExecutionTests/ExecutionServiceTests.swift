@@ -352,12 +352,8 @@ import Testing
     /// costing the job an attempt; omitted a second time, the job goes back to the queue, which here
     /// (one attempt allowed) ends it ABORTED.
     @Test func aLeaseLostOnTheWayIsSentOnceMoreAtNoAttemptsCost() async throws {
-        var settings = SchedulerSettings()
-        settings.maxJobAttempts = 1
-        try await withExecutionServer(settings: settings) { server in
-            let digest = try await server.storeAction(["true"])
-            let operation = try await server.startExecution(digest)
-            var session = try await server.createBot("bot")
+        try await withOneAttemptJob { server, operation, session in
+            var session = session
             let jobID = try #require(session.leases.first?.id)
             session.leases = []
             let started = ContinuousClock.now
@@ -365,34 +361,44 @@ import Testing
             #expect(ContinuousClock.now - started < .seconds(30), "the lease sent again waited out a long-poll")
             #expect(session.leases.map(\.id) == [jobID])
             #expect(session.leases.map(\.state) == [.active])
-            var got = try await server.operations.getOperation(.with { $0.name = operation.name })
+            let got = try await server.operations.getOperation(.with { $0.name = operation.name })
             #expect(!got.done && got.stage == .executing)
 
             session.leases = []
             _ = try await server.update(session, timeout: .seconds(1))
-            got = try await server.operations.getOperation(.with { $0.name = operation.name })
-            #expect(got.done)
-            #expect(got.executeResponse?.status.code == Int32(StrataError.Code.aborted.rawValue))
+            try await Self.expectAborted(operation, server)
         }
     }
 
     /// A lease the bot has reported once is its own: dropping it later gives the job back at once.
     @Test func aLeaseTheBotReportedAndThenDropsIsRequeued() async throws {
-        var settings = SchedulerSettings()
-        settings.maxJobAttempts = 1
-        try await withExecutionServer(settings: settings) { server in
-            let digest = try await server.storeAction(["true"])
-            let operation = try await server.startExecution(digest)
-            var session = try await server.createBot("bot")
-            #expect(session.leases.count == 1)
-            session = try await server.update(session, timeout: .seconds(1))
+        try await withOneAttemptJob { server, operation, session in
+            var session = try await server.update(session, timeout: .seconds(1))
             #expect(session.leases.count == 1)
             session.leases = []
             _ = try await server.update(session, timeout: .seconds(1))
-            let got = try await server.operations.getOperation(.with { $0.name = operation.name })
-            #expect(got.done)
-            #expect(got.executeResponse?.status.code == Int32(StrataError.Code.aborted.rawValue))
+            try await Self.expectAborted(operation, server)
         }
+    }
+
+    /// A server allowing each job one attempt, with one job assigned to the bot session given.
+    private func withOneAttemptJob(
+        _ body: @Sendable (ExecutionServer, Google_Longrunning_Operation, BotSession) async throws -> Void
+    ) async throws {
+        var settings = SchedulerSettings()
+        settings.maxJobAttempts = 1
+        try await withExecutionServer(settings: settings) { server in
+            let operation = try await server.startExecution(try await server.storeAction(["true"]))
+            let session = try await server.createBot("bot")
+            #expect(session.leases.count == 1)
+            try await body(server, operation, session)
+        }
+    }
+
+    private static func expectAborted(_ operation: Google_Longrunning_Operation, _ server: ExecutionServer) async throws {
+        let got = try await server.operations.getOperation(.with { $0.name = operation.name })
+        #expect(got.done)
+        #expect(got.executeResponse?.status.code == Int32(StrataError.Code.aborted.rawValue))
     }
 
     @Test func badBotSessionsAreRefused() async throws {
