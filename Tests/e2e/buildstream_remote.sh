@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # BuildStream 2.8.1 building with remote execution on Strata: `strata serve` with CAS, action cache,
-# Execution and Bots on the memory scheduler (config/execution.yml's shape, in memory, instance "main"),
+# Execution and Bots on the memory scheduler (Tests/e2e/execution-memory.yml, instance "main"),
 # one `strata worker` with BuildStream's own buildbox-run (bubblewrap), and `bst build` of a project
 # whose `manual` element runs its commands in a sandbox made of an `import` element (a static busybox):
 #   - BuildStream uploads the input root through its buildbox-casd, Execute runs the commands on the
@@ -37,48 +37,18 @@ cleanup() {
   rm -rf "$scratch"
 }
 trap cleanup EXIT
-fail() {
-  echo "buildstream_remote: FAIL: $*"
-  echo "--- server log"; cat "$scratch/server.log" || true
-  echo "--- worker log"; cat "$scratch/worker.log" || true
-  exit 1
-}
+e2e_name=buildstream_remote
+e2e_logs=("$scratch/server.log" "$scratch/worker.log")
+source Tests/e2e/lib/execution.sh
 
-cat >"$scratch/strata.yml" <<'EOF'
-server: [!channel {address: "127.0.0.1:0", insecure-mode: true}]
-storages: [!lru-storage &cas {size: 256M}]
-caches: [!lru-action-cache &ac {storage: *cas, max-cached-refs: 1000}]
-schedulers:
-  - !memory-scheduler &scheduler
-    storage: *cas
-    action-cache: *ac
-    property-set: !dynamic-property-set {match-property-keys: [OSFamily, ISA]}
-instances:
-  - name: main
-    services:
-      - !cas {storage: *cas}
-      - !bytestream {storage: *cas}
-      - !action-cache {cache: *ac}
-      - !execution {scheduler: *scheduler}
-EOF
-"$strata" serve "$scratch/strata.yml" >"$scratch/server.log" 2>&1 &
-server_pid=$!
-address=""
-for _ in $(seq 1 300); do
-  address=$(grep -o 'strata listening on 127\.0\.0\.1:[0-9]*' "$scratch/server.log" | head -1 | sed 's/.* on //') || true
-  [ -n "$address" ] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "strata serve exited"
-  sleep 0.1
-done
-[ -n "$address" ] || fail "strata serve did not start"
+start_strata_serve Tests/e2e/execution-memory.yml "$scratch/server.log"
 
 # BuildStream asks for its build sandbox's OS and ISA as platform properties.
 "$strata" worker --bots-remote "grpc://$address" --instance main --bot-id bst-worker \
   --platform OSFamily=linux --platform ISA=x86-64 --cache-dir "$scratch/worker" --long-poll-timeout 4 \
   --runner buildbox-run --buildbox-run "$buildbox_run" >"$scratch/worker.log" 2>&1 &
 worker_pid=$!
-for _ in $(seq 1 100); do grep -q 'bot session main/bots/.* opened' "$scratch/worker.log" && break; sleep 0.1; done
-grep -q 'bot session main/bots/.* opened' "$scratch/worker.log" || fail "the worker opened no session"
+wait_for_bot_session "$scratch/worker.log"
 
 # The project: a sandbox of busybox and a few of its applets, and an element that writes a file there.
 project="$scratch/project"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Remote execution driven by BuildGrid's own client: `strata serve` with CAS, action cache, Execution,
-# Operations and Bots on the memory scheduler (config/execution.yml's shape, in memory), a `strata
+# Operations and Bots on the memory scheduler (Tests/e2e/execution-memory.yml), a `strata
 # worker` on its Bots service, and `bgd execute command` and `bgd operation list|status|cancel`:
 #   - a command's output file comes back through the CAS, and `-c` makes a second run a cache hit;
 #   - `bgd operation list` with BuildGrid's filter syntax, and `status` on a listed name;
@@ -31,47 +31,17 @@ cleanup() {
   rm -rf "$scratch"
 }
 trap cleanup EXIT
-fail() {
-  echo "execution_bgd: FAIL: $*"
-  echo "--- server log"; cat "$scratch/server.log" || true
-  echo "--- bot log"; cat "$scratch/bot.log" || true
-  exit 1
-}
+e2e_name=execution_bgd
+e2e_logs=("$scratch/server.log" "$scratch/bot.log")
+source Tests/e2e/lib/execution.sh
 
-cat >"$scratch/strata.yml" <<'EOF'
-server: [!channel {address: "127.0.0.1:0", insecure-mode: true}]
-storages: [!lru-storage &cas {size: 256M}]
-caches: [!lru-action-cache &ac {storage: *cas, max-cached-refs: 1000}]
-schedulers:
-  - !memory-scheduler &scheduler
-    storage: *cas
-    action-cache: *ac
-    property-set: !dynamic-property-set {match-property-keys: [OSFamily]}
-instances:
-  - name: main
-    services:
-      - !cas {storage: *cas}
-      - !bytestream {storage: *cas}
-      - !action-cache {cache: *ac}
-      - !execution {scheduler: *scheduler}
-EOF
-"$strata" serve "$scratch/strata.yml" --address 127.0.0.1:0 >"$scratch/server.log" 2>&1 &
-server_pid=$!
-address=""
-for _ in $(seq 1 300); do
-  address=$(grep -o 'strata listening on 127\.0\.0\.1:[0-9]*' "$scratch/server.log" | head -1 | sed 's/.* on //') || true
-  [ -n "$address" ] && break
-  kill -0 "$server_pid" 2>/dev/null || fail "strata serve exited"
-  sleep 0.1
-done
-[ -n "$address" ] || fail "strata serve did not start"
+start_strata_serve Tests/e2e/execution-memory.yml "$scratch/server.log"
 remote="http://$address"
 
 "$strata" worker --bots-remote "grpc://$address" --instance main --bot-id e2e-bot --platform OSFamily=linux \
   --cache-dir "$scratch/worker/cache" >"$scratch/bot.log" 2>&1 &
 bot_pid=$!
-for _ in $(seq 1 100); do grep -q 'bot session main/bots/.* opened' "$scratch/bot.log" && break; sleep 0.1; done
-grep -q 'bot session main/bots/.* opened' "$scratch/bot.log" || fail "the worker opened no session"
+wait_for_bot_session "$scratch/bot.log"
 
 bgd_execute() { timeout 60 "$bgd" execute --remote "$remote" --instance-name main command "$@"; }
 bgd_operation() { timeout 30 "$bgd" operation --remote "$remote" --instance-name main "$@"; }
