@@ -161,6 +161,9 @@ public final class SQLScheduler: Scheduler {
                 }
                 if jobID == nil {
                     if let maxQueueSize {
+                        // Queueing transactions of every process take turns from the count to the
+                        // insert, so the limit is exact across processes, not only within one.
+                        try await postgres.query("SELECT pg_advisory_xact_lock(hashtext('strata-queue-size'))", logger: logger).consume()
                         var queued = 0
                         for try await count in try await postgres.query("SELECT count(*) FROM strata_jobs WHERE stage = 2", logger: logger)
                             .decode(Int64.self) { queued = Int(count) }

@@ -181,6 +181,32 @@ struct SQLSchedulerTests {
         }
     }
 
+    /// max-queue-size holds across processes: distinct actions queued from two processes at once fill
+    /// the queue exactly, and every one past it is RESOURCE_EXHAUSTED.
+    @Test func maxQueueSizeIsExactAcrossProcesses() async throws {
+        try await Self.processes(2) { connections in
+            var settings = Self.settings
+            settings.maxQueueSize = 5
+            let schedulers = connections.map { SQLScheduler(connection: $0, settings: settings, logger: Self.logger) }
+            let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for index in 0..<16 {
+                    group.addTask {
+                        do {
+                            _ = try await schedulers[index % 2].queue(Self.request())
+                            return true
+                        } catch let error as StrataError where error.code == .resourceExhausted {
+                            return false
+                        }
+                    }
+                }
+                var outcomes: [Bool] = []
+                for try await outcome in group { outcomes.append(outcome) }
+                return outcomes
+            }
+            #expect(outcomes.filter { $0 }.count == 5, "\(outcomes.filter { $0 }.count) of 16 actions queued under max-queue-size 5")
+        }
+    }
+
     /// Two processes run the periodic work at once: an expired session's job is requeued once (one
     /// attempt counted), not twice, and goes to another bot.
     @Test func maintenanceFromTwoProcessesRequeuesOnce() async throws {
