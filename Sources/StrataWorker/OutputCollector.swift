@@ -43,18 +43,20 @@ struct OutputCollector {
             let tree = try LocalTree.scan(path, function: function)
             var messages: [Digest: DirectoryMessage] = [:]
             for (digest, source) in tree.blobs {
-                switch source {
-                case .file: blobs[digest] = blobs[digest] ?? source
-                case .message(let data): messages[digest] = try DirectoryMessage(serializedBytes: data)
-                }
+                // Every Directory is uploaded as well as the Tree: `root_directory_digest` below names
+                // the root, and a client may walk it (GetTree) instead of reading the Tree.
+                blobs[digest] = blobs[digest] ?? source
+                if case .message(let data) = source { messages[digest] = try DirectoryMessage(serializedBytes: data) }
             }
             // The Tree: the root and every directory under it, each once, parents before children.
             var treeMessage = Build_Bazel_Remote_Execution_V2_Tree()
             treeMessage.root = messages[tree.root]!
             var seen: Set<Digest> = [tree.root]
             var queue = [tree.root]
-            while !queue.isEmpty {
-                let digest = queue.removeFirst()
+            var next = 0
+            while next < queue.count {
+                let digest = queue[next]
+                next += 1
                 for child in messages[digest]!.directories {
                     let childDigest = try Digest(child.digest, function: function)
                     guard seen.insert(childDigest).inserted else { continue }
@@ -71,7 +73,6 @@ struct OutputCollector {
                 $0.isTopologicallySorted = true
                 // REAPI v2.3: the root's own digest, for clients that fetch the tree by its root.
                 $0.rootDirectoryDigest = tree.root.proto
-                if let data = try? treeMessage.root.serializedData() { blobs[Digest.of(data, function: function)] = .message(data) }
             }
         }
         func outputSymlink(_ name: String, _ path: String) throws -> Build_Bazel_Remote_Execution_V2_OutputSymlink {

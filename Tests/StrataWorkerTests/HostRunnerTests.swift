@@ -49,6 +49,14 @@ struct HostRunnerTests {
             #expect(tree.children.count == 2)
             let sub = try #require(tree.children.first { $0.files.map(\.name) == ["g"] })
             #expect(String(decoding: try await fixture.fetch(sub.files[0].digest), as: UTF8.self) == "g\n")
+            // root_directory_digest names the root Directory, stored with every Directory under it, so
+            // a client can walk the output from it instead of reading the Tree.
+            let root = try Build_Bazel_Remote_Execution_V2_Directory(serializedBytes: try await fixture.fetch(result.outputDirectories[0].rootDirectoryDigest))
+            #expect(root == tree.root)
+            for child in root.directories {
+                let stored = try Build_Bazel_Remote_Execution_V2_Directory(serializedBytes: try await fixture.fetch(child.digest))
+                #expect(tree.children.contains(stored), "\(child.name)'s Directory is not the Tree's")
+            }
         }
     }
 
