@@ -28,35 +28,26 @@ strata=${STRATA_BINARY:-$root/.build/debug/strata}
 
 work=$(mktemp -d)
 declare -A pid=()
-own_services=""
-database=""
 say() { echo "execution_split e2e: $*"; }
 fail() {
   echo "execution_split e2e: FAIL: $*"
   for log in "$work"/*.log; do echo "--- $(basename "$log") (last lines)"; tail -n 25 "$log"; done
   exit 1
 }
+source Tests/e2e/lib/postgres.sh
 cleanup() {
   [ -n "${bazel_pid:-}" ] && kill "$bazel_pid" 2>/dev/null || true
   for name in "${!pid[@]}"; do kill -KILL "${pid[$name]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ -n "$database" ]; then psql "$admin_url" -q -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true; fi
-  if [ -n "$own_services" ]; then tools/services stop "$work/services" >/dev/null 2>&1 || true; fi
+  drop_database
   chmod -R u+w "$work" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-if [ -z "${STRATA_TEST_POSTGRES:-}" ]; then
-  own_services=1
-  tools/services start "$work/services" >/dev/null
-  source "$work/services/env"
-fi
-admin_url=${STRATA_TEST_POSTGRES/#postgres:/postgresql:}
-database="strata_split_$$"
-psql "$admin_url" -q -c "CREATE DATABASE $database" >/dev/null
-export STRATA_POSTGRES_URL="${admin_url%/*}/$database"
+fresh_database "strata_split_$$"
+export STRATA_POSTGRES_URL=$database_url
 export STRATA_STORAGE_ADDRESS="127.0.0.1:$(free_port)"
 export STRATA_EXECUTION_ADDRESS="127.0.0.1:$(free_port)"
 export STRATA_BOTS_ADDRESS="127.0.0.1:$(free_port)"

@@ -30,28 +30,19 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 work=$(mktemp -d)
 pids=()
-own_services=""
-database=""
+source Tests/e2e/lib/postgres.sh
 cleanup() {
   # WORKER_E2E_LOGS=DIR keeps the logs (BuildGrid's, the workers', bgd's) for a look afterwards.
   if [ -n "${WORKER_E2E_LOGS:-}" ]; then mkdir -p "$WORKER_E2E_LOGS" && cp "$work"/*.log "$WORKER_E2E_LOGS"/ 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -n "$database" ]; then psql "$admin_url" -q -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true; fi
-  if [ -n "$own_services" ]; then tools/services stop "$work/services" >/dev/null 2>&1 || true; fi
+  drop_database
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-if [ -z "${STRATA_TEST_POSTGRES:-}" ]; then
-  own_services=1
-  tools/services start "$work/services" >/dev/null
-  source "$work/services/env"
-fi
-admin_url=${STRATA_TEST_POSTGRES/#postgres:/postgresql:}
-database="bgd_worker_$$"
-psql "$admin_url" -q -c "CREATE DATABASE $database" >/dev/null
-sql_url="${admin_url%/*}/$database"
+fresh_database "bgd_worker_$$"
+sql_url=$database_url
 "$bgd" migrate apply "$sql_url" > "$work/migrate.log" 2>&1 || { cat "$work/migrate.log"; fail "bgd migrate apply"; }
 
 # BuildGrid's three processes, as its documentation splits them: storage (CAS, ByteStream, action
