@@ -28,9 +28,13 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
     /// The leases each session's last answer carried that its bot had not reported yet.
     let offers = LeaseOffers()
 
-    /// The share of the time left (the client's deadline, the session's keepalive) a long-poll waits:
-    /// the answer must reach the bot before either runs out.
-    static let longPollShare = 0.8
+    /// How long a long-poll waits in the time left (the client's deadline, the session's keepalive):
+    /// the answer must reach the bot before either runs out. Four fifths of a long window; of a short
+    /// one, all but a second (half of it under two seconds), since a loaded machine can take a few
+    /// hundred milliseconds to get the answer out and a fifth of a second is not enough margin.
+    static func longPollWait(in window: Duration) -> Duration {
+        window - max(window * 0.2, min(window / 2, .seconds(1)))
+    }
 
     public init(registry: InstanceRegistry, metrics: ExecutionMetrics? = nil, logger: Logger = Logger(label: "strata.bots")) {
         self.registry = registry
@@ -120,7 +124,7 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         } else {
             let keepalive = scheduler.settings.botSessionKeepaliveTimeout
             let window = min(RequestDeadline.remaining ?? keepalive, keepalive)
-            let deadline = ContinuousClock.now + window * Self.longPollShare
+            let deadline = ContinuousClock.now + Self.longPollWait(in: window)
             try await Self.untilAbandoned {
                 if spare > 0 {
                     _ = try await scheduler.assignJobs(session: record.name, count: spare, deadline: deadline)

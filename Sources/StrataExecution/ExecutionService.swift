@@ -94,8 +94,8 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
         case finished
         case keepaliveDue
         case shuttingDown
-        /// The client went away: gRPC says so through the RPC's cancellation handle, not by
-        /// cancelling the handler's task.
+        /// gRPC cancelled the RPC (through its cancellation handle, not the handler's task): the
+        /// client went away, its deadline passed, or the server started shutting down.
         case rpcCancelled
     }
 
@@ -141,7 +141,15 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
                     case .shuttingDown:
                         throw StrataError.unavailable(
                             "the server is shutting down; the operation \(StrataError.echo(name)) goes on: follow it with WaitExecution")
-                    case .finished, .rpcCancelled:
+                    case .rpcCancelled:
+                        // gRPC cancels every RPC when the server starts a graceful shutdown, often
+                        // before the shutdown handler above runs: this may be the server closing the
+                        // stream, not the client leaving, and the client must hear UNAVAILABLE. (A
+                        // client that left hears nothing either way.)
+                        if let remaining = RequestDeadline.remaining, remaining <= .zero { break loop }
+                        throw StrataError.unavailable(
+                            "the server closed this stream (it is shutting down, or the client cancelled); the operation \(StrataError.echo(name)) goes on: follow it with WaitExecution")
+                    case .finished:
                         break loop
                     }
                 }

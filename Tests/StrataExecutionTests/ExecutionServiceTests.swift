@@ -3,7 +3,7 @@ import GRPCCore
 import StrataAPI
 import StrataActionCache
 import StrataCore
-import StrataExecution
+@testable import StrataExecution
 import StrataProto
 import StrataScheduler
 import StrataServer
@@ -193,9 +193,18 @@ import Testing
             _ = try await server.startExecution(digest)
             let updated = try await polling.value
             #expect(updated.leases.count == 1)
-            // Generous: the long-poll would last 48 s (0.8 × the 60 s deadline) had it not answered.
+            // Generous: the long-poll would last 48 s (four fifths of the 60 s deadline) had it not answered.
             #expect(ContinuousClock.now - started < .seconds(30))
         }
+    }
+
+    /// A long-poll leaves the answer time to reach the bot: a fifth of a long window, a second of a
+    /// short one, half of one under two seconds (a fifth of a second was missed on a loaded machine).
+    @Test func aLongPollLeavesTimeForTheAnswer() {
+        #expect(BotsService.longPollWait(in: .seconds(60)) == .seconds(48))
+        #expect(BotsService.longPollWait(in: .seconds(3)) == .seconds(2))
+        #expect(BotsService.longPollWait(in: .seconds(1)) == .milliseconds(500))
+        #expect(BotsService.longPollWait(in: .zero) == .zero)
     }
 
     @Test func anExpiredSessionIsNotFound() async throws {
