@@ -9,7 +9,10 @@ import Synchronization
 /// `strata_execution_jobs{stage}` and `strata_execution_bot_sessions`, read from each scheduler's
 /// `statistics()` every `interval` while the server runs (`run()`, one of the configuration's background
 /// services); the Bots service records `strata_execution_lease_duration_seconds` (assignment to the
-/// bot's report) and counts `strata_execution_requeues_total{reason}`.
+/// bot's report). `strata_execution_requeues_total{reason}` counts the jobs taken back from bots:
+/// `bot` when the bot gave the lease back (the Bots service counts those), `session-expired` and
+/// `session-closed` when the scheduler closed a session still holding jobs (counted from its
+/// statistics, by how much they grew since the last reading).
 public final class ExecutionMetrics: Service, Sendable {
     private let factory: any MetricsFactory
     private let schedulers: [(name: String, scheduler: any Scheduler)]
@@ -18,6 +21,8 @@ public final class ExecutionMetrics: Service, Sendable {
     private let leaseDuration: CoreMetrics.Timer
     /// Gauges by their labels, made as platforms appear; a platform no longer queued reads 0.
     private let meters = Mutex<[String: Meter]>([:])
+    /// Each scheduler's `jobsTakenBack` at the last reading.
+    private let takenBackRead = Mutex<[String: [SessionEnding: Int]]>([:])
 
     /// - Parameter schedulers: each configured scheduler with its node's name (the `scheduler` label).
     public init(factory: any MetricsFactory, schedulers: [(name: String, scheduler: any Scheduler)], interval: Duration = .seconds(5),
@@ -57,6 +62,14 @@ public final class ExecutionMetrics: Service, Sendable {
                 meter("strata_execution_jobs", [("scheduler", name), ("stage", "\(stage)")]).set(statistics.jobsByStage[stage] ?? 0)
             }
             meter("strata_execution_bot_sessions", [("scheduler", name)]).set(statistics.openBotSessions)
+        }
+        let grown = takenBackRead.withLock { read in
+            defer { read[name] = statistics.jobsTakenBack }
+            return statistics.jobsTakenBack.map { ($0.key, $0.value - (read[name]?[$0.key] ?? 0)) }
+        }
+        for (ending, count) in grown where count > 0 {
+            Counter(label: "strata_execution_requeues_total", dimensions: [("reason", ending.rawValue)], factory: factory)
+                .increment(by: count)
         }
     }
 

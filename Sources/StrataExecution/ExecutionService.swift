@@ -35,9 +35,7 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
         guard request.hasActionDigest else { throw StrataError.invalidArgument("Execute needs an action_digest") }
         let function = try DigestFunction.of(request: request.digestFunction, firstHash: request.actionDigest.hash)
         let actionDigest = try Digest(request.actionDigest, function: function)
-        let action = try await Self.readAction(actionDigest, from: backend.storage)
-        let command: Build_Bazel_Remote_Execution_V2_Command = try await Self.readMessage(
-            Digest(action.commandDigest, function: function), what: "the Command", from: backend.storage)
+        let (action, command) = try await Self.readAction(actionDigest, from: backend.storage)
 
         let settings = backend.scheduler.settings
         var timeout: Duration?
@@ -162,30 +160,50 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
         }
     }
 
-    /// The Action, with its command and input root present: FAILED_PRECONDITION with a
-    /// PreconditionFailure naming each missing blob otherwise, as the spec asks.
-    static func readAction(_ digest: Digest, from storage: any BlobStore) async throws -> Build_Bazel_Remote_Execution_V2_Action {
+    /// The Action and its Command, with its input root present: FAILED_PRECONDITION with a
+    /// PreconditionFailure naming each missing blob otherwise, as the spec asks. The Command is read
+    /// while the input root is looked for (a missing Command shows as a failed read): one round trip
+    /// to the storage after the Action's, not two, which counts when the storage is remote.
+    static func readAction(
+        _ digest: Digest, from storage: any BlobStore
+    ) async throws -> (action: Build_Bazel_Remote_Execution_V2_Action, command: Build_Bazel_Remote_Execution_V2_Command) {
         let action: Build_Bazel_Remote_Execution_V2_Action = try await readMessage(digest, what: "the Action", from: storage)
         guard action.hasCommandDigest else { throw StrataError.invalidArgument("the Action \(digest) has no command_digest") }
         guard action.hasInputRootDigest else { throw StrataError.invalidArgument("the Action \(digest) has no input_root_digest") }
-        let command: Digest
+        let commandDigest: Digest
         let inputRoot: Digest
         do {
-            command = try Digest(action.commandDigest, function: digest.function)
+            commandDigest = try Digest(action.commandDigest, function: digest.function)
             inputRoot = try Digest(action.inputRootDigest, function: digest.function)
         } catch {
             throw StrataError.invalidArgument("the Action \(digest): \(error.message)")
         }
-        let missing = try await storage.findMissing([command, inputRoot].uniqued())
-        if !missing.isEmpty {
-            throw missingBlobs(missing, what: missing.map { $0 == command ? "its Command" : "its input root Directory" })
+        async let inputRootMissing = storage.findMissing([inputRoot])
+        let command: Build_Bazel_Remote_Execution_V2_Command? = try await readMessageIfPresent(
+            commandDigest, what: "the Command", from: storage)
+        var missing: [(Digest, String)] = command == nil ? [(commandDigest, "its Command")] : []
+        for root in try await inputRootMissing where root != commandDigest {
+            missing.append((root, "its input root Directory"))
         }
-        return action
+        if let command, missing.isEmpty { return (action, command) }
+        throw missingBlobs(missing.map(\.0), what: missing.map(\.1))
     }
 
+    /// The message stored under `digest`; FAILED_PRECONDITION naming it when the CAS does not hold it.
     static func readMessage<Message: SwiftProtobuf.Message>(
         _ digest: Digest, what: String, from storage: any BlobStore
     ) async throws -> Message {
+        guard let message: Message = try await readMessageIfPresent(digest, what: what, from: storage) else {
+            throw missingBlobs([digest], what: [what])
+        }
+        return message
+    }
+
+    /// The message stored under `digest`, nil when the CAS does not hold it; INVALID_ARGUMENT when it is
+    /// too large to decode in memory or not a `Message`.
+    static func readMessageIfPresent<Message: SwiftProtobuf.Message>(
+        _ digest: Digest, what: String, from storage: any BlobStore
+    ) async throws -> Message? {
         guard digest.sizeBytes <= maxMessageSize else {
             throw StrataError.invalidArgument("\(what) \(digest) is larger than the \(maxMessageSize) bytes Strata reads")
         }
@@ -193,7 +211,7 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
         do {
             data = try await storage.readAll(digest)
         } catch let error as StrataError where error.code == .notFound {
-            throw missingBlobs([digest], what: [what])
+            return nil
         }
         do {
             return try Message(serializedBytes: data)

@@ -39,6 +39,8 @@ public final class SQLScheduler: Scheduler {
     /// `last_watched` before it looks for unwatched operations, so a busy process never cancels what it
     /// is itself watching; other processes see the streams' own refreshes.
     private let watching = Mutex<[String: Int]>([:])
+    /// Executing jobs this process took back from sessions it closed, by why (`statistics()`).
+    private let jobsTakenBack = Mutex<[SessionEnding: Int]>([:])
     private let listener = SQLSchedulerListener()
     /// The NOTIFY channel, one per schema so that deployments sharing a database do not wake each other.
     let channel: String
@@ -391,7 +393,9 @@ public final class SQLScheduler: Scheduler {
         let capacity = Int32(clamping: max(1, registration.capacity))
         let keepalive = settings.botSessionKeepaliveTimeout.milliseconds
         let maxAttempts = settings.maxJobAttempts
-        let expireTime = try await transaction("opening a session for bot \(StrataError.echo(registration.botID))") { postgres, logger, notify in
+        let (expireTime, takenBack) = try await transaction("opening a session for bot \(StrataError.echo(registration.botID))") {
+            postgres, logger, notify in
+            var takenBack = 0
             // Two sessions of one bot opening at once serialize here, so exactly one stays open.
             let lock = "strata-bot:\(registration.instanceName)/\(registration.botID)"
             try await postgres.query("SELECT pg_advisory_xact_lock(hashtext(\(lock)))", logger: logger).consume()
@@ -403,7 +407,7 @@ public final class SQLScheduler: Scheduler {
                 """, logger: logger
             ).decode(String.self) { previous.append(old) }
             for old in previous {
-                try await Self.releaseJobs(
+                takenBack += try await Self.releaseJobs(
                     of: old, reason: "bot \(registration.botID) opened a new session", maxAttempts: maxAttempts, postgres, logger, notify)
                 try await postgres.query("DELETE FROM strata_bot_sessions WHERE name = \(old)", logger: logger).consume()
             }
@@ -416,8 +420,9 @@ public final class SQLScheduler: Scheduler {
                 RETURNING expire_at
                 """, logger: logger
             ).decode(Date.self) { expireAt = date }
-            return expireAt
+            return (expireAt, takenBack)
         }
+        count(takenBack, .closed)
         return BotSessionRecord(
             name: name, instanceName: registration.instanceName, botID: registration.botID, platform: registration.platform,
             capacity: Int(capacity), expireTime: expireTime)
@@ -446,15 +451,22 @@ public final class SQLScheduler: Scheduler {
 
     public func closeBotSession(_ name: String, reason: String) async throws(StrataError) {
         let maxAttempts = settings.maxJobAttempts
-        try await transaction("closing bot session \(StrataError.echo(name))") { postgres, logger, notify in
+        let takenBack = try await transaction("closing bot session \(StrataError.echo(name))") { postgres, logger, notify in
             var open = false
             for try await _ in try await postgres.query(
                 "SELECT name FROM strata_bot_sessions WHERE name = \(name) FOR UPDATE", logger: logger
             ).decode(String.self) { open = true }
             guard open else { throw Self.unknownSession(name) }
-            try await Self.releaseJobs(of: name, reason: reason, maxAttempts: maxAttempts, postgres, logger, notify)
+            let takenBack = try await Self.releaseJobs(of: name, reason: reason, maxAttempts: maxAttempts, postgres, logger, notify)
             try await postgres.query("DELETE FROM strata_bot_sessions WHERE name = \(name)", logger: logger).consume()
+            return takenBack
         }
+        count(takenBack, .closed)
+    }
+
+    /// Adds jobs taken back from sessions this process closed, once their transaction committed.
+    private func count(_ jobs: Int, _ ending: SessionEnding) {
+        if jobs > 0 { jobsTakenBack.withLock { $0[ending, default: 0] += jobs } }
     }
 
     public func assignedJobs(session: String) async throws(StrataError) -> [AssignedJob] {
@@ -574,31 +586,38 @@ public final class SQLScheduler: Scheduler {
     }
 
     /// Gives back every job leased to `session`.
+    /// Ends the leases of a session's jobs (see `release`); answers how many were executing.
     static func releaseJobs(
         of session: String, reason: String, maxAttempts: Int, _ postgres: PostgresConnection, _ logger: Logger, _ notify: Notifications
-    ) async throws {
+    ) async throws -> Int {
         // Its long-polls (assignJobs, waitForChange) end at once: the session is going away.
         notify.add("session:\(session)")
         var jobs: [String] = []
         for try await id in try await postgres.query(
             "SELECT id FROM strata_jobs WHERE session_name = \(session) AND leased ORDER BY id FOR UPDATE", logger: logger
         ).decode(String.self) { jobs.append(id) }
-        for id in jobs { try await release(id, reason: reason, maxAttempts: maxAttempts, postgres, logger, notify) }
+        var executing = 0
+        for id in jobs {
+            if try await release(id, reason: reason, maxAttempts: maxAttempts, postgres, logger, notify) { executing += 1 }
+        }
+        return executing
     }
 
     /// Ends a job's lease (locked by the caller): an executing job returns to the queue, or completes
     /// ABORTED once it was handed out `maxAttempts` times; a job already completed only loses its lease.
+    /// Answers whether the job was executing.
+    @discardableResult
     static func release(
         _ jobID: String, reason: String, maxAttempts: Int, _ postgres: PostgresConnection, _ logger: Logger, _ notify: Notifications
-    ) async throws {
+    ) async throws -> Bool {
         var found: (stage: Int32, attempts: Int32)?
         for try await row in try await postgres.query(
             "SELECT stage, attempts FROM strata_jobs WHERE id = \(jobID)", logger: logger
         ).decode((Int32, Int32).self) { found = row }
-        guard let found else { return }
+        guard let found else { return false }
         if found.stage != 3 {
             try await postgres.query("UPDATE strata_jobs SET leased = false WHERE id = \(jobID)", logger: logger).consume()
-            return
+            return false
         }
         if Int(found.attempts) >= maxAttempts {
             let response = try serialized(Build_Bazel_Remote_Execution_V2_ExecuteResponse.with {
@@ -619,6 +638,7 @@ public final class SQLScheduler: Scheduler {
             notify.add("queue")
         }
         notify.add("job:\(jobID)")
+        return true
     }
 
     struct OpenSession {
@@ -665,20 +685,23 @@ public final class SQLScheduler: Scheduler {
     /// Closes sessions past their expiry, requeueing their jobs; each claimed by one process.
     func expireSessions() async throws(StrataError) {
         let maxAttempts = settings.maxJobAttempts
-        try await transaction("expiring bot sessions") { postgres, logger, notify in
+        let takenBack = try await transaction("expiring bot sessions") { postgres, logger, notify in
+            var takenBack = 0
             var expired: [(String, String)] = []
             for try await row in try await postgres.query(
                 "SELECT name, bot_id FROM strata_bot_sessions WHERE expire_at <= now() ORDER BY name LIMIT 100 FOR UPDATE SKIP LOCKED",
                 logger: logger
             ).decode((String, String).self) { expired.append(row) }
             for (name, botID) in expired {
-                try await Self.releaseJobs(
+                takenBack += try await Self.releaseJobs(
                     of: name, reason: "the session of bot \(botID) expired (no UpdateBotSession within bot-session-keepalive-timeout)",
                     maxAttempts: maxAttempts, postgres, logger, notify)
                 try await postgres.query("DELETE FROM strata_bot_sessions WHERE name = \(name)", logger: logger).consume()
                 logger.info("bot session expired", metadata: ["session": "\(name)", "bot": "\(botID)"])
             }
+            return takenBack
         }
+        count(takenBack, .expired)
     }
 
     /// Completes jobs executing past their timeout with DEADLINE_EXCEEDED; their bots see them cancelled.
@@ -752,7 +775,7 @@ public final class SQLScheduler: Scheduler {
 
     public func statistics() async throws(StrataError) -> SchedulerStatistics {
         try await transaction("reading scheduler statistics") { postgres, logger, _ in
-            var statistics = SchedulerStatistics()
+            var statistics = SchedulerStatistics(jobsTakenBack: self.jobsTakenBack.withLock { $0 })
             for try await (stage, count) in try await postgres.query(
                 "SELECT stage, count(*) FROM strata_jobs GROUP BY stage", logger: logger
             ).decode((Int32, Int64).self) {

@@ -161,7 +161,7 @@ public final class InMemoryScheduler: Scheduler {
         mutate { state, effects in
             let botKey = BotKey(instanceName: registration.instanceName, botID: registration.botID)
             if let previous = state.sessionByBot[botKey] {
-                close(previous, reason: "replaced by a new session of bot \(registration.botID)", &state, &effects)
+                close(previous, .closed, reason: "replaced by a new session of bot \(registration.botID)", &state, &effects)
             }
             let uuid = UUID().uuidString.lowercased()
             let name = registration.instanceName.isEmpty ? "bots/\(uuid)" : "\(registration.instanceName)/bots/\(uuid)"
@@ -192,7 +192,7 @@ public final class InMemoryScheduler: Scheduler {
     public func closeBotSession(_ name: String, reason: String) async throws(StrataError) {
         try mutate { state, effects throws(StrataError) in
             _ = try liveSession(name, &state, &effects)
-            close(name, reason: reason, &state, &effects)
+            close(name, .closed, reason: reason, &state, &effects)
         }
     }
 
@@ -262,7 +262,7 @@ public final class InMemoryScheduler: Scheduler {
 
     public func statistics() async throws(StrataError) -> SchedulerStatistics {
         state.withLock { state in
-            var statistics = SchedulerStatistics(openBotSessions: state.sessions.count)
+            var statistics = SchedulerStatistics(openBotSessions: state.sessions.count, jobsTakenBack: state.jobsTakenBack)
             for stage in JobStage.allCases { statistics.jobsByStage[stage] = 0 }
             for job in state.jobs.values { statistics.jobsByStage[job.stage, default: 0] += 1 }
             for entry in state.queue.entries {
@@ -288,7 +288,7 @@ public final class InMemoryScheduler: Scheduler {
     func maintain(now: ContinuousClock.Instant) {
         mutate { state, effects in
             for (name, session) in state.sessions where session.expiresAt <= now {
-                close(name, reason: "expired: no update for \(settings.botSessionKeepaliveTimeout)", &state, &effects)
+                close(name, .expired, reason: "expired: no update for \(settings.botSessionKeepaliveTimeout)", &state, &effects)
             }
             for job in state.jobs.values where job.stage == .executing {
                 guard let deadline = job.executionDeadline, deadline <= now else { continue }
@@ -329,6 +329,8 @@ public final class InMemoryScheduler: Scheduler {
         var sequence: UInt64 = 0
         /// Counts every job queued or requeued, so that a bot about to wait knows it missed none.
         var queueGeneration: UInt64 = 0
+        /// Executing jobs taken back from closed sessions, by why they closed (`statistics()`).
+        var jobsTakenBack: [SessionEnding: Int] = [:]
     }
 
     private struct Job {
@@ -478,7 +480,7 @@ public final class InMemoryScheduler: Scheduler {
             throw .notFound("no bot session \"\(StrataError.echo(name))\" (unknown, closed or expired)")
         }
         guard session.expiresAt > .now else {
-            close(name, reason: "expired: no update for \(settings.botSessionKeepaliveTimeout)", &state, &effects)
+            close(name, .expired, reason: "expired: no update for \(settings.botSessionKeepaliveTimeout)", &state, &effects)
             throw .notFound("the bot session \"\(StrataError.echo(name))\" expired (no update for \(settings.botSessionKeepaliveTimeout))")
         }
         return session
@@ -610,12 +612,13 @@ public final class InMemoryScheduler: Scheduler {
         complete(job.id, response: Self.cancelledResponse, &state, &effects)
     }
 
-    private func close(_ name: String, reason: String, _ state: inout State, _ effects: inout Effects) {
+    private func close(_ name: String, _ ending: SessionEnding, reason: String, _ state: inout State, _ effects: inout Effects) {
         guard let session = state.sessions.removeValue(forKey: name) else { return }
         let botKey = BotKey(instanceName: session.instanceName, botID: session.botID)
         if state.sessionByBot[botKey] == name { state.sessionByBot[botKey] = nil }
         logger.info("bot session closed", metadata: ["session": "\(name)", "bot": "\(session.botID)", "reason": "\(reason)"])
         for jobID in session.jobs where state.jobs[jobID]?.session == name {
+            if state.jobs[jobID]?.stage == .executing { state.jobsTakenBack[ending, default: 0] += 1 }
             returnToQueue(jobID, reason: "bot session \(name) closed: \(reason)", &state, &effects)
         }
         wakeSession(name, &state, &effects)

@@ -468,6 +468,16 @@ public struct AssignedJob: Sendable, Equatable {
     }
 }
 
+/// Why a scheduler took its executing jobs back from a bot session it closed (the jobs went back to
+/// the queue, or completed ABORTED past `max-job-attempts`).
+public enum SessionEnding: String, Sendable, CaseIterable {
+    /// The bot sent no UpdateBotSession within `bot-session-keepalive-timeout`: lost (crashed,
+    /// partitioned, killed).
+    case expired = "session-expired"
+    /// The bot said it was terminating, or opened a new session (it restarted).
+    case closed = "session-closed"
+}
+
 public struct SchedulerStatistics: Sendable, Equatable {
     /// QUEUED jobs by platform, keyed by its properties as `name=value` joined with "," in the
     /// request's (sorted) order: "ISA=x86-64,OSFamily=linux"; "" for an empty platform.
@@ -475,10 +485,18 @@ public struct SchedulerStatistics: Sendable, Equatable {
     /// Jobs held by the scheduler in each stage (completed ones until pruned).
     public var jobsByStage: [JobStage: Int]
     public var openBotSessions: Int
+    /// Executing jobs taken back from closed bot sessions since this scheduler object was made, by
+    /// why the session ended: a running count, of this process's closings when several processes
+    /// share the scheduler's database (each process exports its own share, which the metrics sum).
+    public var jobsTakenBack: [SessionEnding: Int]
 
-    public init(queuedByPlatform: [String: Int] = [:], jobsByStage: [JobStage: Int] = [:], openBotSessions: Int = 0) {
+    public init(
+        queuedByPlatform: [String: Int] = [:], jobsByStage: [JobStage: Int] = [:], openBotSessions: Int = 0,
+        jobsTakenBack: [SessionEnding: Int] = [:]
+    ) {
         self.queuedByPlatform = queuedByPlatform
         self.jobsByStage = jobsByStage
         self.openBotSessions = openBotSessions
+        self.jobsTakenBack = jobsTakenBack
     }
 }

@@ -98,6 +98,17 @@ import Testing
             #expect(second.code == .failedPrecondition)
             #expect(second.message.contains("Command") && second.message.contains("input root"), "\(second.message)")
             #expect(try Self.violations(second).count == 2)
+
+            // The Command is read while the input root is looked for: each missing alone is named alone.
+            // (The input root is the same Directory for every action: the one missing it comes first.)
+            for (storeCommand, missingWhat) in [(true, "input root"), (false, "Command")] {
+                let action = try await server.storeAction(
+                    ["y", missingWhat], storeCommand: storeCommand, storeInputRoot: !storeCommand)
+                let failure = try #require(await rpcFailure { _ = try await server.execute(server.executeRequest(action)) })
+                #expect(failure.code == .failedPrecondition)
+                #expect(failure.message.contains(missingWhat), "\(failure.message)")
+                #expect(try Self.violations(failure).count == 1, "\(failure.message)")
+            }
         }
     }
 

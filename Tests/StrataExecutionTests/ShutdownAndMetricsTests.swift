@@ -136,6 +136,14 @@ import Testing
         let after = try #require(monitoring.prometheusText())
         #expect(after.contains(#"strata_execution_queued_jobs{scheduler="schedulers[0]",platform="OSFamily=linux"} 0"#), "\(after)")
         #expect(after.contains(#"strata_execution_jobs{scheduler="schedulers[0]",stage="executing"} 1"#), "\(after)")
+
+        // A session closed with its job executing counts one requeue, once however often it is read.
+        try await scheduler.closeBotSession(session.name, reason: "terminating")
+        metrics.record(try await scheduler.statistics(), scheduler: "schedulers[0]")
+        metrics.record(try await scheduler.statistics(), scheduler: "schedulers[0]")
+        let closed = try #require(monitoring.prometheusText())
+        #expect(closed.contains(#"strata_execution_requeues_total{reason="session-closed"} 1"#), "\(closed)")
+        #expect(closed.contains(#"strata_execution_requeues_total{reason="bot"} 1"#), "\(closed)")
     }
 
     static func storeAction(_ store: LRUBlobStore) async throws -> Digest {

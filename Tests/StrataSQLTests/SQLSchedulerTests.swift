@@ -226,6 +226,10 @@ struct SQLSchedulerTests {
             }
             #expect(try await schedulers[1].operation(operation.name).stage == .queued)
             await #expect(throws: StrataError.self) { _ = try await schedulers[1].assignedJobs(session: silent.name) }
+            // Each process counts what it took back itself: once between the two.
+            var expired = 0
+            for scheduler in schedulers { expired += try await scheduler.statistics().jobsTakenBack[.expired, default: 0] }
+            #expect(expired == 1)
             // One attempt used of two: the second bot gets it, and giving it back then aborts it.
             var renewedSettings = settings
             renewedSettings.botSessionKeepaliveTimeout = .seconds(120)

@@ -79,7 +79,7 @@ import Testing
     @Test func wrongBytesFromARemoteAreNotServed() async throws {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("strata-corrupt-remote-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let unverified = try DiskBlobStore(path: root, sync: false)
+        let unverified = DiskBlobStore(path: root, sync: false)
         let instance = Instance(name: "", cas: .init(store: unverified, readOnly: false), byteStream: .init(store: unverified, readOnly: false))
         try await withServer([instance]) { clients in
             let remote = try RemoteBlobStore(url: "grpc://127.0.0.1:\(clients.port)")

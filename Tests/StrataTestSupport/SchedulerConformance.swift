@@ -592,6 +592,9 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         let aborted = try await scheduler.operation(queued.name)
         try expect(aborted.stage == .completed && statusCode(aborted) == 10,
                    "a job handed out max-job-attempts (3) times is not ABORTED: \(aborted.stage), \(String(describing: aborted.response?.status))")
+        // Closed, replaced, closed: each took the executing job back (the last one ABORTED it).
+        let takenBack = try await scheduler.statistics().jobsTakenBack
+        try expect(takenBack == [.closed: 3], "jobs taken back from closed sessions: \(takenBack), expected session-closed 3")
     }
 
     static func attemptsExhausted(_ scheduler: any Scheduler) async throws {
@@ -619,6 +622,8 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
             try await eventually("forgetting the expired session") { try await scheduler.statistics().openBotSessions == 0 }
         }
         try await expectError(.notFound, "renewing an expired session") { _ = try await scheduler.renewBotSession(session.name, status: .ok) }
+        let takenBack = try await scheduler.statistics().jobsTakenBack
+        try expect(takenBack == [.expired: 1], "jobs taken back from closed sessions: \(takenBack), expected session-expired 1")
         // A session kept alive does not expire.
         let alive = try await scheduler.createBotSession(bot("alive"))
         let retry = try await takeOne(scheduler, alive.name, "the requeued job")
