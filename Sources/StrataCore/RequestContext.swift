@@ -61,6 +61,18 @@ public struct ClientRequestMetadata: Sendable, Hashable {
     public var isEmpty: Bool { self == ClientRequestMetadata() }
 }
 
+/// Whether the server serving a request has begun its graceful shutdown: set before gRPC is told, so
+/// a handler whose RPC gRPC then cancels can tell the server closing it from the client leaving.
+public final class ServerShutdown: Sendable {
+    private let begun = Atomic<Bool>(false)
+
+    public init() {}
+
+    public var hasBegun: Bool { begun.load(ordering: .acquiring) }
+
+    public func begin() { begun.store(true, ordering: .releasing) }
+}
+
 /// The request being served: which RPC, from whom, for which instance, and what the client said about
 /// itself. Set once per RPC by the server's context interceptor, for the handler and the producer of
 /// its streamed response, so every layer below (services, storages, caches, logs, metrics,
@@ -78,6 +90,8 @@ public final class RequestContext: Sendable {
     public let peer: String
     public let metadata: ClientRequestMetadata
     public let started: ContinuousClock.Instant
+    /// The serving server's shutdown state.
+    public let serverShutdown: ServerShutdown
 
     private struct State {
         var instanceName: String?
@@ -90,8 +104,9 @@ public final class RequestContext: Sendable {
 
     public init(
         service: String, method: String, peer: String, metadata: ClientRequestMetadata = ClientRequestMetadata(),
-        principal: Principal = .anonymous, started: ContinuousClock.Instant = .now
+        principal: Principal = .anonymous, started: ContinuousClock.Instant = .now, serverShutdown: ServerShutdown = ServerShutdown()
     ) {
+        self.serverShutdown = serverShutdown
         self.service = service
         self.method = method
         self.peer = peer

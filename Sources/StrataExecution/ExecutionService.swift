@@ -141,12 +141,17 @@ public struct ExecutionService: Build_Bazel_Remote_Execution_V2_Execution.Simple
                             "the server is shutting down; the operation \(StrataError.echo(name)) goes on: follow it with WaitExecution")
                     case .rpcCancelled:
                         // gRPC cancels every RPC when the server starts a graceful shutdown, often
-                        // before the shutdown handler above runs: this may be the server closing the
-                        // stream, not the client leaving, and the client must hear UNAVAILABLE. (A
-                        // client that left hears nothing either way.)
-                        if let remaining = RequestDeadline.remaining, remaining <= .zero { break loop }
-                        throw StrataError.unavailable(
-                            "the server closed this stream (it is shutting down, or the client cancelled); the operation \(StrataError.echo(name)) goes on: follow it with WaitExecution")
+                        // before the shutdown handler above runs: the client must hear UNAVAILABLE.
+                        if RequestContext.current?.serverShutdown.hasBegun == true || Task.isShuttingDownGracefully {
+                            throw StrataError.unavailable(
+                                "the server is shutting down; the operation \(StrataError.echo(name)) goes on: follow it with WaitExecution")
+                        }
+                        // Otherwise the client left, or its deadline passed: nobody hears the answer,
+                        // which the logs and metrics record as what it was.
+                        if let remaining = RequestDeadline.remaining, remaining <= .zero {
+                            throw StrataError(.deadlineExceeded, "the client's deadline passed while it followed the operation \(StrataError.echo(name))")
+                        }
+                        throw StrataError(.cancelled, "the client stopped following the operation \(StrataError.echo(name))")
                     case .finished:
                         break loop
                     }

@@ -11,6 +11,8 @@ import X509
 /// (authentication, limits, metrics, access logs) and every layer below reads the same context.
 struct RequestContextInterceptor: ServerInterceptor {
     static let requestMetadataKey = "build.bazel.remote.execution.v2.requestmetadata-bin"
+    /// The server's, shared by every RPC's context.
+    let shutdown: ServerShutdown
 
     func intercept<Input: Sendable, Output: Sendable>(
         request: StreamingServerRequest<Input>,
@@ -19,7 +21,7 @@ struct RequestContextInterceptor: ServerInterceptor {
     ) async throws -> StreamingServerResponse<Output> {
         let requestContext = RequestContext(
             service: context.descriptor.service.fullyQualifiedService, method: context.descriptor.method,
-            peer: context.remotePeer, metadata: Self.clientMetadata(request.metadata))
+            peer: context.remotePeer, metadata: Self.clientMetadata(request.metadata), serverShutdown: shutdown)
         // Only a mutual-TLS channel asks for a client certificate, and its handshake verified this one.
         if let certificate = (context.transportSpecific as? HTTP2ServerTransport.Posix.Context)?.peerCertificate {
             requestContext.setPrincipal(Principal(source: .clientCertificate, actor: Self.subject(of: certificate)))

@@ -96,6 +96,8 @@ public final class StrataServer: Service, Sendable {
     private let logger: Logger
     /// What the health service reports; draining once a graceful shutdown starts.
     public let health: HealthStatus
+    /// Begun with the graceful shutdown; every RPC's `RequestContext` reads it.
+    let shutdown = ServerShutdown()
 
     /// The fully qualified names of the gRPC services `services` register: what the health service
     /// answers for, besides "" (the whole server) and itself.
@@ -144,7 +146,7 @@ public final class StrataServer: Service, Sendable {
         // Authentication records the principal (the registry decides, so health needs no token); metrics
         // and the access log read the context and see the status the client gets.
         let interceptors: [any ServerInterceptor] =
-            [RequestContextInterceptor()] + (authentication.map { [AuthenticationInterceptor(authentication: $0)] } ?? [])
+            [RequestContextInterceptor(shutdown: shutdown)] + (authentication.map { [AuthenticationInterceptor(authentication: $0)] } ?? [])
             + (accessLog.map { [AccessLogInterceptor(logger: $0)] } ?? [])
             + (metrics.map { [MetricsInterceptor(metrics: $0)] } ?? [])
             // One count per limit across every listener; refusals are logged and counted above.
@@ -328,6 +330,8 @@ public final class StrataServer: Service, Sendable {
     public func beginGracefulShutdown() {
         logger.info("strata shutting down: finishing requests in flight (at most \(shutdownTimeout))")
         health.beginDraining()
+        // Before gRPC cancels the RPCs in flight, so that their handlers know why.
+        shutdown.begin()
         for listener in listeners { listener.server.beginGracefulShutdown() }
         shutdownRequests.continuation.yield()
     }

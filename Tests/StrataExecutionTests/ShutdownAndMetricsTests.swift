@@ -11,6 +11,7 @@ import StrataMetrics
 import StrataScheduler
 import StrataServer
 import StrataStorage
+import StrataTestSupport
 import Testing
 
 @Suite struct ShutdownAndMetricsTests {
@@ -82,6 +83,40 @@ import Testing
             #expect(resumed?.name == name)
             #expect(resumed?.stage == .queued)
             second.beginGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+    }
+
+    /// A client that stops following its operation is logged CANCELLED: not UNAVAILABLE, which says the
+    /// server closed the stream, nor OK. The job goes on.
+    @Test func aClientLeavingAnExecuteStreamIsLoggedCancelled() async throws {
+        let scheduler = InMemoryScheduler(settings: SchedulerSettings())
+        let store = LRUBlobStore(capacityBytes: 16 << 20)
+        let backend = ExecutionBackend(scheduler: scheduler, storage: store, actionCache: nil)
+        var instance = Instance(name: ExecutionServer.instance, cas: .init(store: store))
+        instance[Instance.Execution.self] = ExecutionEndpoint(backend: backend)
+        let log = CapturedLog()
+        let server = try StrataServer(
+            registry: InstanceRegistry([instance]), modules: [ExecutionModule()],
+            addresses: [ListenAddress(.tcp(host: "127.0.0.1", port: 0))], shutdownTimeout: .seconds(5), accessLog: log.logger())
+        let digest = try await Self.storeAction(store)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await server.run() }
+            guard case .tcp(_, let port) = try await server.listeningAddresses()[0].kind else { fatalError("tcp expected") }
+            let name = try await withExecutionClient(port: port) { client in
+                try await client.execute(.with {
+                    $0.instanceName = ExecutionServer.instance
+                    $0.actionDigest = digest.proto
+                }) { response -> String? in
+                    for try await operation in response.messages { return operation.name }  // and leave
+                    return nil
+                }
+            }
+            let line = await log.entry { $0.message.hasPrefix("Execute ") }
+            #expect(line?.message == "Execute CANCELLED", "\(String(describing: line))")
+            let operation = try await scheduler.operation(try #require(name))
+            #expect(operation.stage == .queued)
+            server.beginGracefulShutdown()
             try await tasks.waitForAll()
         }
     }

@@ -10,51 +10,6 @@ import StrataTestSupport
 import Synchronization
 import Testing
 
-/// Log entries a test's loggers wrote, kept in memory.
-final class CapturedLog: Sendable {
-    struct Entry: Sendable {
-        let level: Logger.Level
-        let message: String
-        let metadata: [String: String]
-    }
-
-    private let entries = Mutex<[Entry]>([])
-
-    var all: [Entry] { entries.withLock { $0 } }
-
-    func logger(label: String = "strata.access", level: Logger.Level = .info) -> Logger {
-        var logger = Logger(label: label) { _ in Handler(log: self) }
-        logger.logLevel = level
-        return logger
-    }
-
-    /// Waits (boundedly) for an entry matching `predicate`: an RPC's line is written once its response
-    /// is over, which may be just after the client has it.
-    func entry(_ predicate: (Entry) -> Bool) async -> Entry? {
-        for _ in 0..<200 {
-            if let found = all.first(where: predicate) { return found }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        return nil
-    }
-
-    struct Handler: LogHandler {
-        let log: CapturedLog
-        var logLevel: Logger.Level = .trace
-        var metadata: Logger.Metadata = [:]
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let fields = (event.metadata ?? [:]).mapValues { "\($0)" }
-            log.entries.withLock { $0.append(Entry(level: event.level, message: "\(event.message)", metadata: fields)) }
-        }
-    }
-}
-
 /// A disk storage whose `tmp` folder the test removes and restores: a real backend that stops and
 /// starts being ready.
 func preparedDiskStore() async throws -> (store: DiskBlobStore, folder: URL) {
