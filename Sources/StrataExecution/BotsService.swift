@@ -19,14 +19,12 @@ public typealias Lease = Google_Devtools_Remoteworkers_V1test2_Lease
 /// UpdateBotSession reconciles what the bot reports with the jobs the scheduler assigned it: a
 /// COMPLETED lease completes its job (writing the action cache first when it should), a lease the
 /// bot dropped or set CANCELLED goes back to the queue (one it was just sent and never reported is
-/// sent once more first: see `LeaseOffers`), a cancelled job's lease is sent CANCELLED until the bot
+/// sent once more first: see `LeaseDelivery`), a cancelled job's lease is sent CANCELLED until the bot
 /// lets it go. Then it long-polls for work while the bot has spare capacity.
 public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServiceProtocol {
     let registry: InstanceRegistry
     let metrics: ExecutionMetrics?
     let logger: Logger
-    /// The leases each session's last answer carried that its bot had not reported yet.
-    let offers = LeaseOffers()
 
     /// How long a long-poll waits in the time left (the client's deadline, the session's keepalive):
     /// the answer must reach the bot before either runs out. Four fifths of a long window; of a short
@@ -54,7 +52,6 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         let record = try await backend.scheduler.createBotSession(registration)
         // Work already queued goes out with the session; a bot that wants to wait for more long-polls.
         let assigned = try await backend.scheduler.assignJobs(session: record.name, count: record.capacity, deadline: .now)
-        offers.record(session: record.name, sent: Set(assigned.map(\.jobID)), resent: [], expires: record.expireTime)
         return Self.session(record, reported: reported, jobs: assigned)
     }
 
@@ -73,19 +70,21 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
         // Reconcile the bot's report with the jobs the scheduler holds it responsible for.
         let assigned = try await scheduler.assignedJobs(session: record.name)
         let leases = Dictionary(reported.leases.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-        let offered = offers.take(session: record.name)
         var running: [AssignedJob] = []
-        // Leases sent in the last answer that the bot does not report: that answer may never have
-        // reached it (a long-poll cut short on the way back). Sent again, once, at no attempt's cost.
+        // Leases sent and never reported that the bot leaves out: the answer carrying them may never
+        // have reached it (a long-poll cut short on the way back). Sent again, once, at no attempt's
+        // cost (see `LeaseDelivery`); the scheduler keeps that state, so any bots process sees it.
         var resending: Set<String> = []
+        var deliveries: [String: LeaseDelivery] = [:]
         var unacknowledgedCancel = false
         // A report that changed something (a lease completed or given back) is answered at once, as
         // BuildGrid does: the bot learns its next work without waiting out a poll.
         var reportedChange = false
         for job in assigned {
             guard let lease = leases[job.jobID] else {
-                if !job.cancelled && offered.sent.contains(job.jobID) && !offered.resent.contains(job.jobID) {
+                if !job.cancelled && job.delivery == .sent {
                     resending.insert(job.jobID)
+                    deliveries[job.jobID] = .resent
                     running.append(job)
                     continue
                 }
@@ -103,12 +102,13 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
                 reportedChange = true
             default:
                 running.append(job)
+                if job.delivery != .reported { deliveries[job.jobID] = .reported }
                 if job.cancelled { unacknowledgedCancel = true }
             }
         }
+        if !deliveries.isEmpty { try await scheduler.recordLeaseDeliveries(session: record.name, deliveries) }
 
         if status == .botTerminating {
-            offers.forget(session: record.name)
             try await scheduler.closeBotSession(record.name, reason: "the bot is terminating")
             var session = Self.session(record, reported: reported, jobs: [])
             session.status = reported.status
@@ -134,9 +134,6 @@ public struct BotsService: Google_Devtools_Remoteworkers_V1test2_Bots.SimpleServ
             }
         }
         let current = try await scheduler.assignedJobs(session: record.name)
-        offers.record(
-            session: record.name, sent: Set(current.map(\.jobID)).subtracting(leases.keys), resent: resending,
-            expires: record.expireTime)
         return Self.session(record, reported: reported, jobs: current)
     }
 

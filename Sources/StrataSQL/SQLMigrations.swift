@@ -176,6 +176,12 @@ enum SQLMigrations {
             "CREATE INDEX strata_bot_sessions_bot ON strata_bot_sessions (instance_name, bot_id)",
             "CREATE INDEX strata_bot_sessions_expiry ON strata_bot_sessions (expire_at)",
         ]),
+        (7, [
+            // How far a leased job's lease got (LeaseDelivery: 0 sent, 1 sent again, 2 reported by its
+            // bot), shared so that any bots process can tell a lease lost on the way from one dropped.
+            // Reset by each assignment; a constant default, so no table rewrite.
+            "ALTER TABLE strata_jobs ADD COLUMN lease_delivery integer NOT NULL DEFAULT 0",
+        ]),
     ]
 
     static var latestVersion: Int { versions.last?.version ?? 0 }

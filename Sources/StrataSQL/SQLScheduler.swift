@@ -9,7 +9,7 @@ import SwiftProtobuf
 import Synchronization
 
 /// The `Scheduler` on PostgreSQL (`!sql-scheduler`): jobs, operations and bot sessions are rows of
-/// Strata's own tables (migration 6 of `SQLMigrations`, created by `strata migrate` or before the first
+/// Strata's own tables (migrations 6 and 7 of `SQLMigrations`, created by `strata migrate` or before the first
 /// use, like the storage tables), so several processes (an execution process and a bots process) share
 /// them and any of them can restart without losing a queued job.
 ///
@@ -518,12 +518,28 @@ public final class SQLScheduler: Scheduler {
                 postgres, logger,
                 update: """
                     UPDATE strata_jobs SET stage = 3, session_name = $2, bot_id = $3, assigned_at = now(), leased = true,
-                        attempts = attempts + 1
+                        attempts = attempts + 1, lease_delivery = \(LeaseDelivery.sent.rawValue)
                     WHERE id = ANY($1::text[])
                     """,
                 [chosen, session, open.botID])
             for job in assigned { notify.add("job:\(job.jobID)") }
             return assigned.sorted { ($0.queuedAt, $0.jobID) < ($1.queuedAt, $1.jobID) }
+        }
+    }
+
+    public func recordLeaseDeliveries(session: String, _ deliveries: [String: LeaseDelivery]) async throws(StrataError) {
+        guard !deliveries.isEmpty else { return }
+        let byDelivery = Dictionary(grouping: deliveries, by: \.value).mapValues { $0.map(\.key) }
+        try await transaction("recording the leases of bot session \(StrataError.echo(session))") { postgres, logger, _ in
+            guard try await Self.openSession(session, lock: false, postgres, logger) != nil else { throw Self.unknownSession(session) }
+            for (delivery, jobIDs) in byDelivery {
+                try await postgres.query(
+                    """
+                    UPDATE strata_jobs SET lease_delivery = \(Int32(delivery.rawValue))
+                    WHERE id = ANY(\(jobIDs)) AND session_name = \(session) AND leased
+                    """, logger: logger
+                ).consume()
+            }
         }
     }
 
@@ -880,15 +896,15 @@ public final class SQLScheduler: Scheduler {
     }
 
     static let assignedColumns =
-        "id, instance_name, digest_function, action_hash, action_size, action, do_not_cache, stage, queued_at, assigned_at"
+        "id, instance_name, digest_function, action_hash, action_size, action, do_not_cache, stage, queued_at, assigned_at, lease_delivery"
 
     private static func assigned(
         _ postgres: PostgresConnection, _ logger: Logger, sql: String, _ values: [any PostgresEncodable & Sendable]
     ) async throws -> [AssignedJob] {
         var jobs: [AssignedJob] = []
-        for try await (id, instance, function, hash, size, action, doNotCache, stage, queuedAt, assignedAt) in try await postgres.query(
+        for try await (id, instance, function, hash, size, action, doNotCache, stage, queuedAt, assignedAt, delivery) in try await postgres.query(
             PostgresQuery(unsafeSQL: sql, binds: try binds(values)), logger: logger
-        ).decode((String, String, Int32, String, Int64, Data, Bool, Int32, Date, Date?).self) {
+        ).decode((String, String, Int32, String, Int64, Data, Bool, Int32, Date, Date?, Int32).self) {
             guard let digestFunction = DigestFunction(rawValue: Int(function)) else {
                 throw StrataError.internal("job \(id) has an unknown digest function \(function)")
             }
@@ -896,7 +912,8 @@ public final class SQLScheduler: Scheduler {
                 jobID: id, instanceName: instance, actionDigest: try Digest(hash: hash, sizeBytes: size, function: digestFunction),
                 action: try Build_Bazel_Remote_Execution_V2_Action(serializedBytes: action), doNotCache: doNotCache,
                 // Completed while leased: cancelled or timed out, the bot must stop it.
-                cancelled: stage == 4, queuedAt: queuedAt, assignedAt: assignedAt ?? queuedAt))
+                cancelled: stage == 4, queuedAt: queuedAt, assignedAt: assignedAt ?? queuedAt,
+                delivery: LeaseDelivery(rawValue: Int(delivery)) ?? .sent))
         }
         return jobs
     }

@@ -213,6 +213,15 @@ public final class InMemoryScheduler: Scheduler {
         }
     }
 
+    public func recordLeaseDeliveries(session name: String, _ deliveries: [String: LeaseDelivery]) async throws(StrataError) {
+        try mutate { state, effects throws(StrataError) in
+            let session = try liveSession(name, &state, &effects)
+            for (jobID, delivery) in deliveries where session.jobs.contains(jobID) && state.jobs[jobID]?.session == name {
+                state.jobs[jobID]?.delivery = delivery
+            }
+        }
+    }
+
     public func waitForChange(session name: String, deadline: ContinuousClock.Instant) async throws(StrataError) {
         let generation: UInt64? = try mutate { state, effects throws(StrataError) in
             let session = try liveSession(name, &state, &effects)
@@ -351,6 +360,7 @@ public final class InMemoryScheduler: Scheduler {
         var session: String?
         var botID: String?
         var assignedAt: Date?
+        var delivery = LeaseDelivery.sent
         var executionDeadline: ContinuousClock.Instant?
         var response: Build_Bazel_Remote_Execution_V2_ExecuteResponse?
         var completedAt: ContinuousClock.Instant?
@@ -509,7 +519,7 @@ public final class InMemoryScheduler: Scheduler {
         AssignedJob(
             jobID: job.id, instanceName: job.instanceName, actionDigest: job.actionDigest, action: job.action,
             doNotCache: job.doNotCache, cancelled: job.cancelled || job.stage == .completed, queuedAt: job.queuedAt,
-            assignedAt: job.assignedAt ?? job.queuedAt)
+            assignedAt: job.assignedAt ?? job.queuedAt, delivery: job.delivery)
     }
 
     /// Sends the job's operations' watchers its current state, ending their streams once it is final.
@@ -546,6 +556,7 @@ public final class InMemoryScheduler: Scheduler {
             job.session = name
             job.botID = session.botID
             job.assignedAt = Date()
+            job.delivery = .sent
             job.executionDeadline = .now + job.timeout
             job.waitingReason = nil
             state.jobs[job.id] = job

@@ -86,6 +86,10 @@ public protocol Scheduler: Sendable {
     /// answers at once when it assigned some, and `[]` at the deadline.
     func assignJobs(session: String, count: Int, deadline: ContinuousClock.Instant) async throws(StrataError) -> [AssignedJob]
 
+    /// Records how far each job's lease got (see `LeaseDelivery`), for the jobs still assigned to the
+    /// session; others are ignored. Until the next assignment of the job, `assignedJobs` reports it.
+    func recordLeaseDeliveries(session: String, _ deliveries: [String: LeaseDelivery]) async throws(StrataError)
+
     /// Waits until something changes for the session (a job of it cancelled) or `deadline`.
     /// Answers early on any change, and at once while one of the session's jobs is cancelled (so a
     /// cancellation between the caller's read of `assignedJobs` and this call is never slept
@@ -440,6 +444,20 @@ public struct BotSessionRecord: Sendable, Equatable {
     }
 }
 
+/// Whether a lease reached its bot, as far as the server can tell. The Remote Workers API has no
+/// acknowledgement (leases go out ACTIVE, as BuildGrid sends them), but a bot reports every lease it
+/// holds in each UpdateBotSession: one that leaves out a lease it was sent and never reported most
+/// likely never got the answer carrying it (a long-poll cut short on the way back). Kept with the job,
+/// so every bots process sharing the scheduler sees it.
+public enum LeaseDelivery: Int, Sendable, Equatable {
+    /// Sent to the bot (or about to be), not reported back yet.
+    case sent = 0
+    /// Left out of the bot's report and sent once more: left out again, it goes back to the queue.
+    case resent = 1
+    /// The bot reported it: it holds it, and leaving it out later gives it back.
+    case reported = 2
+}
+
 /// A job as its bot session sees it: what becomes a lease.
 public struct AssignedJob: Sendable, Equatable {
     public var jobID: String
@@ -452,11 +470,14 @@ public struct AssignedJob: Sendable, Equatable {
     /// When the job was queued and assigned, for the ActionResult's execution metadata.
     public var queuedAt: Date
     public var assignedAt: Date
+    /// `sent` when assigned; what the Bots service records with `recordLeaseDeliveries` after.
+    public var delivery: LeaseDelivery
 
     public init(
         jobID: String, instanceName: String, actionDigest: Digest, action: Build_Bazel_Remote_Execution_V2_Action,
-        doNotCache: Bool, cancelled: Bool = false, queuedAt: Date, assignedAt: Date
+        doNotCache: Bool, cancelled: Bool = false, queuedAt: Date, assignedAt: Date, delivery: LeaseDelivery = .sent
     ) {
+        self.delivery = delivery
         self.jobID = jobID
         self.instanceName = instanceName
         self.actionDigest = actionDigest

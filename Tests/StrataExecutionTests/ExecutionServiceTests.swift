@@ -7,6 +7,7 @@ import StrataCore
 import StrataProto
 import StrataScheduler
 import StrataServer
+import StrataStorage
 import SwiftProtobuf
 import Testing
 
@@ -387,6 +388,33 @@ import Testing
             session.leases = []
             _ = try await server.update(session, timeout: .seconds(1))
             try await Self.expectAborted(operation, server)
+        }
+    }
+
+    /// The same, when the bot's next call reaches another bots process: what became of a lease is
+    /// kept by the scheduler they share, not by the process that sent it.
+    @Test func aLeaseLostOnTheWayIsSentAgainByAnotherBotsProcess() async throws {
+        var oneAttempt = SchedulerSettings()
+        oneAttempt.maxJobAttempts = 1
+        let settings = oneAttempt
+        let scheduler = InMemoryScheduler(settings: settings)
+        let store = LRUBlobStore(capacityBytes: 64 << 20)
+        try await withExecutionServer(settings: settings, scheduler: scheduler, store: store) { first in
+            try await withExecutionServer(settings: settings, scheduler: scheduler, store: store) { second in
+                let operation = try await first.startExecution(try await first.storeAction(["true"]))
+                var session = try await first.createBot("bot")
+                let jobID = try #require(session.leases.first?.id)
+                session.leases = []
+                session = try await second.update(session, timeout: .seconds(60))
+                #expect(session.leases.map(\.id) == [jobID])
+                let got = try await first.operations.getOperation(.with { $0.name = operation.name })
+                #expect(!got.done && got.stage == .executing)
+                // Reported through the second process, dropped through the first: given back.
+                session = try await second.update(session, timeout: .seconds(2))
+                session.leases = []
+                _ = try await first.update(session, timeout: .seconds(2))
+                try await Self.expectAborted(operation, first)
+            }
         }
     }
 

@@ -141,10 +141,12 @@ struct ExecutionServer: Sendable {
 func withExecutionServer<T: Sendable>(
     settings: SchedulerSettings = SchedulerSettings(), options: ExecutionServiceOptions = ExecutionServiceOptions(),
     cache: any ActionCache = LRUActionCache(maxEntries: 100),
+    scheduler shared: InMemoryScheduler? = nil, store sharedStore: LRUBlobStore? = nil,
     _ body: @Sendable (ExecutionServer) async throws -> T
 ) async throws -> T {
-    let scheduler = InMemoryScheduler(settings: settings)
-    let store = LRUBlobStore(capacityBytes: 64 << 20)
+    // Two servers given one scheduler and store are two processes of one deployment.
+    let scheduler = shared ?? InMemoryScheduler(settings: settings)
+    let store = sharedStore ?? LRUBlobStore(capacityBytes: 64 << 20)
     let backend = ExecutionBackend(scheduler: scheduler, storage: store, actionCache: cache)
     var instance = Instance(name: ExecutionServer.instance, cas: .init(store: store), byteStream: .init(store: store), actionCache: cache)
     instance[Instance.Execution.self] = ExecutionEndpoint(backend: backend, options: options)

@@ -300,7 +300,7 @@ struct SQLSchedulerTests {
     @Test func migrateCreatesTheSchedulerTables() async throws {
         try await SQLTestDatabase.with { connection, _ in
             let applied = try await connection.migrate()
-            #expect(applied.contains(6))
+            #expect(applied.contains(6) && applied.contains(7))
             let tables = try await connection.withConnection("listing tables") { postgres in
                 var names: [String] = []
                 for try await name in try await postgres.query(

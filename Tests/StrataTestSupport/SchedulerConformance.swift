@@ -89,6 +89,7 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         .init("assignJobs waits until its deadline when nothing is queued", body: assignWaitsForDeadline),
         .init("assignJobs answers when a job is queued meanwhile", body: assignWakesOnQueue),
         .init("statistics", body: statisticsCounts),
+        .init("lease deliveries are kept with the job until its next assignment", body: leaseDeliveries),
         .init("closing a session ends its long-polls", body: closeEndsLongPolls),
     ]
 
@@ -752,6 +753,29 @@ public struct SchedulerConformance: Sendable, CustomStringConvertible {
         let jobs = try await waiter.value
         try expect(jobs.map(\.jobID) == [queued.jobID], "the waiting bot got \(jobs.map(\.jobID)), expected the job queued meanwhile")
         try expect(ContinuousClock.now < deadline - .seconds(20), "assignJobs did not answer when a job was queued meanwhile")
+    }
+
+    static func leaseDeliveries(_ scheduler: any Scheduler) async throws {
+        _ = try await scheduler.queue(request())
+        let session = try await scheduler.createBotSession(bot("first"))
+        let job = try await takeOne(scheduler, session.name, "the job")
+        try expect(job.delivery == .sent, "a newly assigned job's lease is \(job.delivery), not sent")
+        func deliveries(_ session: String) async throws -> [LeaseDelivery] { try await scheduler.assignedJobs(session: session).map(\.delivery) }
+        try await scheduler.recordLeaseDeliveries(session: session.name, [job.jobID: .resent, "no-such-job": .reported])
+        try expect(try await deliveries(session.name) == [.resent], "a recorded delivery is not kept: \(try await deliveries(session.name))")
+        // Another session's record does not touch a job it does not hold.
+        let other = try await scheduler.createBotSession(bot("second"))
+        try await scheduler.recordLeaseDeliveries(session: other.name, [job.jobID: .reported])
+        try expect(try await deliveries(session.name) == [.resent], "another session changed the job's delivery")
+        try await scheduler.recordLeaseDeliveries(session: session.name, [job.jobID: .reported])
+        try expect(try await deliveries(session.name) == [.reported], "the delivery did not move on to reported")
+        // A new assignment starts over.
+        try await scheduler.requeueJob(job.jobID, session: session.name, reason: "test")
+        let again = try await takeOne(scheduler, other.name, "the requeued job")
+        try expect(again.jobID == job.jobID && again.delivery == .sent, "a reassigned job's lease is \(again.delivery), not sent")
+        try await expectError(.notFound, "recording for an unknown session") {
+            try await scheduler.recordLeaseDeliveries(session: "nonsense/bots/none", [job.jobID: .reported])
+        }
     }
 
     static func statisticsCounts(_ scheduler: any Scheduler) async throws {
