@@ -123,10 +123,12 @@ bazel_pid=""
 grep 'bazel remote execution e2e:' "$work/bazel.log" | sed 's/^/  /'
 
 bgd_execute() { "$bgd" execute --remote "http://$STRATA_EXECUTION_ADDRESS" --remote-cas "http://$STRATA_STORAGE_ADDRESS" command "$@"; }
-# running_on COMMAND_PATTERN: the worker whose child runs it, or nothing.
+# running_on COMMAND_PATTERN: the worker whose child runs it, or nothing. Every worker running, the
+# replacement of a killed one among them (a job may go to either).
 running_on() {
-  for worker in worker-a worker-b; do
-    [ -n "${pid[$worker]:-}" ] && pgrep -f -P "${pid[$worker]}" "$1" >/dev/null && { echo "$worker"; return 0; }
+  for worker in "${!pid[@]}"; do
+    case "$worker" in worker-*) ;; *) continue ;; esac
+    pgrep -f -P "${pid[$worker]}" "$1" >/dev/null && { echo "$worker"; return 0; }
   done
   return 0
 }
