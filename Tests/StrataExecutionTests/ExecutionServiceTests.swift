@@ -421,7 +421,7 @@ import Testing
     /// A lease the bot has reported once is its own: dropping it later gives the job back at once.
     @Test func aLeaseTheBotReportedAndThenDropsIsRequeued() async throws {
         try await withOneAttemptJob { server, operation, session in
-            var session = try await server.update(session, timeout: .seconds(1))
+            var session = try await server.update(session, timeout: .seconds(2))  // long-polls: 1 s, with 1 s for the answer
             #expect(session.leases.count == 1)
             session.leases = []
             _ = try await server.update(session, timeout: .seconds(1))
