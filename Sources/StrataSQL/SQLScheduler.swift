@@ -601,8 +601,7 @@ public final class SQLScheduler: Scheduler {
         return stage
     }
 
-    /// Gives back every job leased to `session`.
-    /// Ends the leases of a session's jobs (see `release`); answers how many were executing.
+    /// Gives back every job leased to `session` (see `release`); answers how many were executing.
     static func releaseJobs(
         of session: String, reason: String, maxAttempts: Int, _ postgres: PostgresConnection, _ logger: Logger, _ notify: Notifications
     ) async throws -> Int {
