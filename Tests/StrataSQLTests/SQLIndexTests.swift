@@ -205,7 +205,7 @@ struct SQLMigrationTests {
         try await SQLTestDatabase.with { connection, readOnly in
             let first = try await connection.migrate()
             let second = try await connection.migrate()
-            #expect(first == [1, 2, 3, 4, 5, 6] && second == [])
+            #expect(first == [1, 2, 3, 4, 5, 6, 7] && second == [])
             await #expect(throws: StrataError.self) { try await readOnly.migrate() }
         }
     }
@@ -226,7 +226,7 @@ struct SQLMigrationTests {
             try await SQLTestDatabase.execute(connection, """
                 INSERT INTO strata_blobs (hash, size, data) VALUES ('\\x\(blob.digest.hash)', \(blob.digest.sizeBytes), '\\x\(blob.data.map { String(format: "%02x", $0) }.joined())')
                 """)
-            #expect(try await connection.migrate() == [2, 3, 4, 5, 6])
+            #expect(try await connection.migrate() == [2, 3, 4, 5, 6, 7])
             let storage = SQLBlobStore(connection: connection)
             #expect(try await storage.readAll(blob.digest) == blob.data)
             var listed: [StoredBlob] = []
@@ -245,7 +245,7 @@ struct SQLMigrationTests {
             async let a = first.migrate()
             async let b = second.migrate()
             let applied = try await [a, b]
-            #expect(applied.flatMap { $0 }.sorted() == [1, 2, 3, 4, 5, 6], "migrations applied: \(applied)")
+            #expect(applied.flatMap { $0 }.sorted() == [1, 2, 3, 4, 5, 6, 7], "migrations applied: \(applied)")
             try await SQLTestDatabase.execute(first, "SELECT 1 FROM strata_index_totals")
             let versions = try await first.withConnection("reading versions") { postgres in
                 var found: [Int64] = []
@@ -253,7 +253,7 @@ struct SQLMigrationTests {
                     .decode(Int64.self) { found.append(version) }
                 return found
             }
-            #expect(versions.sorted() == [1, 2, 3, 4, 5, 6])
+            #expect(versions.sorted() == [1, 2, 3, 4, 5, 6, 7])
             try await SQLTestDatabase.drop(schema, on: first)
         }
     }
