@@ -28,18 +28,11 @@ file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || { echo "builds
 scratch=$(mktemp -d)
 server_pid=""
 worker_pid=""
-cleanup() {
-  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null || true
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  # BuildStream leaves parts of its cache read-only.
-  chmod -R u+w "$scratch" 2>/dev/null || true
-  rm -rf "$scratch"
-}
-trap cleanup EXIT
 e2e_name=buildstream_remote
 e2e_logs=("$scratch/server.log" "$scratch/worker.log")
+e2e_pids=(worker_pid server_pid)
 source Tests/e2e/lib/execution.sh
+trap e2e_cleanup EXIT
 
 start_strata_serve Tests/e2e/execution-memory.yml "$scratch/server.log"
 

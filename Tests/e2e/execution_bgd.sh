@@ -23,17 +23,11 @@ scratch=$(mktemp -d)
 server_pid=""
 bot_pid=""
 casd_pid=""
-cleanup() {
-  [ -n "$casd_pid" ] && kill "$casd_pid" 2>/dev/null || true
-  [ -n "$bot_pid" ] && kill "$bot_pid" 2>/dev/null || true
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$scratch"
-}
-trap cleanup EXIT
 e2e_name=execution_bgd
 e2e_logs=("$scratch/server.log" "$scratch/bot.log")
+e2e_pids=(casd_pid bot_pid server_pid)
 source Tests/e2e/lib/execution.sh
+trap e2e_cleanup EXIT
 
 start_strata_serve Tests/e2e/execution-memory.yml "$scratch/server.log"
 remote="http://$address"

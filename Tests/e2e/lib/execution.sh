@@ -1,5 +1,19 @@
 # Shared by the remote execution e2e scripts (sourced, not run). The script sets `e2e_name` (its name in
-# messages), `e2e_logs` (the logs `fail` prints) and `strata` (the binary) first.
+# messages), `e2e_logs` (the logs `fail` prints), `e2e_pids` (the names of the variables holding the pids
+# of what it starts, each "" while nothing runs), `scratch` (its folder) and `strata` (the binary), and
+# then `trap e2e_cleanup EXIT`.
+
+# e2e_cleanup: stops what the script started and removes its scratch folder (made writable first:
+# BuildStream leaves parts of its cache read-only).
+e2e_cleanup() {
+  local name
+  for name in "${e2e_pids[@]}"; do
+    if [ -n "${!name}" ]; then kill "${!name}" 2>/dev/null || true; fi
+  done
+  wait 2>/dev/null || true
+  chmod -R u+w "$scratch" 2>/dev/null || true
+  rm -rf "$scratch"
+}
 
 # fail MESSAGE: says what failed, prints the logs, exits 1 (the script's EXIT trap cleans up).
 fail() {
